@@ -1,0 +1,38 @@
+#!/bin/bash
+# Installs the Debian 12 packages thunder needs to build, test and run.
+# Idempotent: does nothing when everything is present.  Run as root.
+set -euo pipefail
+
+packages=(
+  # build
+  gcc clang libclang-rt-14-dev meson ninja-build pkg-config
+  # libraries
+  nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev
+  # real NBD peers for tests and benchmarks
+  libnbd-bin nbdkit qemu-utils
+  # scripts
+  coreutils procps iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

@@ -1,0 +1,51 @@
+/* thunder — logging with levels, a component prefix and per-component debug.
+ *
+ * Messages go to stderr (default) or syslog.  Each message carries a
+ * component ("nbd", "origin", "manifest", ...).  Debug messages are emitted
+ * when the level is debug, or when their component is switched on with
+ * log_set_debug(); both can change while the program runs.
+ * All functions are thread-safe and preserve errno, so "%m" works.
+ */
+#ifndef THUNDER_LOG_H
+#define THUNDER_LOG_H
+
+#include <stdbool.h>
+
+enum log_level {
+  LOG_LEVEL_ERROR,
+  LOG_LEVEL_WARN,
+  LOG_LEVEL_INFO,
+  LOG_LEVEL_DEBUG,
+};
+
+/* Sets the program name and target ("stderr" or "syslog").  -1 on an
+ * unknown target. */
+int log_init(const char *ident, const char *target);
+
+/* Sets the level from its name (error, warn, info, debug); -1 if unknown. */
+int log_set_level_name(const char *name);
+
+/* Sets the level. */
+void log_set_level(enum log_level level);
+
+/* Switches debug on for a comma-separated list of components ("all" for
+ * every one, "" for none).  Replaces the previous list.  -1 if too long. */
+int log_set_debug(const char *components);
+
+/* True when debug messages of this component would be emitted. */
+bool log_debug_enabled(const char *component);
+
+/* Emits one message. */
+void log_msg(enum log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define log_error(comp, ...) log_msg(LOG_LEVEL_ERROR, comp, __VA_ARGS__)
+#define log_warn(comp, ...) log_msg(LOG_LEVEL_WARN, comp, __VA_ARGS__)
+#define log_info(comp, ...) log_msg(LOG_LEVEL_INFO, comp, __VA_ARGS__)
+#define log_debug(comp, ...)                                                   \
+  do {                                                                         \
+    if (log_debug_enabled(comp))                                               \
+      log_msg(LOG_LEVEL_DEBUG, comp, __VA_ARGS__);                             \
+  } while (0)
+
+#endif

@@ -1,0 +1,80 @@
+/* thunder — NBD exports and the registry of them.
+ *
+ * An export is a named, read-only byte range with a backend behind it
+ * (origin: an image file; node mode: the block cache).  Exports are
+ * reference counted: the registry holds one reference, each connection
+ * that selected it another, so an export removed from the registry stays
+ * valid until its last connection ends.
+ *
+ * Locking: the registry has its own lock; callers hold none.  Backend
+ * callbacks may be called from many threads at once.
+ */
+#ifndef THUNDER_EXPORT_H
+#define THUNDER_EXPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct export_ops {
+  /* Reads len bytes at off into buf; the range is inside the export.
+   * Returns 0, or -1 with *err set to the errno for the client. */
+  int (*pread)(void *handle, void *buf, uint32_t len, uint64_t off, int *err);
+  /* Hints that [off, off + len) will be read soon.  0, or -1 and *err. */
+  int (*cache)(void *handle, uint64_t len, uint64_t off, int *err);
+  /* Releases the backend when the export's last reference is dropped. */
+  void (*close)(void *handle);
+};
+
+struct export;
+struct exports;
+
+/* A new export holding one reference; pref_block is the preferred I/O
+ * size advertised to clients (a power of two).  On failure, NULL (the
+ * handle is not closed). */
+struct export *export_new(const char *name, uint64_t size, uint32_t pref_block,
+                          const char *description,
+                          const struct export_ops *ops, void *handle);
+
+/* Takes / drops a reference. */
+void export_get(struct export *exp);
+void export_put(struct export *exp);
+
+const char *export_name(const struct export *exp);
+const char *export_description(const struct export *exp);
+uint64_t export_size(const struct export *exp);
+uint32_t export_pref_block(const struct export *exp);
+
+/* Backend calls; the caller has checked the range. */
+int export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
+                 int *err);
+int export_cache(struct export *exp, uint64_t len, uint64_t off, int *err);
+
+/* An empty registry, or NULL. */
+struct exports *exports_new(void);
+
+/* Adds exp (the registry takes the caller's reference).  -1 with
+ * errno EEXIST if the name is taken. */
+int exports_add(struct exports *reg, struct export *exp);
+
+/* Removes the export named name; -1 with errno ENOENT if absent. */
+int exports_remove(struct exports *reg, const char *name);
+
+/* The export whose name is exactly name[0..len) with a new reference,
+ * or NULL. */
+struct export *exports_lookup(struct exports *reg, const char *name,
+                              size_t len);
+
+/* Calls fn for each export, in name order, under the registry's lock;
+ * stops early when fn returns non-zero and returns that value. */
+int exports_foreach(struct exports *reg,
+                    int (*fn)(struct export *exp, void *opaque),
+                    void *opaque);
+
+/* Number of exports. */
+size_t exports_count(struct exports *reg);
+
+/* Drops every export and frees the registry. */
+void exports_free(struct exports *reg);
+
+#endif

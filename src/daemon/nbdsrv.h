@@ -1,0 +1,92 @@
+/* thunder — the NBD protocol engine of one connection (read-only server).
+ *
+ * nbdsrv speaks the fixed-newstyle handshake and the transmission phase
+ * over an abstract byte stream (struct nbdsrv_io), so the same code runs
+ * on sockets (server.c), on memory buffers (unit tests) and under the
+ * fuzzer.  It never trusts the client: every length is checked before it
+ * is used, and anything it cannot answer ends the connection.
+ *
+ * Threads: nbdsrv_handshake() runs in one thread.  Afterwards any number
+ * of threads may call nbdsrv_serve_one() on the same connection at once:
+ * reading a request takes the connection's read lock, sending a reply
+ * its write lock, and the work between runs unlocked, so replies may go
+ * out of order.  Each thread passes its own struct nbdsrv_buf.
+ */
+#ifndef THUNDER_NBDSRV_H
+#define THUNDER_NBDSRV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "export.h"
+
+/* Longest export name handled; longer ones are refused. */
+#define NBDSRV_NAME_MAX 4096
+/* Longest option payload read during the handshake. */
+#define NBDSRV_OPTION_MAX (16 * 1024)
+/* Most options one client may send before it is disconnected. */
+#define NBDSRV_OPTIONS_MAX 1024
+/* Largest read (and write payload) accepted; advertised as the maximum
+ * block size. */
+#define NBDSRV_REQUEST_MAX (32u * 1024 * 1024)
+
+struct nbdsrv_io {
+  /* Reads exactly len bytes.  1 on success; 0 on end of stream before
+   * the first byte; -1 on error, timeout or end of stream part way. */
+  int (*read)(void *opaque, void *buf, size_t len);
+  /* Writes all of iov.  0, or -1 on error or timeout. */
+  int (*writev)(void *opaque, const struct iovec *iov, int iovcnt);
+  void *opaque;
+};
+
+/* A thread's scratch buffer for read replies; zero-initialise it and
+ * release it with nbdsrv_buf_free(). */
+struct nbdsrv_buf {
+  void *p;
+  size_t cap;
+};
+
+void nbdsrv_buf_free(struct nbdsrv_buf *buf);
+
+struct nbdsrv_conn;
+
+/* A connection serving the exports of reg over io; peer names the client
+ * in log messages.  NULL on allocation failure. */
+struct nbdsrv_conn *nbdsrv_conn_new(struct exports *reg,
+                                    const struct nbdsrv_io *io,
+                                    const char *peer);
+
+/* Runs the handshake.  1: the client chose an export and transmission
+ * begins; 0: the client ended the handshake cleanly (NBD_OPT_ABORT or
+ * end of stream); -1: a protocol or I/O error (disconnect). */
+int nbdsrv_handshake(struct nbdsrv_conn *c);
+
+/* Reads one request, handles it and sends its reply.  1: go on;
+ * 0: the client disconnected (NBD_CMD_DISC or end of stream); -1: a
+ * protocol or I/O error (disconnect).  Once any call has returned 0 or
+ * -1, every later call returns 0 at once. */
+int nbdsrv_serve_one(struct nbdsrv_conn *c, struct nbdsrv_buf *buf);
+
+/* The request fields after the magic, in host order. */
+struct nbdsrv_request {
+  uint16_t flags;
+  uint16_t type;
+  uint64_t cookie;
+  uint64_t offset;
+  uint32_t count;
+};
+
+/* Checks a request against an export of the given size (the rules of the
+ * NBD spec for a read-only export without structured replies).  Returns
+ * 0 if it may be carried out, else the NBD error for the reply
+ * (NBD_EINVAL, NBD_EPERM). */
+uint32_t nbdsrv_check_request(const struct nbdsrv_request *req,
+                              uint64_t export_size);
+
+/* The export chosen in the handshake, or NULL before. */
+struct export *nbdsrv_conn_export(struct nbdsrv_conn *c);
+
+void nbdsrv_conn_free(struct nbdsrv_conn *c);
+
+#endif

@@ -1,0 +1,202 @@
+/* thunder — origin mode; see origin.h. */
+#include "origin.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "manifest.h"
+
+#define COMPONENT "origin"
+
+struct origin_image {
+  int fd;
+  struct manifest *m;
+};
+
+static int
+origin_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
+{
+  struct origin_image *img = handle;
+  char *p = buf;
+  while (len > 0) {
+    ssize_t n = pread(img->fd, p, len, (off_t)off);
+    if (n == -1) {
+      if (errno == EINTR)
+        continue;
+      *err = errno;
+      log_error(COMPONENT, "pread: %s at %" PRIu64 ": %m", img->m->file, off);
+      return -1;
+    }
+    if (n == 0) {
+      /* The file shrank under us: never serve zeroes for real data. */
+      *err = EIO;
+      log_error(COMPONENT, "pread: %s at %" PRIu64
+                ": unexpected end of file (image changed after its manifest?)",
+                img->m->file, off);
+      return -1;
+    }
+    p += n;
+    off += (uint64_t)n;
+    len -= (uint32_t)n;
+  }
+  return 0;
+}
+
+static int
+origin_cache(void *handle, uint64_t len, uint64_t off, int *err)
+{
+  struct origin_image *img = handle;
+  int r = posix_fadvise(img->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+  if (r != 0) {
+    *err = r;
+    return -1;
+  }
+  return 0;
+}
+
+static void
+origin_close(void *handle)
+{
+  struct origin_image *img = handle;
+  close(img->fd);
+  manifest_free(img->m);
+  free(img);
+}
+
+static const struct export_ops origin_ops = {
+  .pread = origin_pread,
+  .cache = origin_cache,
+  .close = origin_close,
+};
+
+/* Opens the image a manifest describes and checks it against the
+ * manifest.  Returns the fd, or -1 with a logged error. */
+static int
+open_image(int dirfd, const char *dir, const struct manifest *m)
+{
+  CLEANUP_CLOSE int fd = openat(dirfd, m->file, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    log_error(COMPONENT, "open: %s/%s: %m", dir, m->file);
+    return -1;
+  }
+  struct stat st;
+  if (fstat(fd, &st) == -1) {
+    log_error(COMPONENT, "fstat: %s/%s: %m", dir, m->file);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    log_error(COMPONENT, "%s/%s: not a regular file", dir, m->file);
+    return -1;
+  }
+  if ((uint64_t)st.st_size != m->size) {
+    log_error(COMPONENT, "%s/%s: size %" PRIu64 " differs from its manifest's"
+              " %" PRIu64 " (image changed? run thunderctl image add again)",
+              dir, m->file, (uint64_t)st.st_size, m->size);
+    return -1;
+  }
+  enum image_format fmt;
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", dir, m->file);
+  if (manifest_detect_format(fd, path, &fmt) == -1)
+    return -1;
+  if (fmt != m->format) {
+    log_error(COMPONENT, "%s: format %s differs from its manifest's %s",
+              path, image_format_name(fmt), image_format_name(m->format));
+    return -1;
+  }
+  int r = fd;
+  fd = -1;
+  return r;
+}
+
+/* Makes the export for one manifest file; 0 or -1 (logged). */
+static int
+add_image(struct exports *reg, int dirfd, const char *dir, const char *entry)
+{
+  size_t elen = strlen(entry), slen = strlen(MANIFEST_SUFFIX);
+  char path[PATH_MAX];
+  if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, entry) >= sizeof path) {
+    log_error(COMPONENT, "%s/%s: path too long", dir, entry);
+    return -1;
+  }
+  struct manifest *m = manifest_load(path);
+  if (m == NULL)
+    return -1;
+  if (strlen(m->name) != elen - slen || strncmp(m->name, entry, elen - slen)) {
+    log_error(COMPONENT, "%s: field 'name': '%s' does not match the file name",
+              path, m->name);
+    manifest_free(m);
+    return -1;
+  }
+  int fd = open_image(dirfd, dir, m);
+  if (fd == -1) {
+    manifest_free(m);
+    return -1;
+  }
+  struct origin_image *img = malloc(sizeof *img);
+  if (img == NULL) {
+    log_error(COMPONENT, "malloc: %m");
+    close(fd);
+    manifest_free(m);
+    return -1;
+  }
+  img->fd = fd;
+  img->m = m;
+  char desc[128];
+  snprintf(desc, sizeof desc, "thunder image (%s, version %.16s)",
+           image_format_name(m->format), m->version_hex);
+  struct export *exp = export_new(m->name, m->size, m->block_size, desc,
+                                  &origin_ops, img);
+  if (exp == NULL) {
+    origin_close(img);
+    return -1;
+  }
+  if (exports_add(reg, exp) == -1) {
+    log_error(COMPONENT, "%s: export '%s': %m", path, m->name);
+    export_put(exp);
+    return -1;
+  }
+  log_info(COMPONENT, "serving '%s' (%s, %" PRIu64 " bytes, %" PRIu64
+           " blocks of %" PRIu32 ", version %s)", m->name,
+           image_format_name(m->format), m->size, m->nblocks, m->block_size,
+           m->version_hex);
+  return 0;
+}
+
+int
+origin_scan(struct exports *reg, const char *dir)
+{
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    log_error(COMPONENT, "opendir: %s: %m", dir);
+    return -1;
+  }
+  int dirfd_ = dirfd(d);
+  int added = 0;
+  size_t slen = strlen(MANIFEST_SUFFIX);
+  struct dirent *de;
+  errno = 0;
+  while ((de = readdir(d)) != NULL) {
+    size_t len = strlen(de->d_name);
+    if (de->d_name[0] == '.' || len <= slen ||
+        strcmp(de->d_name + len - slen, MANIFEST_SUFFIX) != 0)
+      continue;
+    if (add_image(reg, dirfd_, dir, de->d_name) == 0)
+      added++;
+    errno = 0;
+  }
+  if (errno != 0)
+    log_error(COMPONENT, "readdir: %s: %m", dir);
+  closedir(d);
+  return added;
+}
