@@ -26,7 +26,6 @@ static struct {
   char *config;
   bool origin;
   char *images;
-  char *cache;
   char *listen;
   char *socket;
   char *socket_group;
@@ -53,8 +52,6 @@ static const struct config_opt options[] = {
     "origin mode: serve the images of --images" },
   { "images", CONFIG_TYPE_STRING, &opt.images, 0, 0, "DIR",
     "origin: directory of images with manifests" },
-  { "cache", CONFIG_TYPE_STRING, &opt.cache, 0, 0, "DIR",
-    "node mode: cache root" },
   { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
     "NBD over TCP for peers, or 'none' (default 0.0.0.0:10809)" },
   { "socket", CONFIG_TYPE_STRING, &opt.socket, 0, 0, "PATH",
@@ -135,11 +132,8 @@ main(int argc, char **argv)
   }
 
   if (!opt.origin) {
-    if (opt.cache)
-      log_error(COMPONENT, "node mode (--cache) is not available in this"
-                " version; run the origin with --origin --images DIR");
-    else
-      log_error(COMPONENT, "no mode given: use --origin --images DIR");
+    log_error(COMPONENT, "no mode given: use --origin --images DIR (this"
+              " version has the origin mode only)");
     goto out;
   }
   if (opt.images == NULL) {
