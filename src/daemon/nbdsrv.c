@@ -4,7 +4,9 @@
  *
  *   greeting    server: NBDMAGIC IHAVEOPT flags(FIXED_NEWSTYLE|NO_ZEROES)
  *               client: flags — unknown bits or no FIXED_NEWSTYLE → drop
- *   options     client: IHAVEOPT opt len data   (len <= NBDSRV_OPTION_MAX)
+ *   options     client: IHAVEOPT opt len data   (len <= NBDSRV_OPTION_MAX;
+ *               up to NBDSRV_OPTION_DRAIN_MAX is read and refused with
+ *               NBD_REP_ERR_TOO_BIG, more is dropped)
  *               EXPORT_NAME ok → transmission; unknown name → drop
  *               GO ok → transmission; INFO, LIST → reply, stay
  *               ABORT → ACK, end;  other options → NBD_REP_ERR_UNSUP
@@ -343,7 +345,7 @@ nbdsrv_handshake(struct nbdsrv_conn *c)
   c->no_zeroes = cflags & NBD_FLAG_NO_ZEROES;
 
   uint8_t data[NBDSRV_OPTION_MAX];
-  for (unsigned n = 0; n < NBDSRV_OPTIONS_MAX; n++) {
+  for (unsigned nopt = 0; nopt < NBDSRV_OPTIONS_MAX; nopt++) {
     struct {
       uint64_t magic;
       uint32_t opt, len;
@@ -359,9 +361,23 @@ nbdsrv_handshake(struct nbdsrv_conn *c)
       return -1;
     }
     if (len > NBDSRV_OPTION_MAX) {
-      log_debug(COMPONENT, "%s: option %" PRIu32 " length %" PRIu32
-                " too large", c->peer, opt, len);
-      return -1;
+      /* Too long to use.  Read it and say so while that is cheap; an
+       * export name has no error reply, and a huge payload is abuse. */
+      if (opt == NBD_OPT_EXPORT_NAME || len > NBDSRV_OPTION_DRAIN_MAX) {
+        log_debug(COMPONENT, "%s: option %" PRIu32 " length %" PRIu32
+                  " too large, disconnecting", c->peer, opt, len);
+        return -1;
+      }
+      for (uint32_t left = len; left > 0;) {
+        uint32_t n = left < sizeof data ? left : (uint32_t)sizeof data;
+        if (c->io.read(c->io.opaque, data, n) != 1)
+          return -1;
+        left -= n;
+      }
+      if (send_opt_error(c, opt, NBD_REP_ERR_TOO_BIG,
+                         "option data too long") == -1)
+        return -1;
+      continue;
     }
     if (len > 0 && c->io.read(c->io.opaque, data, len) != 1)
       return -1;

@@ -25,6 +25,9 @@
 #define NBDSRV_NAME_MAX 4096
 /* Longest option payload read during the handshake. */
 #define NBDSRV_OPTION_MAX (16 * 1024)
+/* Longer option payloads up to this size are read and refused with
+ * NBD_REP_ERR_TOO_BIG; longer still end the connection. */
+#define NBDSRV_OPTION_DRAIN_MAX (1024 * 1024)
 /* Most options one client may send before it is disconnected. */
 #define NBDSRV_OPTIONS_MAX 1024
 /* Largest read (and write payload) accepted; advertised as the maximum
