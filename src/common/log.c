@@ -46,11 +46,11 @@ log_init(const char *ident, const char *target)
 }
 
 int
-log_set_level_name(const char *name)
+log_level_from_name(const char *name, enum log_level *out)
 {
   for (size_t i = 0; i < sizeof level_names / sizeof level_names[0]; i++) {
     if (strcmp(name, level_names[i]) == 0) {
-      log_set_level((enum log_level)i);
+      *out = (enum log_level)i;
       return 0;
     }
   }

@@ -22,8 +22,8 @@ enum log_level {
  * unknown target. */
 int log_init(const char *ident, const char *target);
 
-/* Sets the level from its name (error, warn, info, debug); -1 if unknown. */
-int log_set_level_name(const char *name);
+/* Parses a level's name (error, warn, info, debug); -1 if unknown. */
+int log_level_from_name(const char *name, enum log_level *out);
 
 /* Sets the level. */
 void log_set_level(enum log_level level);

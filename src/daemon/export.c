@@ -100,6 +100,12 @@ export_pref_block(const struct export *exp)
   return exp->pref_block;
 }
 
+void *
+export_handle_if(const struct export *exp, const struct export_ops *ops)
+{
+  return exp->ops == ops ? exp->handle : NULL;
+}
+
 int
 export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
              int *err)
@@ -155,32 +161,57 @@ find_slot(const struct exports *reg, const char *name, size_t len,
   return lo;
 }
 
-int
-exports_add(struct exports *reg, struct export *exp)
+/* Inserts exp at slot i, growing the array; the caller holds the write
+ * lock.  -1 on allocation failure. */
+static int
+insert_at(struct exports *reg, size_t i, struct export *exp)
 {
-  pthread_rwlock_wrlock(&reg->lock);
-  bool found;
-  size_t i = find_slot(reg, exp->name, exp->name_len, &found);
-  if (found) {
-    pthread_rwlock_unlock(&reg->lock);
-    errno = EEXIST;
-    return -1;
-  }
   if (reg->n == reg->cap) {
     size_t cap = reg->cap ? reg->cap * 2 : 8;
     struct export **v = realloc(reg->v, cap * sizeof *v);
-    if (v == NULL) {
-      pthread_rwlock_unlock(&reg->lock);
+    if (v == NULL)
       return -1;
-    }
     reg->v = v;
     reg->cap = cap;
   }
   memmove(&reg->v[i + 1], &reg->v[i], (reg->n - i) * sizeof *reg->v);
   reg->v[i] = exp;
   reg->n++;
-  pthread_rwlock_unlock(&reg->lock);
   return 0;
+}
+
+int
+exports_add(struct exports *reg, struct export *exp)
+{
+  pthread_rwlock_wrlock(&reg->lock);
+  bool found;
+  size_t i = find_slot(reg, exp->name, exp->name_len, &found);
+  int r;
+  if (found) {
+    errno = EEXIST;
+    r = -1;
+  } else
+    r = insert_at(reg, i, exp);
+  pthread_rwlock_unlock(&reg->lock);
+  return r;
+}
+
+int
+exports_replace(struct exports *reg, struct export *exp)
+{
+  struct export *old = NULL;
+  pthread_rwlock_wrlock(&reg->lock);
+  bool found;
+  size_t i = find_slot(reg, exp->name, exp->name_len, &found);
+  int r = 0;
+  if (found) {
+    old = reg->v[i];
+    reg->v[i] = exp;
+  } else
+    r = insert_at(reg, i, exp);
+  pthread_rwlock_unlock(&reg->lock);
+  export_put(old);
+  return r;
 }
 
 int

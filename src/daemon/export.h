@@ -45,6 +45,10 @@ const char *export_description(const struct export *exp);
 uint64_t export_size(const struct export *exp);
 uint32_t export_pref_block(const struct export *exp);
 
+/* The backend's handle if exp was made with ops, else NULL: lets a
+ * backend recognise its own exports. */
+void *export_handle_if(const struct export *exp, const struct export_ops *ops);
+
 /* Backend calls; the caller has checked the range. */
 int export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
                  int *err);
@@ -56,6 +60,10 @@ struct exports *exports_new(void);
 /* Adds exp (the registry takes the caller's reference).  -1 with
  * errno EEXIST if the name is taken. */
 int exports_add(struct exports *reg, struct export *exp);
+
+/* Adds exp, or replaces the export of the same name (dropping the
+ * registry's reference to it) in one step, so no lookup misses both. */
+int exports_replace(struct exports *reg, struct export *exp);
 
 /* Removes the export named name; -1 with errno ENOENT if absent. */
 int exports_remove(struct exports *reg, const char *name);

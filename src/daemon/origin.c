@@ -119,9 +119,51 @@ open_image(int dirfd, const char *dir, const struct manifest *m)
   return r;
 }
 
-/* Makes the export for one manifest file; 0 or -1 (logged). */
+/* Names of the images a scan found valid; a growing array. */
+struct seen {
+  char **v;
+  size_t n, cap;
+};
+
 static int
-add_image(struct exports *reg, int dirfd, const char *dir, const char *entry)
+seen_add(struct seen *seen, const char *name)
+{
+  if (seen->n == seen->cap) {
+    size_t cap = seen->cap ? seen->cap * 2 : 16;
+    char **v = realloc(seen->v, cap * sizeof *v);
+    if (v == NULL)
+      return -1;
+    seen->v = v;
+    seen->cap = cap;
+  }
+  if ((seen->v[seen->n] = strdup(name)) == NULL)
+    return -1;
+  seen->n++;
+  return 0;
+}
+
+static bool
+seen_has(const struct seen *seen, const char *name)
+{
+  for (size_t i = 0; i < seen->n; i++)
+    if (strcmp(seen->v[i], name) == 0)
+      return true;
+  return false;
+}
+
+static void
+seen_free(struct seen *seen)
+{
+  for (size_t i = 0; i < seen->n; i++)
+    free(seen->v[i]);
+  free(seen->v);
+}
+
+/* Serves the image of one manifest file, unless the same version is
+ * served already.  Records its name in seen.  0 or -1 (logged). */
+static int
+scan_one(struct exports *reg, int dirfd, const char *dir, const char *entry,
+         struct seen *seen)
 {
   size_t elen = strlen(entry), slen = strlen(MANIFEST_SUFFIX);
   char path[PATH_MAX];
@@ -138,6 +180,24 @@ add_image(struct exports *reg, int dirfd, const char *dir, const char *entry)
     manifest_free(m);
     return -1;
   }
+
+  struct export *cur = exports_lookup(reg, m->name, strlen(m->name));
+  if (cur) {
+    struct origin_image *old = export_handle_if(cur, &origin_ops);
+    bool same = old && strcmp(old->m->version_hex, m->version_hex) == 0;
+    export_put(cur);
+    if (old == NULL) {
+      log_error(COMPONENT, "%s: an export named '%s' exists already", path,
+                m->name);
+      manifest_free(m);
+      return -1;
+    }
+    if (same) {
+      manifest_free(m);
+      return seen_add(seen, entry) == -1 ? -1 : 0;
+    }
+  }
+
   int fd = open_image(dirfd, dir, m);
   if (fd == -1) {
     manifest_free(m);
@@ -161,15 +221,36 @@ add_image(struct exports *reg, int dirfd, const char *dir, const char *entry)
     origin_close(img);
     return -1;
   }
-  if (exports_add(reg, exp) == -1) {
+  /* Connections to a replaced version keep it until they end. */
+  if (exports_replace(reg, exp) == -1) {
     log_error(COMPONENT, "%s: export '%s': %m", path, m->name);
     export_put(exp);
     return -1;
   }
-  log_info(COMPONENT, "serving '%s' (%s, %" PRIu64 " bytes, %" PRIu64
-           " blocks of %" PRIu32 ", version %s)", m->name,
+  log_info(COMPONENT, "%s '%s' (%s, %" PRIu64 " bytes, %" PRIu64
+           " blocks of %" PRIu32 ", version %s)",
+           cur ? "serving new version of" : "serving", m->name,
            image_format_name(m->format), m->size, m->nblocks, m->block_size,
            m->version_hex);
+  return seen_add(seen, entry) == -1 ? -1 : 0;
+}
+
+struct stale {
+  const struct seen *seen;
+  struct seen names; /* origin exports to remove */
+};
+
+static int
+find_stale(struct export *exp, void *opaque)
+{
+  struct stale *st = opaque;
+  if (export_handle_if(exp, &origin_ops) == NULL)
+    return 0;
+  char entry[MANIFEST_NAME_MAX + sizeof MANIFEST_SUFFIX];
+  snprintf(entry, sizeof entry, "%s%s", export_name(exp), MANIFEST_SUFFIX);
+  if (!seen_has(st->seen, entry) &&
+      seen_add(&st->names, export_name(exp)) == -1)
+    return -1;
   return 0;
 }
 
@@ -182,21 +263,34 @@ origin_scan(struct exports *reg, const char *dir)
     return -1;
   }
   int dirfd_ = dirfd(d);
-  int added = 0;
   size_t slen = strlen(MANIFEST_SUFFIX);
+  struct seen seen = { 0 };
   struct dirent *de;
   errno = 0;
   while ((de = readdir(d)) != NULL) {
     size_t len = strlen(de->d_name);
-    if (de->d_name[0] == '.' || len <= slen ||
-        strcmp(de->d_name + len - slen, MANIFEST_SUFFIX) != 0)
-      continue;
-    if (add_image(reg, dirfd_, dir, de->d_name) == 0)
-      added++;
+    if (de->d_name[0] != '.' && len > slen &&
+        strcmp(de->d_name + len - slen, MANIFEST_SUFFIX) == 0)
+      scan_one(reg, dirfd_, dir, de->d_name, &seen);
     errno = 0;
   }
-  if (errno != 0)
+  int r = (int)seen.n;
+  if (errno != 0) {
+    /* An incomplete listing must not withdraw images. */
     log_error(COMPONENT, "readdir: %s: %m", dir);
+    r = -1;
+  } else {
+    /* Withdraw the images whose manifest is gone or no longer valid. */
+    struct stale st = { .seen = &seen };
+    exports_foreach(reg, find_stale, &st);
+    for (size_t i = 0; i < st.names.n; i++) {
+      log_info(COMPONENT, "withdrawing '%s': no valid manifest in %s",
+               st.names.v[i], dir);
+      exports_remove(reg, st.names.v[i]);
+    }
+    seen_free(&st.names);
+  }
+  seen_free(&seen);
   closedir(d);
-  return added;
+  return r;
 }

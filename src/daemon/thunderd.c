@@ -5,6 +5,7 @@
  * (server.c).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,23 +81,45 @@ static const struct config_opt options[] = {
   { NULL },
 };
 
-static struct server *the_server;
-static volatile sig_atomic_t debug_toggle;
+/* Signals are taken by one thread with sigwait(), so their work runs in
+ * ordinary thread context: every other thread blocks them. */
+struct signal_ctx {
+  struct server *server;
+  struct exports *reg;
+  enum log_level level; /* the configured level, restored by SIGUSR1 */
+};
 
-static void
-on_stop(int sig)
+static void *
+signal_main(void *arg)
 {
-  (void)sig;
-  if (the_server)
-    server_stop(the_server);
-}
-
-static void
-on_usr1(int sig)
-{
-  (void)sig;
-  debug_toggle = !debug_toggle;
-  log_set_level(debug_toggle ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO);
+  struct signal_ctx *ctx = arg;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
+  bool debug = false;
+  for (;;) {
+    int sig;
+    if (sigwait(&set, &sig) != 0)
+      continue;
+    switch (sig) {
+    case SIGHUP:
+      log_info(COMPONENT, "SIGHUP: rescanning %s", opt.images);
+      origin_scan(ctx->reg, opt.images);
+      break;
+    case SIGUSR1:
+      debug = !debug;
+      log_set_level(debug ? LOG_LEVEL_DEBUG : ctx->level);
+      log_info(COMPONENT, "SIGUSR1: debug logging %s", debug ? "on" : "off");
+      break;
+    default:
+      log_info(COMPONENT, "%s: stopping", strsignal(sig));
+      server_stop(ctx->server);
+      return NULL;
+    }
+  }
 }
 
 static bool
@@ -116,16 +139,19 @@ main(int argc, char **argv)
 
   int status = EXIT_FAILURE;
   struct exports *reg = NULL;
+  struct server *server = NULL;
+  enum log_level level = LOG_LEVEL_INFO;
 
   if (log_init("thunderd", opt.log) == -1) {
     fprintf(stderr, "log: '%s': expected stderr or syslog\n", opt.log);
     goto out;
   }
-  if (opt.log_level && log_set_level_name(opt.log_level) == -1) {
+  if (opt.log_level && log_level_from_name(opt.log_level, &level) == -1) {
     fprintf(stderr, "log-level: '%s': expected error, warn, info or debug\n",
             opt.log_level);
     goto out;
   }
+  log_set_level(level);
   if (opt.debug && log_set_debug(opt.debug) == -1) {
     fprintf(stderr, "debug: list too long\n");
     goto out;
@@ -152,6 +178,13 @@ main(int argc, char **argv)
 
   struct sigaction sa = { .sa_handler = SIG_IGN };
   sigaction(SIGPIPE, &sa, NULL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
 
   struct server_config sc = {
     .socket_path = is_none(opt.socket) ? NULL
@@ -166,28 +199,27 @@ main(int argc, char **argv)
     .max_handshakes = (unsigned)opt.max_handshakes,
     .handshake_timeout_ms = (unsigned)opt.handshake_timeout * 1000,
   };
-  the_server = server_new(reg, &sc);
-  if (the_server == NULL)
+  server = server_new(reg, &sc);
+  if (server == NULL)
     goto out;
 
-  sa.sa_handler = on_stop;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  sa.sa_handler = on_usr1;
-  sigaction(SIGUSR1, &sa, NULL);
+  struct signal_ctx sctx = { .server = server, .reg = reg, .level = level };
+  pthread_t sig_thread;
+  if ((errno = pthread_create(&sig_thread, NULL, signal_main, &sctx)) != 0) {
+    log_error(COMPONENT, "pthread_create: %m");
+    goto out;
+  }
 
   log_info(COMPONENT, "ready: origin mode, %zu images", exports_count(reg));
-  if (server_run(the_server) == 0)
+  if (server_run(server) == 0)
     status = EXIT_SUCCESS;
+  /* If the server stopped by itself, wake the signal thread to end it. */
+  pthread_kill(sig_thread, SIGTERM);
+  pthread_join(sig_thread, NULL);
   log_info(COMPONENT, "stopped");
 
 out:
-  if (the_server) {
-    struct server *s = the_server;
-    the_server = NULL;
-    server_free(s);
-  }
+  server_free(server);
   exports_free(reg);
   config_free(options);
   return status;
