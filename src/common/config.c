@@ -136,7 +136,9 @@ config_parse_file(const struct config_opt *opts, const char *path)
     return -1;
   }
 
-  char line[4096];
+  CLEANUP_FREE char *line = NULL;
+  size_t linecap = 0;
+  ssize_t n;
   unsigned lineno = 0;
   int r = 0;
   /* Keys seen so far, to refuse duplicates (a likely mistake). */
@@ -150,17 +152,15 @@ config_parse_file(const struct config_opt *opts, const char *path)
     return -1;
   }
 
-  while (fgets(line, sizeof line, fp)) {
+  while ((n = getline(&line, &linecap, fp)) != -1) {
     lineno++;
-    size_t len = strlen(line);
-    if (len == sizeof line - 1 && line[len - 1] != '\n' && !feof(fp)) {
-      fprintf(stderr, "%s:%u: line longer than %zu bytes\n", path, lineno,
-              sizeof line - 2);
+    if (n > CONFIG_LINE_MAX) {
+      fprintf(stderr, "%s:%u: line longer than %d bytes\n", path, lineno,
+              CONFIG_LINE_MAX);
       r = -1;
       break;
     }
-    if (memchr(line, '\0', len) != line + len ||
-        strlen(line) != len) {
+    if (strlen(line) != (size_t)n) {
       fprintf(stderr, "%s:%u: NUL byte in line\n", path, lineno);
       r = -1;
       break;

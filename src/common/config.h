@@ -31,6 +31,8 @@ struct config_opt {
 
 /* Largest config file accepted, in bytes. */
 #define CONFIG_FILE_MAX (1024 * 1024)
+/* Longest line of a config file, in bytes with its newline. */
+#define CONFIG_LINE_MAX 4096
 
 /* Loads options: the file named by --config (an error if missing) or else
  * default_path (skipped if missing), then the command line.  opts ends
