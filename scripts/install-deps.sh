@@ -9,9 +9,9 @@ packages=(
   # libraries
   nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev
   # real NBD peers for tests and benchmarks
-  libnbd-bin nbdkit qemu-utils
+  libnbd-bin python3-libnbd nbdkit qemu-utils
   # scripts
-  coreutils procps iproute2
+  coreutils procps iproute2 jq
 )
 
 missing=()
