@@ -440,7 +440,7 @@ nbdsrv_check_request(const struct nbdsrv_request *req, uint64_t export_size)
   case NBD_CMD_READ:
     if (req->count == 0 || req->count > NBDSRV_REQUEST_MAX)
       return NBD_EINVAL;
-    /* fallthrough */
+    __attribute__((fallthrough));
   case NBD_CMD_CACHE:
     if (req->count == 0 || req->offset > export_size ||
         req->count > export_size - req->offset)
