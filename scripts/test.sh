@@ -5,8 +5,9 @@
 #   3. build-san/   gcc with AddressSanitizer + UndefinedBehaviorSanitizer
 #                   (leaks and UB are failures): unit + integration suites
 #   4. build-fuzz/  clang + libFuzzer: the fuzz suite (60 s per target)
-# Prints one summary line "tests: N passed, N failed, N skipped" and exits
-# non-zero if anything failed.  Run as root on Debian 12.
+# Prints one summary line "tests: N passed, N failed, N skipped" (a build
+# that fails counts as one failed test) and exits non-zero if anything
+# failed.  Run as root on Debian 12.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,22 +29,34 @@ run_suite() {            # run_suite BUILDDIR MESON-TEST-ARGS...
   summaries+=("$dir/meson-logs/testlog.json")
 }
 
-./scripts/build.sh build -Db_sanitize=none || exit 1
-run_suite build --suite unit --suite integration
+build_failed=0
+build() {               # build DIR OPTIONS...: a failed build counts as a failure
+  if ! ./scripts/build.sh "$@"; then
+    status=1
+    build_failed=$((build_failed + 1))
+    return 1
+  fi
+}
 
-./scripts/build.sh build-san -Db_sanitize=address,undefined -Db_lundef=false \
-  -Dc_args=-fno-sanitize-recover=all || exit 1
-run_suite build-san --suite unit --suite integration
+if build build -Db_sanitize=none; then
+  run_suite build --suite unit --suite integration
+fi
 
-CC=clang ./scripts/build.sh build-fuzz -Dfuzz=enabled -Db_sanitize=none \
-  -Dbuildtype=debugoptimized || exit 1
-run_suite build-fuzz --suite fuzz
+if build build-san -Db_sanitize=address,undefined -Db_lundef=false \
+     -Dc_args=-fno-sanitize-recover=all; then
+  run_suite build-san --suite unit --suite integration
+fi
+
+if CC=clang build build-fuzz -Dfuzz=enabled -Db_sanitize=none \
+     -Dbuildtype=debugoptimized; then
+  run_suite build-fuzz --suite fuzz
+fi
 
 # One closing line over all runs.
-python3 - "${summaries[@]}" <<'PY' 2>/dev/null || status=1
+python3 - "$build_failed" "${summaries[@]}" <<'PY' || status=1
 import json, sys
-counts = {"OK": 0, "FAIL": 0, "SKIP": 0, "TIMEOUT": 0, "ERROR": 0}
-for path in sys.argv[1:]:
+counts = {"OK": 0, "FAIL": int(sys.argv[1]), "SKIP": 0, "TIMEOUT": 0, "ERROR": 0}
+for path in sys.argv[2:]:
     with open(path) as f:
         for line in f:
             r = json.loads(line)["result"]

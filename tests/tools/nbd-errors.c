@@ -32,6 +32,9 @@ static uint32_t block_size;
 static int file_fd;
 static int failures;
 
+static void check (bool ok, const char *fmt, ...)
+    __attribute__ ((format (printf, 2, 3)));
+
 static void
 check (bool ok, const char *fmt, ...)
 {

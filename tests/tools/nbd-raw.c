@@ -99,6 +99,9 @@
 
 static const char *addr;
 
+static void fail (const char *fmt, ...)
+    __attribute__ ((format (printf, 1, 2)));
+
 static void
 fail (const char *fmt, ...)
 {
