@@ -89,16 +89,23 @@ struct signal_ctx {
   enum log_level level; /* the configured level, restored by SIGUSR1 */
 };
 
+/* The signals signal_main() takes. */
+static void
+handled_signals(sigset_t *set)
+{
+  sigemptyset(set);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGHUP);
+  sigaddset(set, SIGUSR1);
+}
+
 static void *
 signal_main(void *arg)
 {
   struct signal_ctx *ctx = arg;
   sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
-  sigaddset(&set, SIGUSR1);
+  handled_signals(&set);
   bool debug = false;
   for (;;) {
     int sig;
@@ -179,11 +186,7 @@ main(int argc, char **argv)
   struct sigaction sa = { .sa_handler = SIG_IGN };
   sigaction(SIGPIPE, &sa, NULL);
   sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
-  sigaddset(&set, SIGUSR1);
+  handled_signals(&set);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
   struct server_config sc = {
