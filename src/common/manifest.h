@@ -30,6 +30,10 @@
 #define MANIFEST_FILE_MAX ((size_t)MANIFEST_BLOCKS_MAX * 70 + 65536)
 /* Longest image name. */
 #define MANIFEST_NAME_MAX 255
+/* Every server of an image (origin or node) also serves its manifest's
+ * bytes as the NBD export NAME@manifest ('@' is never in an image name),
+ * so a node fetches the manifest along the same upstream path as blocks. */
+#define MANIFEST_EXPORT_SUFFIX "@manifest"
 
 enum image_format {
   IMAGE_FORMAT_RAW,

@@ -1,0 +1,74 @@
+/* thunder — thunderd's control endpoint: HTTP/JSON over libmicrohttpd.
+ *
+ *   GET    /healthz                 200 {"status":"ok"}          (no token)
+ *   GET    /v1/images               200 {"images":[...]}
+ *   PUT    /v1/images/{name}        attach: body schemas/node-attach.schema.json
+ *   GET    /v1/images/{name}        state and counters
+ *   DELETE /v1/images/{name}        detach
+ *
+ * Every /v1 request needs "Authorization: Bearer TOKEN" (compared in
+ * constant time); else 401.  Bodies are capped (CONTROL_BODY_MAX, 413),
+ * parsed with a nesting limit and validated field by field (400 naming
+ * the field).  Every error reply is {"error":{"code":C,"message":M}}.
+ * This module does HTTP, auth and validation; what the requests do is
+ * the caller's (struct control_ops).
+ *
+ * Threads: the ops are called from libmicrohttpd's threads, several at
+ * once; they must be thread-safe.
+ */
+#ifndef THUNDER_CONTROL_H
+#define THUNDER_CONTROL_H
+
+#include <stddef.h>
+
+struct json_object;
+
+#define CONTROL_BODY_MAX (64 * 1024)
+#define CONTROL_UPSTREAMS_MAX 16
+#define CONTROL_URI_MAX 4096
+
+/* A validated attach request. */
+struct control_attach {
+  const char *name;
+  const char *version;           /* 64 lowercase hex digits */
+  const char *const *upstreams;  /* NBD URIs, parent first, origin last */
+  size_t nupstreams;             /* 1..CONTROL_UPSTREAMS_MAX */
+};
+
+/* Each op returns an HTTP status.  On success it may set *reply to a new
+ * JSON object (the body); on failure it writes a message into err
+ * (errlen bytes) and may set *code to a static error code string
+ * ("not_found", "conflict", "bad_gateway", ...). */
+struct control_ops {
+  int (*attach)(void *opaque, const struct control_attach *req,
+                struct json_object **reply, const char **code, char *err,
+                size_t errlen);
+  int (*detach)(void *opaque, const char *name, struct json_object **reply,
+                const char **code, char *err, size_t errlen);
+  int (*get)(void *opaque, const char *name, struct json_object **reply,
+             const char **code, char *err, size_t errlen);
+  int (*list)(void *opaque, struct json_object **reply, const char **code,
+              char *err, size_t errlen);
+  void *opaque;
+};
+
+struct control;
+
+/* Starts the endpoint on listen ("HOST:PORT", "[V6]:PORT"; port 0 picks
+ * one, see control_port) requiring token.  NULL with a logged error. */
+struct control *control_new(const char *listen, const char *token,
+                            const struct control_ops *ops);
+
+/* The TCP port it listens on. */
+unsigned control_port(const struct control *c);
+
+/* Stops it (waiting for requests in progress) and frees c. */
+void control_free(struct control *c);
+
+/* Reads a token file: one line, 16..256 printable ASCII characters,
+ * surrounding whitespace ignored.  The file must not be readable or
+ * writable by others (mode & 0007 == 0).  Returns a heap string, or NULL
+ * with a logged error naming the file. */
+char *control_read_token(const char *path);
+
+#endif
