@@ -1099,6 +1099,12 @@ manifest_parse(const char *buf, size_t len, const char *origin)
 struct manifest *
 manifest_load(const char *path)
 {
+  return manifest_load_bytes(path, NULL, NULL);
+}
+
+struct manifest *
+manifest_load_bytes(const char *path, char **bytes, size_t *bytes_len)
+{
   CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) {
     log_error(COMP, "open: %s: %m", path);
@@ -1155,5 +1161,11 @@ manifest_load(const char *path)
       break;
     len += (size_t)r;
   }
-  return manifest_parse(buf, len, path);
+  struct manifest *m = manifest_parse(buf, len, path);
+  if (m && bytes) {
+    *bytes = buf;
+    *bytes_len = len;
+    buf = NULL;
+  }
+  return m;
 }

@@ -89,6 +89,11 @@ struct manifest *manifest_parse(const char *buf, size_t len,
  * bytes). */
 struct manifest *manifest_load(const char *path);
 
+/* Like manifest_load, and on success also hands over the file's exact
+ * bytes (*bytes, heap; their SHA-256 is the version). */
+struct manifest *manifest_load_bytes(const char *path, char **bytes,
+                                     size_t *len);
+
 /* True if data[0..len) is block idx of the image: len is that block's
  * length and its SHA-256 matches. */
 bool manifest_block_ok(const struct manifest *m, uint64_t idx,

@@ -22,6 +22,7 @@ struct export {
   uint32_t pref_block;
   const struct export_ops *ops;
   void *handle;
+  _Atomic uint64_t reads, served_local, served_remote;
 };
 
 struct exports {
@@ -56,6 +57,62 @@ export_new(const char *name, uint64_t size, uint32_t pref_block,
   exp->ops = ops;
   exp->handle = handle;
   return exp;
+}
+
+/* The backend of export_new_bytes: a private copy of the bytes. */
+struct bytes_handle {
+  size_t len;
+  char data[];
+};
+
+static int
+bytes_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
+{
+  struct bytes_handle *b = handle;
+  if (off > b->len || len > b->len - off) {
+    *err = EINVAL;
+    return -1;
+  }
+  memcpy(buf, b->data + off, len);
+  return 0;
+}
+
+static const struct export_ops bytes_ops = {
+  .pread = bytes_pread,
+  .close = free,
+};
+
+struct export *
+export_new_bytes(const char *name, const void *data, size_t len,
+                 const char *description)
+{
+  struct bytes_handle *b = malloc(sizeof *b + len);
+  if (b == NULL) {
+    log_error("export", "malloc: %m");
+    return NULL;
+  }
+  b->len = len;
+  memcpy(b->data, data, len);
+  struct export *exp = export_new(name, len, 4096, description, &bytes_ops, b);
+  if (exp == NULL)
+    free(b);
+  return exp;
+}
+
+void
+export_count_read(struct export *exp, bool local, uint64_t bytes)
+{
+  atomic_fetch_add_explicit(&exp->reads, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(local ? &exp->served_local : &exp->served_remote,
+                            bytes, memory_order_relaxed);
+}
+
+void
+export_get_counters(const struct export *exp, struct export_counters *c)
+{
+  c->reads = atomic_load(&exp->reads);
+  c->served_local_bytes = atomic_load(&exp->served_local);
+  c->served_remote_bytes = atomic_load(&exp->served_remote);
 }
 
 void

@@ -36,6 +36,10 @@ struct export *export_new(const char *name, uint64_t size, uint32_t pref_block,
                           const char *description,
                           const struct export_ops *ops, void *handle);
 
+/* A new export serving a copy of data[0..len) (for manifests). */
+struct export *export_new_bytes(const char *name, const void *data, size_t len,
+                                const char *description);
+
 /* Takes / drops a reference. */
 void export_get(struct export *exp);
 void export_put(struct export *exp);
@@ -53,6 +57,18 @@ void *export_handle_if(const struct export *exp, const struct export_ops *ops);
 int export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
                  int *err);
 int export_cache(struct export *exp, uint64_t len, uint64_t off, int *err);
+
+/* Bytes served by reads of this export, counted by the NBD server. */
+struct export_counters {
+  uint64_t reads;               /* successful read requests */
+  uint64_t served_local_bytes;  /* to Unix-socket clients (local QEMU) */
+  uint64_t served_remote_bytes; /* to TCP clients (child nodes) */
+};
+
+/* Counts one successful read of bytes bytes. */
+void export_count_read(struct export *exp, bool local, uint64_t bytes);
+
+void export_get_counters(const struct export *exp, struct export_counters *c);
 
 /* An empty registry, or NULL. */
 struct exports *exports_new(void);

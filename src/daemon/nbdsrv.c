@@ -39,6 +39,7 @@ struct nbdsrv_conn {
   struct nbdsrv_io io;
   char *peer;
   bool no_zeroes;          /* client asked for NBD_FLAG_NO_ZEROES */
+  bool local;              /* a local client, for the counters */
   struct export *exp;      /* set when transmission starts */
   uint64_t size;           /* exp's size, cached */
 
@@ -104,6 +105,12 @@ nbdsrv_conn_free(struct nbdsrv_conn *c)
   pthread_mutex_destroy(&c->write_lock);
   free(c->peer);
   free(c);
+}
+
+void
+nbdsrv_conn_set_local(struct nbdsrv_conn *c, bool local)
+{
+  c->local = local;
 }
 
 struct export *
@@ -203,6 +210,8 @@ send_list_entry(struct export *exp, void *opaque)
   size_t nlen = strlen(name), dlen = strlen(desc);
   if (nlen > NBDSRV_NAME_MAX)
     return 0; /* cannot be named by a client; not listed */
+  if (strchr(name, '@'))
+    return 0; /* an image's side export (NAME@manifest): not an image */
   if (dlen > NBDSRV_NAME_MAX)
     dlen = NBDSRV_NAME_MAX;
   uint8_t buf[4 + 2 * NBDSRV_NAME_MAX];
@@ -609,6 +618,7 @@ nbdsrv_serve_one(struct nbdsrv_conn *c, struct nbdsrv_buf *buf)
     else {
       data = buf->p;
       len = req.count;
+      export_count_read(c->exp, c->local, len);
     }
   } else if (req.type == NBD_CMD_CACHE) {
     if (export_cache(c->exp, req.count, req.offset, &err) == -1)

@@ -15,6 +15,7 @@
 #ifndef THUNDER_NBDSRV_H
 #define THUNDER_NBDSRV_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -59,6 +60,10 @@ struct nbdsrv_conn;
 struct nbdsrv_conn *nbdsrv_conn_new(struct exports *reg,
                                     const struct nbdsrv_io *io,
                                     const char *peer);
+
+/* Marks the client as local (a Unix-socket peer, i.e. this node's QEMU)
+ * for the export's counters; the default is remote (a child node). */
+void nbdsrv_conn_set_local(struct nbdsrv_conn *c, bool local);
 
 /* Runs the handshake.  1: the client chose an export and transmission
  * begins; 0: the client ended the handshake cleanly (NBD_OPT_ABORT or

@@ -171,7 +171,9 @@ scan_one(struct exports *reg, int dirfd, const char *dir, const char *entry,
     log_error(COMPONENT, "%s/%s: path too long", dir, entry);
     return -1;
   }
-  struct manifest *m = manifest_load(path);
+  CLEANUP_FREE char *bytes = NULL;
+  size_t blen;
+  struct manifest *m = manifest_load_bytes(path, &bytes, &blen);
   if (m == NULL)
     return -1;
   if (strlen(m->name) != elen - slen || strncmp(m->name, entry, elen - slen)) {
@@ -221,10 +223,25 @@ scan_one(struct exports *reg, int dirfd, const char *dir, const char *entry,
     origin_close(img);
     return -1;
   }
-  /* Connections to a replaced version keep it until they end. */
+  char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  snprintf(mname, sizeof mname, "%s%s", m->name, MANIFEST_EXPORT_SUFFIX);
+  struct export *mexp = export_new_bytes(mname, bytes, blen, "thunder manifest");
+  if (mexp == NULL) {
+    export_put(exp);
+    return -1;
+  }
+  /* The manifest first, so a node that sees the image finds it.
+   * Connections to a replaced version keep it until they end. */
+  if (exports_replace(reg, mexp) == -1) {
+    log_error(COMPONENT, "%s: export '%s': %m", path, mname);
+    export_put(mexp);
+    export_put(exp);
+    return -1;
+  }
   if (exports_replace(reg, exp) == -1) {
     log_error(COMPONENT, "%s: export '%s': %m", path, m->name);
     export_put(exp);
+    exports_remove(reg, mname);
     return -1;
   }
   log_info(COMPONENT, "%s '%s' (%s, %" PRIu64 " bytes, %" PRIu64
@@ -287,6 +304,10 @@ origin_scan(struct exports *reg, const char *dir)
       log_info(COMPONENT, "withdrawing '%s': no valid manifest in %s",
                st.names.v[i], dir);
       exports_remove(reg, st.names.v[i]);
+      char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+      snprintf(mname, sizeof mname, "%s%s", st.names.v[i],
+               MANIFEST_EXPORT_SUFFIX);
+      exports_remove(reg, mname);
     }
     seen_free(&st.names);
   }

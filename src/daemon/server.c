@@ -291,6 +291,7 @@ accept_one(struct server *s, int lfd, bool is_unix)
   cn->nc = nbdsrv_conn_new(s->reg, &io, cn->peer);
   if (cn->nc == NULL)
     goto fail;
+  nbdsrv_conn_set_local(cn->nc, is_unix);
 
   pthread_mutex_lock(&s->lock);
   cn->next = s->conns;
