@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -314,4 +315,69 @@ origin_scan(struct exports *reg, const char *dir)
   seen_free(&seen);
   closedir(d);
   return r;
+}
+
+static struct json_object *
+image_json(struct export *exp, const struct origin_image *img)
+{
+  struct json_object *o = json_object_new_object();
+  struct json_object *c = json_object_new_object();
+  if (o == NULL || c == NULL) {
+    json_object_put(o);
+    json_object_put(c);
+    return NULL;
+  }
+  const struct manifest *m = img->m;
+  struct export_counters ec;
+  export_get_counters(exp, &ec);
+  json_object_object_add(o, "name", json_object_new_string(m->name));
+  json_object_object_add(o, "version", json_object_new_string(m->version_hex));
+  json_object_object_add(o, "state", json_object_new_string("origin"));
+  json_object_object_add(o, "size", json_object_new_uint64(m->size));
+  json_object_object_add(o, "block_size", json_object_new_uint64(m->block_size));
+  json_object_object_add(o, "blocks", json_object_new_uint64(m->nblocks));
+  json_object_object_add(c, "served_local_bytes",
+                         json_object_new_uint64(ec.served_local_bytes));
+  json_object_object_add(c, "served_remote_bytes",
+                         json_object_new_uint64(ec.served_remote_bytes));
+  json_object_object_add(c, "reads", json_object_new_uint64(ec.reads));
+  json_object_object_add(o, "counters", c);
+  return o;
+}
+
+struct json_object *
+origin_image_json(struct exports *reg, const char *name)
+{
+  struct export *exp = exports_lookup(reg, name, strlen(name));
+  if (exp == NULL)
+    return NULL;
+  struct origin_image *img = export_handle_if(exp, &origin_ops);
+  struct json_object *o = img ? image_json(exp, img) : NULL;
+  export_put(exp);
+  return o;
+}
+
+static int
+list_one(struct export *exp, void *opaque)
+{
+  struct origin_image *img = export_handle_if(exp, &origin_ops);
+  struct json_object *o = img ? image_json(exp, img) : NULL;
+  if (o)
+    json_object_array_add(opaque, o);
+  return 0;
+}
+
+struct json_object *
+origin_list_json(struct exports *reg)
+{
+  struct json_object *o = json_object_new_object();
+  struct json_object *arr = json_object_new_array();
+  if (o == NULL || arr == NULL) {
+    json_object_put(o);
+    json_object_put(arr);
+    return NULL;
+  }
+  exports_foreach(reg, list_one, arr);
+  json_object_object_add(o, "images", arr);
+  return o;
 }

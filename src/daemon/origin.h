@@ -21,4 +21,13 @@
  * is withdrawn).  Call it at start-up and on SIGHUP. */
 int origin_scan(struct exports *reg, const char *dir);
 
+struct json_object;
+
+/* The state and counters of origin image name (schemas/node-image.schema.json,
+ * state "origin"), or NULL if reg serves no such image. */
+struct json_object *origin_image_json(struct exports *reg, const char *name);
+
+/* {"images": [state of each origin image]}. */
+struct json_object *origin_list_json(struct exports *reg);
+
 #endif

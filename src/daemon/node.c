@@ -1,0 +1,927 @@
+/* thunder — node mode; see node.h.
+ *
+ * Objects and lifetimes:
+ *   struct node        the node: registry, cache root, parameters, and the
+ *                      set of image versions whose cache is open.
+ *   struct node_image  one attached image version: manifest, block cache,
+ *                      fetcher.  It is the handle of its export; the
+ *                      export's last reference (the registry's, or the last
+ *                      connection's after a detach or a replace) closes it.
+ *
+ * A version's cache directory is open in at most one node_image at a time
+ * (two committers on one bitmap would race); an attach of a version still
+ * held open by connections to a detached image is refused with 409.
+ *
+ * Locks: node->lock serialises attach, detach and the open-version set.
+ * img->flock guards img->f and img->uris: readers (reads in progress)
+ * share it, an upstream update takes it exclusively to swap the fetcher.
+ */
+#include "node.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blkcache.h"
+#include "cleanup.h"
+#include "digest.h"
+#include "log.h"
+#include "manifest.h"
+
+#define COMPONENT "node"
+#define ATTACHED_DIR "attached"
+/* Largest attachment record accepted. */
+#define ATTACH_FILE_MAX (128 * 1024)
+/* Blocks hinted by one NBD_CMD_CACHE at most. */
+#define CACHE_HINT_MAX 1024
+
+struct node {
+  struct exports *reg;
+  char *root;
+  struct node_params p;
+  pthread_mutex_t lock;
+  char **open_versions; /* hex versions with an open cache */
+  size_t nopen, capopen;
+};
+
+struct node_image {
+  struct node *node;
+  char *name;
+  struct manifest *m;
+  struct blkcache *bc;
+  pthread_rwlock_t flock;
+  struct fetcher *f;   /* under flock */
+  char **uris;         /* under flock */
+  size_t nuris;
+  _Atomic uint64_t hits, misses;
+};
+
+/* ---- the set of open cache versions (node->lock held) ---------------- */
+
+static bool
+version_open(struct node *n, const char *v)
+{
+  for (size_t i = 0; i < n->nopen; i++)
+    if (strcmp(n->open_versions[i], v) == 0)
+      return true;
+  return false;
+}
+
+static int
+version_add(struct node *n, const char *v)
+{
+  if (n->nopen == n->capopen) {
+    size_t cap = n->capopen ? n->capopen * 2 : 8;
+    char **a = realloc(n->open_versions, cap * sizeof *a);
+    if (a == NULL)
+      return -1;
+    n->open_versions = a;
+    n->capopen = cap;
+  }
+  if ((n->open_versions[n->nopen] = strdup(v)) == NULL)
+    return -1;
+  n->nopen++;
+  return 0;
+}
+
+static void
+version_del(struct node *n, const char *v)
+{
+  for (size_t i = 0; i < n->nopen; i++) {
+    if (strcmp(n->open_versions[i], v) == 0) {
+      free(n->open_versions[i]);
+      n->open_versions[i] = n->open_versions[--n->nopen];
+      return;
+    }
+  }
+}
+
+/* ---- uris ------------------------------------------------------------ */
+
+static void
+uris_free(char **uris, size_t n)
+{
+  for (size_t i = 0; uris && i < n; i++)
+    free(uris[i]);
+  free(uris);
+}
+
+static char **
+uris_dup(const char *const *uris, size_t n)
+{
+  char **v = calloc(n, sizeof *v);
+  if (v == NULL)
+    return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if ((v[i] = strdup(uris[i])) == NULL) {
+      uris_free(v, n);
+      return NULL;
+    }
+  }
+  return v;
+}
+
+static bool
+uris_equal(char *const *a, size_t na, const char *const *b, size_t nb)
+{
+  if (na != nb)
+    return false;
+  for (size_t i = 0; i < na; i++)
+    if (strcmp(a[i], b[i]) != 0)
+      return false;
+  return true;
+}
+
+/* ---- the image's export backend ----------------------------------------- */
+
+static bool
+cb_is_cached(void *opaque, uint64_t idx)
+{
+  struct node_image *img = opaque;
+  return blkcache_has(img->bc, idx);
+}
+
+static void
+cb_deliver(void *opaque, uint64_t idx, const void *data, unsigned from)
+{
+  struct node_image *img = opaque;
+  (void)from;
+  /* A failed store is logged by blkcache; the block is served from the
+   * fetch anyway and fetched again next time. */
+  blkcache_store(img->bc, idx, data);
+}
+
+/* Where block b meets the read [off, off + len): the part inside the
+ * block and where it goes in the caller's buffer. */
+struct part {
+  uint32_t in_block; /* offset inside the block */
+  uint32_t n;        /* bytes */
+  uint64_t in_buf;   /* offset in the read's buffer */
+};
+
+static struct part
+block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
+{
+  uint64_t bstart = b * m->block_size;
+  uint64_t bend = bstart + manifest_block_len(m, b);
+  uint64_t s = off > bstart ? off : bstart;
+  uint64_t e = off + len < bend ? off + len : bend;
+  return (struct part){ (uint32_t)(s - bstart), (uint32_t)(e - s), s - off };
+}
+
+static int
+node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
+{
+  struct node_image *img = handle;
+  const struct manifest *m = img->m;
+  uint64_t first = off / m->block_size;
+  uint64_t last = (off + len - 1) / m->block_size;
+  size_t nb = (size_t)(last - first + 1);
+
+  struct fetch_req *small[64];
+  struct fetch_req **reqs = small;
+  if (nb > 64 && (reqs = calloc(nb, sizeof *reqs)) == NULL) {
+    *err = ENOMEM;
+    return -1;
+  }
+  memset(reqs, 0, (nb > 64 ? nb : 64) * sizeof *reqs);
+
+  int r = 0;
+  bool missed = false;
+  pthread_rwlock_rdlock(&img->flock);
+
+  /* Pass 1: cached parts are copied now; misses start (or join) fetches,
+   * so every missing block of the read is in flight at once. */
+  for (uint64_t b = first; b <= last && r == 0; b++) {
+    struct part pt = block_part(m, b, off, len);
+    char *dst = (char *)buf + pt.in_buf;
+    for (int tries = 0;; tries++) {
+      int c = blkcache_read(img->bc, b, dst, pt.in_block, pt.n, err);
+      if (c == 1) {
+        atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
+        break;
+      }
+      if (c == -1) {
+        r = -1;
+        break;
+      }
+      bool cached;
+      reqs[b - first] = fetch_start(img->f, b, &cached);
+      if (reqs[b - first]) {
+        atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
+        missed = true;
+        break;
+      }
+      if (!cached || tries == 2) {
+        *err = cached ? EIO : ENOMEM;
+        r = -1;
+        break;
+      }
+      /* Stored between our look and the fetcher's: read it again. */
+    }
+  }
+
+  /* Readahead, for sequential readers only: the block before the read is
+   * cached, so the reader is walking forward. */
+  if (r == 0 && missed && img->node->p.readahead > 0 &&
+      (first == 0 || blkcache_has(img->bc, first - 1))) {
+    for (uint64_t b = last + 1;
+         b <= last + img->node->p.readahead && b < m->nblocks; b++)
+      fetch_prefetch(img->f, b);
+  }
+
+  /* Pass 2: wait for the fetches (each releases its request). */
+  for (uint64_t b = first; b <= last; b++) {
+    struct fetch_req *q = reqs[b - first];
+    if (q == NULL)
+      continue;
+    struct part pt = block_part(m, b, off, len);
+    int e2 = 0;
+    if (fetch_wait(q, (char *)buf + pt.in_buf, pt.in_block, pt.n, &e2) == -1 &&
+        r == 0) {
+      *err = e2;
+      r = -1;
+    }
+  }
+  pthread_rwlock_unlock(&img->flock);
+  if (reqs != small)
+    free(reqs);
+  return r;
+}
+
+static int
+node_cache(void *handle, uint64_t len, uint64_t off, int *err)
+{
+  struct node_image *img = handle;
+  const struct manifest *m = img->m;
+  uint64_t first = off / m->block_size;
+  uint64_t last = (off + len - 1) / m->block_size;
+  if (last - first >= CACHE_HINT_MAX)
+    last = first + CACHE_HINT_MAX - 1;
+  pthread_rwlock_rdlock(&img->flock);
+  for (uint64_t b = first; b <= last; b++)
+    fetch_prefetch(img->f, b);
+  pthread_rwlock_unlock(&img->flock);
+  return 0;
+}
+
+static void
+image_free(struct node_image *img)
+{
+  if (img->f)
+    fetcher_free(img->f);
+  if (img->bc)
+    blkcache_close(img->bc);
+  if (img->m) {
+    pthread_mutex_lock(&img->node->lock);
+    version_del(img->node, img->m->version_hex);
+    pthread_mutex_unlock(&img->node->lock);
+    log_info(COMPONENT, "image '%s' version %.16s closed", img->name,
+             img->m->version_hex);
+  }
+  manifest_free(img->m);
+  uris_free(img->uris, img->nuris);
+  pthread_rwlock_destroy(&img->flock);
+  free(img->name);
+  free(img);
+}
+
+static void
+node_close(void *handle)
+{
+  image_free(handle);
+}
+
+static const struct export_ops node_ops = {
+  .pread = node_pread,
+  .cache = node_cache,
+  .close = node_close,
+};
+
+/* ---- attachment records --------------------------------------------------- */
+
+static int
+write_file_atomic(const char *dir, const char *name, const char *data,
+                  size_t len)
+{
+  char path[PATH_MAX], tmp[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
+  CLEANUP_CLOSE int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                              0600);
+  if (fd == -1) {
+    log_error(COMPONENT, "open: %s: %m", tmp);
+    return -1;
+  }
+  size_t done = 0;
+  while (done < len) {
+    ssize_t w = write(fd, data + done, len - done);
+    if (w == -1) {
+      if (errno == EINTR)
+        continue;
+      log_error(COMPONENT, "write: %s: %m", tmp);
+      unlink(tmp);
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  if (fsync(fd) == -1 || rename(tmp, path) == -1) {
+    log_error(COMPONENT, "fsync/rename: %s: %m", path);
+    unlink(tmp);
+    return -1;
+  }
+  CLEANUP_CLOSE int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0)
+    fsync(dfd);
+  return 0;
+}
+
+static int
+record_attachment(struct node *n, const char *name, const char *version,
+                  char *const *uris, size_t nuris)
+{
+  CLEANUP_JSON_PUT struct json_object *o = json_object_new_object();
+  struct json_object *a = json_object_new_array();
+  if (o == NULL || a == NULL) {
+    json_object_put(a);
+    return -1;
+  }
+  json_object_object_add(o, "name", json_object_new_string(name));
+  json_object_object_add(o, "version", json_object_new_string(version));
+  for (size_t i = 0; i < nuris; i++)
+    json_object_array_add(a, json_object_new_string(uris[i]));
+  json_object_object_add(o, "upstreams", a);
+  const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+  char dir[PATH_MAX], file[MANIFEST_NAME_MAX + 8];
+  snprintf(dir, sizeof dir, "%s/" ATTACHED_DIR, n->root);
+  snprintf(file, sizeof file, "%s.json", name);
+  return write_file_atomic(dir, file, s, strlen(s));
+}
+
+static void
+forget_attachment(struct node *n, const char *name)
+{
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/" ATTACHED_DIR "/%s.json", n->root, name);
+  if (unlink(path) == -1 && errno != ENOENT)
+    log_warn(COMPONENT, "unlink: %s: %m", path);
+}
+
+/* Reads a whole small file; NULL (logged) on error or if over max. */
+static char *
+read_small_file(const char *path, size_t max, size_t *len)
+{
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd == -1) {
+    if (errno != ENOENT)
+      log_error(COMPONENT, "open: %s: %m", path);
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) ||
+      (uint64_t)st.st_size > max) {
+    log_error(COMPONENT, "%s: not a regular file of at most %zu bytes", path,
+              max);
+    return NULL;
+  }
+  size_t sz = (size_t)st.st_size;
+  char *buf = malloc(sz + 1);
+  if (buf == NULL)
+    return NULL;
+  size_t got = 0;
+  while (got < sz) {
+    ssize_t r = read(fd, buf + got, sz - got);
+    if (r <= 0) {
+      if (r == -1 && errno == EINTR)
+        continue;
+      log_error(COMPONENT, "read: %s: %s", path,
+                r == 0 ? "file shrank" : strerror(errno));
+      free(buf);
+      return NULL;
+    }
+    got += (size_t)r;
+  }
+  buf[sz] = '\0';
+  *len = sz;
+  return buf;
+}
+
+/* The manifest bytes of version from the cache directory, if there and
+ * intact; NULL otherwise. */
+static char *
+cached_manifest(struct node *n, const char *version, size_t *len)
+{
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s/manifest.json", n->root, version);
+  char *bytes = read_small_file(path, MANIFEST_FILE_MAX, len);
+  if (bytes == NULL)
+    return NULL;
+  uint8_t d[DIGEST_LEN];
+  char hex[DIGEST_HEX_LEN + 1];
+  digest_sha256(bytes, *len, d);
+  digest_to_hex(d, hex);
+  if (strcmp(hex, version) != 0) {
+    log_warn(COMPONENT, "%s: does not match version %s; fetching it again",
+             path, version);
+    free(bytes);
+    return NULL;
+  }
+  return bytes;
+}
+
+/* ---- JSON views ------------------------------------------------------------ */
+
+static void
+add_u64(struct json_object *o, const char *k, uint64_t v)
+{
+  json_object_object_add(o, k, json_object_new_uint64(v));
+}
+
+static struct json_object *
+image_json(struct node_image *img, struct export *exp)
+{
+  struct json_object *o = json_object_new_object();
+  struct json_object *ups = json_object_new_array();
+  struct json_object *c = json_object_new_object();
+  if (o == NULL || ups == NULL || c == NULL) {
+    json_object_put(o);
+    json_object_put(ups);
+    json_object_put(c);
+    return NULL;
+  }
+  const struct manifest *m = img->m;
+  json_object_object_add(o, "name", json_object_new_string(img->name));
+  json_object_object_add(o, "version", json_object_new_string(m->version_hex));
+  json_object_object_add(o, "state", json_object_new_string("attached"));
+  add_u64(o, "size", m->size);
+  add_u64(o, "block_size", m->block_size);
+  add_u64(o, "blocks", m->nblocks);
+
+  struct fetch_stats fs = { 0 };
+  pthread_rwlock_rdlock(&img->flock);
+  fetch_get_stats(img->f, &fs);
+  pthread_rwlock_unlock(&img->flock);
+  uint64_t verify_failures = 0;
+  for (size_t i = 0; i < fs.nupstreams; i++) {
+    struct fetch_upstream_stats *u = &fs.upstreams[i];
+    struct json_object *uo = json_object_new_object();
+    if (uo == NULL)
+      continue;
+    json_object_object_add(uo, "uri", json_object_new_string(u->uri));
+    add_u64(uo, "blocks", u->blocks);
+    add_u64(uo, "bytes", u->bytes);
+    add_u64(uo, "verify_failures", u->verify_failures);
+    add_u64(uo, "errors", u->errors);
+    json_object_object_add(uo, "faulty", json_object_new_boolean(u->faulty));
+    json_object_array_add(ups, uo);
+    verify_failures += u->verify_failures;
+  }
+  free(fs.upstreams);
+  json_object_object_add(o, "upstreams", ups);
+
+  struct export_counters ec;
+  export_get_counters(exp, &ec);
+  struct blkcache_stats bs;
+  blkcache_get_stats(img->bc, &bs);
+  add_u64(c, "served_local_bytes", ec.served_local_bytes);
+  add_u64(c, "served_remote_bytes", ec.served_remote_bytes);
+  add_u64(c, "reads", ec.reads);
+  add_u64(c, "hits", atomic_load(&img->hits));
+  add_u64(c, "misses", atomic_load(&img->misses));
+  add_u64(c, "fetches", fs.fetches);
+  add_u64(c, "joined", fs.joined);
+  add_u64(c, "prefetches", fs.prefetches);
+  add_u64(c, "verify_failures", verify_failures);
+  add_u64(c, "failovers", fs.failovers);
+  add_u64(c, "fetch_failures", fs.failed);
+  add_u64(c, "cache_corrupt_evicted", bs.corrupt_evicted);
+  add_u64(c, "valid_cache_bytes", bs.valid_blocks == m->nblocks
+                                      ? m->size
+                                      : bs.valid_blocks * m->block_size);
+  add_u64(c, "present_cache_bytes", bs.present_bytes);
+  add_u64(c, "cached_blocks", bs.present_blocks);
+  json_object_object_add(o, "counters", c);
+  return o;
+}
+
+struct json_object *
+node_image_json(struct node *n, const char *name)
+{
+  struct export *exp = exports_lookup(n->reg, name, strlen(name));
+  if (exp == NULL)
+    return NULL;
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  struct json_object *o = img ? image_json(img, exp) : NULL;
+  export_put(exp);
+  return o;
+}
+
+struct list_ctx {
+  struct json_object *arr;
+};
+
+static int
+list_one(struct export *exp, void *opaque)
+{
+  struct list_ctx *ctx = opaque;
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  if (img) {
+    struct json_object *o = image_json(img, exp);
+    if (o)
+      json_object_array_add(ctx->arr, o);
+  }
+  return 0;
+}
+
+struct json_object *
+node_list_json(struct node *n)
+{
+  struct json_object *o = json_object_new_object();
+  struct list_ctx ctx = { json_object_new_array() };
+  if (o == NULL || ctx.arr == NULL) {
+    json_object_put(o);
+    json_object_put(ctx.arr);
+    return NULL;
+  }
+  exports_foreach(n->reg, list_one, &ctx);
+  json_object_object_add(o, "images", ctx.arr);
+  return o;
+}
+
+/* ---- attach / detach ------------------------------------------------------------ */
+
+static struct fetch_callbacks
+callbacks(struct node_image *img)
+{
+  return (struct fetch_callbacks){ .is_cached = cb_is_cached,
+                                   .deliver = cb_deliver, .opaque = img };
+}
+
+/* Replaces the upstreams of an attached image; the caller holds n->lock. */
+static int
+update_upstreams(struct node *n, struct node_image *img,
+                 const char *const *uris, size_t nuris, char *err,
+                 size_t errlen)
+{
+  char **copy = uris_dup(uris, nuris);
+  struct fetch_callbacks cb = callbacks(img);
+  struct fetcher *f = copy ? fetcher_new(img->m, uris, nuris, &n->p.fetch, &cb)
+                           : NULL;
+  if (f == NULL) {
+    uris_free(copy, nuris);
+    snprintf(err, errlen, "cannot start fetching from the new upstreams");
+    return 500;
+  }
+  pthread_rwlock_wrlock(&img->flock);
+  struct fetcher *old = img->f;
+  char **old_uris = img->uris;
+  size_t old_n = img->nuris;
+  img->f = f;
+  img->uris = copy;
+  img->nuris = nuris;
+  pthread_rwlock_unlock(&img->flock);
+  fetcher_free(old);
+  uris_free(old_uris, old_n);
+  log_info(COMPONENT, "image '%s': upstreams updated (%zu, parent %s)",
+           img->name, nuris, uris[0]);
+  return 200;
+}
+
+int
+node_attach(struct node *n, const char *name, const char *version,
+            const char *const *uris, size_t nuris, struct json_object **reply,
+            char *err, size_t errlen)
+{
+  if (!manifest_name_valid(name)) {
+    snprintf(err, errlen, "invalid image name");
+    return 400;
+  }
+  uint8_t vd[DIGEST_LEN];
+  if (digest_from_hex(version, vd) == -1 || nuris == 0) {
+    snprintf(err, errlen, nuris ? "invalid version" : "no upstream");
+    return 400;
+  }
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
+
+  /* Already attached? */
+  struct export *cur = exports_lookup(n->reg, name, strlen(name));
+  struct node_image *cimg = cur ? export_handle_if(cur, &node_ops) : NULL;
+  if (cur && cimg == NULL) {
+    export_put(cur);
+    snprintf(err, errlen, "an export named '%s' exists and is not a node image",
+             name);
+    return 409;
+  }
+  if (cimg && strcmp(cimg->m->version_hex, version) == 0) {
+    int status = 200;
+    pthread_rwlock_rdlock(&cimg->flock);
+    bool same = uris_equal(cimg->uris, cimg->nuris, uris, nuris);
+    pthread_rwlock_unlock(&cimg->flock);
+    if (!same)
+      status = update_upstreams(n, cimg, uris, nuris, err, errlen);
+    if (status == 200) {
+      record_attachment(n, name, version, (char *const *)uris, nuris);
+      if (reply)
+        *reply = image_json(cimg, cur);
+    }
+    export_put(cur);
+    return status;
+  }
+  if (cur)
+    export_put(cur);
+  if (version_open(n, version)) {
+    snprintf(err, errlen, "version %.16s of '%s' is still open by connections"
+             " to a detached image; retry when they end", version, name);
+    return 409;
+  }
+
+  /* The manifest: from the cache when it is there, else from upstream. */
+  size_t mlen = 0;
+  CLEANUP_FREE char *mbytes = cached_manifest(n, version, &mlen);
+  if (mbytes == NULL &&
+      fetch_manifest(uris, nuris, name, version, n->p.fetch.timeout_ms,
+                     &mbytes, &mlen) == -1) {
+    snprintf(err, errlen, "no upstream gave the manifest of '%s' version %.16s",
+             name, version);
+    return 502;
+  }
+  char origin[128];
+  snprintf(origin, sizeof origin, "manifest of '%s'", name);
+  struct manifest *m = manifest_parse(mbytes, mlen, origin);
+  if (m == NULL) {
+    snprintf(err, errlen, "the manifest of '%s' is invalid", name);
+    return 502;
+  }
+  if (strcmp(m->name, name) != 0) {
+    snprintf(err, errlen, "the manifest of version %.16s names image '%s'",
+             version, m->name);
+    manifest_free(m);
+    return 409;
+  }
+
+  struct node_image *img = calloc(1, sizeof *img);
+  if (img == NULL || (img->name = strdup(name)) == NULL ||
+      (img->uris = uris_dup(uris, nuris)) == NULL) {
+    if (img)
+      free(img->name);
+    free(img);
+    manifest_free(m);
+    snprintf(err, errlen, "out of memory");
+    return 500;
+  }
+  img->node = n;
+  img->nuris = nuris;
+  pthread_rwlock_init(&img->flock, NULL);
+  img->m = m;
+  if (version_add(n, version) == -1) {
+    img->m = NULL; /* not registered: image_free must not remove it */
+    manifest_free(m);
+    image_free(img);
+    snprintf(err, errlen, "out of memory");
+    return 500;
+  }
+  img->bc = blkcache_open(n->root, m, mbytes, mlen, n->p.commit_interval_ms);
+  struct fetch_callbacks cb = callbacks(img);
+  if (img->bc)
+    img->f = fetcher_new(m, uris, nuris, &n->p.fetch, &cb);
+  if (img->bc == NULL || img->f == NULL) {
+    snprintf(err, errlen, "cannot open the cache or start fetching");
+    goto fail_unlocked_image;
+  }
+
+  char desc[128], mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  snprintf(desc, sizeof desc, "thunder image (%s, version %.16s, node cache)",
+           image_format_name(m->format), m->version_hex);
+  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  struct export *exp = export_new(name, m->size, m->block_size, desc,
+                                  &node_ops, img);
+  if (exp == NULL) {
+    snprintf(err, errlen, "out of memory");
+    goto fail_unlocked_image;
+  }
+  struct export *mexp = export_new_bytes(mname, mbytes, mlen,
+                                         "thunder manifest");
+  if (mexp == NULL || exports_replace(n->reg, mexp) == -1) {
+    export_put(mexp);
+    snprintf(err, errlen, "out of memory");
+    goto fail_export;
+  }
+  if (record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
+    exports_remove(n->reg, mname);
+    snprintf(err, errlen, "cannot record the attachment under %s", n->root);
+    goto fail_export;
+  }
+  if (reply)
+    *reply = image_json(img, exp);
+  export_get(exp); /* for the log line below */
+  if (exports_replace(n->reg, exp) == -1) {
+    export_put(exp);
+    exports_remove(n->reg, mname);
+    forget_attachment(n, name);
+    if (reply) {
+      json_object_put(*reply);
+      *reply = NULL;
+    }
+    snprintf(err, errlen, "out of memory");
+    goto fail_export;
+  }
+  log_info(COMPONENT, "attached '%s' version %s (%" PRIu64 " bytes, %"
+           PRIu64 " blocks of %" PRIu32 "), parent %s, %zu upstreams",
+           name, version, m->size, m->nblocks, m->block_size, uris[0], nuris);
+  export_put(exp);
+  return 201;
+
+fail_export:
+  /* The export owns img now; dropping it closes img (which takes
+   * n->lock to forget the version), so release the lock around it. */
+  pthread_mutex_unlock(&n->lock);
+  export_put(exp);
+  pthread_mutex_lock(&n->lock);
+  return 500;
+
+fail_unlocked_image:
+  pthread_mutex_unlock(&n->lock);
+  image_free(img);
+  pthread_mutex_lock(&n->lock);
+  return 500;
+}
+
+int
+node_detach(struct node *n, const char *name, char *err, size_t errlen)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
+  struct export *cur = exports_lookup(n->reg, name, strlen(name));
+  bool ours = cur && export_handle_if(cur, &node_ops);
+  if (!ours) {
+    if (cur)
+      export_put(cur);
+    snprintf(err, errlen, "image '%s' is not attached", name);
+    return 404;
+  }
+  char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  exports_remove(n->reg, mname);
+  exports_remove(n->reg, name);
+  forget_attachment(n, name);
+  log_info(COMPONENT, "detached '%s'", name);
+  /* The last reference may close the image, which takes n->lock. */
+  pthread_mutex_unlock(&n->lock);
+  export_put(cur);
+  pthread_mutex_lock(&n->lock);
+  return 200;
+}
+
+/* ---- restore, new, free ----------------------------------------------------- */
+
+/* Re-attaches the image recorded in one attachment file. */
+static void
+restore_one(struct node *n, const char *path)
+{
+  size_t len;
+  CLEANUP_FREE char *text = read_small_file(path, ATTACH_FILE_MAX, &len);
+  if (text == NULL)
+    return;
+  struct json_tokener *tok = json_tokener_new_ex(4);
+  if (tok == NULL)
+    return;
+  CLEANUP_JSON_PUT struct json_object *o =
+      json_tokener_parse_ex(tok, text, (int)len);
+  bool parsed = json_tokener_get_error(tok) == json_tokener_success;
+  json_tokener_free(tok);
+  struct json_object *jn, *jv, *ju;
+  if (!parsed || !json_object_is_type(o, json_type_object) ||
+      !json_object_object_get_ex(o, "name", &jn) ||
+      !json_object_is_type(jn, json_type_string) ||
+      !json_object_object_get_ex(o, "version", &jv) ||
+      !json_object_is_type(jv, json_type_string) ||
+      !json_object_object_get_ex(o, "upstreams", &ju) ||
+      !json_object_is_type(ju, json_type_array) ||
+      json_object_array_length(ju) == 0 ||
+      json_object_array_length(ju) > 64) {
+    log_error(COMPONENT, "%s: not an attachment record; ignored", path);
+    return;
+  }
+  size_t nu = json_object_array_length(ju);
+  const char *uris[64];
+  for (size_t i = 0; i < nu; i++) {
+    struct json_object *e = json_object_array_get_idx(ju, i);
+    if (!json_object_is_type(e, json_type_string)) {
+      log_error(COMPONENT, "%s: field 'upstreams[%zu]': not a string", path, i);
+      return;
+    }
+    uris[i] = json_object_get_string(e);
+  }
+  char err[512];
+  int status = node_attach(n, json_object_get_string(jn),
+                           json_object_get_string(jv), uris, nu, NULL, err,
+                           sizeof err);
+  if (status >= 300)
+    log_error(COMPONENT, "%s: cannot re-attach: %s", path, err);
+}
+
+int
+node_restore(struct node *n)
+{
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s/" ATTACHED_DIR, n->root);
+  DIR *d = opendir(dir);
+  if (d == NULL) {
+    log_error(COMPONENT, "opendir: %s: %m", dir);
+    return -1;
+  }
+  struct dirent *de;
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (de->d_name[0] == '.' || l <= 5 || strcmp(de->d_name + l - 5, ".json"))
+      continue;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    restore_one(n, path);
+  }
+  closedir(d);
+  struct json_object *l = node_list_json(n);
+  int count = l ? (int)json_object_array_length(
+                      json_object_object_get(l, "images"))
+                : 0;
+  json_object_put(l);
+  return count;
+}
+
+struct node *
+node_new(struct exports *reg, const char *cache_root,
+         const struct node_params *p)
+{
+  char dir[PATH_MAX];
+  if ((size_t)snprintf(dir, sizeof dir, "%s/" ATTACHED_DIR, cache_root) >=
+      sizeof dir - 80) {
+    log_error(COMPONENT, "cache: %s: path too long", cache_root);
+    return NULL;
+  }
+  if ((mkdir(cache_root, 0700) == -1 && errno != EEXIST) ||
+      (mkdir(dir, 0700) == -1 && errno != EEXIST)) {
+    log_error(COMPONENT, "mkdir: %s: %m", dir);
+    return NULL;
+  }
+  struct stat st;
+  if (stat(cache_root, &st) == -1 || !S_ISDIR(st.st_mode)) {
+    log_error(COMPONENT, "cache: %s: not a directory", cache_root);
+    return NULL;
+  }
+  struct node *n = calloc(1, sizeof *n);
+  if (n == NULL || (n->root = strdup(cache_root)) == NULL) {
+    free(n);
+    log_error(COMPONENT, "calloc: %m");
+    return NULL;
+  }
+  n->reg = reg;
+  n->p = *p;
+  pthread_mutex_init(&n->lock, NULL);
+  return n;
+}
+
+static int
+collect_names(struct export *exp, void *opaque)
+{
+  struct json_object *arr = opaque;
+  if (export_handle_if(exp, &node_ops))
+    json_object_array_add(arr, json_object_new_string(export_name(exp)));
+  return 0;
+}
+
+void
+node_free(struct node *n)
+{
+  if (n == NULL)
+    return;
+  /* Withdraw every image; attachments stay recorded for the next start. */
+  struct json_object *names = json_object_new_array();
+  if (names) {
+    exports_foreach(n->reg, collect_names, names);
+    for (size_t i = 0; i < json_object_array_length(names); i++) {
+      const char *name = json_object_get_string(
+          json_object_array_get_idx(names, i));
+      char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+      snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+      exports_remove(n->reg, mname);
+      exports_remove(n->reg, name);
+    }
+    json_object_put(names);
+  }
+  for (size_t i = 0; i < n->nopen; i++)
+    free(n->open_versions[i]);
+  free(n->open_versions);
+  pthread_mutex_destroy(&n->lock);
+  free(n->root);
+  free(n);
+}
