@@ -8,6 +8,7 @@ packages=(
   gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   # libraries
   nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev
+  libcurl4-gnutls-dev curl
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit qemu-utils
   # scripts

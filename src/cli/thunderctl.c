@@ -5,19 +5,28 @@
  * handler with argv starting at "add".  A new command is one entry in a
  * table (and a handler); a new group is one table and one entry.
  * Every failure prints one message and exits 1.
+ *
+ * Global options come before the command: --node URL and --token-file FILE
+ * name the thunderd control endpoint for the node commands (image attach,
+ * detach, stats, list), which talk to it through nodeclient.c; those
+ * commands also take them after their name.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <libnbd.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cleanup.h"
+#include "digest.h"
 #include "log.h"
 #include "manifest.h"
+#include "nodeclient.h"
 #include "thunder-build.h"
 
 #define PROG "thunderctl"
@@ -255,11 +264,638 @@ cmd_image_add(int argc, char **argv)
   return r == 0 ? 0 : 1;
 }
 
+/* ---- commands on a node's control endpoint (--node URL) ------------------- */
+
+/* The global options: where the node is and its token. */
+static struct {
+  const char *node;
+  const char *token_file;
+} global = { NULL, NODECLIENT_TOKEN_FILE };
+
+/* Long options every node command also takes after its name. */
+enum { OPT_NODE = 512, OPT_TOKEN_FILE };
+
+/* Handles --node and --token-file inside a command's getopt loop: true
+ * if c was one of them. */
+static bool
+node_option(int c)
+{
+  if (c == OPT_NODE)
+    global.node = optarg;
+  else if (c == OPT_TOKEN_FILE)
+    global.token_file = optarg;
+  else
+    return false;
+  return true;
+}
+
+/* Reports getopt's errors of command cmd ("image attach"). */
+static int
+option_error(const char *cmd, char **argv, int c)
+{
+  if (c == ':')
+    fprintf(stderr, PROG ": %s: option '%s' needs a value\n", cmd,
+            argv[optind - 1]);
+  else if (optopt != 0)
+    fprintf(stderr, PROG ": %s: unknown option '-%c'; see '" PROG " %s --help'\n",
+            cmd, optopt, cmd);
+  else
+    fprintf(stderr, PROG ": %s: unknown option '%s'; see '" PROG " %s --help'\n",
+            cmd, argv[optind - 1], cmd);
+  return 1;
+}
+
+/* A client of the node named by --node, with the token.  NULL with a
+ * message. */
+static struct nodeclient *
+node_client(const char *cmd)
+{
+  if (global.node == NULL) {
+    fprintf(stderr, PROG ": %s: which node? give --node URL (e.g. --node http://127.0.0.1:7000)\n",
+            cmd);
+    return NULL;
+  }
+  CLEANUP_FREE char *token = nodeclient_token(global.token_file);
+  if (token == NULL)
+    return NULL;
+  struct nodeclient *nc = nodeclient_new(global.node, token);
+  explicit_bzero(token, strlen(token));
+  return nc;
+}
+
+/* Checks an image name given on the command line. */
+static bool
+check_name(const char *name)
+{
+  if (manifest_name_valid(name))
+    return true;
+  fprintf(stderr, PROG ": image name '%s' is not valid: use 1-%d characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'\n",
+          name, MANIFEST_NAME_MAX);
+  return false;
+}
+
+static void
+print_json(struct json_object *o)
+{
+  printf("%s\n", json_object_to_json_string_ext(
+                     o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                            JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+/* Member key of o if it is a string, else fallback. */
+static const char *
+get_str(struct json_object *o, const char *key, const char *fallback)
+{
+  struct json_object *v;
+  if (o && json_object_object_get_ex(o, key, &v) &&
+      json_object_is_type(v, json_type_string))
+    return json_object_get_string(v);
+  return fallback;
+}
+
+/* Member key of o if it is a non-negative integer. */
+static bool
+get_u64(struct json_object *o, const char *key, uint64_t *out)
+{
+  struct json_object *v;
+  if (o == NULL || !json_object_object_get_ex(o, key, &v) ||
+      !json_object_is_type(v, json_type_int))
+    return false;
+  *out = json_object_get_uint64(v);
+  return true;
+}
+
+/* Writes n bytes in binary units ("1.5 GiB", "512 B") into buf. */
+static const char *
+human_bytes(uint64_t n, char *buf, size_t len)
+{
+  static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+  double v = (double)n;
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof units / sizeof units[0]) {
+    v /= 1024;
+    u++;
+  }
+  if (u == 0)
+    snprintf(buf, len, "%" PRIu64 " B", n);
+  else
+    snprintf(buf, len, "%.1f %s", v, units[u]);
+  return buf;
+}
+
+/* ---- image attach ------------------------------------------------------ */
+
+static void
+usage_image_attach(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL image attach NAME --upstream URI [--upstream URI ...]\n"
+          "                  [--version HEX] [--json]\n"
+          "\n"
+          "Attaches image NAME to the node: the node serves it at once and fetches\n"
+          "its blocks on demand from the upstreams, in order: parent first, origin\n"
+          "last (PUT /v1/images/NAME).\n"
+          "\n"
+          "  --upstream URI    an NBD URI: nbd://HOST:PORT/NAME or\n"
+          "                    nbd+unix:///NAME?socket=PATH; 1 to %d of them\n"
+          "  --version HEX     the image version (64 hex digits, as printed by\n"
+          "                    'image add'); without it the manifest is read from\n"
+          "                    the last upstream (export NAME" MANIFEST_EXPORT_SUFFIX ") and hashed\n"
+          "  --json            print the node's reply as JSON\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n",
+          NODECLIENT_UPSTREAMS_MAX);
+}
+
+/* Reads the manifest of image name from the NBD server at uri (export
+ * NAME@manifest) and writes its SHA-256, the image version, into hex.
+ * -1 with a message. */
+static int
+resolve_version(const char *name, const char *uri, char hex[DIGEST_HEX_LEN + 1])
+{
+  char export[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+
+  struct nbd_handle *h = nbd_create();
+  if (h == NULL) {
+    fprintf(stderr, PROG ": nbd_create: %s\n", nbd_get_error());
+    return -1;
+  }
+  CLEANUP_FREE char *buf = NULL;
+  int r = -1;
+  int64_t size;
+
+  if (nbd_set_opt_mode(h, true) == -1 || nbd_connect_uri(h, uri) == -1) {
+    fprintf(stderr, PROG ": manifest of '%s': cannot connect to %s: %s\n",
+            name, uri, nbd_get_error());
+    goto out;
+  }
+  if (nbd_set_export_name(h, export) == -1 || nbd_opt_go(h) == -1) {
+    fprintf(stderr, PROG ": manifest of '%s': %s has no export %s: %s\n",
+            name, uri, export, nbd_get_error());
+    goto out;
+  }
+  size = nbd_get_size(h);
+  if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
+    fprintf(stderr, PROG ": manifest of '%s': export %s at %s has size %" PRId64 "; expected 1 to %zu bytes\n",
+            name, export, uri, size, MANIFEST_FILE_MAX);
+    goto out;
+  }
+  buf = malloc((size_t)size);
+  if (buf == NULL) {
+    fprintf(stderr, PROG ": manifest of '%s': malloc: %s\n", name,
+            strerror(errno));
+    goto out;
+  }
+  for (int64_t off = 0; off < size;) {
+    size_t n = (size_t)(size - off) < 4u * 1024 * 1024
+                   ? (size_t)(size - off) : 4u * 1024 * 1024;
+    if (nbd_pread(h, buf + off, n, (uint64_t)off, 0) == -1) {
+      fprintf(stderr, PROG ": manifest of '%s': reading %s from %s: %s\n",
+              name, export, uri, nbd_get_error());
+      goto out;
+    }
+    off += (int64_t)n;
+  }
+  nbd_shutdown(h, 0);
+
+  /* It must be a manifest, and of this image. */
+  char origin[512];
+  snprintf(origin, sizeof origin, "%.200s export %s", uri, export);
+  struct manifest *m = manifest_parse(buf, (size_t)size, origin);
+  if (m == NULL)
+    goto out;
+  if (strcmp(m->name, name) != 0) {
+    fprintf(stderr, PROG ": manifest of '%s': %s is the manifest of image '%s'\n",
+            name, origin, m->name);
+    manifest_free(m);
+    goto out;
+  }
+  manifest_free(m);
+  uint8_t d[DIGEST_LEN];
+  digest_sha256(buf, (size_t)size, d);
+  digest_to_hex(d, hex);
+  r = 0;
+out:
+  nbd_close(h);
+  return r;
+}
+
+static int
+cmd_image_attach(int argc, char **argv)
+{
+  enum { OPT_UPSTREAM = 256, OPT_VERSION, OPT_JSON };
+  static const struct option longopts[] = {
+    { "upstream", required_argument, NULL, OPT_UPSTREAM },
+    { "version", required_argument, NULL, OPT_VERSION },
+    { "json", no_argument, NULL, OPT_JSON },
+    { "node", required_argument, NULL, OPT_NODE },
+    { "token-file", required_argument, NULL, OPT_TOKEN_FILE },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *ups[NODECLIENT_UPSTREAMS_MAX];
+  size_t nups = 0;
+  const char *version = NULL;
+  bool json = false;
+  int c;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+    if (node_option(c))
+      continue;
+    switch (c) {
+    case OPT_UPSTREAM:
+      if (nups == NODECLIENT_UPSTREAMS_MAX) {
+        fprintf(stderr, PROG ": image attach: at most %d --upstream\n",
+                NODECLIENT_UPSTREAMS_MAX);
+        return 1;
+      }
+      ups[nups++] = optarg;
+      break;
+    case OPT_VERSION:
+      version = optarg;
+      break;
+    case OPT_JSON:
+      json = true;
+      break;
+    case 'h':
+      usage_image_attach(stdout);
+      return 0;
+    default:
+      return option_error("image attach", argv, c);
+    }
+  }
+  if (argc - optind != 1) {
+    fprintf(stderr, PROG ": image attach: expected one NAME; see '" PROG " image attach --help'\n");
+    return 1;
+  }
+  const char *name = argv[optind];
+  if (!check_name(name))
+    return 1;
+  if (nups == 0) {
+    fprintf(stderr, PROG ": image attach: give at least one --upstream URI (parent first, origin last)\n");
+    return 1;
+  }
+
+  char hex[DIGEST_HEX_LEN + 1];
+  if (version) {
+    uint8_t d[DIGEST_LEN];
+    if (digest_from_hex(version, d) == -1) {
+      fprintf(stderr, PROG ": --version '%s': expected 64 hex digits (the version printed by 'image add')\n",
+              version);
+      return 1;
+    }
+    digest_to_hex(d, hex);
+  }
+
+  struct nodeclient *nc = node_client("image attach");
+  if (nc == NULL)
+    return 1;
+  if (version == NULL) {
+    if (resolve_version(name, ups[nups - 1], hex) == -1) {
+      nodeclient_free(nc);
+      return 1;
+    }
+    fprintf(json ? stderr : stdout, "resolved version %s from %s\n", hex,
+            ups[nups - 1]);
+  }
+
+  CLEANUP_JSON_PUT struct json_object *body = json_object_new_object();
+  struct json_object *arr = json_object_new_array();
+  bool built = body && arr &&
+               !json_object_object_add(body, "version",
+                                       json_object_new_string(hex));
+  if (built && json_object_object_add(body, "upstreams", arr) == 0)
+    arr = NULL; /* body owns it */
+  else
+    built = false;
+  json_object_put(arr);
+  struct json_object *ua;
+  if (built && json_object_object_get_ex(body, "upstreams", &ua)) {
+    for (size_t i = 0; built && i < nups; i++)
+      built = json_object_array_add(ua, json_object_new_string(ups[i])) == 0;
+  }
+  if (!built) {
+    fprintf(stderr, PROG ": image attach: out of memory\n");
+    nodeclient_free(nc);
+    return 1;
+  }
+
+  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
+  char what[sizeof "image attach " + MANIFEST_NAME_MAX];
+  snprintf(path, sizeof path, "/v1/images/%s", name);
+  snprintf(what, sizeof what, "image attach %s", name);
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, "PUT", path, body, what, &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  if (json) {
+    if (reply)
+      print_json(reply);
+  } else if (status == 201) {
+    printf("attached %s version %s with %zu upstream%s\n", name, hex, nups,
+           nups == 1 ? "" : "s");
+  } else {
+    printf("%s was already attached with version %s; upstreams set (%zu)\n",
+           name, hex, nups);
+  }
+  return 0;
+}
+
+/* ---- image detach ------------------------------------------------------- */
+
+static void
+usage_image_detach(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL image detach NAME\n"
+          "\n"
+          "Detaches image NAME from the node (DELETE /v1/images/NAME): it is no\n"
+          "longer served; its cache stays on disk for a later attach.\n"
+          "\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n");
+}
+
+/* Parses the options of a command taking NAME and an optional --json
+ * (json NULL: no --json).  Returns -1 to go on, else an exit status. */
+static int
+name_command_args(const char *cmd, void (*usage)(FILE *), int argc,
+                  char **argv, bool *json, const char **name)
+{
+  enum { OPT_JSON = 256 };
+  static const struct option with_json[] = {
+    { "json", no_argument, NULL, OPT_JSON },
+    { "node", required_argument, NULL, OPT_NODE },
+    { "token-file", required_argument, NULL, OPT_TOKEN_FILE },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  int c;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", json ? with_json : with_json + 1,
+                          NULL)) != -1) {
+    if (node_option(c))
+      continue;
+    if (c == OPT_JSON && json) {
+      *json = true;
+    } else if (c == 'h') {
+      usage(stdout);
+      return 0;
+    } else {
+      return option_error(cmd, argv, c);
+    }
+  }
+  int want = name ? 1 : 0;
+  if (argc - optind != want) {
+    fprintf(stderr, PROG ": %s: expected %s; see '" PROG " %s --help'\n", cmd,
+            name ? "one NAME" : "no arguments", cmd);
+    return 1;
+  }
+  if (name) {
+    *name = argv[optind];
+    if (!check_name(*name))
+      return 1;
+  }
+  return -1;
+}
+
+static int
+cmd_image_detach(int argc, char **argv)
+{
+  const char *name;
+  int r = name_command_args("image detach", usage_image_detach, argc, argv,
+                            NULL, &name);
+  if (r >= 0)
+    return r;
+  struct nodeclient *nc = node_client("image detach");
+  if (nc == NULL)
+    return 1;
+  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
+  char what[sizeof "image detach " + MANIFEST_NAME_MAX];
+  snprintf(path, sizeof path, "/v1/images/%s", name);
+  snprintf(what, sizeof what, "image detach %s", name);
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, "DELETE", path, NULL, what, &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  printf("detached %s\n", name);
+  return 0;
+}
+
+/* ---- image stats ---------------------------------------------------------- */
+
+static void
+usage_image_stats(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL image stats NAME [--json]\n"
+          "\n"
+          "Shows the state and counters of image NAME on the node\n"
+          "(GET /v1/images/NAME; schemas/node-image.schema.json).\n"
+          "\n"
+          "  --json            print the node's reply as JSON\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n");
+}
+
+/* Prints one image's state as a readable table. */
+static void
+print_stats(struct json_object *o)
+{
+  char h1[32];
+  uint64_t size = 0, bs = 0, blocks = 0;
+
+  printf("image       %s\n", get_str(o, "name", "?"));
+  printf("version     %s\n", get_str(o, "version", "?"));
+  printf("state       %s\n", get_str(o, "state", "?"));
+  if (get_u64(o, "size", &size) && get_u64(o, "block_size", &bs) &&
+      get_u64(o, "blocks", &blocks))
+    printf("size        %" PRIu64 " bytes (%s), %" PRIu64 " blocks of %" PRIu64 " bytes\n",
+           size, human_bytes(size, h1, sizeof h1), blocks, bs);
+
+  struct json_object *ups;
+  if (json_object_object_get_ex(o, "upstreams", &ups) &&
+      json_object_is_type(ups, json_type_array) &&
+      json_object_array_length(ups) > 0) {
+    size_t n = json_object_array_length(ups);
+    int w = (int)strlen("upstream");
+    for (size_t i = 0; i < n; i++) {
+      int l = (int)strlen(get_str(json_object_array_get_idx(ups, i), "uri", "?"));
+      if (l > w)
+        w = l;
+    }
+    printf("\n  %-*s  %10s  %12s  %15s  %7s  %s\n", w, "upstream", "blocks",
+           "bytes", "verify_failures", "errors", "faulty");
+    for (size_t i = 0; i < n; i++) {
+      struct json_object *u = json_object_array_get_idx(ups, i), *f;
+      uint64_t ub = 0, ubytes = 0, uv = 0, ue = 0;
+      get_u64(u, "blocks", &ub);
+      get_u64(u, "bytes", &ubytes);
+      get_u64(u, "verify_failures", &uv);
+      get_u64(u, "errors", &ue);
+      bool faulty = json_object_object_get_ex(u, "faulty", &f) &&
+                    json_object_get_boolean(f);
+      printf("  %-*s  %10" PRIu64 "  %12" PRIu64 "  %15" PRIu64 "  %7" PRIu64 "  %s\n",
+             w, get_str(u, "uri", "?"), ub, ubytes, uv, ue,
+             faulty ? "FAULTY" : "no");
+    }
+  }
+
+  struct json_object *c;
+  if (json_object_object_get_ex(o, "counters", &c) &&
+      json_object_is_type(c, json_type_object)) {
+    printf("\ncounters\n");
+    json_object_object_foreach(c, key, val) {
+      if (!json_object_is_type(val, json_type_int)) {
+        printf("  %-24s %s\n", key, json_object_get_string(val));
+        continue;
+      }
+      uint64_t v = json_object_get_uint64(val);
+      size_t kl = strlen(key);
+      if (kl > 6 && strcmp(key + kl - 6, "_bytes") == 0 && v >= 1024)
+        printf("  %-24s %15" PRIu64 "  (%s)\n", key, v,
+               human_bytes(v, h1, sizeof h1));
+      else
+        printf("  %-24s %15" PRIu64 "\n", key, v);
+    }
+  }
+}
+
+static int
+cmd_image_stats(int argc, char **argv)
+{
+  const char *name;
+  bool json = false;
+  int r = name_command_args("image stats", usage_image_stats, argc, argv,
+                            &json, &name);
+  if (r >= 0)
+    return r;
+  struct nodeclient *nc = node_client("image stats");
+  if (nc == NULL)
+    return 1;
+  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
+  char what[sizeof "image stats " + MANIFEST_NAME_MAX];
+  snprintf(path, sizeof path, "/v1/images/%s", name);
+  snprintf(what, sizeof what, "image stats %s", name);
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, "GET", path, NULL, what, &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  if (reply == NULL || !json_object_is_type(reply, json_type_object)) {
+    fprintf(stderr, PROG ": %s: the reply is not a JSON object\n", what);
+    return 1;
+  }
+  if (json)
+    print_json(reply);
+  else
+    print_stats(reply);
+  return 0;
+}
+
+/* ---- image list ------------------------------------------------------------ */
+
+static void
+usage_image_list(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL image list [--json]\n"
+          "\n"
+          "Lists the images the node serves (GET /v1/images).\n"
+          "\n"
+          "  --json            print the node's reply as JSON\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n");
+}
+
+static int
+cmd_image_list(int argc, char **argv)
+{
+  bool json = false;
+  int r = name_command_args("image list", usage_image_list, argc, argv,
+                            &json, NULL);
+  if (r >= 0)
+    return r;
+  struct nodeclient *nc = node_client("image list");
+  if (nc == NULL)
+    return 1;
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, "GET", "/v1/images", NULL, "image list",
+                               &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  struct json_object *images;
+  if (reply == NULL || !json_object_object_get_ex(reply, "images", &images) ||
+      !json_object_is_type(images, json_type_array)) {
+    fprintf(stderr, PROG ": image list: the reply has no \"images\" array\n");
+    return 1;
+  }
+  if (json) {
+    print_json(reply);
+    return 0;
+  }
+  size_t n = json_object_array_length(images);
+  int w = (int)strlen("NAME");
+  for (size_t i = 0; i < n; i++) {
+    int l = (int)strlen(get_str(json_object_array_get_idx(images, i), "name", "?"));
+    if (l > w)
+      w = l;
+  }
+  printf("%-*s  %-8s  %-12s  %10s  %s\n", w, "NAME", "STATE", "VERSION",
+         "SIZE", "CACHED");
+  for (size_t i = 0; i < n; i++) {
+    struct json_object *o = json_object_array_get_idx(images, i), *c = NULL;
+    char hs[32], hc[48], cached[64] = "-";
+    uint64_t size = 0, valid;
+    bool has_size = get_u64(o, "size", &size);
+    json_object_object_get_ex(o, "counters", &c);
+    if (get_u64(c, "valid_cache_bytes", &valid)) {
+      if (has_size && size > 0)
+        snprintf(cached, sizeof cached, "%s (%.0f%%)",
+                 human_bytes(valid, hc, sizeof hc),
+                 100.0 * (double)valid / (double)size);
+      else
+        snprintf(cached, sizeof cached, "%s", human_bytes(valid, hc, sizeof hc));
+    }
+    printf("%-*s  %-8s  %-12.12s  %10s  %s\n", w, get_str(o, "name", "?"),
+           get_str(o, "state", "?"), get_str(o, "version", "?"),
+           has_size ? human_bytes(size, hs, sizeof hs) : "-", cached);
+  }
+  if (n == 0)
+    printf("(no images)\n");
+  return 0;
+}
+
 /* ---- Command tables ---------------------------------------------------- */
 
 static const struct command image_commands[] = {
   { "add", "NAME PATH [--block-size N] [--threads N] [--json]",
     "hash an image and write its manifest", cmd_image_add, NULL },
+  { "attach", "NAME --upstream URI [--upstream URI ...] [--version HEX] [--json]",
+    "attach an image to a node (--node), fetched from the upstreams",
+    cmd_image_attach, NULL },
+  { "detach", "NAME", "detach an image from a node (--node)",
+    cmd_image_detach, NULL },
+  { "stats", "NAME [--json]", "show an image's state and counters on a node (--node)",
+    cmd_image_stats, NULL },
+  { "list", "[--json]", "list the images a node (--node) serves",
+    cmd_image_list, NULL },
   { NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -298,25 +934,65 @@ dispatch(const char *path, const struct command *table, int argc,
   return 1;
 }
 
+/* Prints the top-level usage. */
+static void
+usage_top(FILE *fp)
+{
+  fprintf(fp, PROG " %s — control thunder, the VM image server\n\n"
+          "Usage: " PROG " [--node URL] [--token-file FILE] COMMAND [ARGS...]\n\n"
+          "Commands:\n", THUNDER_VERSION);
+  for (const struct command *c = top_commands; c->name; c++)
+    fprintf(fp, "  %s %s\n      %s\n", c->name, c->synopsis, c->summary);
+  fprintf(fp, "\nRun '" PROG " COMMAND --help' for a command's options.\n"
+          "\nOptions:\n"
+          "  --node URL         a node's control endpoint (thunderd --control),\n"
+          "                     e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE  the node's token (default " NODECLIENT_TOKEN_FILE ");\n"
+          "                     $" NODECLIENT_TOKEN_ENV ", when set, is used instead\n"
+          "  -h, --help         show this help\n"
+          "  -V, --version      show the version\n");
+}
+
 int
 main(int argc, char **argv)
 {
   log_init(PROG, "stderr");
 
-  if (argc >= 2 && (strcmp(argv[1], "--version") == 0 ||
-                    strcmp(argv[1], "-V") == 0)) {
-    printf(PROG " %s\n", THUNDER_VERSION);
-    return 0;
+  /* Global options, before the command. */
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+      printf(PROG " %s\n", THUNDER_VERSION);
+      return 0;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage_top(stdout);
+      return 0;
+    }
+    const char **dst = NULL;
+    const char *opt = NULL;
+    if (strncmp(a, "--node", 6) == 0 && (a[6] == '\0' || a[6] == '=')) {
+      dst = &global.node;
+      opt = "--node";
+    } else if (strncmp(a, "--token-file", 12) == 0 &&
+               (a[12] == '\0' || a[12] == '=')) {
+      dst = &global.token_file;
+      opt = "--token-file";
+    }
+    if (dst == NULL) {
+      fprintf(stderr, PROG ": unknown option '%s'; see '" PROG " --help'\n", a);
+      return 1;
+    }
+    const char *eq = strchr(a, '=');
+    if (eq) {
+      *dst = eq + 1;
+    } else if (i + 1 < argc) {
+      *dst = argv[++i];
+    } else {
+      fprintf(stderr, PROG ": option '%s' needs a value\n", opt);
+      return 1;
+    }
   }
-  if (argc >= 2 && (strcmp(argv[1], "-h") == 0 ||
-                    strcmp(argv[1], "--help") == 0)) {
-    printf(PROG " %s — control thunder, the VM image server\n\n",
-           THUNDER_VERSION);
-    usage_group(stdout, PROG, top_commands);
-    printf("\nOptions:\n"
-           "  -h, --help     show this help\n"
-           "  -V, --version  show the version\n");
-    return 0;
-  }
-  return dispatch(PROG, top_commands, argc - 1, argv + 1);
+  return dispatch(PROG, top_commands, argc - i, argv + i);
 }

@@ -17,12 +17,21 @@
  * is detected: the block is evicted (bit cleared), counted, and reported
  * absent so the caller fetches it again.
  *
+ * The bitmap starts with a header ("THNDBMP1", format, block size, block
+ * count, version digest); a directory whose manifest.json, bitmap header or
+ * file sizes do not match is reset (see the design note in blkcache.c).
+ * The directory is created 0700 and flock'ed while open, so a second open
+ * of the same version, in this process or another, fails (EBUSY).
+ *
  * A block's states, in memory:
  *   absent → stored (data written, served, not yet durable) → valid
  *   valid-unverified (at open) → valid (verified on first read) | absent
  *
  * Threads: all functions are thread-safe.  The caller stores a given block
- * at most once at a time (the fetch layer's single flight guarantees it).
+ * at most once at a time (the fetch layer's single flight guarantees it);
+ * storing it again, even concurrently, is harmless, as the bytes are the
+ * same verified bytes.  Reads of verified blocks take no lock: one atomic
+ * load and one pread into the caller's buffer.
  */
 #ifndef THUNDER_BLKCACHE_H
 #define THUNDER_BLKCACHE_H
@@ -43,41 +52,56 @@ struct blkcache_stats {
   uint64_t commits;          /* bitmap commits done */
 };
 
-/* Opens (creating if needed) the cache of manifest m under root.
- * manifest_bytes[0..len) are the manifest's exact bytes (their SHA-256 is
- * m->version).  An existing directory whose manifest differs, or whose
- * bitmap is malformed or of the wrong size, is reset (its data dropped,
- * logged).  commit_interval_ms bounds how long a stored block waits to
- * become durable.  NULL with a logged error. */
+/* Opens (creating root and the directory if needed) the cache of
+ * manifest m under root.  m must stay valid until blkcache_close.
+ * manifest_bytes[0..len) are the manifest's exact bytes; their SHA-256
+ * must be m->version (checked).  An existing directory whose manifest
+ * differs, whose bitmap is malformed or of the wrong size, or whose data
+ * file has the wrong size is reset (its data dropped, a warning logged).
+ * commit_interval_ms bounds how long a stored block waits to become
+ * durable (0: commit at once); 256 pending blocks commit at once too.
+ * NULL with a logged error (EBUSY if the cache is open already). */
 struct blkcache *blkcache_open(const char *root, const struct manifest *m,
                                const void *manifest_bytes, size_t len,
                                unsigned commit_interval_ms);
 
-/* Commits what is pending, stops the committer, frees bc. */
+/* Commits what is pending, stops the committer, closes and frees bc.
+ * No other call on bc may be running or follow.  NULL is a no-op. */
 void blkcache_close(struct blkcache *bc);
 
-/* True if block idx can be read from the cache now. */
+/* True if block idx can be read from the cache now (false when idx is
+ * out of range). */
 bool blkcache_has(struct blkcache *bc, uint64_t idx);
 
 /* Reads len bytes at offset off inside block idx.  1: read; 0: the block
  * is absent (never stored, or it failed its first verification and was
- * evicted): fetch it; -1: I/O error, *err set. */
+ * evicted, which is logged and counted): fetch it; -1: I/O error, short
+ * read (EIO) or a range outside the block (EINVAL), logged, *err set.
+ * buf's content is undefined unless 1 is returned.  The first read of a
+ * block valid at open reads and hashes the whole block. */
 int blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
                   uint32_t len, int *err);
 
 /* Stores block idx, which the caller has verified (data holds the whole
  * block, manifest_block_len bytes).  Afterwards blkcache_has() is true;
- * the block becomes durable within commit_interval_ms.  0, or -1 with a
- * logged error (the block stays absent). */
+ * the block becomes durable within commit_interval_ms (plus the time of
+ * the syncs).  0, or -1 with a logged error (the block is absent). */
 int blkcache_store(struct blkcache *bc, uint64_t idx, const void *data);
 
-/* Makes every stored block durable now.  0 or -1. */
+/* Waits until every block stored and every eviction made before the call
+ * is on disk.  0, or -1 if a commit failed meanwhile (logged by the
+ * committer; blocks whose data sync failed are dropped, so they are fetched
+ * again; after a failed bitmap write the blocks stay cached and their bits
+ * are written by the next commit). */
 int blkcache_sync(struct blkcache *bc);
 
+/* Current counters (each read atomically; not one snapshot). */
 void blkcache_get_stats(struct blkcache *bc, struct blkcache_stats *st);
 
-/* Removes the cache directory of a version (it must not be open).
- * 0, or -1 with a logged error. */
+/* Removes the cache directory root/version_hex and its files.
+ * version_hex must be 64 lowercase hex digits (EINVAL otherwise: no path
+ * can be smuggled in); a cache that is open fails with EBUSY; a directory
+ * that does not exist is not an error.  0, or -1 with a logged error. */
 int blkcache_remove(const char *root, const char *version_hex);
 
 #endif

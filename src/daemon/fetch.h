@@ -4,23 +4,32 @@
  * origin), each an NBD URI (nbd://HOST:PORT/EXPORT or
  * nbd+unix:///EXPORT?socket=PATH), with a small pool of libnbd connections
  * per upstream driven through libnbd's asynchronous API (several requests
- * in flight per connection, one I/O thread per connection).
+ * in flight per connection, one I/O thread per connection).  Connections
+ * are made when first needed and made again after a failure.  An upstream
+ * whose export size differs from the manifest's is faulty.
  *
  * A block is asked of the first healthy upstream.  Its bytes are checked
  * against the manifest (manifest_block_ok) before anyone sees them.  A
- * mismatch, short read, error or timeout marks that upstream faulty for
- * holdoff_ms (logged with its URI, counted) and the block is asked of the
- * next one; when every upstream is faulty they are all tried again in
- * order before the fetch fails with EIO.
+ * mismatch, error reply, short read, lost connection or timeout marks that
+ * upstream faulty for holdoff_ms (logged with its URI, counted) and the
+ * block is asked of the next one; when every upstream it has not yet
+ * failed on is faulty, they are tried anyway, in order.  Each upstream is
+ * tried at most once per block; when all have failed it, the fetch fails
+ * with EIO.  A timeout or lost connection closes that connection and
+ * every request on it fails over.
  *
  * Single flight: concurrent requests for one block share one fetch.  The
  * deliver callback runs once per fetched block, before any waiter wakes
  * and while the block still counts as in flight, so a block is never
  * fetched twice: the caller's is_cached callback, checked under the same
- * lock by fetch_start and fetch_prefetch, sees it from then on.
+ * lock by fetch_start and fetch_prefetch, sees it from then on (so
+ * is_cached must be true as soon as deliver has returned).
  *
- * Threads: every function is thread-safe; callbacks run on the fetcher's
- * I/O threads and must not call back into the fetcher.
+ * Threads: every function is thread-safe.  deliver runs on the fetcher's
+ * I/O threads with no fetcher lock held; is_cached runs on the thread
+ * calling fetch_start or fetch_prefetch, under the fetcher's lock, so it
+ * must be quick and must not wait for anything that deliver holds.
+ * Neither may call back into the fetcher.
  */
 #ifndef THUNDER_FETCH_H
 #define THUNDER_FETCH_H
@@ -31,12 +40,21 @@
 
 #include "manifest.h"
 
+/* At most this many upstreams per fetcher. */
+#define FETCH_UPSTREAMS_MAX 64
+
+/* Defaults in parentheses.  conns_per_upstream, depth and timeout_ms must
+ * be >= 1; holdoff_ms 0 means a faulty upstream is not skipped at all. */
 struct fetch_params {
   unsigned conns_per_upstream; /* connections per upstream, >= 1 (2) */
   unsigned depth;              /* requests in flight per connection (16) */
-  unsigned timeout_ms;         /* per request, and per connect (1500) */
+  unsigned timeout_ms;         /* per request (from its issue on the
+                                * connection), and per connect (1500) */
   unsigned holdoff_ms;         /* a faulty upstream is skipped this long (5000) */
 };
+
+/* An initializer with the defaults. */
+#define FETCH_PARAMS_DEFAULT { 2, 16, 1500, 5000 }
 
 struct fetch_callbacks {
   /* True if block idx is in the caller's cache. */
@@ -52,12 +70,15 @@ struct fetch_upstream_stats {
   const char *uri;          /* valid while the fetcher lives */
   uint64_t blocks, bytes;   /* verified blocks received from it */
   uint64_t verify_failures; /* blocks whose bytes did not match */
-  uint64_t errors;          /* errors, short reads, timeouts, lost connections */
+  uint64_t errors;          /* error replies and short reads (one per block),
+                             * failed connects, timeouts and lost
+                             * connections (one per connection) */
   bool faulty;              /* inside its hold-off now */
 };
 
 struct fetch_stats {
-  uint64_t fetches;     /* blocks fetched (each once) */
+  uint64_t fetches;     /* fetches started (a block at most once at a
+                         * time), prefetches included */
   uint64_t joined;      /* requests that joined a fetch in flight */
   uint64_t prefetches;  /* fetches started by fetch_prefetch */
   uint64_t failovers;   /* blocks that had to go past their first choice */
@@ -69,29 +90,38 @@ struct fetch_stats {
 struct fetcher;
 struct fetch_req;
 
-/* A fetcher for the image m (which must outlive it) from uris[0..n).
- * Connections are made lazily.  NULL with a logged error. */
+/* A fetcher for the image m (which must outlive it) from uris[0..n),
+ * 1 <= n <= FETCH_UPSTREAMS_MAX (copied).  p NULL means the defaults.
+ * Starts the I/O threads; connections are made lazily.  NULL with a
+ * logged error. */
 struct fetcher *fetcher_new(const struct manifest *m, const char *const *uris,
                             size_t n, const struct fetch_params *p,
                             const struct fetch_callbacks *cb);
 
-/* Fails every fetch in flight with ESHUTDOWN, waits for the I/O threads,
- * frees f. */
+/* Fails every fetch in flight with ESHUTDOWN, waits for the I/O threads
+ * and for every request handed out by fetch_start to go through
+ * fetch_wait (so a thread holding one must not be the one calling
+ * fetcher_free), frees f.  No other call on f may start once this has. */
 void fetcher_free(struct fetcher *f);
 
 /* Joins or starts the fetch of block idx; never waits on the network.
+ * Every request returned must be passed to fetch_wait exactly once.
  * Returns NULL with *cached = true if the block is in the cache (read it
- * there), or NULL with *cached = false on allocation failure. */
+ * there), or NULL with *cached = false and errno set on allocation
+ * failure (ENOMEM), idx out of range (EINVAL) or a closing fetcher
+ * (ESHUTDOWN). */
 struct fetch_req *fetch_start(struct fetcher *f, uint64_t idx, bool *cached);
 
 /* Waits for the fetch, copies len bytes at offset off of the block into
  * buf and releases req.  0, or -1 with *err (EIO: no upstream could give
- * a valid block; ESHUTDOWN: the fetcher is closing). */
+ * a valid block; ESHUTDOWN: the fetcher is closing; EINVAL: off + len
+ * exceeds the block). */
 int fetch_wait(struct fetch_req *req, void *buf, uint32_t off, uint32_t len,
                int *err);
 
 /* Starts fetching block idx unless it is cached or in flight, without
- * waiting (readahead).  Dropped when the fetcher is busy. */
+ * waiting (readahead).  Dropped when the fetcher is busy: nupstreams *
+ * conns_per_upstream * depth blocks in flight. */
 void fetch_prefetch(struct fetcher *f, uint64_t idx);
 
 /* Fills st; free st->upstreams. */
@@ -99,9 +129,11 @@ void fetch_get_stats(struct fetcher *f, struct fetch_stats *st);
 
 /* Fetches the manifest of image name from the first upstream that has
  * it, as the export "NAME@manifest" (see MANIFEST_EXPORT_SUFFIX), and
- * accepts it only if its SHA-256 is version_hex.  On success *bytes (heap)
- * and *len are set and 0 is returned; else -1 with a logged error per
- * upstream tried. */
+ * accepts it only if its SHA-256 is version_hex.  Synchronous; each step
+ * (connect and handshake, opening the export, every 4 MiB read) has
+ * timeout_ms.  On success *bytes (heap) and *len are set and 0 is
+ * returned; else -1 with a warning logged per upstream tried (with its
+ * URI and why) and an error at the end. */
 int fetch_manifest(const char *const *uris, size_t n, const char *name,
                    const char *version_hex, unsigned timeout_ms,
                    char **bytes, size_t *len);

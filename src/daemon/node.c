@@ -315,8 +315,11 @@ write_file_atomic(const char *dir, const char *name, const char *data,
                   size_t len)
 {
   char path[PATH_MAX], tmp[PATH_MAX];
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
+  if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path ||
+      (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name) >= sizeof tmp) {
+    log_error(COMPONENT, "%s/%s: path too long", dir, name);
+    return -1;
+  }
   CLEANUP_CLOSE int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
                               0600);
   if (fd == -1) {
@@ -846,8 +849,9 @@ node_restore(struct node *n)
     if (de->d_name[0] == '.' || l <= 5 || strcmp(de->d_name + l - 5, ".json"))
       continue;
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    restore_one(n, path);
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, de->d_name) <
+        sizeof path)
+      restore_one(n, path);
   }
   closedir(d);
   struct json_object *l = node_list_json(n);

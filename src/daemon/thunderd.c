@@ -1,8 +1,11 @@
 /* thunderd — thunder's node and origin daemon.
  *
- * This file is wiring only: options, logging, signals; the origin's
- * images become exports (origin.c) served by the NBD listeners
- * (server.c).
+ * This file is wiring only: options, logging, signals, and the control
+ * endpoint's requests routed to the mode's module.  In origin mode the
+ * images of a directory become exports (origin.c); in node mode images
+ * are attached at run time and served from the block cache, fetched on
+ * demand from upstream (node.c).  Either way the NBD listeners
+ * (server.c) serve the exports.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -12,9 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "config.h"
+#include "control.h"
 #include "export.h"
 #include "log.h"
+#include "node.h"
 #include "origin.h"
 #include "server.h"
 
@@ -27,6 +34,15 @@ static struct {
   char *config;
   bool origin;
   char *images;
+  char *cache;
+  char *control;
+  char *token_file;
+  uint64_t readahead;
+  uint64_t fetch_connections;
+  uint64_t fetch_depth;
+  uint64_t fetch_timeout;
+  uint64_t fault_holdoff;
+  uint64_t commit_interval;
   char *listen;
   char *socket;
   char *socket_group;
@@ -44,6 +60,12 @@ static struct {
   .max_connections = 1024,
   .max_handshakes = 64,
   .handshake_timeout = 10,
+  .readahead = 8,
+  .fetch_connections = 2,
+  .fetch_depth = 16,
+  .fetch_timeout = 1500,
+  .fault_holdoff = 5000,
+  .commit_interval = 20,
 };
 
 static const struct config_opt options[] = {
@@ -53,6 +75,26 @@ static const struct config_opt options[] = {
     "origin mode: serve the images of --images" },
   { "images", CONFIG_TYPE_STRING, &opt.images, 0, 0, "DIR",
     "origin: directory of images with manifests" },
+  { "cache", CONFIG_TYPE_STRING, &opt.cache, 0, 0, "DIR",
+    "node mode: cache root (images are attached through --control)" },
+  { "control", CONFIG_TYPE_STRING, &opt.control, 0, 0, "HOST:PORT",
+    "control endpoint (HTTP/JSON); needs --token-file" },
+  { "token-file", CONFIG_TYPE_STRING, &opt.token_file, 0, 0, "FILE",
+    "bearer token of the control endpoint (mode 0600 or 0640)" },
+  { "readahead", CONFIG_TYPE_UINT, &opt.readahead, 0, 1024, "BLOCKS",
+    "node: blocks fetched ahead of a sequential miss, 0 for none (default 8)" },
+  { "fetch-connections", CONFIG_TYPE_UINT, &opt.fetch_connections, 1, 16, "N",
+    "node: connections per upstream (default 2)" },
+  { "fetch-depth", CONFIG_TYPE_UINT, &opt.fetch_depth, 1, 256, "N",
+    "node: requests in flight per upstream connection (default 16)" },
+  { "fetch-timeout", CONFIG_TYPE_UINT, &opt.fetch_timeout, 50, 600000, "MS",
+    "node: an upstream request or connect taking longer fails over"
+    " (default 1500)" },
+  { "fault-holdoff", CONFIG_TYPE_UINT, &opt.fault_holdoff, 0, 3600000, "MS",
+    "node: a faulty upstream is skipped this long (default 5000)" },
+  { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
+    "node: how long a fetched block may wait to be marked valid on disk"
+    " (default 20)" },
   { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
     "NBD over TCP for peers, or 'none' (default 0.0.0.0:10809)" },
   { "socket", CONFIG_TYPE_STRING, &opt.socket, 0, 0, "PATH",
@@ -113,8 +155,10 @@ signal_main(void *arg)
       continue;
     switch (sig) {
     case SIGHUP:
-      log_info(COMPONENT, "SIGHUP: rescanning %s", opt.images);
-      origin_scan(ctx->reg, opt.images);
+      if (opt.origin) {
+        log_info(COMPONENT, "SIGHUP: rescanning %s", opt.images);
+        origin_scan(ctx->reg, opt.images);
+      }
       break;
     case SIGUSR1:
       debug = !debug;
@@ -127,6 +171,88 @@ signal_main(void *arg)
       return NULL;
     }
   }
+}
+
+/* ---- control requests, routed to the mode's module ---------------------- */
+
+static const char *
+status_code(int status)
+{
+  switch (status) {
+  case 400: return "invalid";
+  case 404: return "not_found";
+  case 409: return "conflict";
+  case 502: return "bad_gateway";
+  default: return "internal";
+  }
+}
+
+static int
+ctl_attach(void *opaque, const struct control_attach *req,
+           struct json_object **reply, const char **code, char *err,
+           size_t errlen)
+{
+  struct node *node = opaque;
+  if (node == NULL) {
+    *code = "origin_mode";
+    snprintf(err, errlen, "this thunderd is an origin: it serves its image"
+             " directory and attaches nothing");
+    return 409;
+  }
+  int status = node_attach(node, req->name, req->version, req->upstreams,
+                           req->nupstreams, reply, err, errlen);
+  if (status >= 400)
+    *code = status_code(status);
+  return status;
+}
+
+static int
+ctl_detach(void *opaque, const char *name, struct json_object **reply,
+           const char **code, char *err, size_t errlen)
+{
+  struct node *node = opaque;
+  if (node == NULL) {
+    *code = "origin_mode";
+    snprintf(err, errlen, "this thunderd is an origin: remove the image's"
+             " manifest and send SIGHUP instead");
+    return 409;
+  }
+  int status = node_detach(node, name, err, errlen);
+  if (status >= 400)
+    *code = status_code(status);
+  else
+    *reply = json_object_new_object();
+  return status;
+}
+
+static struct exports *the_reg;
+
+static int
+ctl_get(void *opaque, const char *name, struct json_object **reply,
+        const char **code, char *err, size_t errlen)
+{
+  struct node *node = opaque;
+  *reply = node ? node_image_json(node, name) : origin_image_json(the_reg, name);
+  if (*reply == NULL) {
+    *code = "not_found";
+    snprintf(err, errlen, "no image '%s' here", name);
+    return 404;
+  }
+  return 200;
+}
+
+static int
+ctl_list(void *opaque, struct json_object **reply, const char **code,
+         char *err, size_t errlen)
+{
+  struct node *node = opaque;
+  *reply = node ? node_list_json(node) : origin_list_json(the_reg);
+  if (*reply == NULL) {
+    *code = "internal";
+    snprintf(err, errlen, "out of memory");
+    return 500;
+  }
+  return 200;
 }
 
 static bool
@@ -147,6 +273,10 @@ main(int argc, char **argv)
   int status = EXIT_FAILURE;
   struct exports *reg = NULL;
   struct server *server = NULL;
+  struct node *node = NULL;
+  struct control *control = NULL;
+  char *token = NULL;
+  int nimages = 0;
   enum log_level level = LOG_LEVEL_INFO;
 
   if (log_init("thunderd", opt.log) == -1) {
@@ -164,24 +294,49 @@ main(int argc, char **argv)
     goto out;
   }
 
-  if (!opt.origin) {
-    log_error(COMPONENT, "no mode given: use --origin --images DIR (this"
-              " version has the origin mode only)");
+  if (opt.origin == (opt.cache != NULL)) {
+    log_error(COMPONENT, "choose one mode: --origin --images DIR, or --cache"
+              " DIR (node)");
     goto out;
   }
-  if (opt.images == NULL) {
+  if (opt.origin && opt.images == NULL) {
     log_error(COMPONENT, "--origin needs --images DIR");
     goto out;
   }
+  if (opt.cache && opt.control == NULL)
+    log_warn(COMPONENT, "node mode without --control: only images attached"
+             " before (recorded under %s) can be served", opt.cache);
+  if (opt.control && opt.token_file == NULL) {
+    log_error(COMPONENT, "--control needs --token-file FILE");
+    goto out;
+  }
+  if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
+    goto out;
 
-  reg = exports_new();
+  reg = the_reg = exports_new();
   if (reg == NULL)
     goto out;
-  if (origin_scan(reg, opt.images) == -1)
-    goto out;
-  if (exports_count(reg) == 0)
-    log_warn(COMPONENT, "%s: no image with a valid manifest; serving none",
-             opt.images);
+  if (opt.origin) {
+    if ((nimages = origin_scan(reg, opt.images)) == -1)
+      goto out;
+    if (nimages == 0)
+      log_warn(COMPONENT, "%s: no image with a valid manifest; serving none",
+               opt.images);
+  } else {
+    struct node_params np = {
+      .fetch = {
+        .conns_per_upstream = (unsigned)opt.fetch_connections,
+        .depth = (unsigned)opt.fetch_depth,
+        .timeout_ms = (unsigned)opt.fetch_timeout,
+        .holdoff_ms = (unsigned)opt.fault_holdoff,
+      },
+      .readahead = (unsigned)opt.readahead,
+      .commit_interval_ms = (unsigned)opt.commit_interval,
+    };
+    node = node_new(reg, opt.cache, &np);
+    if (node == NULL)
+      goto out;
+  }
 
   struct sigaction sa = { .sa_handler = SIG_IGN };
   sigaction(SIGPIPE, &sa, NULL);
@@ -206,6 +361,20 @@ main(int argc, char **argv)
   if (server == NULL)
     goto out;
 
+  if (node)
+    node_restore(node);
+  if (opt.control) {
+    struct control_ops ops = {
+      .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
+      .list = ctl_list, .opaque = node,
+    };
+    control = control_new(opt.control, token, &ops);
+    if (control == NULL)
+      goto out;
+    log_info(COMPONENT, "control endpoint on %s port %u", opt.control,
+             control_port(control));
+  }
+
   struct signal_ctx sctx = { .server = server, .reg = reg, .level = level };
   pthread_t sig_thread;
   if ((errno = pthread_create(&sig_thread, NULL, signal_main, &sctx)) != 0) {
@@ -213,17 +382,29 @@ main(int argc, char **argv)
     goto out;
   }
 
-  log_info(COMPONENT, "ready: origin mode, %zu images", exports_count(reg));
+  if (opt.origin)
+    log_info(COMPONENT, "ready: origin mode, %d images", nimages);
+  else
+    log_info(COMPONENT, "ready: node mode, cache %s", opt.cache);
   if (server_run(server) == 0)
     status = EXIT_SUCCESS;
+  else {
+    /* Connections that would not end still use the exports: leave
+     * everything allocated rather than free it under them. */
+    log_error(COMPONENT, "exiting with connections still open");
+    _exit(EXIT_FAILURE);
+  }
   /* If the server stopped by itself, wake the signal thread to end it. */
   pthread_kill(sig_thread, SIGTERM);
   pthread_join(sig_thread, NULL);
   log_info(COMPONENT, "stopped");
 
 out:
+  control_free(control);
   server_free(server);
+  node_free(node);
   exports_free(reg);
+  free(token);
   config_free(options);
   return status;
 }

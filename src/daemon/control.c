@@ -1,0 +1,1132 @@
+/* thunder — thunderd's control endpoint; see control.h.
+ *
+ * Threads: libmicrohttpd runs one thread per connection
+ * (MHD_USE_THREAD_PER_CONNECTION), so an attach that blocks for seconds
+ * while a manifest is fetched stalls only its own connection.  At most
+ * CONTROL_CONNECTIONS_MAX connections at once; an idle one is closed after
+ * CONTROL_IDLE_TIMEOUT seconds.  struct control is read-only once started.
+ *
+ * Life of a request: libmicrohttpd calls handle_request several times.
+ *
+ *   first call     allocate struct request; route the URL, check the token
+ *                  and the method and remember the verdict (an error, or
+ *                  "go").  Nothing is replied yet, except to a declared body
+ *                  over CONTROL_DRAIN_MAX (413 at once; the connection is
+ *                  then closed).
+ *   body calls     a PUT that is still "go" appends to req->body up to
+ *                  CONTROL_BODY_MAX; any other body, and whatever is over
+ *                  the cap, is read and dropped, up to CONTROL_DRAIN_MAX in
+ *                  all (beyond, the connection is closed without a reply).
+ *   last call      reply: the remembered error, 413, or the op's result.
+ *   completed      request_completed frees struct request.
+ *
+ * Replying only once the body is read keeps the connection in step, so a
+ * client reads the error instead of a reset.  Every reply goes through
+ * reply_json, which sets Content-Type: application/json.
+ */
+#include "control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "digest.h"
+#include "log.h"
+#include "manifest.h"
+
+#define COMPONENT "control"
+
+/* Connections at once, and seconds before an idle one is closed. */
+#define CONTROL_CONNECTIONS_MAX 64
+#define CONTROL_IDLE_TIMEOUT 30
+/* Body bytes read (and dropped) from a request that gets an error, before
+ * the connection is closed instead. */
+#define CONTROL_DRAIN_MAX (1024 * 1024)
+/* JSON nesting limit of request bodies. */
+#define CONTROL_JSON_DEPTH 8
+/* Token length limits (control_read_token) and the largest token file. */
+#define TOKEN_MIN 16
+#define TOKEN_MAX 256
+#define TOKEN_FILE_MAX 4096
+
+#define IMAGES_PATH "/v1/images"
+#define ALLOW_GET "GET, HEAD"
+#define ALLOW_IMAGE "GET, HEAD, PUT, DELETE"
+#define NAME_RULE "1-255 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
+
+struct control {
+  struct MHD_Daemon *mhd;
+  struct control_ops ops;
+  uint8_t token_digest[DIGEST_LEN]; /* SHA-256 of the token */
+  unsigned port;
+};
+
+enum route {
+  ROUTE_HEALTH,
+  ROUTE_LIST,
+  ROUTE_IMAGE,
+};
+
+/* Per-request state, allocated on the first call. */
+struct request {
+  enum route route;
+  const char *name;     /* ROUTE_IMAGE: points into the URL */
+  bool is_put;
+  /* An error decided on the first call (status 0: none). */
+  unsigned status;
+  const char *code;
+  const char *allow;    /* 405: the Allow header */
+  const char *www_auth; /* 401: the WWW-Authenticate header */
+  char message[192];
+  /* The body of a PUT, while under CONTROL_BODY_MAX. */
+  char *body;
+  size_t len;
+  bool too_large;
+  size_t dropped;       /* body bytes read and dropped */
+};
+
+/* ---- replies ---------------------------------------------------------- */
+
+/* The error code for a status when the op gives none. */
+static const char *
+default_code(unsigned status)
+{
+  switch (status) {
+  case MHD_HTTP_BAD_REQUEST: return "invalid";
+  case MHD_HTTP_UNAUTHORIZED: return "unauthorized";
+  case MHD_HTTP_FORBIDDEN: return "forbidden";
+  case MHD_HTTP_NOT_FOUND: return "not_found";
+  case MHD_HTTP_METHOD_NOT_ALLOWED: return "method_not_allowed";
+  case MHD_HTTP_CONFLICT: return "conflict";
+  case MHD_HTTP_CONTENT_TOO_LARGE: return "too_large";
+  case MHD_HTTP_NOT_IMPLEMENTED: return "not_implemented";
+  case MHD_HTTP_BAD_GATEWAY: return "bad_gateway";
+  case MHD_HTTP_SERVICE_UNAVAILABLE: return "unavailable";
+  case MHD_HTTP_GATEWAY_TIMEOUT: return "gateway_timeout";
+  default: return status >= 500 ? "internal" : "error";
+  }
+}
+
+/* Sends status with body (borrowed; NULL means no body, only for 204) and
+ * the optional Allow and WWW-Authenticate headers.  The one place that
+ * queues a response. */
+static enum MHD_Result
+reply_json(struct MHD_Connection *conn, unsigned status,
+           struct json_object *body, const char *allow, const char *www_auth)
+{
+  static const char oom[] =
+      "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}\n";
+  char *text = NULL;
+  size_t len = 0;
+
+  if (body) {
+    const char *s = json_object_to_json_string_ext(
+        body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (s && asprintf(&text, "%s\n", s) >= 0)
+      len = strlen(text);
+    else
+      text = NULL;
+  }
+  struct MHD_Response *resp;
+  if (text) {
+    resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL)
+      free(text);
+  } else if (body || status != MHD_HTTP_NO_CONTENT) {
+    status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    allow = www_auth = NULL;
+    resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom,
+                                           MHD_RESPMEM_PERSISTENT);
+  } else {
+    resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+  }
+  if (resp == NULL) {
+    log_error(COMPONENT, "MHD_create_response_from_buffer failed");
+    return MHD_NO;
+  }
+  enum MHD_Result r = MHD_YES;
+  if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                              "application/json") == MHD_NO ||
+      MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL,
+                              "no-store") == MHD_NO ||
+      (allow && MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+                                        allow) == MHD_NO) ||
+      (www_auth && MHD_add_response_header(
+                       resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                       www_auth) == MHD_NO))
+    r = MHD_NO;
+  if (r == MHD_YES)
+    r = MHD_queue_response(conn, status, resp);
+  MHD_destroy_response(resp);
+  return r;
+}
+
+/* A new {"error":{"code":code,"message":message}}, or NULL. */
+static struct json_object *
+error_body(const char *code, const char *message)
+{
+  struct json_object *o = json_object_new_object();
+  struct json_object *e = json_object_new_object();
+  if (o == NULL || e == NULL ||
+      json_object_object_add(e, "code", json_object_new_string(code)) ||
+      json_object_object_add(e, "message", json_object_new_string(message))) {
+    json_object_put(o);
+    json_object_put(e);
+    return NULL;
+  }
+  if (json_object_object_add(o, "error", e)) {
+    json_object_put(o);
+    json_object_put(e);
+    return NULL;
+  }
+  return o;
+}
+
+/* Replies with an error body; code NULL picks the status's default. */
+static enum MHD_Result
+reply_error(struct MHD_Connection *conn, unsigned status, const char *code,
+            const char *message, const char *allow, const char *www_auth)
+{
+  CLEANUP_JSON_PUT struct json_object *body =
+      error_body(code ? code : default_code(status), message);
+  return reply_json(conn, status, body, allow, www_auth);
+}
+
+/* Records an error for the last call to send. */
+static void
+set_error(struct request *req, unsigned status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+set_error(struct request *req, unsigned status, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(req->message, sizeof req->message, fmt, ap);
+  va_end(ap);
+  req->status = status;
+  req->code = default_code(status);
+}
+
+/* Copies s for a message: at most 64 bytes, non-printable bytes as '?'. */
+static const char *
+shown(const char *s, size_t len, char *buf, size_t buflen)
+{
+  size_t n = 0;
+  for (size_t i = 0; i < len && n + 4 < buflen; i++, n++) {
+    if (n == 64) {
+      memcpy(buf + n, "...", 3);
+      n += 3;
+      break;
+    }
+    unsigned char c = (unsigned char)s[i];
+    buf[n] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
+/* ---- the ops' results ---------------------------------------------------- */
+
+/* Sends what an op returned: status with reply (taken), or the error. */
+static enum MHD_Result
+reply_op(struct MHD_Connection *conn, const char *what, int status,
+         struct json_object *reply, const char *code, const char *err)
+{
+  bool ok = status >= 200 && status <= 299;
+  if (!ok && (status < 400 || status > 599)) {
+    log_error(COMPONENT, "%s: handler returned status %d", what, status);
+    json_object_put(reply);
+    return reply_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL,
+                       "internal error: bad status from the handler", NULL,
+                       NULL);
+  }
+  if (!ok) {
+    json_object_put(reply);
+    if (status >= 500)
+      log_warn(COMPONENT, "%s: %d: %s", what, status,
+               err[0] ? err : "(no message)");
+    return reply_error(conn, (unsigned)status, code,
+                       err[0] ? err : "request failed", NULL, NULL);
+  }
+  if (status == MHD_HTTP_NO_CONTENT) {
+    json_object_put(reply);
+    return reply_json(conn, (unsigned)status, NULL, NULL, NULL);
+  }
+  if (reply == NULL)
+    reply = json_object_new_object();
+  enum MHD_Result r = reply_json(conn, (unsigned)status, reply, NULL, NULL);
+  json_object_put(reply);
+  return r;
+}
+
+/* ---- the attach body ------------------------------------------------- */
+
+enum attach_field {
+  FIELD_VERSION,
+  FIELD_UPSTREAMS,
+  FIELD_COUNT,
+};
+
+static const char *const attach_fields[FIELD_COUNT] = {
+  [FIELD_VERSION] = "version",
+  [FIELD_UPSTREAMS] = "upstreams",
+};
+
+/* Checks the top-level keys of buf, a JSON object json-c has accepted:
+ * each a known field, none twice (json-c keeps the last of two silently).
+ * A string at depth 1 followed by ':' is a key; keys are decoded with
+ * json-c, so escapes are handled. */
+static int
+check_keys(const char *buf, size_t len, char *err, size_t errlen)
+{
+  bool seen[FIELD_COUNT] = { false };
+  int depth = 0;
+
+  for (size_t i = 0; i < len; i++) {
+    char c = buf[i];
+    if (c == '{' || c == '[') {
+      depth++;
+      continue;
+    }
+    if (c == '}' || c == ']') {
+      depth--;
+      continue;
+    }
+    if (c != '"')
+      continue;
+    size_t start = i;
+    for (i++; i < len && buf[i] != '"'; i++)
+      if (buf[i] == '\\')
+        i++;
+    size_t end = i + 1; /* past the closing quote */
+    if (depth != 1)
+      continue;
+    size_t j = end;
+    while (j < len && (buf[j] == ' ' || buf[j] == '\t' || buf[j] == '\n' ||
+                       buf[j] == '\r'))
+      j++;
+    if (j >= len || buf[j] != ':')
+      continue;
+
+    struct json_tokener *tok = json_tokener_new_ex(1);
+    if (tok == NULL) {
+      snprintf(err, errlen, "body: out of memory");
+      return -1;
+    }
+    CLEANUP_JSON_PUT struct json_object *key =
+        json_tokener_parse_ex(tok, buf + start, (int)(end - start));
+    json_tokener_free(tok);
+    if (key == NULL || !json_object_is_type(key, json_type_string)) {
+      snprintf(err, errlen, "body: bad key at offset %zu", start);
+      return -1;
+    }
+    const char *k = json_object_get_string(key);
+    size_t klen = (size_t)json_object_get_string_len(key);
+    int idx = -1;
+    for (int f = 0; f < FIELD_COUNT; f++)
+      if (strlen(attach_fields[f]) == klen &&
+          memcmp(attach_fields[f], k, klen) == 0)
+        idx = f;
+    if (idx < 0) {
+      char s[80];
+      snprintf(err, errlen, "field '%s': unknown field; expected version and upstreams",
+               shown(k, klen, s, sizeof s));
+      return -1;
+    }
+    if (seen[idx]) {
+      snprintf(err, errlen, "field '%s': appears more than once",
+               attach_fields[idx]);
+      return -1;
+    }
+    seen[idx] = true;
+  }
+  return 0;
+}
+
+/* Parses body[0..len) strictly (nesting at most CONTROL_JSON_DEPTH) into a
+ * JSON object; NULL with a message in err. */
+static struct json_object *
+parse_body(const char *body, size_t len, char *err, size_t errlen)
+{
+  if (len == 0) {
+    snprintf(err, errlen, "body: empty; expected a JSON object");
+    return NULL;
+  }
+  const char *nul = memchr(body, '\0', len);
+  if (nul) {
+    snprintf(err, errlen, "body: not JSON: NUL byte at offset %td",
+             nul - body);
+    return NULL;
+  }
+  struct json_tokener *tok = json_tokener_new_ex(CONTROL_JSON_DEPTH);
+  if (tok == NULL) {
+    snprintf(err, errlen, "body: out of memory");
+    return NULL;
+  }
+  json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+  /* len <= CONTROL_BODY_MAX, well within json-c's int. */
+  struct json_object *root = json_tokener_parse_ex(tok, body, (int)len);
+  enum json_tokener_error jerr = json_tokener_get_error(tok);
+  size_t end = json_tokener_get_parse_end(tok);
+  if (root == NULL && jerr == json_tokener_continue) {
+    /* A top-level scalar is only complete at a terminator. */
+    root = json_tokener_parse_ex(tok, "", 1);
+    jerr = json_tokener_get_error(tok);
+    end = len;
+  }
+  json_tokener_free(tok);
+
+  if (root == NULL) {
+    if (jerr == json_tokener_success)
+      snprintf(err, errlen, "body: expected a JSON object, not null");
+    else if (jerr == json_tokener_error_depth)
+      snprintf(err, errlen, "body: nested deeper than %d levels",
+               CONTROL_JSON_DEPTH);
+    else if (jerr == json_tokener_continue ||
+             jerr == json_tokener_error_parse_eof)
+      snprintf(err, errlen, "body: not JSON: ends early at offset %zu", len);
+    else
+      snprintf(err, errlen, "body: not JSON: %s at offset %zu",
+               json_tokener_error_desc(jerr), end);
+    return NULL;
+  }
+  for (size_t i = end; i < len; i++) {
+    if (body[i] != ' ' && body[i] != '\t' && body[i] != '\n' &&
+        body[i] != '\r') {
+      snprintf(err, errlen, "body: not JSON: trailing data at offset %zu", i);
+      json_object_put(root);
+      return NULL;
+    }
+  }
+  if (!json_object_is_type(root, json_type_object)) {
+    snprintf(err, errlen, "body: expected a JSON object, not %s",
+             json_type_to_name(json_object_get_type(root)));
+    json_object_put(root);
+    return NULL;
+  }
+  if (check_keys(body, end, err, errlen) < 0) {
+    json_object_put(root);
+    return NULL;
+  }
+  return root;
+}
+
+/* Checks one upstream URI; field names it ("upstreams[2]"). */
+static int
+check_upstream(const char *field, const char *uri, size_t len, char *err,
+               size_t errlen)
+{
+  static const char form[] =
+      "expected nbd://HOST:PORT/NAME or nbd+unix:///NAME?socket=PATH";
+  char s[80];
+
+  if (len > CONTROL_URI_MAX) {
+    snprintf(err, errlen, "field '%s': %zu bytes; at most %d", field, len,
+             CONTROL_URI_MAX);
+    return -1;
+  }
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)uri[i];
+    if (c <= 0x20 || c >= 0x7f) {
+      snprintf(err, errlen, "field '%s': byte 0x%02x at offset %zu; an NBD URI is printable ASCII without spaces (percent-encode the rest)",
+               field, c, i);
+      return -1;
+    }
+  }
+  if (strncmp(uri, "nbd://", 6) == 0) {
+    if (uri[6] == '\0' || uri[6] == '/' || uri[6] == '?') {
+      snprintf(err, errlen, "field '%s': '%s' has no host; %s", field,
+               shown(uri, len, s, sizeof s), form);
+      return -1;
+    }
+    return 0;
+  }
+  if (strncmp(uri, "nbd+unix://", 11) == 0) {
+    const char *q = strchr(uri, '?');
+    if (q == NULL || (strncmp(q + 1, "socket=", 7) != 0 &&
+                      strstr(q, "&socket=") == NULL)) {
+      snprintf(err, errlen, "field '%s': '%s' has no socket=PATH; %s", field,
+               shown(uri, len, s, sizeof s), form);
+      return -1;
+    }
+    return 0;
+  }
+  snprintf(err, errlen, "field '%s': '%s' is not an NBD URI; %s", field,
+           shown(uri, len, s, sizeof s), form);
+  return -1;
+}
+
+/* Validates the attach body root into *out (pointers into root and ups,
+ * which must outlive *out).  -1 with a message naming the field. */
+static int
+check_attach(struct json_object *root, const char *name,
+             const char *ups[CONTROL_UPSTREAMS_MAX],
+             struct control_attach *out, char *err, size_t errlen)
+{
+  struct json_object *v, *a;
+
+  if (!json_object_object_get_ex(root, "version", &v)) {
+    snprintf(err, errlen, "field 'version': missing; expected the image's version (64 lowercase hex digits)");
+    return -1;
+  }
+  if (!json_object_is_type(v, json_type_string)) {
+    snprintf(err, errlen, "field 'version': expected a string of 64 lowercase hex digits, not %s",
+             json_type_to_name(json_object_get_type(v)));
+    return -1;
+  }
+  const char *version = json_object_get_string(v);
+  size_t vlen = (size_t)json_object_get_string_len(v);
+  bool hex = vlen == DIGEST_HEX_LEN;
+  for (size_t i = 0; hex && i < vlen; i++)
+    hex = (version[i] >= '0' && version[i] <= '9') ||
+          (version[i] >= 'a' && version[i] <= 'f');
+  if (!hex) {
+    snprintf(err, errlen, "field 'version': expected 64 lowercase hex digits (the manifest's SHA-256), got %zu characters",
+             vlen);
+    return -1;
+  }
+
+  if (!json_object_object_get_ex(root, "upstreams", &a)) {
+    snprintf(err, errlen, "field 'upstreams': missing; expected 1 to %d NBD URIs, parent first, origin last",
+             CONTROL_UPSTREAMS_MAX);
+    return -1;
+  }
+  if (!json_object_is_type(a, json_type_array)) {
+    snprintf(err, errlen, "field 'upstreams': expected an array of NBD URIs, not %s",
+             json_type_to_name(json_object_get_type(a)));
+    return -1;
+  }
+  size_t n = json_object_array_length(a);
+  if (n == 0) {
+    snprintf(err, errlen, "field 'upstreams': empty; expected 1 to %d NBD URIs, parent first, origin last",
+             CONTROL_UPSTREAMS_MAX);
+    return -1;
+  }
+  if (n > CONTROL_UPSTREAMS_MAX) {
+    snprintf(err, errlen, "field 'upstreams': %zu entries; at most %d",
+             n, CONTROL_UPSTREAMS_MAX);
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct json_object *u = json_object_array_get_idx(a, i);
+    char field[32];
+    snprintf(field, sizeof field, "upstreams[%zu]", i);
+    if (!json_object_is_type(u, json_type_string)) {
+      snprintf(err, errlen, "field '%s': expected a string (an NBD URI), not %s",
+               field, json_type_to_name(json_object_get_type(u)));
+      return -1;
+    }
+    const char *uri = json_object_get_string(u);
+    if (check_upstream(field, uri, (size_t)json_object_get_string_len(u),
+                       err, errlen) < 0)
+      return -1;
+    for (size_t j = 0; j < i; j++) {
+      if (strcmp(ups[j], uri) == 0) {
+        snprintf(err, errlen, "field '%s': same as upstreams[%zu]", field, j);
+        return -1;
+      }
+    }
+    ups[i] = uri;
+  }
+
+  out->name = name;
+  out->version = version;
+  out->upstreams = ups;
+  out->nupstreams = n;
+  return 0;
+}
+
+/* ---- routing and the request cycle ---------------------------------------- */
+
+/* True if the request carries "Authorization: Bearer TOKEN" with the right
+ * token.  Both sides are hashed and the digests compared in full, so the
+ * time taken says nothing about the token. */
+static bool
+token_ok(const struct control *c, struct MHD_Connection *conn, bool *given)
+{
+  const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                              MHD_HTTP_HEADER_AUTHORIZATION);
+  *given = h != NULL;
+  if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+    return false;
+  const char *t = h + 7;
+  while (*t == ' ' || *t == '\t')
+    t++;
+  size_t n = strlen(t);
+  while (n > 0 && (t[n - 1] == ' ' || t[n - 1] == '\t'))
+    n--;
+  uint8_t d[DIGEST_LEN];
+  digest_sha256(t, n, d);
+  volatile uint8_t diff = 0;
+  for (size_t i = 0; i < DIGEST_LEN; i++)
+    diff |= (uint8_t)(d[i] ^ c->token_digest[i]);
+  return diff == 0;
+}
+
+/* The NAME of a URL "/v1/images/NAME" (NAME not empty, without '/'), or
+ * NULL. */
+static const char *
+image_name_of(const char *url)
+{
+  static const char prefix[] = IMAGES_PATH "/";
+  if (strncmp(url, prefix, sizeof prefix - 1) != 0)
+    return NULL;
+  const char *name = url + sizeof prefix - 1;
+  if (name[0] == '\0' || strchr(name, '/') != NULL)
+    return NULL;
+  return name;
+}
+
+/* The first call: routes the request and records any error. */
+static void
+start_request(const struct control *c, struct MHD_Connection *conn,
+              const char *url, const char *method, struct request *req)
+{
+  bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+             strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+  char s[80];
+
+  if (strcmp(url, "/healthz") == 0) {
+    req->route = ROUTE_HEALTH;
+    if (!get) {
+      set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
+                "method %s not allowed on /healthz; allowed: " ALLOW_GET,
+                shown(method, strlen(method), s, sizeof s));
+      req->allow = ALLOW_GET;
+    }
+    return;
+  }
+  if (strcmp(url, IMAGES_PATH) == 0) {
+    req->route = ROUTE_LIST;
+  } else if ((req->name = image_name_of(url)) != NULL) {
+    req->route = ROUTE_IMAGE;
+  } else {
+    set_error(req, MHD_HTTP_NOT_FOUND,
+              "no such path: %s; see /v1/images and /v1/images/NAME",
+              shown(url, strlen(url), s, sizeof s));
+    return;
+  }
+
+  bool given;
+  if (!token_ok(c, conn, &given)) {
+    if (given) {
+      set_error(req, MHD_HTTP_UNAUTHORIZED, "wrong bearer token");
+      req->www_auth = "Bearer realm=\"thunderd\", error=\"invalid_token\"";
+    } else {
+      set_error(req, MHD_HTTP_UNAUTHORIZED,
+                "missing 'Authorization: Bearer TOKEN' header");
+      req->www_auth = "Bearer realm=\"thunderd\"";
+    }
+    return;
+  }
+
+  req->is_put = strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
+  bool del = strcmp(method, MHD_HTTP_METHOD_DELETE) == 0;
+  if (req->route == ROUTE_LIST && !get) {
+    set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
+              "method %s not allowed on " IMAGES_PATH "; allowed: " ALLOW_GET,
+              shown(method, strlen(method), s, sizeof s));
+    req->allow = ALLOW_GET;
+    return;
+  }
+  if (req->route == ROUTE_IMAGE && !get && !req->is_put && !del) {
+    set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
+              "method %s not allowed on " IMAGES_PATH "/NAME; allowed: " ALLOW_IMAGE,
+              shown(method, strlen(method), s, sizeof s));
+    req->allow = ALLOW_IMAGE;
+    req->is_put = false;
+    return;
+  }
+  if (req->route == ROUTE_IMAGE && !manifest_name_valid(req->name)) {
+    set_error(req, MHD_HTTP_BAD_REQUEST,
+              "image name '%s' is not valid: use " NAME_RULE,
+              shown(req->name, strlen(req->name), s, sizeof s));
+    req->is_put = false;
+  }
+}
+
+/* Takes in one piece of the body.  -1 to close the connection. */
+static int
+take_body(struct request *req, const char *data, size_t size)
+{
+  if (req->is_put && req->status == 0 && !req->too_large) {
+    if (req->len + size <= CONTROL_BODY_MAX) {
+      if (req->body == NULL &&
+          (req->body = malloc(CONTROL_BODY_MAX)) == NULL) {
+        log_error(COMPONENT, "malloc: request body: %m");
+        return -1;
+      }
+      memcpy(req->body + req->len, data, size);
+      req->len += size;
+      return 0;
+    }
+    req->too_large = true;
+    req->dropped = req->len;
+    free(req->body);
+    req->body = NULL;
+    req->len = 0;
+  }
+  req->dropped += size;
+  if (req->dropped > CONTROL_DRAIN_MAX) {
+    log_info(COMPONENT, "closing a connection whose request body passed %d bytes",
+             CONTROL_DRAIN_MAX);
+    return -1;
+  }
+  if (req->dropped > CONTROL_BODY_MAX)
+    req->too_large = true;
+  return 0;
+}
+
+/* The last call: does what was asked and replies. */
+static enum MHD_Result
+finish_request(struct control *c, struct MHD_Connection *conn,
+               const char *method, const char *url, struct request *req)
+{
+  char err[512] = "";
+  const char *code = NULL;
+  struct json_object *reply = NULL;
+  char what[320];
+  int status;
+  char u[80]; /* the URL, for log lines */
+
+  shown(url, strlen(url), u, sizeof u);
+
+  if (req->status == MHD_HTTP_UNAUTHORIZED) {
+    char h[NI_MAXHOST] = "?";
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr)
+      getnameinfo(ci->client_addr,
+                  ci->client_addr->sa_family == AF_INET6
+                      ? sizeof(struct sockaddr_in6)
+                      : sizeof(struct sockaddr_in),
+                  h, sizeof h, NULL, 0, NI_NUMERICHOST);
+    log_info(COMPONENT, "%s %s from %s: 401 %s", method, u, h, req->message);
+  } else if (req->status != 0) {
+    log_debug(COMPONENT, "%s %s: %u %s", method, u, req->status,
+              req->message);
+  }
+  if (req->status != 0) {
+    return reply_error(conn, req->status, req->code, req->message,
+                       req->allow, req->www_auth);
+  }
+  if (req->too_large) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "body: larger than %d bytes", CONTROL_BODY_MAX);
+    log_debug(COMPONENT, "%s %s: 413", method, u);
+    return reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, NULL, msg, NULL, NULL);
+  }
+
+  switch (req->route) {
+  case ROUTE_HEALTH: {
+    CLEANUP_JSON_PUT struct json_object *ok = json_object_new_object();
+    if (ok && json_object_object_add(ok, "status", json_object_new_string("ok"))) {
+      json_object_put(ok);
+      ok = NULL;
+    }
+    return reply_json(conn, MHD_HTTP_OK, ok, NULL, NULL);
+  }
+  case ROUTE_LIST:
+    if (c->ops.list == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "listing images is not supported here", NULL, NULL);
+    status = c->ops.list(c->ops.opaque, &reply, &code, err, sizeof err);
+    log_debug(COMPONENT, "%s %s: %d", method, u, status);
+    return reply_op(conn, "list images", status, reply, code, err);
+  case ROUTE_IMAGE:
+    break;
+  }
+
+  snprintf(what, sizeof what, "%s %s", method, req->name);
+  if (req->is_put) {
+    CLEANUP_JSON_PUT struct json_object *root =
+        parse_body(req->body, req->len, err, sizeof err);
+    const char *ups[CONTROL_UPSTREAMS_MAX];
+    struct control_attach at;
+    if (root == NULL || check_attach(root, req->name, ups, &at, err,
+                                     sizeof err) < 0) {
+      log_debug(COMPONENT, "%s %s: 400 %s", method, u, err);
+      return reply_error(conn, MHD_HTTP_BAD_REQUEST, NULL, err, NULL, NULL);
+    }
+    if (c->ops.attach == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "attaching images is not supported here", NULL, NULL);
+    status = c->ops.attach(c->ops.opaque, &at, &reply, &code, err, sizeof err);
+  } else if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0) {
+    if (c->ops.detach == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "detaching images is not supported here", NULL, NULL);
+    status = c->ops.detach(c->ops.opaque, req->name, &reply, &code, err,
+                           sizeof err);
+  } else {
+    if (c->ops.get == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "image state is not supported here", NULL, NULL);
+    status = c->ops.get(c->ops.opaque, req->name, &reply, &code, err,
+                        sizeof err);
+  }
+  log_debug(COMPONENT, "%s %s: %d", method, u, status);
+  return reply_op(conn, what, status, reply, code, err);
+}
+
+static enum MHD_Result
+handle_request(void *cls, struct MHD_Connection *conn, const char *url,
+               const char *method, const char *version,
+               const char *upload_data, size_t *upload_data_size,
+               void **req_cls)
+{
+  struct control *c = cls;
+  struct request *req = *req_cls;
+
+  if (req == NULL) {
+    req = calloc(1, sizeof *req);
+    if (req == NULL) {
+      log_error(COMPONENT, "calloc: request: %m");
+      return MHD_NO;
+    }
+    *req_cls = req;
+    start_request(c, conn, url, method, req);
+
+    /* A declared body too large to read through: reply now, and
+     * libmicrohttpd closes the connection after the reply. */
+    const char *cl = MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+      errno = 0;
+      char *end;
+      unsigned long long n = strtoull(cl, &end, 10);
+      if ((errno == ERANGE || n > CONTROL_DRAIN_MAX) && end != cl) {
+        req->too_large = true;
+        return finish_request(c, conn, method, url, req);
+      }
+    }
+    return MHD_YES;
+  }
+
+  if (*upload_data_size > 0) {
+    if (take_body(req, upload_data, *upload_data_size) < 0)
+      return MHD_NO;
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  return finish_request(c, conn, method, url, req);
+}
+
+static void
+request_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                  enum MHD_RequestTerminationCode toe)
+{
+  struct request *req = *req_cls;
+  if (req == NULL)
+    return;
+  free(req->body);
+  free(req);
+  *req_cls = NULL;
+}
+
+static int
+hex_value(char ch)
+{
+  if (ch >= '0' && ch <= '9')
+    return ch - '0';
+  if (ch >= 'a' && ch <= 'f')
+    return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F')
+    return ch - 'A' + 10;
+  return -1;
+}
+
+/* Decodes %HH escapes in the URL in place, except %00 and %2F: those stay
+ * as they are, so a NUL cannot cut a name short and an encoded '/' is
+ * part of a (then invalid) name instead of a path separator. */
+static size_t
+unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+  char *w = s;
+  for (const char *r = s; *r;) {
+    int hi, lo;
+    if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 &&
+        (lo = hex_value(r[2])) >= 0 && hi * 16 + lo != 0 &&
+        hi * 16 + lo != '/') {
+      *w++ = (char)(hi * 16 + lo);
+      r += 3;
+    } else {
+      *w++ = *r++;
+    }
+  }
+  *w = '\0';
+  return (size_t)(w - s);
+}
+
+/* libmicrohttpd's messages, into the log. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+  char msg[512];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  size_t n = strlen(msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+    msg[--n] = '\0';
+  log_warn(COMPONENT, "libmicrohttpd: %s", msg);
+}
+
+/* ---- the listening socket --------------------------------------------- */
+
+/* Splits "HOST:PORT", "[V6]:PORT" or ":PORT". */
+static int
+split_hostport(const char *spec, char *host, size_t hlen, char *port,
+               size_t plen)
+{
+  const char *colon;
+  if (spec[0] == '[') {
+    const char *close_ = strchr(spec, ']');
+    if (close_ == NULL || close_[1] != ':' ||
+        (size_t)(close_ - spec - 1) >= hlen || close_ == spec + 1)
+      return -1;
+    memcpy(host, spec + 1, (size_t)(close_ - spec - 1));
+    host[close_ - spec - 1] = '\0';
+    colon = close_ + 1;
+  } else {
+    colon = strrchr(spec, ':');
+    if (colon == NULL || (size_t)(colon - spec) >= hlen ||
+        memchr(spec, ':', (size_t)(colon - spec)) != NULL)
+      return -1;
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+  }
+  const char *p = colon + 1;
+  size_t n = strlen(p);
+  if (n == 0 || n >= plen || n > 5 || strspn(p, "0123456789") != n ||
+      strtoul(p, NULL, 10) > 65535)
+    return -1;
+  memcpy(port, p, n + 1);
+  return 0;
+}
+
+/* Binds and listens on spec; returns the socket and sets *port_out, or -1
+ * with a logged error.  With no host, the IPv6 wildcard (dual stack) is
+ * tried first, then IPv4's. */
+static int
+listen_on(const char *spec, unsigned *port_out)
+{
+  char host[256], port[8];
+  if (split_hostport(spec, host, sizeof host, port, sizeof port) == -1) {
+    log_error(COMPONENT, "listen: '%s': expected HOST:PORT, [IPV6]:PORT or :PORT",
+              spec);
+    return -1;
+  }
+  struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                            .ai_socktype = SOCK_STREAM,
+                            .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+  struct addrinfo *res;
+  int e = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+  if (e != 0) {
+    log_error(COMPONENT, "listen: '%s': %s", spec, gai_strerror(e));
+    return -1;
+  }
+  int fd = -1;
+  for (int pass = 0; pass < 2 && fd < 0; pass++) {
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+      /* Without a host: IPv6 in the first pass, the rest in the second. */
+      if (host[0] == '\0' && (ai->ai_family == AF_INET6) != (pass == 0))
+        continue;
+      if (host[0] != '\0' && pass == 1)
+        break;
+      char h[NI_MAXHOST], p[NI_MAXSERV];
+      if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, p, sizeof p,
+                      NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        snprintf(h, sizeof h, "?");
+      int s = socket(ai->ai_family,
+                     ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                     ai->ai_protocol);
+      if (s == -1) {
+        log_warn(COMPONENT, "socket: %s: %m", h);
+        continue;
+      }
+      int one = 1, zero = 0;
+      setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (ai->ai_family == AF_INET6)
+        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY,
+                   host[0] ? &one : &zero, sizeof one);
+      if (bind(s, ai->ai_addr, ai->ai_addrlen) == -1) {
+        log_warn(COMPONENT, "bind: %s port %s: %m", h, port);
+        close(s);
+        continue;
+      }
+      if (listen(s, 64) == -1) {
+        log_warn(COMPONENT, "listen: %s port %s: %m", h, port);
+        close(s);
+        continue;
+      }
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+      if (getsockname(s, (struct sockaddr *)&ss, &sl) == -1) {
+        log_warn(COMPONENT, "getsockname: %s: %m", h);
+        close(s);
+        continue;
+      }
+      *port_out = ntohs(ss.ss_family == AF_INET6
+                            ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                            : ((struct sockaddr_in *)&ss)->sin_port);
+      log_info(COMPONENT, "listening on http://%s%s%s:%u",
+               ai->ai_family == AF_INET6 ? "[" : "", h,
+               ai->ai_family == AF_INET6 ? "]" : "", *port_out);
+      fd = s;
+    }
+  }
+  freeaddrinfo(res);
+  if (fd < 0)
+    log_error(COMPONENT, "listen: '%s': no address could be bound", spec);
+  return fd;
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+struct control *
+control_new(const char *listen_spec, const char *token,
+            const struct control_ops *ops)
+{
+  size_t tlen = token ? strlen(token) : 0;
+  if (tlen < TOKEN_MIN || tlen > TOKEN_MAX) {
+    log_error(COMPONENT, "token: must be %d to %d characters", TOKEN_MIN,
+              TOKEN_MAX);
+    return NULL;
+  }
+  struct control *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    log_error(COMPONENT, "calloc: control: %m");
+    return NULL;
+  }
+  c->ops = *ops;
+  digest_sha256(token, tlen, c->token_digest);
+
+  int fd = listen_on(listen_spec, &c->port);
+  if (fd < 0) {
+    free(c);
+    return NULL;
+  }
+  /* From here libmicrohttpd owns fd: MHD_stop_daemon closes it.  If the
+   * start fails part way it may or may not have closed it already, so it
+   * is left alone rather than risk closing a reused descriptor. */
+  c->mhd = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+          MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG,
+      0, NULL, NULL, handle_request, c,
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)NULL,
+      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONTROL_CONNECTIONS_MAX,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONTROL_IDLE_TIMEOUT,
+      MHD_OPTION_NOTIFY_COMPLETED, request_completed, (void *)c,
+      MHD_OPTION_UNESCAPE_CALLBACK, unescape, (void *)NULL,
+      MHD_OPTION_END);
+  if (c->mhd == NULL) {
+    log_error(COMPONENT, "listen: '%s': libmicrohttpd failed to start",
+              listen_spec);
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+unsigned
+control_port(const struct control *c)
+{
+  return c->port;
+}
+
+void
+control_free(struct control *c)
+{
+  if (c == NULL)
+    return;
+  MHD_stop_daemon(c->mhd);
+  free(c);
+}
+
+char *
+control_read_token(const char *path)
+{
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    log_error(COMPONENT, "token file %s: %m", path);
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) == -1) {
+    log_error(COMPONENT, "token file %s: fstat: %m", path);
+    return NULL;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    log_error(COMPONENT, "token file %s: not a regular file", path);
+    return NULL;
+  }
+  if ((st.st_mode & 0007) != 0) {
+    log_error(COMPONENT, "token file %s: mode %04o lets other users read or write it; use 0600 or 0640 (chmod o-rwx)",
+              path, (unsigned)(st.st_mode & 07777));
+    return NULL;
+  }
+  char buf[TOKEN_FILE_MAX + 1];
+  size_t len = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + len, sizeof buf - len);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      log_error(COMPONENT, "token file %s: read: %m", path);
+      return NULL;
+    }
+    if (n == 0)
+      break;
+    len += (size_t)n;
+    if (len > TOKEN_FILE_MAX) {
+      log_error(COMPONENT, "token file %s: larger than %d bytes", path,
+                TOKEN_FILE_MAX);
+      return NULL;
+    }
+  }
+  size_t start = 0, end = len;
+  while (start < end && strchr(" \t\r\n", buf[start]) && buf[start])
+    start++;
+  while (end > start && strchr(" \t\r\n", buf[end - 1]) && buf[end - 1])
+    end--;
+  size_t tlen = end - start;
+  for (size_t i = start; i < end; i++) {
+    unsigned char ch = (unsigned char)buf[i];
+    if (ch <= 0x20 || ch >= 0x7f) {
+      log_error(COMPONENT, "token file %s: byte 0x%02x at offset %zu; the token must be one line of printable characters without spaces",
+                path, ch, i);
+      explicit_bzero(buf, sizeof buf);
+      return NULL;
+    }
+  }
+  if (tlen < TOKEN_MIN || tlen > TOKEN_MAX) {
+    log_error(COMPONENT, "token file %s: token of %zu characters; it must have %d to %d",
+              path, tlen, TOKEN_MIN, TOKEN_MAX);
+    explicit_bzero(buf, sizeof buf);
+    return NULL;
+  }
+  char *token = strndup(buf + start, tlen);
+  explicit_bzero(buf, sizeof buf);
+  if (token == NULL)
+    log_error(COMPONENT, "token file %s: strndup: %m", path);
+  return token;
+}

@@ -1,0 +1,1167 @@
+/* thunder — fetching verified blocks of one image from its upstreams; see
+ * fetch.h.
+ *
+ * Threads.  One I/O thread per upstream connection (nupstreams *
+ * conns_per_upstream threads, started by fetcher_new).  Each owns its
+ * libnbd handle outright: it alone connects it (lazily, when work arrives),
+ * issues nbd_aio_pread, runs poll(2) over nbd_aio_get_fd() in the
+ * direction nbd_aio_get_direction() asks for plus its eventfd, verifies
+ * what arrives, calls deliver, and closes the handle.  Other threads never
+ * touch a handle: they append a request to the connection's queue and
+ * write its eventfd ("kick").
+ *
+ * Lock.  One mutex, f->lock, guards the in-flight table (idx -> request,
+ * chained hash), every request's state, refs, tried mask and queue links,
+ * every connection's queue and load, every upstream's counters and
+ * hold-off, and the fetcher's counters.  It is never held across network
+ * I/O, SHA-256 or deliver; is_cached is called under it (that is what
+ * makes "in flight or cached" atomic for fetch_start).  libnbd completion
+ * callbacks only set two fields of the request that the owning I/O thread
+ * reads afterwards; they run on that thread.
+ *
+ * A request (struct fetch_req, one per block in flight) goes through:
+ *
+ *   QUEUED   on connection c's queue (c chosen by dispatch_locked: the
+ *            first upstream this block has not failed on and that is not
+ *            in hold-off, else the first it has not failed on; within the
+ *            upstream the least loaded connection)
+ *   ISSUED   taken by c's thread into c->issued[] (at most depth) and
+ *            handed to libnbd with a deadline of now + timeout_ms; when
+ *            the bytes are in, the thread verifies them and calls deliver
+ *            with the lock dropped, the request still in the table
+ *   DONE     buf holds the verified block; out of the table; waiters woken
+ *   FAILED   err is EIO (every upstream failed this block; out of the
+ *            table) or ESHUTDOWN (fetcher_free; left in the table, which
+ *            fetcher_free empties after joining the threads)
+ *
+ *   QUEUED/ISSUED --failure on upstream u--> tried |= u, u held off,
+ *            dispatch_locked again: QUEUED elsewhere, or FAILED(EIO)
+ *
+ * A failure is a SHA-256 mismatch or an error reply (that request only),
+ * or a lost connection, a failed connect or a timeout (the connection is
+ * closed and every request on it, issued or queued, fails over).  Each
+ * upstream is tried at most once per block, so a block ends within
+ * nupstreams attempts.
+ *
+ * Ownership.  A request holds one reference for the table (dropped when
+ * it leaves the table) and one per waiter (dropped by fetch_wait).  The
+ * I/O thread works under the table's reference, and a request leaves the
+ * table only from the thread that holds it (or in dispatch_locked when it
+ * is on no connection, or in fetcher_free after the threads are joined),
+ * so libnbd never writes into a freed buffer.  A request failing over is
+ * requeued only after its old connection's handle was closed, so two
+ * handles never fill one buffer.
+ */
+#include "fetch.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libnbd.h>
+
+#include "cleanup.h"
+#include "digest.h"
+#include "log.h"
+
+#define COMPONENT "fetch"
+
+/* Manifest exports are read in requests of this size. */
+#define MANIFEST_CHUNK (4u * 1024 * 1024)
+
+enum req_state {
+  REQ_QUEUED,
+  REQ_ISSUED,
+  REQ_DONE,
+  REQ_FAILED,
+};
+
+struct conn;
+
+struct fetch_req {
+  struct fetcher *f;
+  uint64_t idx;
+  uint32_t len;
+  /* Under f->lock: */
+  enum req_state state;
+  int err;                 /* with REQ_FAILED */
+  unsigned refs;           /* 1 for the table + 1 per waiter */
+  uint64_t tried;          /* bit i: upstream i failed this block */
+  bool failed_over;        /* counted in f->failovers */
+  struct conn *conn;       /* QUEUED or ISSUED on this connection */
+  struct fetch_req *hnext; /* table chain */
+  struct fetch_req *qnext; /* connection queue */
+  pthread_cond_t cond;     /* broadcast at DONE / FAILED */
+  /* The owning I/O thread's, while ISSUED: */
+  int64_t deadline;        /* ms, monotonic */
+  bool io_done;            /* set by the libnbd completion callback */
+  int io_err;
+  char buf[];              /* len bytes */
+};
+
+struct upstream;
+
+struct conn {
+  struct fetcher *f;
+  struct upstream *up;
+  pthread_t thread;
+  bool started;
+  int wake_fd; /* eventfd */
+  /* Under f->lock: */
+  struct fetch_req *qhead, *qtail;
+  unsigned load; /* requests queued or issued here */
+  bool kicked;   /* wake_fd written since the thread last looked */
+  /* The I/O thread's own: */
+  struct nbd_handle *h;
+  bool ready;               /* h finished its handshake */
+  int64_t connect_deadline; /* while h is connecting */
+  struct fetch_req **issued; /* depth slots */
+  unsigned nissued;
+};
+
+struct upstream {
+  char *uri;
+  unsigned index;
+  struct conn *conns;
+  /* Under f->lock: */
+  int64_t holdoff_until; /* ms, monotonic; faulty while now < this */
+  uint64_t blocks, bytes, verify_failures, errors;
+};
+
+struct fetcher {
+  const struct manifest *m;
+  struct fetch_params p;
+  struct fetch_callbacks cb;
+  struct upstream *ups;
+  size_t nups;
+  size_t prefetch_limit; /* prefetches are dropped at this many in flight */
+  pthread_mutex_t lock;
+  /* Under lock: */
+  struct fetch_req **table;
+  size_t nbuckets; /* power of two */
+  unsigned shift;  /* 64 - log2(nbuckets) */
+  size_t nentries;
+  size_t nwaiters; /* requests handed out, not yet through fetch_wait */
+  pthread_cond_t drained; /* nwaiters reached 0 while stopping */
+  bool stopping;
+  uint64_t fetches, joined, prefetches, failovers, failed;
+};
+
+static int64_t
+now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+lock(struct fetcher *f)
+{
+  if (pthread_mutex_lock(&f->lock) != 0)
+    abort();
+}
+
+static void
+unlock(struct fetcher *f)
+{
+  pthread_mutex_unlock(&f->lock);
+}
+
+/* ---- In-flight table (caller holds f->lock) ---------------------------- */
+
+static size_t
+bucket(const struct fetcher *f, uint64_t idx)
+{
+  return (size_t)((idx * UINT64_C(0x9E3779B97F4A7C15)) >> f->shift);
+}
+
+static struct fetch_req *
+table_find(struct fetcher *f, uint64_t idx)
+{
+  for (struct fetch_req *r = f->table[bucket(f, idx)]; r; r = r->hnext)
+    if (r->idx == idx)
+      return r;
+  return NULL;
+}
+
+/* Doubles the table; on allocation failure it just stays as it is. */
+static void
+table_grow(struct fetcher *f)
+{
+  size_t n = f->nbuckets * 2;
+  struct fetch_req **t = calloc(n, sizeof *t);
+  if (t == NULL)
+    return;
+  struct fetch_req **old = f->table;
+  size_t oldn = f->nbuckets;
+  f->table = t;
+  f->nbuckets = n;
+  f->shift--;
+  for (size_t i = 0; i < oldn; i++) {
+    struct fetch_req *r = old[i];
+    while (r) {
+      struct fetch_req *next = r->hnext;
+      size_t b = bucket(f, r->idx);
+      r->hnext = t[b];
+      t[b] = r;
+      r = next;
+    }
+  }
+  free(old);
+}
+
+static void
+table_insert(struct fetcher *f, struct fetch_req *r)
+{
+  if (f->nentries >= f->nbuckets)
+    table_grow(f);
+  size_t b = bucket(f, r->idx);
+  r->hnext = f->table[b];
+  f->table[b] = r;
+  f->nentries++;
+}
+
+static void
+table_remove(struct fetcher *f, struct fetch_req *r)
+{
+  for (struct fetch_req **p = &f->table[bucket(f, r->idx)]; *p;
+       p = &(*p)->hnext)
+    if (*p == r) {
+      *p = r->hnext;
+      r->hnext = NULL;
+      f->nentries--;
+      return;
+    }
+}
+
+/* ---- Requests (caller holds f->lock) ----------------------------------- */
+
+/* A new request for idx, in the table, holding the table's reference. */
+static struct fetch_req *
+req_new_locked(struct fetcher *f, uint64_t idx)
+{
+  uint32_t len = manifest_block_len(f->m, idx);
+  struct fetch_req *r = malloc(sizeof *r + len);
+  if (r == NULL) {
+    log_error(COMPONENT, "block %" PRIu64 ": malloc: %m", idx);
+    return NULL;
+  }
+  memset(r, 0, sizeof *r);
+  r->f = f;
+  r->idx = idx;
+  r->len = len;
+  r->refs = 1;
+  if (pthread_cond_init(&r->cond, NULL) != 0) {
+    free(r);
+    errno = ENOMEM;
+    return NULL;
+  }
+  table_insert(f, r);
+  return r;
+}
+
+static void
+req_put_locked(struct fetch_req *r)
+{
+  if (--r->refs > 0)
+    return;
+  pthread_cond_destroy(&r->cond);
+  free(r);
+}
+
+/* Ends r with err (0: DONE), takes it out of the table and wakes its
+ * waiters. */
+static void
+req_finish_locked(struct fetcher *f, struct fetch_req *r, int err)
+{
+  r->state = err ? REQ_FAILED : REQ_DONE;
+  r->err = err;
+  r->conn = NULL;
+  table_remove(f, r);
+  pthread_cond_broadcast(&r->cond);
+  req_put_locked(r);
+}
+
+static void
+kick_locked(struct conn *c)
+{
+  if (c->kicked)
+    return;
+  c->kicked = true;
+  uint64_t one = 1;
+  if (write(c->wake_fd, &one, sizeof one) != sizeof one && errno != EAGAIN)
+    log_error(COMPONENT, "upstream %s: eventfd write: %m", c->up->uri);
+}
+
+/* Queues r on the first upstream it has not failed on, preferring those
+ * out of hold-off, or fails it with EIO when there is none.  true if
+ * queued. */
+static bool
+dispatch_locked(struct fetcher *f, struct fetch_req *r)
+{
+  int64_t now = now_ms();
+  struct upstream *up = NULL, *fallback = NULL;
+  for (size_t i = 0; i < f->nups && up == NULL; i++) {
+    if (r->tried & (UINT64_C(1) << i))
+      continue;
+    if (f->ups[i].holdoff_until <= now)
+      up = &f->ups[i];
+    else if (fallback == NULL)
+      fallback = &f->ups[i];
+  }
+  if (up == NULL)
+    up = fallback;
+  if (up == NULL) {
+    log_error(COMPONENT, "block %" PRIu64 ": every upstream failed it", r->idx);
+    f->failed++;
+    req_finish_locked(f, r, EIO);
+    return false;
+  }
+  struct conn *c = &up->conns[0];
+  for (unsigned i = 1; i < f->p.conns_per_upstream; i++)
+    if (up->conns[i].load < c->load)
+      c = &up->conns[i];
+  r->state = REQ_QUEUED;
+  r->conn = c;
+  r->qnext = NULL;
+  if (c->qtail)
+    c->qtail->qnext = r;
+  else
+    c->qhead = r;
+  c->qtail = r;
+  c->load++;
+  kick_locked(c);
+  return true;
+}
+
+/* r failed on upstream up (and has left its connection): try the next. */
+static bool
+redispatch_locked(struct fetcher *f, struct fetch_req *r, struct upstream *up)
+{
+  r->tried |= UINT64_C(1) << up->index;
+  if (!dispatch_locked(f, r))
+    return false;
+  if (!r->failed_over) {
+    r->failed_over = true;
+    f->failovers++;
+  }
+  return true;
+}
+
+static void
+hold_off_locked(struct fetcher *f, struct upstream *up)
+{
+  if (f->p.holdoff_ms > 0)
+    up->holdoff_until = now_ms() + f->p.holdoff_ms;
+}
+
+/* ---- The I/O thread of a connection ------------------------------------ */
+
+/* Removes slot i of c->issued. */
+static struct fetch_req *
+issued_take(struct conn *c, unsigned i)
+{
+  struct fetch_req *r = c->issued[i];
+  c->issued[i] = c->issued[--c->nissued];
+  return r;
+}
+
+/* Request r, taken out of c->issued, failed on c's upstream; the
+ * connection stays. */
+static void
+req_failed(struct conn *c, struct fetch_req *r, bool mismatch,
+           const char *reason)
+{
+  struct fetcher *f = c->f;
+  struct upstream *up = c->up;
+  uint64_t idx = r->idx;
+
+  lock(f);
+  if (f->stopping) {
+    unlock(f);
+    return;
+  }
+  c->load--;
+  if (mismatch)
+    up->verify_failures++;
+  else
+    up->errors++;
+  hold_off_locked(f, up);
+  bool over = redispatch_locked(f, r, up);
+  unlock(f);
+  log_warn(COMPONENT, "upstream %s: block %" PRIu64 ": %s; %s", up->uri, idx,
+           reason, over ? "failing over" : "no upstream left");
+}
+
+/* The connection failed (connect, lost, timeout): closes it and fails
+ * every request on it, issued or queued, over to the next upstream. */
+static void
+conn_fail(struct conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+conn_fail(struct conn *c, const char *fmt, ...)
+{
+  struct fetcher *f = c->f;
+  struct upstream *up = c->up;
+  char reason[512];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+
+  /* Closed first: libnbd must be done with every buffer before another
+   * connection may fill it. */
+  if (c->h) {
+    nbd_close(c->h);
+    c->h = NULL;
+  }
+  c->ready = false;
+
+  lock(f);
+  if (f->stopping) {
+    unlock(f);
+    c->nissued = 0;
+    return;
+  }
+  up->errors++;
+  hold_off_locked(f, up);
+  unsigned n = 0, over = 0;
+  uint64_t first = 0;
+  while (c->nissued > 0 || c->qhead) {
+    struct fetch_req *r;
+    if (c->nissued > 0) {
+      r = issued_take(c, 0);
+    } else {
+      r = c->qhead;
+      c->qhead = r->qnext;
+      if (c->qhead == NULL)
+        c->qtail = NULL;
+    }
+    c->load--;
+    if (n++ == 0)
+      first = r->idx;
+    if (redispatch_locked(f, r, up))
+      over++;
+  }
+  unlock(f);
+
+  if (n == 0)
+    log_warn(COMPONENT, "upstream %s: %s", up->uri, reason);
+  else if (n == 1)
+    log_warn(COMPONENT, "upstream %s: block %" PRIu64 ": %s; %s", up->uri,
+             first, reason, over ? "failing over" : "no upstream left");
+  else if (over == n)
+    log_warn(COMPONENT,
+             "upstream %s: block %" PRIu64 " and %u more: %s; failing over",
+             up->uri, first, n - 1, reason);
+  else
+    log_warn(COMPONENT,
+             "upstream %s: block %" PRIu64 " and %u more: %s; "
+             "failing over %u, %u with no upstream left",
+             up->uri, first, n - 1, reason, over, n - over);
+}
+
+/* Starts connecting c.  0, or -1 after conn_fail. */
+static int
+conn_start(struct conn *c)
+{
+  struct fetcher *f = c->f;
+
+  c->h = nbd_create();
+  if (c->h == NULL) {
+    conn_fail(c, "nbd_create: %s", nbd_get_error());
+    return -1;
+  }
+  c->ready = false;
+  c->connect_deadline = now_ms() + f->p.timeout_ms;
+  if (nbd_set_request_structured_replies(c->h, false) == -1 ||
+      nbd_set_pread_initialize(c->h, false) == -1 ||
+      nbd_aio_connect_uri(c->h, c->up->uri) == -1) {
+    conn_fail(c, "%s", nbd_get_error());
+    return -1;
+  }
+  return 0;
+}
+
+/* c's handshake finished: checks the export.  0, or -1 after conn_fail. */
+static int
+conn_ready(struct conn *c)
+{
+  int64_t size = nbd_get_size(c->h);
+  if (size == -1) {
+    conn_fail(c, "size: %s", nbd_get_error());
+    return -1;
+  }
+  if ((uint64_t)size != c->f->m->size) {
+    conn_fail(c, "export size %" PRId64 ", the manifest says %" PRIu64, size,
+              c->f->m->size);
+    return -1;
+  }
+  c->ready = true;
+  return 0;
+}
+
+static int
+pread_done(void *user_data, int *error)
+{
+  struct fetch_req *r = user_data;
+  r->io_done = true;
+  r->io_err = *error;
+  return 1; /* retire the command */
+}
+
+/* The bytes of r (taken out of c->issued) are in: verify, deliver, wake. */
+static void
+req_arrived(struct conn *c, struct fetch_req *r)
+{
+  struct fetcher *f = c->f;
+
+  if (!manifest_block_ok(f->m, r->idx, r->buf, r->len)) {
+    req_failed(c, r, true, "SHA-256 mismatch");
+    return;
+  }
+  /* Still in the table: fetch_start joins r instead of asking is_cached
+   * while deliver stores the block. */
+  if (f->cb.deliver)
+    f->cb.deliver(f->cb.opaque, r->idx, r->buf, c->up->index);
+  lock(f);
+  c->up->blocks++;
+  c->up->bytes += r->len;
+  if (!f->stopping) {
+    c->load--;
+    req_finish_locked(f, r, 0);
+  }
+  unlock(f);
+}
+
+/* Collects what libnbd finished on c after a call that ran its state
+ * machine (why: that call's error, or NULL if it succeeded): completed
+ * reads are verified and delivered, failed ones fail over; if the handle
+ * is dead, the connection fails.  0, or -1 after conn_fail. */
+static int
+conn_reap(struct conn *c, const char *why)
+{
+  bool dead = why != NULL || nbd_aio_is_dead(c->h) == 1 ||
+              nbd_aio_is_closed(c->h) == 1;
+  char reason[256];
+  snprintf(reason, sizeof reason, "%s", why ? why : "connection closed");
+
+  /* Completed reads first: their bytes are whole even if the connection
+   * died right after them. */
+  for (unsigned i = 0; i < c->nissued;) {
+    struct fetch_req *r = c->issued[i];
+    if (!r->io_done || (r->io_err != 0 && dead)) {
+      i++;
+      continue;
+    }
+    issued_take(c, i);
+    if (r->io_err == 0) {
+      req_arrived(c, r);
+    } else {
+      char msg[128];
+      snprintf(msg, sizeof msg, "read: %s", strerror(r->io_err));
+      req_failed(c, r, false, msg);
+    }
+  }
+  if (dead) {
+    conn_fail(c, "%s: %s", c->ready ? "connection lost" : "connect", reason);
+    return -1;
+  }
+  return 0;
+}
+
+/* Hands the requests in c->issued[from..] to libnbd.  0, or -1 after
+ * conn_fail. */
+static int
+conn_issue(struct conn *c, unsigned from)
+{
+  struct fetcher *f = c->f;
+  int64_t deadline = now_ms() + f->p.timeout_ms;
+
+  for (unsigned i = from; i < c->nissued;) {
+    struct fetch_req *r = c->issued[i];
+    r->io_done = false;
+    r->io_err = 0;
+    r->deadline = deadline;
+    nbd_completion_callback cb = { .callback = pread_done, .user_data = r };
+    if (nbd_aio_pread(c->h, r->buf, r->len, r->idx * f->m->block_size, cb,
+                      0) != -1) {
+      i++;
+      continue;
+    }
+    if (nbd_aio_is_dead(c->h) == 1 || nbd_aio_is_closed(c->h) == 1)
+      return conn_reap(c, nbd_get_error());
+    char reason[256];
+    snprintf(reason, sizeof reason, "read: %s", nbd_get_error());
+    req_failed(c, issued_take(c, i), false, reason);
+  }
+  return 0;
+}
+
+/* Runs the state machine after poll said which way the socket is ready,
+ * then collects the results.  0, or -1 after conn_fail. */
+static int
+conn_notify(struct conn *c, short revents, unsigned dir)
+{
+  int rc = 0;
+
+  if ((revents & POLLIN) ||
+      ((revents & POLLHUP) && (dir & LIBNBD_AIO_DIRECTION_READ)))
+    rc = nbd_aio_notify_read(c->h);
+  else if ((revents & POLLOUT) ||
+           ((revents & (POLLHUP | POLLERR)) &&
+            (dir & LIBNBD_AIO_DIRECTION_WRITE)))
+    rc = nbd_aio_notify_write(c->h);
+  else if (revents & (POLLERR | POLLHUP | POLLNVAL))
+    return conn_reap(c, "socket error");
+  return conn_reap(c, rc == -1 ? nbd_get_error() : NULL);
+}
+
+static void *
+conn_thread(void *arg)
+{
+  struct conn *c = arg;
+  struct fetcher *f = c->f;
+
+  for (;;) {
+    lock(f);
+    if (f->stopping) {
+      unlock(f);
+      break;
+    }
+    c->kicked = false;
+    bool want = c->qhead != NULL;
+    unsigned from = c->nissued;
+    while (c->ready && c->qhead && c->nissued < f->p.depth) {
+      struct fetch_req *r = c->qhead;
+      c->qhead = r->qnext;
+      if (c->qhead == NULL)
+        c->qtail = NULL;
+      r->qnext = NULL;
+      r->state = REQ_ISSUED;
+      c->issued[c->nissued++] = r;
+    }
+    unlock(f);
+
+    if (want && c->h == NULL && conn_start(c) == -1)
+      continue;
+    if (c->nissued > from && conn_issue(c, from) == -1)
+      continue;
+    /* Issuing runs the state machine, which may find the connection
+     * dead (a cookie is returned all the same). */
+    if (c->h && conn_reap(c, NULL) == -1)
+      continue;
+
+    /* Wait for the socket, a kick, or the nearest deadline. */
+    struct pollfd pfd[2] = { { .fd = c->wake_fd, .events = POLLIN },
+                             { .fd = -1 } };
+    unsigned dir = 0;
+    int64_t deadline = INT64_MAX;
+    if (c->h) {
+      pfd[1].fd = nbd_aio_get_fd(c->h);
+      if (pfd[1].fd == -1) {
+        conn_fail(c, "connection lost: %s", nbd_get_error());
+        continue;
+      }
+      dir = nbd_aio_get_direction(c->h);
+      if (dir & LIBNBD_AIO_DIRECTION_READ)
+        pfd[1].events |= POLLIN;
+      if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+        pfd[1].events |= POLLOUT;
+      if (!c->ready)
+        deadline = c->connect_deadline;
+      for (unsigned i = 0; i < c->nissued; i++)
+        if (c->issued[i]->deadline < deadline)
+          deadline = c->issued[i]->deadline;
+    }
+    int timeout = -1;
+    if (deadline != INT64_MAX) {
+      int64_t left = deadline - now_ms();
+      timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+    }
+    int prc = poll(pfd, 2, timeout);
+    if (prc == -1 && errno != EINTR) {
+      log_error(COMPONENT, "upstream %s: poll: %m", c->up->uri);
+      conn_fail(c, "poll failed");
+      continue;
+    }
+    if (pfd[0].revents & POLLIN) {
+      uint64_t v;
+      if (read(c->wake_fd, &v, sizeof v) == -1 && errno != EAGAIN)
+        log_error(COMPONENT, "upstream %s: eventfd read: %m", c->up->uri);
+    }
+    if (c->h == NULL)
+      continue;
+    if (pfd[1].revents && conn_notify(c, pfd[1].revents, dir) == -1)
+      continue;
+    if (!c->ready && nbd_aio_is_ready(c->h) && conn_ready(c) == -1)
+      continue;
+
+    /* Deadlines.  While the socket still moves, a request gets a second
+     * timeout_ms of grace: this thread may have been slow (deliver), not
+     * the upstream. */
+    int64_t now = now_ms();
+    if (!c->ready && now >= c->connect_deadline) {
+      conn_fail(c, "connect: no handshake within %u ms", f->p.timeout_ms);
+      continue;
+    }
+    int64_t grace = pfd[1].revents ? f->p.timeout_ms : 0;
+    for (unsigned i = 0; i < c->nissued; i++)
+      if (now >= c->issued[i]->deadline + grace) {
+        conn_fail(c, "no reply within %u ms", f->p.timeout_ms);
+        break;
+      }
+  }
+
+  /* The requests still here belong to fetcher_free now; closing the
+   * handle ends libnbd's use of their buffers. */
+  if (c->h) {
+    nbd_close(c->h);
+    c->h = NULL;
+  }
+  return NULL;
+}
+
+/* ---- Public ------------------------------------------------------------ */
+
+static void
+fetcher_destroy(struct fetcher *f)
+{
+  /* Threads first: they may still reach the lock and the conns. */
+  lock(f);
+  f->stopping = true;
+  for (size_t i = 0; i < f->nups; i++)
+    for (unsigned j = 0; f->ups[i].conns && j < f->p.conns_per_upstream; j++)
+      if (f->ups[i].conns[j].started)
+        kick_locked(&f->ups[i].conns[j]);
+  unlock(f);
+  for (size_t i = 0; i < f->nups; i++)
+    for (unsigned j = 0; f->ups[i].conns && j < f->p.conns_per_upstream; j++)
+      if (f->ups[i].conns[j].started)
+        pthread_join(f->ups[i].conns[j].thread, NULL);
+
+  lock(f);
+  while (f->nwaiters > 0)
+    pthread_cond_wait(&f->drained, &f->lock);
+  for (size_t b = 0; b < f->nbuckets; b++) {
+    while (f->table[b]) {
+      struct fetch_req *r = f->table[b];
+      f->table[b] = r->hnext;
+      req_put_locked(r);
+    }
+  }
+  unlock(f);
+
+  for (size_t i = 0; i < f->nups; i++) {
+    struct upstream *up = &f->ups[i];
+    for (unsigned j = 0; up->conns && j < f->p.conns_per_upstream; j++) {
+      if (up->conns[j].wake_fd >= 0)
+        close(up->conns[j].wake_fd);
+      free(up->conns[j].issued);
+    }
+    free(up->conns);
+    free(up->uri);
+  }
+  free(f->ups);
+  free(f->table);
+  pthread_cond_destroy(&f->drained);
+  pthread_mutex_destroy(&f->lock);
+  free(f);
+}
+
+struct fetcher *
+fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
+            const struct fetch_params *p, const struct fetch_callbacks *cb)
+{
+  static const struct fetch_params defaults = FETCH_PARAMS_DEFAULT;
+
+  if (p == NULL)
+    p = &defaults;
+  if (n == 0 || n > FETCH_UPSTREAMS_MAX) {
+    log_error(COMPONENT, "%zu upstreams: between 1 and %d are supported", n,
+              FETCH_UPSTREAMS_MAX);
+    return NULL;
+  }
+  if (p->conns_per_upstream == 0 || p->depth == 0 || p->timeout_ms == 0) {
+    log_error(COMPONENT,
+              "connections, depth and timeout must be at least 1 (%u, %u, %u)",
+              p->conns_per_upstream, p->depth, p->timeout_ms);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (uris[i] == NULL || strncmp(uris[i], "nbd", 3) != 0 ||
+        strstr(uris[i], "://") == NULL) {
+      log_error(COMPONENT, "upstream %zu: '%s' is not an NBD URI", i,
+                uris[i] ? uris[i] : "(null)");
+      return NULL;
+    }
+
+  struct fetcher *f = calloc(1, sizeof *f);
+  if (f == NULL) {
+    log_error(COMPONENT, "calloc: %m");
+    return NULL;
+  }
+  f->m = m;
+  f->p = *p;
+  if (cb)
+    f->cb = *cb;
+  f->prefetch_limit = n * p->conns_per_upstream * p->depth;
+  if (pthread_mutex_init(&f->lock, NULL) != 0) {
+    free(f);
+    return NULL;
+  }
+  pthread_cond_init(&f->drained, NULL);
+  f->table = calloc(256, sizeof *f->table);
+  if (f->table) {
+    f->nbuckets = 256;
+    f->shift = 64 - 8;
+  }
+  f->ups = calloc(n, sizeof *f->ups);
+  if (f->table == NULL || f->ups == NULL) {
+    log_error(COMPONENT, "calloc: %m");
+    fetcher_destroy(f);
+    return NULL;
+  }
+  f->nups = n;
+  for (size_t i = 0; i < n; i++) {
+    struct upstream *up = &f->ups[i];
+    up->index = (unsigned)i;
+    up->uri = strdup(uris[i]);
+    up->conns = calloc(p->conns_per_upstream, sizeof *up->conns);
+    if (up->uri == NULL || up->conns == NULL) {
+      log_error(COMPONENT, "upstream %s: %m", uris[i]);
+      fetcher_destroy(f);
+      return NULL;
+    }
+    for (unsigned j = 0; j < p->conns_per_upstream; j++)
+      up->conns[j].wake_fd = -1;
+    for (unsigned j = 0; j < p->conns_per_upstream; j++) {
+      struct conn *c = &up->conns[j];
+      c->f = f;
+      c->up = up;
+      c->issued = calloc(p->depth, sizeof *c->issued);
+      c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (c->issued == NULL || c->wake_fd == -1) {
+        log_error(COMPONENT, "upstream %s: connection %u: %m", up->uri, j);
+        fetcher_destroy(f);
+        return NULL;
+      }
+      int e = pthread_create(&c->thread, NULL, conn_thread, c);
+      if (e != 0) {
+        errno = e;
+        log_error(COMPONENT, "upstream %s: pthread_create: %m", up->uri);
+        fetcher_destroy(f);
+        return NULL;
+      }
+      c->started = true;
+    }
+  }
+  return f;
+}
+
+void
+fetcher_free(struct fetcher *f)
+{
+  if (f == NULL)
+    return;
+  lock(f);
+  f->stopping = true;
+  for (size_t b = 0; b < f->nbuckets; b++)
+    for (struct fetch_req *r = f->table[b]; r; r = r->hnext)
+      if (r->state != REQ_DONE && r->state != REQ_FAILED) {
+        r->state = REQ_FAILED;
+        r->err = ESHUTDOWN;
+        pthread_cond_broadcast(&r->cond);
+      }
+  unlock(f);
+  fetcher_destroy(f);
+}
+
+struct fetch_req *
+fetch_start(struct fetcher *f, uint64_t idx, bool *cached)
+{
+  *cached = false;
+  if (idx >= f->m->nblocks) {
+    errno = EINVAL;
+    return NULL;
+  }
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  if (f->stopping) {
+    errno = ESHUTDOWN;
+    return NULL;
+  }
+  struct fetch_req *r = table_find(f, idx);
+  if (r) {
+    f->joined++;
+  } else {
+    if (f->cb.is_cached && f->cb.is_cached(f->cb.opaque, idx)) {
+      *cached = true;
+      return NULL;
+    }
+    if ((r = req_new_locked(f, idx)) == NULL)
+      return NULL;
+    f->fetches++;
+    dispatch_locked(f, r); /* never fails: r has tried no upstream yet */
+  }
+  r->refs++;
+  f->nwaiters++;
+  return r;
+}
+
+int
+fetch_wait(struct fetch_req *r, void *buf, uint32_t off, uint32_t len,
+           int *err)
+{
+  struct fetcher *f = r->f;
+  int e;
+
+  lock(f);
+  while (r->state != REQ_DONE && r->state != REQ_FAILED)
+    pthread_cond_wait(&r->cond, &f->lock);
+  e = r->state == REQ_FAILED ? r->err : 0;
+  unlock(f);
+
+  /* A DONE buffer never changes again, and our reference keeps it. */
+  if (e == 0) {
+    if (off > r->len || len > r->len - off)
+      e = EINVAL;
+    else
+      memcpy(buf, r->buf + off, len);
+  }
+
+  lock(f);
+  req_put_locked(r);
+  if (--f->nwaiters == 0 && f->stopping)
+    pthread_cond_broadcast(&f->drained);
+  unlock(f);
+
+  if (e) {
+    *err = e;
+    return -1;
+  }
+  return 0;
+}
+
+void
+fetch_prefetch(struct fetcher *f, uint64_t idx)
+{
+  if (idx >= f->m->nblocks)
+    return;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  if (f->stopping || f->nentries >= f->prefetch_limit || table_find(f, idx))
+    return;
+  if (f->cb.is_cached && f->cb.is_cached(f->cb.opaque, idx))
+    return;
+  struct fetch_req *r = req_new_locked(f, idx);
+  if (r == NULL)
+    return;
+  f->fetches++;
+  f->prefetches++;
+  dispatch_locked(f, r);
+}
+
+void
+fetch_get_stats(struct fetcher *f, struct fetch_stats *st)
+{
+  struct fetch_upstream_stats *u = calloc(f->nups, sizeof *u);
+  int64_t now = now_ms();
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  st->fetches = f->fetches;
+  st->joined = f->joined;
+  st->prefetches = f->prefetches;
+  st->failovers = f->failovers;
+  st->failed = f->failed;
+  st->nupstreams = u ? f->nups : 0;
+  st->upstreams = u;
+  for (size_t i = 0; u && i < f->nups; i++) {
+    const struct upstream *up = &f->ups[i];
+    u[i].uri = up->uri;
+    u[i].blocks = up->blocks;
+    u[i].bytes = up->bytes;
+    u[i].verify_failures = up->verify_failures;
+    u[i].errors = up->errors;
+    u[i].faulty = now < up->holdoff_until;
+  }
+}
+
+/* ---- Manifest ---------------------------------------------------------- */
+
+/* Runs h until *flag (or, without a flag, the end of the handshake or of
+ * option mode's first stop).  0, or -1 with *why. */
+static int
+run_until(struct nbd_handle *h, const bool *flag, int64_t deadline,
+          const char **why)
+{
+  for (;;) {
+    if (flag ? *flag : (nbd_aio_is_negotiating(h) == 1 || nbd_aio_is_ready(h) == 1))
+      return 0;
+    if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
+      *why = nbd_get_error();
+      if (*why == NULL)
+        *why = "connection closed";
+      return -1;
+    }
+    int64_t left = deadline - now_ms();
+    if (left <= 0) {
+      *why = "timed out";
+      return -1;
+    }
+    if (nbd_poll(h, left > INT_MAX ? INT_MAX : (int)left) == -1) {
+      *why = nbd_get_error();
+      return -1;
+    }
+  }
+}
+
+struct op_result {
+  bool done;
+  int err;
+};
+
+static int
+op_done(void *user_data, int *error)
+{
+  struct op_result *o = user_data;
+  o->done = true;
+  o->err = *error;
+  return 1;
+}
+
+/* Fetches and checks the manifest from one upstream.  0, or -1 with a
+ * logged warning. */
+static int
+manifest_from(const char *uri, const char *export, const char *version_hex,
+              unsigned timeout_ms, char **bytes, size_t *len)
+{
+  struct nbd_handle *h = nbd_create();
+  char *buf = NULL;
+  const char *why = NULL;
+  char msg[640];
+  int r = -1;
+
+  if (h == NULL) {
+    log_warn(COMPONENT, "upstream %s: nbd_create: %s", uri, nbd_get_error());
+    return -1;
+  }
+
+  /* Connect: option mode stops once the server's greeting is in. */
+  if (nbd_set_opt_mode(h, true) == -1 ||
+      nbd_set_request_structured_replies(h, false) == -1 ||
+      nbd_aio_connect_uri(h, uri) == -1) {
+    why = nbd_get_error();
+    goto out;
+  }
+  if (run_until(h, NULL, now_ms() + timeout_ms, &why) == -1)
+    goto out;
+
+  /* Ask for the manifest export. */
+  struct op_result go = { 0 };
+  if (nbd_set_export_name(h, export) == -1 ||
+      nbd_aio_opt_go(h, (nbd_completion_callback){ .callback = op_done,
+                                                   .user_data = &go }) == -1) {
+    why = nbd_get_error();
+    goto out;
+  }
+  if (run_until(h, &go.done, now_ms() + timeout_ms, &why) == -1)
+    goto out;
+  if (go.err != 0 || nbd_aio_is_ready(h) != 1) {
+    snprintf(msg, sizeof msg, "export %s: %s", export,
+             go.err ? strerror(go.err) : "not available");
+    why = msg;
+    goto out;
+  }
+  int64_t size = nbd_get_size(h);
+  if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
+    snprintf(msg, sizeof msg, "export %s: size %" PRId64 " is not that of a manifest",
+             export, size);
+    why = msg;
+    goto out;
+  }
+
+  /* Read it, a chunk at a time, each under the deadline. */
+  buf = malloc((size_t)size);
+  if (buf == NULL) {
+    snprintf(msg, sizeof msg, "malloc: %s", strerror(errno));
+    why = msg;
+    goto out;
+  }
+  for (uint64_t off = 0; off < (uint64_t)size;) {
+    size_t n = (uint64_t)size - off < MANIFEST_CHUNK ? (size_t)((uint64_t)size - off)
+                                                     : MANIFEST_CHUNK;
+    struct op_result rd = { 0 };
+    if (nbd_aio_pread(h, buf + off, n, off,
+                      (nbd_completion_callback){ .callback = op_done,
+                                                 .user_data = &rd },
+                      0) == -1) {
+      why = nbd_get_error();
+      goto out;
+    }
+    if (run_until(h, &rd.done, now_ms() + timeout_ms, &why) == -1)
+      goto out;
+    if (rd.err) {
+      snprintf(msg, sizeof msg, "read: %s", strerror(rd.err));
+      why = msg;
+      goto out;
+    }
+    off += n;
+  }
+
+  uint8_t d[DIGEST_LEN];
+  char hex[DIGEST_HEX_LEN + 1];
+  digest_sha256(buf, (size_t)size, d);
+  digest_to_hex(d, hex);
+  if (strcasecmp(hex, version_hex) != 0) {
+    snprintf(msg, sizeof msg, "export %s: version %.16s, expected %.16s",
+             export, hex, version_hex);
+    why = msg;
+    goto out;
+  }
+  *bytes = buf;
+  *len = (size_t)size;
+  buf = NULL;
+  r = 0;
+
+out:
+  if (r == -1)
+    log_warn(COMPONENT, "upstream %s: manifest: %s", uri,
+             why ? why : "unknown error");
+  free(buf);
+  nbd_close(h);
+  return r;
+}
+
+int
+fetch_manifest(const char *const *uris, size_t n, const char *name,
+               const char *version_hex, unsigned timeout_ms, char **bytes,
+               size_t *len)
+{
+  char export[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+
+  if (!manifest_name_valid(name)) {
+    log_error(COMPONENT, "manifest: '%s' is not an image name", name);
+    return -1;
+  }
+  snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  if (timeout_ms == 0)
+    timeout_ms = 1;
+  for (size_t i = 0; i < n; i++)
+    if (manifest_from(uris[i], export, version_hex, timeout_ms, bytes, len) == 0)
+      return 0;
+  log_error(COMPONENT, "manifest of '%s' version %.16s: no upstream of %zu has it",
+            name, version_hex, n);
+  return -1;
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# thunder — node mode, relay on cache along a chain origin → n1 → n2 → n3:
+# nbdcopy through n3 equals the image; the origin sent each block exactly
+# once; a second read through n3 fetches nothing; n2's cache serves a new
+# child without asking upstream again.
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/node-functions.sh"
+
+images=$tmpdir/images
+mkdir "$images"
+make_image "$images/img.raw" 24 12345
+size=$(stat -c %s "$images/img.raw")
+image_add img "$images/img.raw" >/dev/null
+
+start_origin "$images"
+start_node 1
+start_node 2
+start_node 3
+attach 1 img "$origin_nbd"
+attach 2 img "${node_nbd[1]}" "$origin_nbd"
+attach 3 img "${node_nbd[2]}" "${node_nbd[1]}" "$origin_nbd"
+
+copy_and_check "nbd+unix:///img?socket=${node_sock[3]}" "$images/img.raw"
+
+sent=$(origin_stats img | counter .counters.served_remote_bytes)
+[ "$sent" -eq "$size" ] ||
+    fail "the origin sent $sent bytes for a $size-byte image (want each block once)"
+for n in 1 2 3; do
+    s=$(stats $n img)
+    [ "$(counter .counters.fetch_failures <<<"$s")" -eq 0 ] ||
+        fail "node $n: fetch failures: $s"
+    [ "$(counter .upstreams[0].bytes <<<"$s")" -eq "$size" ] ||
+        fail "node $n: got $(counter .upstreams[0].bytes <<<"$s") bytes from its parent, want $size"
+done
+
+# Again through n3: all hits, nothing fetched anywhere.
+before=$(stats 3 img | counter .counters.fetches)
+copy_and_check "nbd+unix:///img?socket=${node_sock[3]}" "$images/img.raw"
+after=$(stats 3 img | counter .counters.fetches)
+[ "$after" -eq "$before" ] || fail "node 3 fetched $((after - before)) blocks on a cached read"
+[ "$(origin_stats img | counter .counters.served_remote_bytes)" -eq "$size" ] ||
+    fail "the origin sent more on a cached read"
+
+# A fourth node under n2: n2 relays from its cache, the origin sends nothing.
+start_node 4
+attach 4 img "${node_nbd[2]}" "$origin_nbd"
+copy_and_check "${node_nbd[4]}/img" "$images/img.raw"
+[ "$(origin_stats img | counter .counters.served_remote_bytes)" -eq "$size" ] ||
+    fail "the origin sent bytes for a child of a cached node"
+[ "$(stats 2 img | counter .counters.fetches)" -eq "$(stats 2 img | counter .blocks)" ] ||
+    fail "node 2 fetched a block twice: $(stats 2 img)"
+exit 0
