@@ -50,4 +50,18 @@ copy_and_check "${node_nbd[4]}/img" "$images/img.raw"
     fail "the origin sent bytes for a child of a cached node"
 [ "$(stats 2 img | counter .counters.fetches)" -eq "$(stats 2 img | counter .blocks)" ] ||
     fail "node 2 fetched a block twice: $(stats 2 img)"
+
+# The same through thunderctl: stats (table and JSON), list, detach.
+ctl () { "$THUNDERCTL" --node "${node_ctl[3]}" --token-file "$token_file" "$@"; }
+out=$(ctl image stats img) || fail "thunderctl image stats: $out"
+grep -q "$(stats 3 img | counter .version)" <<<"$out" ||
+    fail "thunderctl image stats does not show the version: $out"
+[ "$(ctl image stats img --json | jq -r .counters.fetches)" = "$(stats 3 img | counter .counters.fetches)" ] ||
+    fail "thunderctl image stats --json differs from the endpoint"
+[ "$(ctl image list --json | jq -r '.images[].name')" = img ] ||
+    fail "thunderctl image list: $(ctl image list --json)"
+ctl image detach img >/dev/null || fail "thunderctl image detach"
+ctl image stats img >/dev/null 2>&1 && fail "stats of a detached image succeeded"
+nbdinfo "nbd+unix:///img?socket=${node_sock[3]}" >/dev/null 2>&1 &&
+    fail "a detached image is still served"
 exit 0
