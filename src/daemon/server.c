@@ -439,11 +439,13 @@ listen_unix(struct server *s, const char *path)
     close(fd);
     return -1;
   }
-  if ((gid != (gid_t)-1 && chown(path, (uid_t)-1, gid) == -1) ||
-      chmod(path, s->cfg.socket_mode) == -1) {
-    log_error(COMPONENT, "socket %s: chown/chmod: %m", path);
+  /* sun.sun_path is path; using the local copy also keeps gcc's
+   * -Wformat-overflow (confused by UBSan's checks) quiet. */
+  if ((gid != (gid_t)-1 && chown(sun.sun_path, (uid_t)-1, gid) == -1) ||
+      chmod(sun.sun_path, s->cfg.socket_mode) == -1) {
+    log_error(COMPONENT, "socket %s: chown/chmod: %m", sun.sun_path);
     close(fd);
-    unlink(path);
+    unlink(sun.sun_path);
     return -1;
   }
   s->socket_path = strdup(path);
