@@ -43,13 +43,25 @@
  * upstream is tried at most once per block, so a block ends within
  * nupstreams attempts.
  *
+ * Noticing a dead connection.  Every libnbd call that runs the state
+ * machine (aio_connect_uri, aio_pread, aio_notify_read/write) may leave
+ * the handle dead even when it returned success (aio_pread returns a
+ * cookie and the send then fails), so after each one conn_reap collects
+ * finished reads and checks nbd_aio_is_dead/is_closed; a dead handle has
+ * no fd, and polling it would only end at the request deadline.
+ * Timeouts: a request's deadline runs from its issue; the connect's from
+ * nbd_aio_connect_uri.  Poll sleeps until the nearest one.  While the
+ * socket still delivers, a request gets a second timeout_ms of grace (a
+ * slow deliver on this thread is not the upstream's fault).
+ *
  * Ownership.  A request holds one reference for the table (dropped when
  * it leaves the table) and one per waiter (dropped by fetch_wait).  The
  * I/O thread works under the table's reference, and a request leaves the
  * table only from the thread that holds it (or in dispatch_locked when it
  * is on no connection, or in fetcher_free after the threads are joined),
- * so libnbd never writes into a freed buffer.  A request failing over is
- * requeued only after its old connection's handle was closed, so two
+ * so libnbd never writes into a freed buffer.  A request fails over only
+ * once libnbd is done with its buffer: its command completed (mismatch,
+ * error reply) or its handle was closed (conn_fail closes first), so two
  * handles never fill one buffer.
  */
 #include "fetch.h"
@@ -305,8 +317,8 @@ kick_locked(struct conn *c)
 }
 
 /* Queues r on the first upstream it has not failed on, preferring those
- * out of hold-off, or fails it with EIO when there is none.  true if
- * queued. */
+ * out of hold-off, or fails it with EIO when there is none (the caller
+ * logs that).  true if queued. */
 static bool
 dispatch_locked(struct fetcher *f, struct fetch_req *r)
 {
@@ -323,7 +335,6 @@ dispatch_locked(struct fetcher *f, struct fetch_req *r)
   if (up == NULL)
     up = fallback;
   if (up == NULL) {
-    log_error(COMPONENT, "block %" PRIu64 ": every upstream failed it", r->idx);
     f->failed++;
     req_finish_locked(f, r, EIO);
     return false;
@@ -400,8 +411,9 @@ req_failed(struct conn *c, struct fetch_req *r, bool mismatch,
   hold_off_locked(f, up);
   bool over = redispatch_locked(f, r, up);
   unlock(f);
-  log_warn(COMPONENT, "upstream %s: block %" PRIu64 ": %s; %s", up->uri, idx,
-           reason, over ? "failing over" : "no upstream left");
+  log_msg(over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR, COMPONENT,
+          "upstream %s: block %" PRIu64 ": %s; %s", up->uri, idx, reason,
+          over ? "failing over" : "no upstream left, failing it (EIO)");
 }
 
 /* The connection failed (connect, lost, timeout): closes it and fails
@@ -461,17 +473,18 @@ conn_fail(struct conn *c, const char *fmt, ...)
   if (n == 0)
     log_warn(COMPONENT, "upstream %s: %s", up->uri, reason);
   else if (n == 1)
-    log_warn(COMPONENT, "upstream %s: block %" PRIu64 ": %s; %s", up->uri,
-             first, reason, over ? "failing over" : "no upstream left");
+    log_msg(over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR, COMPONENT,
+            "upstream %s: block %" PRIu64 ": %s; %s", up->uri, first, reason,
+            over ? "failing over" : "no upstream left, failing it (EIO)");
   else if (over == n)
     log_warn(COMPONENT,
              "upstream %s: block %" PRIu64 " and %u more: %s; failing over",
              up->uri, first, n - 1, reason);
   else
-    log_warn(COMPONENT,
-             "upstream %s: block %" PRIu64 " and %u more: %s; "
-             "failing over %u, %u with no upstream left",
-             up->uri, first, n - 1, reason, over, n - over);
+    log_error(COMPONENT,
+              "upstream %s: block %" PRIu64 " and %u more: %s; "
+              "failing over %u, failing %u with no upstream left (EIO)",
+              up->uri, first, n - 1, reason, over, n - over);
 }
 
 /* Starts connecting c.  0, or -1 after conn_fail. */
@@ -1007,7 +1020,8 @@ run_until(struct nbd_handle *h, const bool *flag, int64_t deadline,
           const char **why)
 {
   for (;;) {
-    if (flag ? *flag : (nbd_aio_is_negotiating(h) == 1 || nbd_aio_is_ready(h) == 1))
+    if (flag ? *flag
+             : nbd_aio_is_negotiating(h) == 1 || nbd_aio_is_ready(h) == 1)
       return 0;
     if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
       *why = nbd_get_error();
@@ -1086,8 +1100,9 @@ manifest_from(const char *uri, const char *export, const char *version_hex,
   }
   int64_t size = nbd_get_size(h);
   if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
-    snprintf(msg, sizeof msg, "export %s: size %" PRId64 " is not that of a manifest",
-             export, size);
+    snprintf(msg, sizeof msg,
+             "export %s: size %" PRId64 " is not that of a manifest", export,
+             size);
     why = msg;
     goto out;
   }
@@ -1100,8 +1115,8 @@ manifest_from(const char *uri, const char *export, const char *version_hex,
     goto out;
   }
   for (uint64_t off = 0; off < (uint64_t)size;) {
-    size_t n = (uint64_t)size - off < MANIFEST_CHUNK ? (size_t)((uint64_t)size - off)
-                                                     : MANIFEST_CHUNK;
+    uint64_t left = (uint64_t)size - off;
+    size_t n = left < MANIFEST_CHUNK ? (size_t)left : MANIFEST_CHUNK;
     struct op_result rd = { 0 };
     if (nbd_aio_pread(h, buf + off, n, off,
                       (nbd_completion_callback){ .callback = op_done,
@@ -1159,9 +1174,11 @@ fetch_manifest(const char *const *uris, size_t n, const char *name,
   if (timeout_ms == 0)
     timeout_ms = 1;
   for (size_t i = 0; i < n; i++)
-    if (manifest_from(uris[i], export, version_hex, timeout_ms, bytes, len) == 0)
+    if (manifest_from(uris[i], export, version_hex, timeout_ms, bytes,
+                      len) == 0)
       return 0;
-  log_error(COMPONENT, "manifest of '%s' version %.16s: no upstream of %zu has it",
-            name, version_hex, n);
+  log_error(COMPONENT,
+            "manifest of '%s' version %.16s: no upstream of %zu has it", name,
+            version_hex, n);
   return -1;
 }

@@ -6,7 +6,9 @@
  * per upstream driven through libnbd's asynchronous API (several requests
  * in flight per connection, one I/O thread per connection).  Connections
  * are made when first needed and made again after a failure.  An upstream
- * whose export size differs from the manifest's is faulty.
+ * whose export size differs from the manifest's is faulty.  A HOST is
+ * resolved (getaddrinfo, inside libnbd) on the connection's I/O thread
+ * and outside the connect deadline: prefer addresses to names.
  *
  * A block is asked of the first healthy upstream.  Its bytes are checked
  * against the manifest (manifest_block_ok) before anyone sees them.  A
@@ -50,7 +52,8 @@ struct fetch_params {
   unsigned depth;              /* requests in flight per connection (16) */
   unsigned timeout_ms;         /* per request (from its issue on the
                                 * connection), and per connect (1500) */
-  unsigned holdoff_ms;         /* a faulty upstream is skipped this long (5000) */
+  unsigned holdoff_ms;         /* a faulty upstream is skipped this
+                                * long (5000) */
 };
 
 /* An initializer with the defaults. */

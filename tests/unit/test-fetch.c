@@ -29,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -58,6 +60,7 @@ static size_t man_len;
 
 struct server {
   pid_t pid;
+  int port;          /* > 0: TCP on 127.0.0.1, else the Unix socket */
   char sock[PATH_MAX];
   char pidfile[PATH_MAX];
   char uri[PATH_MAX + 64];
@@ -89,20 +92,51 @@ make_uri(struct server *s, const char *tag, const char *export)
   snprintf(s->uri, sizeof s->uri, "nbd+unix:///%s?socket=%s", export, s->sock);
 }
 
-/* Starts nbdkit --readonly -f -U SOCK -P PIDFILE -e EXPORT args... and
- * waits for the pid file, which nbdkit writes once it accepts
- * connections.  args ends with NULL. */
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int
+free_port(void)
+{
+  struct sockaddr_in sa = { .sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+  socklen_t len = sizeof sa;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return -1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == -1 ||
+      getsockname(fd, (struct sockaddr *)&sa, &len) == -1) {
+    close(fd);
+    return -1;
+  }
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+/* Starts nbdkit --readonly -f -U SOCK (or -i 127.0.0.1 -p PORT when
+ * s->port is set) -P PIDFILE -e EXPORT args... and waits for the pid
+ * file, which nbdkit writes once it accepts connections.  args ends with
+ * NULL. */
 static bool
 server_start(struct server *s, const char *export, const char *const *args)
 {
-  char tag[32];
+  char tag[32], port[16];
   snprintf(tag, sizeof tag, "s%u", nservers++);
   make_uri(s, tag, export);
   snprintf(s->pidfile, sizeof s->pidfile, "%s/%s.pid", tmpdir, tag);
+  snprintf(port, sizeof port, "%d", s->port);
 
   const char *argv[32] = { "nbdkit", "--readonly", "-f", "--exit-with-parent",
-                           "-U", s->sock, "-P", s->pidfile, "-e", export };
-  size_t n = 10;
+                           "-P", s->pidfile, "-e", export };
+  size_t n = 8;
+  if (s->port > 0) {
+    snprintf(s->uri, sizeof s->uri, "nbd://127.0.0.1:%d/%s", s->port, export);
+    argv[n++] = "-i";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = "-p";
+    argv[n++] = port;
+  } else {
+    argv[n++] = "-U";
+    argv[n++] = s->sock;
+  }
   for (size_t i = 0; args[i] && n < 31; i++)
     argv[n++] = args[i];
   argv[n] = NULL;
@@ -142,12 +176,13 @@ server_stop(struct server *s)
   unlink(s->pidfile);
 }
 
-/* nbdkit serving file path, with the filter and its parameters in extra
- * (NULL-terminated, may be empty). */
+/* nbdkit serving file path on a Unix socket, with an optional filter
+ * and up to two parameters. */
 static bool
 serve_file(struct server *s, const char *export, const char *filter,
            const char *path, const char *p1, const char *p2)
 {
+  s->port = 0;
   char file_arg[PATH_MAX + 8];
   snprintf(file_arg, sizeof file_arg, "file=%s", path);
   const char *args[8];
@@ -596,6 +631,67 @@ test_holdoff(void)
   free(st.upstreams);
   fetcher_free(f);
   sink_free(k);
+}
+
+/* After the hold-off, the parent is asked again. */
+static void
+test_holdoff_expires(void)
+{
+  struct sink *k = sink_new();
+  const char *uris[] = { s_tamp.uri, s_good.uri };
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 4, 1500, 200);
+  unsigned char buf[BS];
+  int err = 0;
+
+  CU_ASSERT_EQUAL_FATAL(read_block(f, k, 0, buf, &err), 0); /* tampered */
+  CU_ASSERT_EQUAL(k->from[0], 1);
+  CU_ASSERT_EQUAL_FATAL(read_block(f, k, 1, buf, &err), 0);
+  CU_ASSERT_EQUAL(k->from[1], 1); /* held off */
+  sleep_ms(250);
+  struct fetch_stats st;
+  fetch_get_stats(f, &st);
+  CU_ASSERT(!st.upstreams[0].faulty);
+  free(st.upstreams);
+  CU_ASSERT_EQUAL_FATAL(read_block(f, k, 2, buf, &err), 0);
+  CU_ASSERT(block_is_image(2, buf));
+  CU_ASSERT_EQUAL(k->from[2], 0); /* asked again, and good */
+  fetcher_free(f);
+  sink_free(k);
+}
+
+/* TCP upstreams: a refused port, then nbdkit on TCP. */
+static void
+test_tcp(void)
+{
+  struct server tcp = { .port = free_port() };
+  CU_ASSERT_FATAL(tcp.port > 0);
+  const char *args[] = { "file", img_path, NULL };
+  CU_ASSERT_FATAL(server_start(&tcp, "img", args));
+  int closed = free_port();
+  CU_ASSERT_FATAL(closed > 0 && closed != tcp.port);
+  char refused[64];
+  snprintf(refused, sizeof refused, "nbd://127.0.0.1:%d/img", closed);
+  struct sink *k = sink_new();
+  const char *uris[] = { refused, tcp.uri };
+  struct fetcher *f = new_fetcher(k, uris, 2, 2, 16, 1500, 5000);
+  unsigned char buf[BS];
+  int err = 0;
+
+  int64_t t0 = now_ms();
+  for (uint64_t b = 0; b < IMG_BLOCKS; b++) {
+    CU_ASSERT_EQUAL_FATAL(read_block(f, k, b, buf, &err), 0);
+    CU_ASSERT(block_is_image(b, buf));
+    CU_ASSERT_EQUAL(k->from[b], 1);
+  }
+  CU_ASSERT(now_ms() - t0 < 2000);
+  struct fetch_stats st;
+  fetch_get_stats(f, &st);
+  CU_ASSERT_EQUAL(st.upstreams[0].errors, 1);
+  CU_ASSERT_EQUAL(st.upstreams[1].blocks, IMG_BLOCKS);
+  free(st.upstreams);
+  fetcher_free(f);
+  sink_free(k);
+  server_stop(&tcp);
 }
 
 /* A parent whose socket has no server: everything from the next one. */
@@ -1099,7 +1195,9 @@ main(void)
     { "is_cached respected", test_is_cached },
     { "tampered parent caught", test_tampered_parent },
     { "hold-off skips a faulty parent", test_holdoff },
+    { "hold-off expires", test_holdoff_expires },
     { "dead parent", test_dead_parent },
+    { "TCP upstreams", test_tcp },
     { "all upstreams bad: EIO", test_all_bad },
     { "parent killed mid-way", test_parent_killed },
     { "hung parent: request timeout", test_hung_parent },
