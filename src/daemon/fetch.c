@@ -1055,8 +1055,10 @@ op_done(void *user_data, int *error)
   return 1;
 }
 
-/* Fetches and checks the manifest from one upstream.  0, or -1 with a
- * logged warning. */
+/* Fetches and checks the manifest from one upstream.  0, or with a logged
+ * warning FETCH_MANIFEST_UNKNOWN (the upstream has no such export),
+ * FETCH_MANIFEST_OTHER_VERSION (it has another version) or -1 (any
+ * other failure). */
 static int
 manifest_from(const char *uri, const char *export, const char *version_hex,
               unsigned timeout_ms, char **bytes, size_t *len)
@@ -1096,6 +1098,8 @@ manifest_from(const char *uri, const char *export, const char *version_hex,
     snprintf(msg, sizeof msg, "export %s: %s", export,
              go.err ? strerror(go.err) : "not available");
     why = msg;
+    if (go.err == ENOENT) /* NBD_REP_ERR_UNKNOWN */
+      r = FETCH_MANIFEST_UNKNOWN;
     goto out;
   }
   int64_t size = nbd_get_size(h);
@@ -1143,6 +1147,7 @@ manifest_from(const char *uri, const char *export, const char *version_hex,
     snprintf(msg, sizeof msg, "export %s: version %.16s, expected %.16s",
              export, hex, version_hex);
     why = msg;
+    r = FETCH_MANIFEST_OTHER_VERSION;
     goto out;
   }
   *bytes = buf;
@@ -1151,7 +1156,7 @@ manifest_from(const char *uri, const char *export, const char *version_hex,
   r = 0;
 
 out:
-  if (r == -1)
+  if (r != 0)
     log_warn(COMPONENT, "upstream %s: manifest: %s", uri,
              why ? why : "unknown error");
   free(buf);
@@ -1173,12 +1178,25 @@ fetch_manifest(const char *const *uris, size_t n, const char *name,
   snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
   if (timeout_ms == 0)
     timeout_ms = 1;
-  for (size_t i = 0; i < n; i++)
-    if (manifest_from(uris[i], export, version_hex, timeout_ms, bytes,
-                      len) == 0)
+  /* The verdict: UNKNOWN if every upstream said so, OTHER_VERSION if
+   * every one answered and one had another version, else -1. */
+  int verdict = FETCH_MANIFEST_UNKNOWN;
+  for (size_t i = 0; i < n; i++) {
+    int r = manifest_from(uris[i], export, version_hex, timeout_ms, bytes,
+                          len);
+    if (r == 0)
       return 0;
+    if (r == -1)
+      verdict = -1;
+    else if (r == FETCH_MANIFEST_OTHER_VERSION && verdict != -1)
+      verdict = FETCH_MANIFEST_OTHER_VERSION;
+  }
   log_error(COMPONENT,
-            "manifest of '%s' version %.16s: no upstream of %zu has it", name,
-            version_hex, n);
-  return -1;
+            "manifest of '%s' version %.16s: no upstream of %zu has it%s",
+            name, version_hex, n,
+            verdict == FETCH_MANIFEST_UNKNOWN ? " (no such image)"
+            : verdict == FETCH_MANIFEST_OTHER_VERSION
+                ? " (they serve another version)"
+                : "");
+  return verdict;
 }

@@ -135,8 +135,13 @@ void fetch_get_stats(struct fetcher *f, struct fetch_stats *st);
  * accepts it only if its SHA-256 is version_hex.  Synchronous; each step
  * (connect and handshake, opening the export, every 4 MiB read) has
  * timeout_ms.  On success *bytes (heap) and *len are set and 0 is
- * returned; else -1 with a warning logged per upstream tried (with its
- * URI and why) and an error at the end. */
+ * returned; else a negative value, with a warning logged per upstream
+ * tried (with its URI and why) and an error at the end.  The value says
+ * why: FETCH_MANIFEST_UNKNOWN when every upstream
+ * answered that it has no such image, FETCH_MANIFEST_OTHER_VERSION when
+ * every one answered and some serve another version, else -1. */
+#define FETCH_MANIFEST_UNKNOWN (-2)
+#define FETCH_MANIFEST_OTHER_VERSION (-3)
 int fetch_manifest(const char *const *uris, size_t n, const char *name,
                    const char *version_hex, unsigned timeout_ms,
                    char **bytes, size_t *len);

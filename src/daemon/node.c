@@ -652,12 +652,23 @@ node_attach(struct node *n, const char *name, const char *version,
   /* The manifest: from the cache when it is there, else from upstream. */
   size_t mlen = 0;
   CLEANUP_FREE char *mbytes = cached_manifest(n, version, &mlen);
-  if (mbytes == NULL &&
-      fetch_manifest(uris, nuris, name, version, n->p.fetch.timeout_ms,
-                     &mbytes, &mlen) == -1) {
-    snprintf(err, errlen, "no upstream gave the manifest of '%s' version %.16s",
-             name, version);
-    return 502;
+  if (mbytes == NULL) {
+    int fr = fetch_manifest(uris, nuris, name, version,
+                            n->p.fetch.timeout_ms, &mbytes, &mlen);
+    if (fr == FETCH_MANIFEST_UNKNOWN) {
+      snprintf(err, errlen, "no upstream has an image '%s'", name);
+      return 404;
+    }
+    if (fr == FETCH_MANIFEST_OTHER_VERSION) {
+      snprintf(err, errlen, "the upstreams serve another version of '%s'"
+               " than %.16s", name, version);
+      return 409;
+    }
+    if (fr != 0) {
+      snprintf(err, errlen, "no upstream gave the manifest of '%s' version"
+               " %.16s (unreachable or failing)", name, version);
+      return 502;
+    }
   }
   char origin[128];
   snprintf(origin, sizeof origin, "manifest of '%s'", name);

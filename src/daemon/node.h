@@ -50,8 +50,9 @@ int node_restore(struct node *n);
  * last), or updates the upstreams of an image attached at that version.
  * A different version replaces the image (open connections keep the old
  * one until they end; the old cache stays on disk).  Returns an HTTP
- * status: 201 attached, 200 updated or unchanged, 502 no upstream gave
- * the manifest, 500 local failure; on failure err (errlen) says why and
+ * status: 201 attached, 200 updated or unchanged, 404 no upstream has
+ * the image, 409 they serve another version, 502 no upstream could be
+ * asked, 500 local failure; on failure err (errlen) says why and
  * nothing is left attached half-way.  *reply gets the image's state. */
 int node_attach(struct node *n, const char *name, const char *version,
                 const char *const *uris, size_t nuris,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # thunder — node mode, the control endpoint under bad input: malformed
 # JSON, unknown image, wrong or missing token, empty or absurd upstream
-# lists, a wrong version → 4xx (or 502 when no upstream has the image)
+# lists, an unknown image, a wrong version → 4xx (502 when no upstream can
+# be reached)
 # with a JSON error body, and nothing attached half-way.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
@@ -49,9 +50,11 @@ req 400 PUT '/v1/images/..bad' "$ok_body"
 req 413 PUT /v1/images/img "{\"pad\":\"$(head -c 70000 /dev/zero | tr '\0' a)\"}"
 req 404 GET /v1/images/img
 req 404 DELETE /v1/images/img
-# An image no upstream has, and a version nobody serves.
-req 502 PUT /v1/images/nosuch "{\"version\":\"$version\",\"upstreams\":[\"$origin_nbd/nosuch\"]}"
-req 502 PUT /v1/images/img "{\"version\":\"$(printf '%064d' 0)\",\"upstreams\":[\"$origin_nbd/img\"]}"
+# An image no upstream has (404), a version nobody serves (409), no
+# upstream reachable (502).
+req 404 PUT /v1/images/nosuch "{\"version\":\"$version\",\"upstreams\":[\"$origin_nbd/nosuch\"]}"
+req 409 PUT /v1/images/img "{\"version\":\"$(printf '%064d' 0)\",\"upstreams\":[\"$origin_nbd/img\"]}"
+req 502 PUT /v1/images/img "{\"version\":\"$version\",\"upstreams\":[\"nbd+unix:///img?socket=$tmpdir/nothing.sock\"]}"
 # Nothing attached half-way.
 req 200 GET /v1/images
 [ "$(jq '.images | length' "$tmpdir/body")" -eq 0 ] ||
