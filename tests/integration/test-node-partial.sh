@@ -19,8 +19,9 @@ start_node 1 --readahead 0
 attach 1 img "$origin_nbd"
 
 # The first reads of a real guest boot, folded into the 64 MiB image.
-trace=${TOP_SRCDIR:-$(dirname "$0")/../..}/../shared/traces/trace-a.csv
-[ -f "$trace" ] || skip "no boot trace at $trace"
+# (tests/data/boot-trace-a.csv is shared/traces/trace-a.csv: see its README.)
+trace=$(dirname "$0")/../data/boot-trace-a.csv
+[ -f "$trace" ] || fail "no boot trace at $trace"
 awk -F, -v size=$((64 * 1048576)) 'NR > 1 && NR <= 200 {
     off = $2 % size; len = $3; if (off + len > size) off = size - len
     print off, len }' "$trace" > "$tmpdir/reads"
