@@ -13,13 +13,12 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "token.h"
 
 #define PROG "thunderctl"
 
 /* Largest reply body accepted (a list of many images). */
 #define REPLY_MAX (16 * 1024 * 1024)
-/* Largest token file read. */
-#define TOKEN_FILE_MAX 4096
 /* JSON nesting accepted in replies. */
 #define REPLY_DEPTH 32
 
@@ -31,88 +30,17 @@ struct nodeclient {
 
 /* ---- the token --------------------------------------------------------- */
 
-/* Checks and copies the token in s[0..len), surrounding whitespace
- * ignored; from names it in messages. */
-static char *
-token_from(const char *s, size_t len, const char *from)
-{
-  size_t start = 0, end = len;
-  while (start < end && (s[start] == ' ' || s[start] == '\t' ||
-                         s[start] == '\r' || s[start] == '\n'))
-    start++;
-  while (end > start && (s[end - 1] == ' ' || s[end - 1] == '\t' ||
-                         s[end - 1] == '\r' || s[end - 1] == '\n'))
-    end--;
-  if (start == end) {
-    fprintf(stderr, PROG ": %s: the token is empty\n", from);
-    return NULL;
-  }
-  for (size_t i = start; i < end; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c <= 0x20 || c >= 0x7f) {
-      fprintf(stderr, PROG ": %s: byte 0x%02x at offset %zu; the token must be one line of printable characters without spaces\n",
-              from, c, i);
-      return NULL;
-    }
-  }
-  char *t = strndup(s + start, end - start);
-  if (t == NULL)
-    fprintf(stderr, PROG ": strndup: token: %s\n", strerror(errno));
-  return t;
-}
-
 char *
 nodeclient_token(const char *token_file)
 {
+  char err[512];
   const char *env = getenv(NODECLIENT_TOKEN_ENV);
-  if (env != NULL)
-    return token_from(env, strlen(env), "$" NODECLIENT_TOKEN_ENV);
-
-  CLEANUP_CLOSE int fd = open(token_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
-    fprintf(stderr, PROG ": token file %s: %s; give --token-file FILE or set $" NODECLIENT_TOKEN_ENV "\n",
-            token_file, strerror(errno));
-    return NULL;
-  }
-  struct stat st;
-  if (fstat(fd, &st) == -1) {
-    fprintf(stderr, PROG ": token file %s: fstat: %s\n", token_file,
-            strerror(errno));
-    return NULL;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    fprintf(stderr, PROG ": token file %s: not a regular file\n", token_file);
-    return NULL;
-  }
-  if ((st.st_mode & 0007) != 0) {
-    fprintf(stderr, PROG ": token file %s: mode %04o lets other users read or write it; use 0600 or 0640 (chmod o-rwx)\n",
-            token_file, (unsigned)(st.st_mode & 07777));
-    return NULL;
-  }
-  char buf[TOKEN_FILE_MAX + 1];
-  size_t len = 0;
-  for (;;) {
-    ssize_t n = read(fd, buf + len, sizeof buf - len);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      fprintf(stderr, PROG ": token file %s: read: %s\n", token_file,
-              strerror(errno));
-      return NULL;
-    }
-    if (n == 0)
-      break;
-    len += (size_t)n;
-    if (len > TOKEN_FILE_MAX) {
-      fprintf(stderr, PROG ": token file %s: larger than %d bytes\n",
-              token_file, TOKEN_FILE_MAX);
-      return NULL;
-    }
-  }
-  char from[4200];
-  snprintf(from, sizeof from, "token file %s", token_file);
-  char *t = token_from(buf, len, from);
-  explicit_bzero(buf, sizeof buf);
+  char *t = env ? token_parse(env, strlen(env), "$" NODECLIENT_TOKEN_ENV, err,
+                              sizeof err)
+                : token_read_file(token_file, err, sizeof err);
+  if (t == NULL)
+    fprintf(stderr, PROG ": %s%s\n", err,
+            env ? "" : "; give --token-file FILE or set $" NODECLIENT_TOKEN_ENV);
   return t;
 }
 

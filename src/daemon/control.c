@@ -45,6 +45,8 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "netaddr.h"
+#include "token.h"
 #include "digest.h"
 #include "log.h"
 #include "manifest.h"
@@ -60,9 +62,6 @@
 /* JSON nesting limit of request bodies. */
 #define CONTROL_JSON_DEPTH 8
 /* Token length limits (control_read_token) and the largest token file. */
-#define TOKEN_MIN 16
-#define TOKEN_MAX 256
-#define TOKEN_FILE_MAX 4096
 
 #define IMAGES_PATH "/v1/images"
 #define ALLOW_GET "GET, HEAD"
@@ -891,67 +890,25 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- the listening socket --------------------------------------------- */
 
-/* Splits "HOST:PORT", "[V6]:PORT" or ":PORT". */
-static int
-split_hostport(const char *spec, char *host, size_t hlen, char *port,
-               size_t plen)
-{
-  const char *colon;
-  if (spec[0] == '[') {
-    const char *close_ = strchr(spec, ']');
-    if (close_ == NULL || close_[1] != ':' ||
-        (size_t)(close_ - spec - 1) >= hlen || close_ == spec + 1)
-      return -1;
-    memcpy(host, spec + 1, (size_t)(close_ - spec - 1));
-    host[close_ - spec - 1] = '\0';
-    colon = close_ + 1;
-  } else {
-    colon = strrchr(spec, ':');
-    if (colon == NULL || (size_t)(colon - spec) >= hlen ||
-        memchr(spec, ':', (size_t)(colon - spec)) != NULL)
-      return -1;
-    memcpy(host, spec, (size_t)(colon - spec));
-    host[colon - spec] = '\0';
-  }
-  const char *p = colon + 1;
-  size_t n = strlen(p);
-  if (n == 0 || n >= plen || n > 5 || strspn(p, "0123456789") != n ||
-      strtoul(p, NULL, 10) > 65535)
-    return -1;
-  memcpy(port, p, n + 1);
-  return 0;
-}
-
 /* Binds and listens on spec; returns the socket and sets *port_out, or -1
  * with a logged error.  With no host, the IPv6 wildcard (dual stack) is
  * tried first, then IPv4's. */
 static int
 listen_on(const char *spec, unsigned *port_out)
 {
-  char host[256], port[8];
-  if (split_hostport(spec, host, sizeof host, port, sizeof port) == -1) {
-    log_error(COMPONENT, "listen: '%s': expected HOST:PORT, [IPV6]:PORT or :PORT",
-              spec);
+  bool any_host;
+  struct addrinfo *res = netaddr_listen(spec, COMPONENT, &any_host);
+  if (res == NULL)
     return -1;
-  }
-  struct addrinfo hints = { .ai_family = AF_UNSPEC,
-                            .ai_socktype = SOCK_STREAM,
-                            .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-  struct addrinfo *res;
-  int e = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-  if (e != 0) {
-    log_error(COMPONENT, "listen: '%s': %s", spec, gai_strerror(e));
-    return -1;
-  }
   int fd = -1;
   for (int pass = 0; pass < 2 && fd < 0; pass++) {
     for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
       /* Without a host: IPv6 in the first pass, the rest in the second. */
-      if (host[0] == '\0' && (ai->ai_family == AF_INET6) != (pass == 0))
+      if (any_host && (ai->ai_family == AF_INET6) != (pass == 0))
         continue;
-      if (host[0] != '\0' && pass == 1)
+      if (!any_host && pass == 1)
         break;
-      char h[NI_MAXHOST], p[NI_MAXSERV];
+      char h[NI_MAXHOST], p[NI_MAXSERV] = "?";
       if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, p, sizeof p,
                       NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         snprintf(h, sizeof h, "?");
@@ -966,14 +923,14 @@ listen_on(const char *spec, unsigned *port_out)
       setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
       if (ai->ai_family == AF_INET6)
         setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY,
-                   host[0] ? &one : &zero, sizeof one);
+                   any_host ? &zero : &one, sizeof one);
       if (bind(s, ai->ai_addr, ai->ai_addrlen) == -1) {
-        log_warn(COMPONENT, "bind: %s port %s: %m", h, port);
+        log_warn(COMPONENT, "bind: %s port %s: %m", h, p);
         close(s);
         continue;
       }
       if (listen(s, 64) == -1) {
-        log_warn(COMPONENT, "listen: %s port %s: %m", h, port);
+        log_warn(COMPONENT, "listen: %s port %s: %m", h, p);
         close(s);
         continue;
       }
@@ -1065,68 +1022,9 @@ control_free(struct control *c)
 char *
 control_read_token(const char *path)
 {
-  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
-    log_error(COMPONENT, "token file %s: %m", path);
-    return NULL;
-  }
-  struct stat st;
-  if (fstat(fd, &st) == -1) {
-    log_error(COMPONENT, "token file %s: fstat: %m", path);
-    return NULL;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    log_error(COMPONENT, "token file %s: not a regular file", path);
-    return NULL;
-  }
-  if ((st.st_mode & 0007) != 0) {
-    log_error(COMPONENT, "token file %s: mode %04o lets other users read or write it; use 0600 or 0640 (chmod o-rwx)",
-              path, (unsigned)(st.st_mode & 07777));
-    return NULL;
-  }
-  char buf[TOKEN_FILE_MAX + 1];
-  size_t len = 0;
-  for (;;) {
-    ssize_t n = read(fd, buf + len, sizeof buf - len);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      log_error(COMPONENT, "token file %s: read: %m", path);
-      return NULL;
-    }
-    if (n == 0)
-      break;
-    len += (size_t)n;
-    if (len > TOKEN_FILE_MAX) {
-      log_error(COMPONENT, "token file %s: larger than %d bytes", path,
-                TOKEN_FILE_MAX);
-      return NULL;
-    }
-  }
-  size_t start = 0, end = len;
-  while (start < end && strchr(" \t\r\n", buf[start]) && buf[start])
-    start++;
-  while (end > start && strchr(" \t\r\n", buf[end - 1]) && buf[end - 1])
-    end--;
-  size_t tlen = end - start;
-  for (size_t i = start; i < end; i++) {
-    unsigned char ch = (unsigned char)buf[i];
-    if (ch <= 0x20 || ch >= 0x7f) {
-      log_error(COMPONENT, "token file %s: byte 0x%02x at offset %zu; the token must be one line of printable characters without spaces",
-                path, ch, i);
-      explicit_bzero(buf, sizeof buf);
-      return NULL;
-    }
-  }
-  if (tlen < TOKEN_MIN || tlen > TOKEN_MAX) {
-    log_error(COMPONENT, "token file %s: token of %zu characters; it must have %d to %d",
-              path, tlen, TOKEN_MIN, TOKEN_MAX);
-    explicit_bzero(buf, sizeof buf);
-    return NULL;
-  }
-  char *token = strndup(buf + start, tlen);
-  explicit_bzero(buf, sizeof buf);
+  char err[512];
+  char *token = token_read_file(path, err, sizeof err);
   if (token == NULL)
-    log_error(COMPONENT, "token file %s: strndup: %m", path);
+    log_error(COMPONENT, "%s", err);
   return token;
 }

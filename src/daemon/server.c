@@ -32,6 +32,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "nbdsrv.h"
+#include "netaddr.h"
 
 #define COMPONENT "server"
 #define LISTENERS_MAX 16
@@ -456,53 +457,12 @@ listen_unix(struct server *s, const char *path)
   return 0;
 }
 
-/* Splits "HOST:PORT", "[V6]:PORT" or ":PORT". */
-static int
-split_hostport(const char *spec, char *host, size_t hlen, char *port,
-               size_t plen)
-{
-  const char *colon;
-  if (spec[0] == '[') {
-    const char *close_ = strchr(spec, ']');
-    if (close_ == NULL || close_[1] != ':')
-      return -1;
-    if ((size_t)(close_ - spec - 1) >= hlen)
-      return -1;
-    memcpy(host, spec + 1, (size_t)(close_ - spec - 1));
-    host[close_ - spec - 1] = '\0';
-    colon = close_ + 1;
-  } else {
-    colon = strrchr(spec, ':');
-    if (colon == NULL || (size_t)(colon - spec) >= hlen)
-      return -1;
-    memcpy(host, spec, (size_t)(colon - spec));
-    host[colon - spec] = '\0';
-  }
-  if (strlen(colon + 1) == 0 || strlen(colon + 1) >= plen ||
-      strspn(colon + 1, "0123456789") != strlen(colon + 1))
-    return -1;
-  strcpy(port, colon + 1);
-  return 0;
-}
-
 static int
 listen_tcp(struct server *s, const char *spec)
 {
-  char host[256], port[16];
-  if (split_hostport(spec, host, sizeof host, port, sizeof port) == -1) {
-    log_error(COMPONENT, "listen: '%s': expected HOST:PORT, [IPV6]:PORT or :PORT",
-              spec);
+  struct addrinfo *res = netaddr_listen(spec, COMPONENT, NULL);
+  if (res == NULL)
     return -1;
-  }
-  struct addrinfo hints = { .ai_family = AF_UNSPEC,
-                            .ai_socktype = SOCK_STREAM,
-                            .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-  struct addrinfo *res;
-  int e = getaddrinfo(*host ? host : NULL, port, &hints, &res);
-  if (e != 0) {
-    log_error(COMPONENT, "listen: '%s': %s", spec, gai_strerror(e));
-    return -1;
-  }
   int bound = 0;
   for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
