@@ -135,7 +135,7 @@ struct blkcache {
   unsigned interval_ms;
 
   _Atomic uint8_t *state; /* nblocks ST_* bytes */
-  _Atomic uint64_t present_blocks, present_bytes, valid_blocks;
+  _Atomic uint64_t present_blocks, present_bytes, valid_blocks, valid_bytes;
   _Atomic uint64_t corrupt_evicted, commits;
 
   pthread_mutex_t lock;
@@ -183,10 +183,14 @@ account(struct blkcache *bc, uint64_t idx, uint8_t old, uint8_t new)
     atomic_fetch_sub(&bc->present_blocks, 1);
     atomic_fetch_sub(&bc->present_bytes, block_len(bc, idx));
   }
-  if (on & ST_DURABLE)
+  if (on & ST_DURABLE) {
     atomic_fetch_add(&bc->valid_blocks, 1);
-  if (off & ST_DURABLE)
+    atomic_fetch_add(&bc->valid_bytes, block_len(bc, idx));
+  }
+  if (off & ST_DURABLE) {
     atomic_fetch_sub(&bc->valid_blocks, 1);
+    atomic_fetch_sub(&bc->valid_bytes, block_len(bc, idx));
+  }
 }
 
 static int
@@ -1135,6 +1139,7 @@ blkcache_get_stats(struct blkcache *bc, struct blkcache_stats *st)
   st->present_blocks = atomic_load(&bc->present_blocks);
   st->present_bytes = atomic_load(&bc->present_bytes);
   st->valid_blocks = atomic_load(&bc->valid_blocks);
+  st->valid_bytes = atomic_load(&bc->valid_bytes);
   st->corrupt_evicted = atomic_load(&bc->corrupt_evicted);
   st->commits = atomic_load(&bc->commits);
 }

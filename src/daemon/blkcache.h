@@ -48,6 +48,7 @@ struct blkcache_stats {
   uint64_t present_blocks;   /* stored or valid */
   uint64_t present_bytes;
   uint64_t valid_blocks;     /* durable (bit set on disk) */
+  uint64_t valid_bytes;
   uint64_t corrupt_evicted;  /* cached blocks that failed verification */
   uint64_t commits;          /* bitmap commits done */
 };

@@ -508,9 +508,7 @@ image_json(struct node_image *img, struct export *exp)
   add_u64(c, "failovers", fs.failovers);
   add_u64(c, "fetch_failures", fs.failed);
   add_u64(c, "cache_corrupt_evicted", bs.corrupt_evicted);
-  add_u64(c, "valid_cache_bytes", bs.valid_blocks == m->nblocks
-                                      ? m->size
-                                      : bs.valid_blocks * m->block_size);
+  add_u64(c, "valid_cache_bytes", bs.valid_bytes);
   add_u64(c, "present_cache_bytes", bs.present_bytes);
   add_u64(c, "cached_blocks", bs.present_blocks);
   json_object_object_add(o, "counters", c);

@@ -34,6 +34,15 @@ for n in 1 2 3; do
         fail "node $n: got $(counter .upstreams[0].bytes <<<"$s") bytes from its parent, want $size"
 done
 
+# The cache marks every block valid (the last one short) within its
+# commit interval.
+for (( i = 0; i < 50; ++i )); do
+    [ "$(stats 3 img | counter .counters.valid_cache_bytes)" -eq "$size" ] && break
+    sleep 0.1
+done
+[ "$(stats 3 img | counter .counters.valid_cache_bytes)" -eq "$size" ] ||
+    fail "node 3: valid cache bytes $(stats 3 img | counter .counters.valid_cache_bytes), want $size"
+
 # Again through n3: all hits, nothing fetched anywhere.
 before=$(stats 3 img | counter .counters.fetches)
 copy_and_check "nbd+unix:///img?socket=${node_sock[3]}" "$images/img.raw"
