@@ -323,6 +323,23 @@ node_client(const char *cmd)
   return nc;
 }
 
+/* Sends METHOD /v1/images/NAME (with body, if any) through nc for the
+ * command cmd ("image stats") and frees nc.  Returns the HTTP status with
+ * the reply in *reply, or -1 with a message printed. */
+static int
+image_call(struct nodeclient *nc, const char *cmd, const char *method,
+           const char *name, struct json_object *body,
+           struct json_object **reply)
+{
+  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
+  char what[64 + MANIFEST_NAME_MAX];
+  snprintf(path, sizeof path, "/v1/images/%s", name);
+  snprintf(what, sizeof what, "%s %s", cmd, name);
+  int status = nodeclient_call(nc, method, path, body, what, reply);
+  nodeclient_free(nc);
+  return status;
+}
+
 /* Checks an image name given on the command line. */
 static bool
 check_name(const char *name)
@@ -585,13 +602,8 @@ cmd_image_attach(int argc, char **argv)
     return 1;
   }
 
-  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
-  char what[sizeof "image attach " + MANIFEST_NAME_MAX];
-  snprintf(path, sizeof path, "/v1/images/%s", name);
-  snprintf(what, sizeof what, "image attach %s", name);
   CLEANUP_JSON_PUT struct json_object *reply = NULL;
-  int status = nodeclient_call(nc, "PUT", path, body, what, &reply);
-  nodeclient_free(nc);
+  int status = image_call(nc, "image attach", "PUT", name, body, &reply);
   if (status < 0)
     return 1;
   if (json) {
@@ -680,14 +692,8 @@ cmd_image_detach(int argc, char **argv)
   struct nodeclient *nc = node_client("image detach");
   if (nc == NULL)
     return 1;
-  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
-  char what[sizeof "image detach " + MANIFEST_NAME_MAX];
-  snprintf(path, sizeof path, "/v1/images/%s", name);
-  snprintf(what, sizeof what, "image detach %s", name);
   CLEANUP_JSON_PUT struct json_object *reply = NULL;
-  int status = nodeclient_call(nc, "DELETE", path, NULL, what, &reply);
-  nodeclient_free(nc);
-  if (status < 0)
+  if (image_call(nc, "image detach", "DELETE", name, NULL, &reply) < 0)
     return 1;
   printf("detached %s\n", name);
   return 0;
@@ -786,17 +792,12 @@ cmd_image_stats(int argc, char **argv)
   struct nodeclient *nc = node_client("image stats");
   if (nc == NULL)
     return 1;
-  char path[sizeof "/v1/images/" + MANIFEST_NAME_MAX];
-  char what[sizeof "image stats " + MANIFEST_NAME_MAX];
-  snprintf(path, sizeof path, "/v1/images/%s", name);
-  snprintf(what, sizeof what, "image stats %s", name);
   CLEANUP_JSON_PUT struct json_object *reply = NULL;
-  int status = nodeclient_call(nc, "GET", path, NULL, what, &reply);
-  nodeclient_free(nc);
-  if (status < 0)
+  if (image_call(nc, "image stats", "GET", name, NULL, &reply) < 0)
     return 1;
   if (reply == NULL || !json_object_is_type(reply, json_type_object)) {
-    fprintf(stderr, PROG ": %s: the reply is not a JSON object\n", what);
+    fprintf(stderr, PROG ": image stats %s: the reply is not a JSON object\n",
+            name);
     return 1;
   }
   if (json)
