@@ -553,11 +553,29 @@ req_arrived(struct conn *c, struct fetch_req *r)
   lock(f);
   c->up->blocks++;
   c->up->bytes += r->len;
+  bool wake = false;
   if (!f->stopping) {
     c->load--;
-    req_finish_locked(f, r, 0);
+    /* Waiters hold every reference but the table's.  Wake them after the
+     * lock is dropped, so they do not wake only to block on it; an extra
+     * reference keeps r (and its condition) alive until then.  State is
+     * set under the lock, so no waiter can miss the broadcast. */
+    wake = r->refs > 1;
+    if (wake)
+      r->refs++;
+    r->state = REQ_DONE;
+    r->err = 0;
+    r->conn = NULL;
+    table_remove(f, r);
+    req_put_locked(r);
   }
   unlock(f);
+  if (wake) {
+    pthread_cond_broadcast(&r->cond);
+    lock(f);
+    req_put_locked(r);
+    unlock(f);
+  }
 }
 
 /* Collects what libnbd finished on c after a call that ran its state
