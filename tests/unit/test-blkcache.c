@@ -32,6 +32,7 @@
 #include "blkcache.h"
 #include "log.h"
 #include "manifest.h"
+#include "cunit-run.h"
 
 #define BS 4096u
 #define HDR 4096u /* bitmap header size (the design note in blkcache.c) */
@@ -1524,10 +1525,7 @@ suite_clean(void)
 }
 
 #define TEST(fn) { #fn, fn }
-static const struct {
-  const char *name;
-  CU_TestFunc fn;
-} tests[] = {
+static const struct cunit_test tests[] = {
   TEST(test_store_has_read_whole),
   TEST(test_read_parts),
   TEST(test_short_last_block),
@@ -1575,26 +1573,8 @@ static const struct {
 int
 main(void)
 {
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return CU_get_error();
-  CU_pSuite suite = CU_add_suite("blkcache", suite_init, suite_clean);
-  if (suite == NULL)
-    goto fail;
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-    if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
-      goto fail;
-
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() +
-                    CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
-  /* A suite whose init failed runs nothing: that is a failure too. */
-  return failed == 0 && run == sizeof tests / sizeof tests[0] ? 0 : 1;
-
-fail:
-  fprintf(stderr, "test-blkcache: CUnit: %s\n", CU_get_error_msg());
-  CU_cleanup_registry();
-  return 1;
+  static const struct cunit_suite suite = {
+    "blkcache", suite_init, suite_clean, NULL, NULL,
+  };
+  return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "cunit-run.h"
 
 static bool t_verbose;
 static char *t_name;
@@ -858,10 +859,7 @@ test_free_strings(void)
 
 #define T(name) { #name, test_##name }
 
-static const struct {
-  const char *name;
-  CU_TestFunc fn;
-} tests[] = {
+static const struct cunit_test tests[] = {
   T(set_each_type),
   T(set_bool_spellings),
   T(set_bad_values_keep_old),
@@ -930,19 +928,8 @@ static const struct {
 int
 main(void)
 {
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 2;
-  CU_pSuite suite = CU_add_suite_with_setup_and_teardown(
-      "config", suite_init, suite_clean, test_setup, test_teardown);
-  if (suite == NULL)
-    return 2;
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-    if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
-      return 2;
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() +
-                    CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  static const struct cunit_suite suite = {
+    "config", suite_init, suite_clean, test_setup, test_teardown,
+  };
+  return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "cunit-run.h"
 
 #define TOKEN "t0ken-for-the-control-unit-test"
 #define V1 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -1307,10 +1308,7 @@ test_token_not_a_file(void)
 }
 
 #define T(name) { #name, test_##name }
-static const struct {
-  const char *name;
-  void (*fn)(void);
-} tests[] = {
+static const struct cunit_test tests[] = {
   T(healthz),
   T(healthz_method),
   T(list),
@@ -1352,19 +1350,8 @@ static const struct {
 int
 main(void)
 {
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 2;
-  CU_pSuite suite = CU_add_suite_with_setup_and_teardown(
-      "control", suite_init, suite_clean, test_setup, test_teardown);
-  if (suite == NULL)
-    return 2;
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-    if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
-      return 2;
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() +
-                    CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  static const struct cunit_suite suite = {
+    "control", suite_init, suite_clean, test_setup, test_teardown,
+  };
+  return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }

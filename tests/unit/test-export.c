@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "export.h"
+#include "cunit-run.h"
 
 struct stub {
   atomic_int closes;
@@ -625,10 +626,7 @@ test_threads_lookup_remove(void)
 
 #define T(name) { #name, test_##name }
 
-static const struct {
-  const char *name;
-  CU_TestFunc fn;
-} tests[] = {
+static const struct cunit_test tests[] = {
   T(new_accessors),
   T(null_description),
   T(name_copied),
@@ -660,19 +658,8 @@ static const struct {
 int
 main(void)
 {
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 2;
-  CU_pSuite suite = CU_add_suite_with_setup_and_teardown(
-      "export", NULL, NULL, test_setup, test_teardown);
-  if (suite == NULL)
-    return 2;
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-    if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
-      return 2;
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() +
-                    CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  static const struct cunit_suite suite = {
+    "export", NULL, NULL, test_setup, test_teardown,
+  };
+  return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }

@@ -41,6 +41,7 @@
 #include "fetch.h"
 #include "log.h"
 #include "manifest.h"
+#include "cunit-run.h"
 
 #define BS (16u * 1024)
 #define IMG_BLOCKS 100
@@ -1186,10 +1187,7 @@ have_nbdkit(void)
 int
 main(void)
 {
-  static const struct {
-    const char *name;
-    CU_TestFunc fn;
-  } tests[] = {
+  static const struct cunit_test tests[] = {
     { "every block from one upstream", test_every_block },
     { "slices and bounds", test_slices_and_bounds },
     { "single flight, 8 threads", test_single_flight },
@@ -1220,24 +1218,8 @@ main(void)
   signal(SIGPIPE, SIG_IGN);
   log_init("test-fetch", "stderr");
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return CU_get_error();
-  CU_pSuite suite = CU_add_suite("fetch", suite_init, suite_clean);
-  if (suite == NULL)
-    goto error;
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-    if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
-      goto error;
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() +
-                    CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
-  return failed == 0 && run > 0 ? 0 : 1;
-
-error:
-  fprintf(stderr, "test-fetch: CUnit: %s\n", CU_get_error_msg());
-  CU_cleanup_registry();
-  return 1;
+  static const struct cunit_suite suite = {
+    "fetch", suite_init, suite_clean, NULL, NULL,
+  };
+  return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }

@@ -36,6 +36,7 @@
 
 #include "export.h"
 #include "nbdsrv.h"
+#include "cunit-run.h"
 
 /* ---- wire constants (NBD protocol specification) ------------------ */
 
@@ -2495,10 +2496,7 @@ test_threads_pipelined(void)
 
 #define T(name) { #name, test_##name }
 
-static const struct {
-  const char *name;
-  CU_TestFunc fn;
-} tests[] = {
+static const struct cunit_test tests[] = {
   /* handshake */
   T(greeting),
   T(go_then_read),
@@ -2640,19 +2638,8 @@ int
 main(void)
 {
   signal(SIGPIPE, SIG_IGN);
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 2;
-  CU_pSuite suite = CU_add_suite_with_setup_and_teardown(
-      "nbdsrv", suite_init, suite_clean, test_setup, test_teardown);
-  if (suite == NULL)
-    return 2;
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-    if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL)
-      return 2;
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() +
-                    CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  static const struct cunit_suite suite = {
+    "nbdsrv", suite_init, suite_clean, test_setup, test_teardown,
+  };
+  return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }
