@@ -90,6 +90,14 @@ static bool dirty[NBLOCKS];       /* written, not yet known durable */
 static bool lost[NBLOCKS];        /* an fdatasync failed since the write */
 static uint64_t gen[NBLOCKS];     /* data writes so far */
 static bool content_ok[NBLOCKS];  /* the last write had the right bytes */
+/* Right bytes are in the page cache: a write of the right bytes returned
+ * and no write of other bytes began since.  Writes still in flight then
+ * write the same bytes, so a sync beginning now makes the block durable
+ * whatever they do.  Without this, two stores of one block racing (the
+ * second passes the "right over right" shortcut while the first is still
+ * in pwrite) look like an unsynced block to the model. */
+static bool settled[NBLOCKS];
+static unsigned wrong_epoch[NBLOCKS]; /* writes of other bytes begun */
 static _Atomic uint64_t violations, bits_checked, bitmap_writes, syncs;
 static _Atomic uint64_t faults_injected;
 static bool abort_on_violation;
@@ -165,12 +173,17 @@ __wrap_pwrite64(int fd, const void *buf, size_t n, off_t off)
       pthread_mutex_unlock(&ck_lock);
       return __real_pwrite64(fd, buf, n, off);
     }
+    unsigned epoch = right ? wrong_epoch[first] : 0;
     for (uint64_t b = first; n > 0 && b <= last && b < NBLOCKS; b++) {
       writing[b]++;
       dirty[b] = true;
       lost[b] = false;
       content_ok[b] = right;
       gen[b]++;
+      if (!right) {
+        wrong_epoch[b]++;
+        settled[b] = false;
+      }
     }
     pthread_mutex_unlock(&ck_lock);
     ssize_t r = __real_pwrite64(fd, buf, n, off);
@@ -178,6 +191,8 @@ __wrap_pwrite64(int fd, const void *buf, size_t n, off_t off)
     pthread_mutex_lock(&ck_lock);
     for (uint64_t b = first; n > 0 && b <= last && b < NBLOCKS; b++)
       writing[b]--;
+    if (right && r == (ssize_t)n && wrong_epoch[first] == epoch)
+      settled[first] = true;
     pthread_mutex_unlock(&ck_lock);
     errno = e;
     return r;
@@ -246,7 +261,7 @@ data_sync(int fd, int (*real)(int))
   pthread_mutex_lock(&one_at_a_time);
   pthread_mutex_lock(&ck_lock);
   for (unsigned b = 0; b < NBLOCKS; b++) {
-    in[b] = dirty[b] && writing[b] == 0 && !lost[b];
+    in[b] = dirty[b] && (writing[b] == 0 || settled[b]) && !lost[b];
     snap[b] = gen[b];
   }
   pthread_mutex_unlock(&ck_lock);
@@ -265,8 +280,10 @@ data_sync(int fd, int (*real)(int))
   for (unsigned b = 0; b < NBLOCKS; b++) {
     if (r == 0 && in[b] && gen[b] == snap[b])
       dirty[b] = false;
-    if (r < 0 && dirty[b])
+    if (r < 0 && dirty[b]) {
       lost[b] = true;
+      settled[b] = false;
+    }
   }
   pthread_mutex_unlock(&ck_lock);
   pthread_mutex_unlock(&one_at_a_time);
@@ -302,6 +319,7 @@ checker_reset(void)
   memset(dirty, 0, sizeof dirty);
   memset(lost, 0, sizeof lost);
   memset(content_ok, 0, sizeof content_ok);
+  memset(settled, 0, sizeof settled);
   pthread_mutex_unlock(&ck_lock);
 }
 
