@@ -11,9 +11,19 @@ packages=(
   libcurl4-gnutls-dev curl
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit qemu-utils
+  # the libvirt pool, VMs (QEMU TCG) and the test guest (tests/guest/)
+  libvirt-dev libxml2-dev libxml2-utils libvirt-daemon-system
+  libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 dnsmasq-base
+  busybox-static syslinux syslinux-common mtools dosfstools cpio openssl
   # scripts
   coreutils procps iproute2 jq
 )
+
+# The test guest's kernel: Debian's cloud kernel package, downloaded (not
+# installed) into the guest cache once the packages are there.
+fetch_kernel() {
+  "$(dirname "$0")/../tests/guest/fetch-kernel.sh"
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +34,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
+  fetch_kernel
   exit 0
 fi
 
@@ -36,4 +47,5 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fetch_kernel
 echo "install-deps: done"
