@@ -217,7 +217,7 @@ start_thunderd() {
 start_node() {
     rm -rf "$tmp/cache-$1"
     # shellcheck disable=SC2086  # BENCH_NODE_ARGS is a list of words
-    start_thunderd "$1" --cache "$tmp/cache-$1" ${BENCH_NODE_ARGS:-}
+    start_thunderd "$1" --cache "$tmp/cache-$1" --pool none ${BENCH_NODE_ARGS:-}
 }
 
 # attach TAG UPSTREAM_TAG...: attaches the image on node TAG, parent first.

@@ -88,7 +88,7 @@ printf '%-22s %s\n' "image" "$want" "via unix socket" "$got_unix" "via tcp" "$go
 step "6. a relay chain: origin → node1 → node2 (node daemons with empty caches)"
 for n in 1 2; do
   "$THUNDERD" --cache "$work/cache$n" --socket "$work/node$n.sock" --socket-group root \
-    --listen 127.0.0.1:0 --control 127.0.0.1:0 --token-file "$token" \
+    --listen 127.0.0.1:0 --control 127.0.0.1:0 --token-file "$token" --pool none \
     2> "$work/node$n.log" &
   node_pids+=($!)
   wait_ready "$!" "$work/node$n.log"

@@ -10,6 +10,11 @@
  * name the thunderd control endpoint for the node commands (image attach,
  * detach, stats, list), which talk to it through nodeclient.c; those
  * commands also take them after their name.
+ *
+ * The pool commands (pool ensure, vol create/delete, vm create/delete)
+ * work on this host's libvirt storage pool through src/pool; they take
+ * --pool, --pool-path and --libvirt-uri after their name, with defaults
+ * from $THUNDER_POOL, $THUNDER_POOL_PATH and $THUNDER_LIBVIRT_URI.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,12 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "digest.h"
 #include "log.h"
 #include "manifest.h"
 #include "nodeclient.h"
+#include "pool.h"
 #include "thunder-build.h"
 
 #define PROG "thunderctl"
@@ -883,6 +890,469 @@ cmd_image_list(int argc, char **argv)
   return 0;
 }
 
+/* ---- pool, vol, vm: the libvirt pool on this host (src/pool) ---------------- */
+
+/* Where the pool is: --libvirt-uri, --pool, --pool-path after the command's
+ * name, else $THUNDER_LIBVIRT_URI, $THUNDER_POOL, $THUNDER_POOL_PATH, else
+ * pool.h's defaults (NULL). */
+static struct pool_config pool_cfg;
+
+/* Long options every pool command takes (after OPT_NODE's range). */
+enum { OPT_LIBVIRT_URI = 768, OPT_POOL, OPT_POOL_PATH };
+
+#define POOL_LONGOPTS                                                          \
+  { "libvirt-uri", required_argument, NULL, OPT_LIBVIRT_URI },                 \
+  { "pool", required_argument, NULL, OPT_POOL },                               \
+  { "pool-path", required_argument, NULL, OPT_POOL_PATH }
+
+#define POOL_OPTIONS_HELP                                                      \
+  "  --pool NAME       the libvirt storage pool (default $THUNDER_POOL,\n"    \
+  "                    else " POOL_DEFAULT_NAME ")\n"                          \
+  "  --pool-path DIR   its directory (default $THUNDER_POOL_PATH, else\n"     \
+  "                    " POOL_DEFAULT_PATH ")\n"                               \
+  "  --libvirt-uri URI libvirt connection (default $THUNDER_LIBVIRT_URI,\n"   \
+  "                    else " POOL_DEFAULT_URI ")\n"                           \
+  "  -h, --help        show this help\n"
+
+/* Handles the pool options inside a command's getopt loop: true if c was
+ * one of them. */
+static bool
+pool_option(int c)
+{
+  if (c == OPT_LIBVIRT_URI)
+    pool_cfg.uri = optarg;
+  else if (c == OPT_POOL)
+    pool_cfg.name = optarg;
+  else if (c == OPT_POOL_PATH)
+    pool_cfg.path = optarg;
+  else
+    return false;
+  return true;
+}
+
+/* A non-empty environment variable, or NULL. */
+static const char *
+env_or_null(const char *name)
+{
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+/* Connects to libvirt and ensures the pool (pool_cfg completed with the
+ * environment).  NULL with a message. */
+static struct pool *
+open_pool(void)
+{
+  if (pool_cfg.uri == NULL)
+    pool_cfg.uri = env_or_null("THUNDER_LIBVIRT_URI");
+  if (pool_cfg.name == NULL)
+    pool_cfg.name = env_or_null("THUNDER_POOL");
+  if (pool_cfg.name == NULL)
+    pool_cfg.name = POOL_DEFAULT_NAME;
+  if (pool_cfg.path == NULL)
+    pool_cfg.path = env_or_null("THUNDER_POOL_PATH");
+  struct pool_error e;
+  struct pool *p = pool_open(&pool_cfg, &e);
+  if (p == NULL)
+    fprintf(stderr, PROG ": %s\n", e.msg);
+  return p;
+}
+
+/* Parses a size option (K, M, G, T suffixes); 0 is refused. */
+static int
+parse_size_option(const char *opt, const char *s, uint64_t *out)
+{
+  if (pool_parse_size(s, out) < 0 || *out == 0) {
+    fprintf(stderr, PROG ": %s '%s': expected a size in bytes, with an optional K, M, G or T suffix (binary), e.g. 10G\n",
+            opt, s);
+    return -1;
+  }
+  return 0;
+}
+
+/* Parses a decimal number in [min, max]. */
+static int
+parse_uint_range(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+  uint64_t v = 0;
+  if (*s == '\0')
+    return -1;
+  for (const char *p = s; *p; p++) {
+    if (*p < '0' || *p > '9')
+      return -1;
+    v = v * 10 + (uint64_t)(*p - '0');
+    if (v > max)
+      return -1;
+  }
+  if (v < min)
+    return -1;
+  *out = (unsigned)v;
+  return 0;
+}
+
+/* Parses the options of a pool command whose only argument is NAME (want
+ * 1) or nothing (want 0).  Returns -1 to go on, else an exit status. */
+static int
+pool_command_args(const char *cmd, void (*usage)(FILE *), int argc,
+                  char **argv, int want, const char **name)
+{
+  static const struct option longopts[] = {
+    POOL_LONGOPTS,
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  int c;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+    if (pool_option(c))
+      continue;
+    if (c == 'h') {
+      usage(stdout);
+      return 0;
+    }
+    return option_error(cmd, argv, c);
+  }
+  if (argc - optind != want) {
+    fprintf(stderr, PROG ": %s: expected %s; see '" PROG " %s --help'\n", cmd,
+            want ? "one NAME" : "no arguments", cmd);
+    return 1;
+  }
+  if (want)
+    *name = argv[optind];
+  return -1;
+}
+
+/* ---- pool ensure ------------------------------------------------------------ */
+
+static void
+usage_pool_ensure(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " pool ensure [--pool NAME] [--pool-path DIR] [--libvirt-uri URI]\n"
+          "\n"
+          "Makes sure the libvirt storage pool exists: a 'dir' pool at DIR, built,\n"
+          "started and autostarted.  A pool of that name with another type or\n"
+          "another path is refused.  Prints the pool's name and directory.\n"
+          "\n" POOL_OPTIONS_HELP);
+}
+
+static int
+cmd_pool_ensure(int argc, char **argv)
+{
+  int r = pool_command_args("pool ensure", usage_pool_ensure, argc, argv, 0,
+                            NULL);
+  if (r >= 0)
+    return r;
+  struct pool *p = open_pool();
+  if (p == NULL)
+    return 1;
+  printf("pool %s at %s: active, autostart\n", pool_cfg.name, pool_path(p));
+  pool_close(p);
+  return 0;
+}
+
+/* ---- vol create / delete ------------------------------------------------------ */
+
+static void
+usage_vol_create(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " vol create NAME --image IMAGE [--size SIZE]\n"
+          "\n"
+          "Creates VM volume NAME in the pool: a qcow2 overlay whose backing\n"
+          "store is the anchor of IMAGE (IMAGE" POOL_ANCHOR_SUFFIX ", made when the image\n"
+          "was attached to this node's thunderd, which must be serving it).\n"
+          "Prints the volume's path.\n"
+          "\n"
+          "  --image IMAGE     the image the volume starts from\n"
+          "  --size SIZE       its capacity: at least the image's size (the\n"
+          "                    default); K, M, G, T suffixes (binary)\n"
+          POOL_OPTIONS_HELP);
+}
+
+static int
+cmd_vol_create(int argc, char **argv)
+{
+  enum { OPT_IMAGE = 256, OPT_SIZE };
+  static const struct option longopts[] = {
+    { "image", required_argument, NULL, OPT_IMAGE },
+    { "size", required_argument, NULL, OPT_SIZE },
+    POOL_LONGOPTS,
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *image = NULL;
+  uint64_t size = 0;
+  int c;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+    if (pool_option(c))
+      continue;
+    switch (c) {
+    case OPT_IMAGE:
+      image = optarg;
+      break;
+    case OPT_SIZE:
+      if (parse_size_option("--size", optarg, &size) < 0)
+        return 1;
+      break;
+    case 'h':
+      usage_vol_create(stdout);
+      return 0;
+    default:
+      return option_error("vol create", argv, c);
+    }
+  }
+  if (argc - optind != 1) {
+    fprintf(stderr, PROG ": vol create: expected one NAME; see '" PROG " vol create --help'\n");
+    return 1;
+  }
+  if (image == NULL) {
+    fprintf(stderr, PROG ": vol create: which image? give --image IMAGE\n");
+    return 1;
+  }
+  struct pool *p = open_pool();
+  if (p == NULL)
+    return 1;
+  char path[4096];
+  struct pool_error e;
+  int r = pool_vol_create(p, argv[optind], image, size, path, sizeof path, &e);
+  pool_close(p);
+  if (r < 0) {
+    fprintf(stderr, PROG ": %s\n", e.msg);
+    return 1;
+  }
+  printf("%s\n", path);
+  return 0;
+}
+
+static void
+usage_vol_delete(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " vol delete NAME\n"
+          "\n"
+          "Deletes VM volume NAME from the pool (not an image's anchor: those go\n"
+          "when the image is detached).\n"
+          "\n" POOL_OPTIONS_HELP);
+}
+
+static int
+cmd_vol_delete(int argc, char **argv)
+{
+  const char *name;
+  int r = pool_command_args("vol delete", usage_vol_delete, argc, argv, 1,
+                            &name);
+  if (r >= 0)
+    return r;
+  struct pool *p = open_pool();
+  if (p == NULL)
+    return 1;
+  struct pool_error e;
+  r = pool_vol_delete(p, name, &e);
+  pool_close(p);
+  if (r < 0) {
+    fprintf(stderr, PROG ": %s\n", e.msg);
+    return 1;
+  }
+  printf("deleted volume %s\n", name);
+  return 0;
+}
+
+/* ---- vm create / delete ------------------------------------------------------- */
+
+static void
+usage_vm_create(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " vm create NAME --image IMAGE --vcpus N --memory MiB\n"
+          "                  [--size SIZE] [--accel auto|kvm|tcg] [--console-log FILE]\n"
+          "\n"
+          "Creates volume NAME.qcow2 over IMAGE's anchor (as 'vol create'), then\n"
+          "defines and starts libvirt domain NAME booting from it, its serial\n"
+          "console logged to a file.  On failure nothing is left behind.\n"
+          "Prints the domain's name, its accelerator and the console log's path.\n"
+          "\n"
+          "  --image IMAGE     the image the VM boots from\n"
+          "  --vcpus N         virtual CPUs, 1-1024\n"
+          "  --memory MiB      memory in MiB (or with a suffix: 512M, 2G)\n"
+          "  --size SIZE       disk capacity, at least the image's size (default)\n"
+          "  --accel A         kvm, tcg, or auto (default): KVM if a test vCPU\n"
+          "                    really runs on this host's /dev/kvm, else TCG\n"
+          "  --console-log FILE  the serial console's log (default\n"
+          "                    /var/log/thunder/vm/NAME.log)\n"
+          POOL_OPTIONS_HELP);
+}
+
+/* Parses --memory: MiB, or a size with a suffix that is whole MiB. */
+static int
+parse_memory(const char *s, unsigned *mib)
+{
+  size_t l = strlen(s);
+  if (l > 0 && (s[l - 1] < '0' || s[l - 1] > '9')) {
+    uint64_t bytes;
+    if (pool_parse_size(s, &bytes) < 0 || bytes == 0 ||
+        bytes % (1024 * 1024) != 0 || bytes / (1024 * 1024) > 16u * 1024 * 1024)
+      return -1;
+    *mib = (unsigned)(bytes / (1024 * 1024));
+    return 0;
+  }
+  return parse_uint_range(s, 1, 16u * 1024 * 1024, mib);
+}
+
+static int
+cmd_vm_create(int argc, char **argv)
+{
+  enum { OPT_IMAGE = 256, OPT_VCPUS, OPT_MEMORY, OPT_SIZE, OPT_ACCEL,
+         OPT_CONSOLE_LOG };
+  static const struct option longopts[] = {
+    { "image", required_argument, NULL, OPT_IMAGE },
+    { "vcpus", required_argument, NULL, OPT_VCPUS },
+    { "memory", required_argument, NULL, OPT_MEMORY },
+    { "size", required_argument, NULL, OPT_SIZE },
+    { "accel", required_argument, NULL, OPT_ACCEL },
+    { "console-log", required_argument, NULL, OPT_CONSOLE_LOG },
+    POOL_LONGOPTS,
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct pool_vm_spec spec = { .accel = POOL_ACCEL_AUTO };
+  int c;
+
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+    if (pool_option(c))
+      continue;
+    switch (c) {
+    case OPT_IMAGE:
+      spec.image = optarg;
+      break;
+    case OPT_VCPUS:
+      if (parse_uint_range(optarg, 1, 1024, &spec.vcpus) < 0) {
+        fprintf(stderr, PROG ": --vcpus '%s': expected a number from 1 to 1024\n",
+                optarg);
+        return 1;
+      }
+      break;
+    case OPT_MEMORY:
+      if (parse_memory(optarg, &spec.memory_mib) < 0) {
+        fprintf(stderr, PROG ": --memory '%s': expected MiB from 1 to 16777216, or a whole number of MiB with a suffix (512M, 2G)\n",
+                optarg);
+        return 1;
+      }
+      break;
+    case OPT_SIZE:
+      if (parse_size_option("--size", optarg, &spec.capacity) < 0)
+        return 1;
+      break;
+    case OPT_ACCEL:
+      if (strcmp(optarg, "auto") == 0)
+        spec.accel = POOL_ACCEL_AUTO;
+      else if (strcmp(optarg, "kvm") == 0)
+        spec.accel = POOL_ACCEL_KVM;
+      else if (strcmp(optarg, "tcg") == 0)
+        spec.accel = POOL_ACCEL_TCG;
+      else {
+        fprintf(stderr, PROG ": --accel '%s': expected auto, kvm or tcg\n",
+                optarg);
+        return 1;
+      }
+      break;
+    case OPT_CONSOLE_LOG:
+      spec.console_log = optarg;
+      break;
+    case 'h':
+      usage_vm_create(stdout);
+      return 0;
+    default:
+      return option_error("vm create", argv, c);
+    }
+  }
+  if (argc - optind != 1) {
+    fprintf(stderr, PROG ": vm create: expected one NAME; see '" PROG " vm create --help'\n");
+    return 1;
+  }
+  spec.name = argv[optind];
+  if (spec.image == NULL || spec.vcpus == 0 || spec.memory_mib == 0) {
+    fprintf(stderr, PROG ": vm create: give --image IMAGE, --vcpus N and --memory MiB\n");
+    return 1;
+  }
+
+  /* A relative console log is taken from the current directory: libvirt
+   * (virtlogd) needs an absolute path. */
+  CLEANUP_FREE char *log_abs = NULL;
+  if (spec.console_log && spec.console_log[0] != '/') {
+    CLEANUP_FREE char *cwd = getcwd(NULL, 0);
+    if (cwd == NULL || asprintf(&log_abs, "%s/%s", cwd, spec.console_log) < 0) {
+      fprintf(stderr, PROG ": --console-log %s: %s\n", spec.console_log,
+              strerror(errno));
+      return 1;
+    }
+    spec.console_log = log_abs;
+  }
+  char log[4096];
+  if (spec.console_log)
+    snprintf(log, sizeof log, "%s", spec.console_log);
+  else
+    pool_console_log_path(spec.name, log, sizeof log);
+
+  /* Resolved here so that the choice can be printed. */
+  if (spec.accel == POOL_ACCEL_AUTO)
+    spec.accel = pool_kvm_usable() ? POOL_ACCEL_KVM : POOL_ACCEL_TCG;
+
+  struct pool *p = open_pool();
+  if (p == NULL)
+    return 1;
+  struct pool_error e;
+  int r = pool_vm_create(p, &spec, &e);
+  pool_close(p);
+  if (r < 0) {
+    fprintf(stderr, PROG ": %s\n", e.msg);
+    return 1;
+  }
+  printf("domain %s started (%s)\nconsole log %s\n", spec.name,
+         spec.accel == POOL_ACCEL_KVM ? "kvm" : "tcg", log);
+  return 0;
+}
+
+static void
+usage_vm_delete(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " vm delete NAME\n"
+          "\n"
+          "Stops (if running) and undefines libvirt domain NAME and deletes its\n"
+          "volume NAME.qcow2; an error if neither exists.  The console log stays.\n"
+          "\n" POOL_OPTIONS_HELP);
+}
+
+static int
+cmd_vm_delete(int argc, char **argv)
+{
+  const char *name;
+  int r = pool_command_args("vm delete", usage_vm_delete, argc, argv, 1,
+                            &name);
+  if (r >= 0)
+    return r;
+  struct pool *p = open_pool();
+  if (p == NULL)
+    return 1;
+  struct pool_error e;
+  r = pool_vm_delete(p, name, &e);
+  pool_close(p);
+  if (r < 0) {
+    fprintf(stderr, PROG ": %s\n", e.msg);
+    return 1;
+  }
+  printf("deleted domain %s and its volume\n", name);
+  return 0;
+}
+
 /* ---- Command tables ---------------------------------------------------- */
 
 static const struct command image_commands[] = {
@@ -900,9 +1370,39 @@ static const struct command image_commands[] = {
   { NULL, NULL, NULL, NULL, NULL },
 };
 
+static const struct command pool_commands[] = {
+  { "ensure", "[--pool NAME] [--pool-path DIR] [--libvirt-uri URI]",
+    "make sure the libvirt storage pool exists, started and autostarted",
+    cmd_pool_ensure, NULL },
+  { NULL, NULL, NULL, NULL, NULL },
+};
+
+static const struct command vol_commands[] = {
+  { "create", "NAME --image IMAGE [--size SIZE]",
+    "create a VM volume over an attached image's anchor", cmd_vol_create,
+    NULL },
+  { "delete", "NAME", "delete a VM volume", cmd_vol_delete, NULL },
+  { NULL, NULL, NULL, NULL, NULL },
+};
+
+static const struct command vm_commands[] = {
+  { "create",
+    "NAME --image IMAGE --vcpus N --memory MiB [--size SIZE] [--accel auto|kvm|tcg] [--console-log FILE]",
+    "create a volume over an image and start a libvirt domain on it",
+    cmd_vm_create, NULL },
+  { "delete", "NAME", "stop and remove a domain and its volume",
+    cmd_vm_delete, NULL },
+  { NULL, NULL, NULL, NULL, NULL },
+};
+
 static const struct command top_commands[] = {
   { "image", "COMMAND ...", "manage images and their manifests", NULL,
     image_commands },
+  { "pool", "COMMAND ...", "the libvirt storage pool on this host", NULL,
+    pool_commands },
+  { "vol", "COMMAND ...", "VM volumes in the pool", NULL, vol_commands },
+  { "vm", "COMMAND ...", "VMs (libvirt domains) on VM volumes", NULL,
+    vm_commands },
   { NULL, NULL, NULL, NULL, NULL },
 };
 

@@ -52,6 +52,8 @@ struct node {
   pthread_mutex_t lock;
   char **open_versions; /* hex versions with an open cache */
   size_t nopen, capopen;
+  struct node_hooks hooks;
+  bool restoring; /* under lock: hook failures only warn */
 };
 
 struct node_image {
@@ -598,6 +600,34 @@ update_upstreams(struct node *n, struct node_image *img,
   return 200;
 }
 
+void
+node_set_hooks(struct node *n, const struct node_hooks *h)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
+  n->hooks = *h;
+}
+
+/* Runs the attach hook: 0 or the HTTP status to fail with.  Under lock. */
+static int
+run_attach_hook(struct node *n, const char *name, const struct manifest *m,
+                bool replacing, char *err, size_t errlen)
+{
+  if (n->hooks.attach == NULL)
+    return 0;
+  int status = n->hooks.attach(n->hooks.opaque, name, m, replacing, err,
+                               errlen);
+  if (status != 0 && n->restoring) {
+    log_warn(COMPONENT, "'%s': %s (serving it anyway)", name, err);
+    return 0;
+  }
+  return status;
+}
+
+static int attach_new(struct node *n, const char *name, struct manifest *m,
+                      const char *mbytes, size_t mlen,
+                      const char *const *uris, size_t nuris,
+                      struct json_object **reply, char *err, size_t errlen);
+
 int
 node_attach(struct node *n, const char *name, const char *version,
             const char *const *uris, size_t nuris, struct json_object **reply,
@@ -625,7 +655,12 @@ node_attach(struct node *n, const char *name, const char *version,
     return 409;
   }
   if (cimg && strcmp(cimg->m->version_hex, version) == 0) {
-    int status = 200;
+    int status = run_attach_hook(n, name, cimg->m, false, err, errlen);
+    if (status != 0) {
+      export_put(cur);
+      return status;
+    }
+    status = 200;
     pthread_rwlock_rdlock(&cimg->flock);
     bool same = uris_equal(cimg->uris, cimg->nuris, uris, nuris);
     pthread_rwlock_unlock(&cimg->flock);
@@ -639,6 +674,7 @@ node_attach(struct node *n, const char *name, const char *version,
     export_put(cur);
     return status;
   }
+  bool replacing = cur != NULL;
   if (cur)
     export_put(cur);
   if (version_open(n, version)) {
@@ -681,7 +717,30 @@ node_attach(struct node *n, const char *name, const char *version,
     manifest_free(m);
     return 409;
   }
+  int hs = run_attach_hook(n, name, m, replacing, err, errlen);
+  if (hs != 0) {
+    manifest_free(m);
+    return hs;
+  }
+  /* From here a failure undoes the hook of a new attachment. */
+  int status = attach_new(n, name, m, mbytes, mlen, uris, nuris, reply, err,
+                          errlen);
+  if (status >= 300 && !replacing && n->hooks.detach) {
+    char uerr[256];
+    if (n->hooks.detach(n->hooks.opaque, name, true, uerr, sizeof uerr))
+      log_warn(COMPONENT, "'%s': undoing the attach: %s", name, uerr);
+  }
+  return status;
+}
 
+/* The second half of node_attach: a new image (or a new version) with its
+ * manifest m (taken over), cache, fetcher and exports.  Under n->lock. */
+static int
+attach_new(struct node *n, const char *name, struct manifest *m,
+           const char *mbytes, size_t mlen, const char *const *uris,
+           size_t nuris, struct json_object **reply, char *err, size_t errlen)
+{
+  const char *version = m->version_hex;
   struct node_image *img = calloc(1, sizeof *img);
   if (img == NULL || (img->name = strdup(name)) == NULL ||
       (img->uris = uris_dup(uris, nuris)) == NULL) {
@@ -781,6 +840,13 @@ node_detach(struct node *n, const char *name, char *err, size_t errlen)
     snprintf(err, errlen, "image '%s' is not attached", name);
     return 404;
   }
+  if (n->hooks.detach) {
+    int status = n->hooks.detach(n->hooks.opaque, name, false, err, errlen);
+    if (status != 0) {
+      export_put(cur);
+      return status;
+    }
+  }
   char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
   snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
   exports_remove(n->reg, mname);
@@ -852,6 +918,9 @@ node_restore(struct node *n)
     log_error(COMPONENT, "opendir: %s: %m", dir);
     return -1;
   }
+  pthread_mutex_lock(&n->lock);
+  n->restoring = true;
+  pthread_mutex_unlock(&n->lock);
   struct dirent *de;
   while ((de = readdir(d)) != NULL) {
     size_t l = strlen(de->d_name);
@@ -863,6 +932,9 @@ node_restore(struct node *n)
       restore_one(n, path);
   }
   closedir(d);
+  pthread_mutex_lock(&n->lock);
+  n->restoring = false;
+  pthread_mutex_unlock(&n->lock);
   struct json_object *l = node_list_json(n);
   int count = l ? (int)json_object_array_length(
                       json_object_object_get(l, "images"))

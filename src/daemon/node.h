@@ -22,6 +22,7 @@
 #ifndef THUNDER_NODE_H
 #define THUNDER_NODE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "export.h"
@@ -36,11 +37,33 @@ struct node_params {
 };
 
 struct node;
+struct manifest;
+
+/* What the node does beside serving an image — thunderd makes and removes
+ * the image's libvirt anchor volume (src/pool).  Both are called with the
+ * node's lock held, so they must not call back into node_*. */
+struct node_hooks {
+  /* Before image name is attached at manifest m (also when it is
+   * already attached; replacing says a different version is attached
+   * now).  0, or an HTTP status with err filled: the attach fails and
+   * nothing changes.  At restore a failure is only logged. */
+  int (*attach)(void *opaque, const char *name, const struct manifest *m,
+                bool replacing, char *err, size_t errlen);
+  /* Before image name is detached, or to undo an attach hook whose
+   * attach failed (undo true; failure then only logged).  0, or an HTTP
+   * status (409 while VMs depend on the image) with err filled. */
+  int (*detach)(void *opaque, const char *name, bool undo, char *err,
+                size_t errlen);
+  void *opaque;
+};
 
 /* A node serving its images through reg, caching under cache_root (made
  * if missing).  NULL with a logged error. */
 struct node *node_new(struct exports *reg, const char *cache_root,
                       const struct node_params *p);
+
+/* Sets the hooks (copied); call before node_restore. */
+void node_set_hooks(struct node *n, const struct node_hooks *h);
 
 /* Re-attaches every image recorded under the cache root.  Returns how
  * many; images that fail are logged and skipped. */
@@ -59,7 +82,8 @@ int node_attach(struct node *n, const char *name, const char *version,
                 struct json_object **reply, char *err, size_t errlen);
 
 /* Detaches an image: withdraws its exports and forgets the attachment
- * (its cache stays on disk for a later attach).  200, or 404. */
+ * (its cache stays on disk for a later attach).  200, 404, or the detach
+ * hook's status (409 while VMs depend on the image) and nothing changes. */
 int node_detach(struct node *n, const char *name, char *err, size_t errlen);
 
 /* The state and counters of an attached image (schemas/node-image.schema.json),

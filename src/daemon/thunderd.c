@@ -8,6 +8,7 @@
  * (server.c) serve the exports.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,12 +18,15 @@
 
 #include <json-c/json.h>
 
+#include "anchor.h"
+#include "cleanup.h"
 #include "config.h"
 #include "control.h"
 #include "export.h"
 #include "log.h"
 #include "node.h"
 #include "origin.h"
+#include "pool.h"
 #include "server.h"
 
 #define COMPONENT "thunderd"
@@ -51,6 +55,9 @@ static struct {
   uint64_t max_connections;
   uint64_t max_handshakes;
   uint64_t handshake_timeout;
+  char *pool;
+  char *pool_path;
+  char *libvirt_uri;
   char *log;
   char *log_level;
   char *debug;
@@ -113,6 +120,13 @@ static const struct config_opt options[] = {
   { "handshake-timeout", CONFIG_TYPE_UINT, &opt.handshake_timeout, 1, 3600,
     "SECONDS", "drop clients that have not chosen an export by then"
     " (default 10)" },
+  { "pool", CONFIG_TYPE_STRING, &opt.pool, 0, 0, "NAME",
+    "node mode: libvirt pool for the images' anchor volumes, or 'none'"
+    " (default " POOL_DEFAULT_NAME ")" },
+  { "pool-path", CONFIG_TYPE_STRING, &opt.pool_path, 0, 0, "DIR",
+    "directory of that pool (default " POOL_DEFAULT_PATH ")" },
+  { "libvirt-uri", CONFIG_TYPE_STRING, &opt.libvirt_uri, 0, 0, "URI",
+    "libvirt connection (default " POOL_DEFAULT_URI ")" },
   { "log", CONFIG_TYPE_STRING, &opt.log, 0, 0, "stderr|syslog",
     "log target (default stderr)" },
   { "log-level", CONFIG_TYPE_STRING, &opt.log_level, 0, 0, "LEVEL",
@@ -183,6 +197,7 @@ status_code(int status)
   case 404: return "not_found";
   case 409: return "conflict";
   case 502: return "bad_gateway";
+  case 503: return "unavailable";
   default: return "internal";
   }
 }
@@ -255,6 +270,32 @@ ctl_list(void *opaque, struct json_object **reply, const char **code,
   return 200;
 }
 
+/* path made absolute (its directory resolved; the file itself may be a
+ * socket that comes and goes). */
+static int
+absolute_path(const char *path, char *out, size_t len)
+{
+  CLEANUP_FREE char *copy = strdup(path);
+  if (copy == NULL)
+    return -1;
+  char *slash = strrchr(copy, '/');
+  const char *dir = slash == NULL ? "." : slash == copy ? "/" : copy;
+  const char *base = slash ? slash + 1 : copy;
+  if (slash && slash != copy)
+    *slash = '\0';
+  char real[PATH_MAX];
+  if (realpath(dir, real) == NULL) {
+    log_error(COMPONENT, "socket: %s: %m", path);
+    return -1;
+  }
+  if ((size_t)snprintf(out, len, "%s/%s", strcmp(real, "/") ? real : "",
+                       base) >= len) {
+    log_error(COMPONENT, "socket: %s: path too long", path);
+    return -1;
+  }
+  return 0;
+}
+
 static bool
 is_none(const char *s)
 {
@@ -275,6 +316,7 @@ main(int argc, char **argv)
   struct server *server = NULL;
   struct node *node = NULL;
   struct control *control = NULL;
+  struct anchors *anchors = NULL;
   char *token = NULL;
   int nimages = 0;
   enum log_level level = LOG_LEVEL_INFO;
@@ -361,6 +403,24 @@ main(int argc, char **argv)
   if (server == NULL)
     goto out;
 
+  if (node && !is_none(opt.pool)) {
+    if (sc.socket_path == NULL) {
+      log_error(COMPONENT, "pool '%s' needs the Unix socket (--socket) for"
+                " its anchor volumes; or set --pool none",
+                opt.pool ? opt.pool : POOL_DEFAULT_NAME);
+      goto out;
+    }
+    /* The anchors name the socket: absolute, as QEMU will open it. */
+    char sock[PATH_MAX];
+    if (absolute_path(sc.socket_path, sock, sizeof sock) == -1)
+      goto out;
+    anchors = anchors_new(opt.libvirt_uri, opt.pool, opt.pool_path, sock);
+    if (anchors == NULL)
+      goto out;
+    struct node_hooks hooks;
+    anchors_hooks(anchors, &hooks);
+    node_set_hooks(node, &hooks);
+  }
   if (node)
     node_restore(node);
   if (opt.control) {
@@ -403,6 +463,7 @@ out:
   control_free(control);
   server_free(server);
   node_free(node);
+  anchors_free(anchors);
   exports_free(reg);
   free(token);
   config_free(options);

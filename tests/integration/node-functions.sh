@@ -5,6 +5,8 @@
 #   start_origin IMAGES_DIR [ARGS...]     → origin_nbd (nbd://127.0.0.1:PORT),
 #                                            origin_ctl (http://127.0.0.1:PORT)
 #   start_node N [ARGS...]                → node_nbd[N], node_ctl[N],
+#                                            (no libvirt pool unless ARGS
+#                                            give --pool NAME)
 #                                            node_sock[N], node_pid[N], node_cache[N]
 #   attach N NAME UPSTREAM_BASE...        → thunderctl image attach via node N
 #   stats N NAME                          → the node's image JSON on stdout
@@ -52,7 +54,7 @@ start_node ()
     node_cache[$n]=${node_cache[$n]:-$tmpdir/cache$n}
     start_thunderd --cache "${node_cache[$n]}" --socket "$tmpdir/node$n.sock" \
         --listen 127.0.0.1:0 --control 127.0.0.1:0 \
-        --token-file "$token_file" "$@"
+        --token-file "$token_file" --pool none "$@"
     _ports_from_log "$thunderd_log"
     [ -n "$nbd_port" ] && [ -n "$ctl_port" ] ||
         fail "node $n: no ports in its log"
