@@ -270,7 +270,7 @@ check_existing(struct pool *p, virStoragePoolPtr pool, const char *want,
     pool_internal_error(e, POOL_ERR_SYSTEM,
                         "storage pool %s: its path %s: %s", p->name,
                         info.path, strerror(errno));
-  } else if (strcmp(have, want) != 0) {
+  } else if (want != NULL && strcmp(have, want) != 0) {
     pool_internal_error(e, POOL_ERR_CONFLICT,
                         "storage pool %s exists with path %s, not %s: choose another pool name or path, or remove that pool (virsh pool-destroy/pool-undefine %s)",
                         p->name, info.path, want, p->name);
@@ -449,7 +449,9 @@ pool_open(const struct pool_config *cfg, struct pool_error *e)
         break;
       continue; /* defined by someone else meanwhile */
     }
-    if (check_existing(p, p->pool, want, e) < 0 || activate(p, e) < 0)
+    /* No path configured: an existing pool is taken where it is. */
+    if (check_existing(p, p->pool, cfg && cfg->path ? want : NULL, e) < 0 ||
+        activate(p, e) < 0)
       break;
     return p;
   }

@@ -44,7 +44,8 @@
 struct pool_config {
   const char *uri;  /* libvirt URI; NULL: POOL_DEFAULT_URI */
   const char *name; /* pool name; NULL: POOL_DEFAULT_NAME */
-  const char *path; /* pool directory; NULL: POOL_DEFAULT_PATH */
+  const char *path; /* pool directory; NULL: an existing pool's own, or
+                       POOL_DEFAULT_PATH for a new one */
 };
 
 enum pool_errcode {
