@@ -70,7 +70,7 @@ start() {
     2> "$work/$name.log" &
   pid_of[$name]=$!
   for _ in $(seq 100); do
-    grep -q ready "$work/$name.log" && break
+    grep -qs ready "$work/$name.log" && break
     kill -0 "${pid_of[$name]}" 2>/dev/null || { cat "$work/$name.log"; exit 1; }
     sleep 0.1
   done
@@ -106,6 +106,8 @@ for n in node2 node3; do
 done
 pool_of[vm2]=thunder-demo-node2 pool_of[vm3]=thunder-demo-node3
 grep -h "anchor: libvirt pool" "$work"/node*.log | sed 's/^.*anchor: /  /'
+
+sent_before=$(counters "${ctl_of[origin]}" | jq .served_remote_bytes)
 
 step "5. attach the image: node1 ← origin; node2, node3 ← node1 ← origin (each makes its anchor volume)"
 "$THUNDERCTL" --node "${ctl_of[node1]}" --token-file "$token" image attach guest \
@@ -145,9 +147,9 @@ for n in origin node1 node2 node3; do
   printf '%-7s %s\n' "$n" "$(counters "${ctl_of[$n]}" |
     jq -r '"sent to children \(.served_remote_bytes) B, to local VMs \(.served_local_bytes // 0) B, fetched \(.fetches // "-") blocks"')"
 done
-sent=$(counters "${ctl_of[origin]}" | jq .served_remote_bytes)
+sent=$(( $(counters "${ctl_of[origin]}" | jq .served_remote_bytes) - sent_before ))
 echo "the origin sent $sent bytes for three VMs (the image is $IMAGE_SIZE bytes; each block at most once)"
-virsh vol-dumpxml --pool thunder vm1.qcow2 | sed -n '/<backingStore>/,/<\/backingStore>/p' | head -n 5
+virsh vol-dumpxml --pool thunder vm1.qcow2 | sed -n '/<backingStore>/,/<\/backingStore>/p'
 [ "$(sha256sum < "$work/images/guest.img")" = "$(sha256sum < "$work/guest/guest.img")" ] ||
   { echo "the image changed: the guests' writes leaked into it" >&2; ok=false; }
 
