@@ -10,6 +10,8 @@
 #    are unchanged, and a second boot of the same VM finds its record;
 #  - a second VM on the node boots from the node's cache: nothing more is
 #    fetched upstream, the origin sends nothing more;
+#  - the node restarts: the image is re-attached from its record, the anchor
+#    is kept as it was, a VM boots again from the node's cache;
 #  - detaching while VM volumes use the image is refused with their names;
 #    after "vm delete" of both the detach removes the anchor;
 #  - a node whose socket QEMU cannot open: "vm create" fails with libvirt's
@@ -71,7 +73,7 @@ vm_wait_off ()
     fail "domain $name still '$state' after 180 s"
 }
 
-counter () { stats 1 guest | jq -r ".counters.$1"; }
+node_counter () { stats 1 guest | jq -r ".counters.$1"; }
 origin_sent () { origin_stats guest | jq -r .counters.served_remote_bytes; }
 
 # ---- attach makes the anchor -----------------------------------------------------
@@ -90,8 +92,8 @@ anchor_sum=$(sha256sum < "$anchor")
 vm_boot vm1 "$tmpdir/vm1.log"
 guest_check_log "$tmpdir/vm1.log" "$guestdir/guest.env" 1 ||
     fail "vm1: the guest did not boot and read its disk right"
-hits1=$(counter hits) misses1=$(counter misses)
-fetched1=$(counter fetches) cached1=$(counter valid_cache_bytes)
+hits1=$(node_counter hits) misses1=$(node_counter misses)
+fetched1=$(node_counter fetches) cached1=$(node_counter valid_cache_bytes)
 sent1=$(origin_sent)
 echo "vm1: node hits $hits1, misses $misses1, fetched $fetched1 blocks, cached $cached1 bytes; origin sent $sent1" >&2
 [ "$misses1" -gt 0 ] && [ "$cached1" -ge "$CHECK_BYTES" ] ||
@@ -124,12 +126,25 @@ guest_check_log "$tmpdir/vm1.log" "$guestdir/guest.env" 2 ||
 vm_boot vm2 "$tmpdir/vm2.log"
 guest_check_log "$tmpdir/vm2.log" "$guestdir/guest.env" 1 ||
     fail "vm2: the guest did not boot and read its disk right"
-fetched2=$(counter fetches) sent2=$(origin_sent) hits2=$(counter hits)
+fetched2=$(node_counter fetches) sent2=$(origin_sent) hits2=$(node_counter hits)
 echo "vm2: node hits $hits2 (was $hits1), fetched $fetched2 blocks (was $fetched1); origin sent $sent2" >&2
 [ "$fetched2" -eq "$fetched1" ] || fail "vm2's boot fetched $((fetched2 - fetched1)) blocks upstream"
 [ "$sent2" -eq "$sent1" ] || fail "the origin sent $((sent2 - sent1)) bytes for vm2"
 [ "$hits2" -gt "$hits1" ] || fail "vm2's reads were not served from the cache"
 [ "$(vol_names)" = "guest.base vm1.qcow2 vm2.qcow2 " ] || fail "vol-list: $(vol_names)"
+
+# ---- the node restarts: the image is re-attached, the anchor kept, VMs boot ------
+
+thunderd_pid=${node_pid[1]}
+stop_thunderd
+start_node 1 --pool "$pool" --pool-path "$pooldir" --libvirt-uri "$LIBVIRT_URI"
+[ "$(sha256sum < "$anchor")" = "$anchor_sum" ] || fail "the anchor changed across a restart"
+vsh start vm2 >/dev/null
+vm_wait_off vm2 "$tmpdir/vm2.log"
+guest_check_log "$tmpdir/vm2.log" "$guestdir/guest.env" 2 ||
+    fail "vm2 did not boot again after the node restarted"
+[ "$(node_counter fetches)" -eq 0 ] ||
+    fail "the restarted node fetched $(node_counter fetches) blocks: its cache was not reused"
 
 # ---- detach while VMs use the image ----------------------------------------------
 
