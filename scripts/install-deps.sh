@@ -7,7 +7,7 @@ packages=(
   # build
   gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   # libraries
-  nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev
+  nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev libsqlite3-dev
   libcurl4-gnutls-dev curl
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit qemu-utils
