@@ -890,6 +890,89 @@ cmd_image_list(int argc, char **argv)
   return 0;
 }
 
+/* ---- node show ---------------------------------------------------------------- */
+
+static void
+usage_node_show(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL node show [--json]\n"
+          "\n"
+          "Shows what the node reports about itself (GET /v1/node): host, CPUs,\n"
+          "memory, libvirt pool and free disk, images attached, VMs.\n"
+          "\n"
+          "  --json            print the node's reply as JSON\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n");
+}
+
+static int
+cmd_node_show(int argc, char **argv)
+{
+  bool json = false;
+  int r = name_command_args("node show", usage_node_show, argc, argv, &json,
+                            NULL);
+  if (r >= 0)
+    return r;
+  struct nodeclient *nc = node_client("node show");
+  if (nc == NULL)
+    return 1;
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, "GET", "/v1/node", NULL, "node show",
+                               &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  if (reply == NULL || !json_object_is_type(reply, json_type_object)) {
+    fprintf(stderr, PROG ": node show: the reply is not a JSON object\n");
+    return 1;
+  }
+  if (json) {
+    print_json(reply);
+    return 0;
+  }
+  char h[48];
+  uint64_t v;
+  printf("hostname    %s\n", get_str(reply, "hostname", "?"));
+  printf("mode        %s\n", get_str(reply, "mode", "?"));
+  if (get_u64(reply, "vcpus", &v))
+    printf("vcpus       %" PRIu64 "\n", v);
+  if (get_u64(reply, "memory_mib", &v))
+    printf("memory      %" PRIu64 " MiB (%s)\n", v,
+           human_bytes(v * 1024 * 1024, h, sizeof h));
+  const char *pool = get_str(reply, "pool", NULL);
+  if (pool)
+    printf("pool        %s at %s\n", pool, get_str(reply, "pool_path", "?"));
+  else
+    printf("pool        none\n");
+  if (get_u64(reply, "disk_free_bytes", &v))
+    printf("disk free   %" PRIu64 " bytes (%s)\n", v, human_bytes(v, h, sizeof h));
+  printf("libvirt     %s\n", get_str(reply, "libvirt", "?"));
+  const char *lerr = get_str(reply, "libvirt_error", NULL);
+  if (lerr)
+    printf("            %s\n", lerr);
+  struct json_object *images;
+  printf("images      ");
+  size_t n = 0;
+  if (json_object_object_get_ex(reply, "images", &images) &&
+      json_object_is_type(images, json_type_array))
+    n = json_object_array_length(images);
+  for (size_t i = 0; i < n; i++) {
+    struct json_object *o = json_object_array_get_idx(images, i);
+    printf("%s%s", i ? ", " : "",
+           json_object_is_type(o, json_type_string) ? json_object_get_string(o)
+                                                    : "?");
+  }
+  printf("%s\n", n ? "" : "(none)");
+  if (get_u64(reply, "vms", &v))
+    printf("vms         %" PRIu64 "\n", v);
+  else
+    printf("vms         unknown\n");
+  return 0;
+}
+
 /* ---- pool, vol, vm: the libvirt pool on this host (src/pool) ---------------- */
 
 /* Where the pool is: --libvirt-uri, --pool, --pool-path after the command's
@@ -1370,6 +1453,12 @@ static const struct command image_commands[] = {
   { NULL, NULL, NULL, NULL, NULL },
 };
 
+static const struct command node_commands[] = {
+  { "show", "[--json]", "show what a node (--node) reports about itself",
+    cmd_node_show, NULL },
+  { NULL, NULL, NULL, NULL, NULL },
+};
+
 static const struct command pool_commands[] = {
   { "ensure", "[--pool NAME] [--pool-path DIR] [--libvirt-uri URI]",
     "make sure the libvirt storage pool exists, started and autostarted",
@@ -1398,6 +1487,8 @@ static const struct command vm_commands[] = {
 static const struct command top_commands[] = {
   { "image", "COMMAND ...", "manage images and their manifests", NULL,
     image_commands },
+  { "node", "COMMAND ...", "a node's own information", NULL,
+    node_commands },
   { "pool", "COMMAND ...", "the libvirt storage pool on this host", NULL,
     pool_commands },
   { "vol", "COMMAND ...", "VM volumes in the pool", NULL, vol_commands },

@@ -23,6 +23,12 @@
  * Replying only once the body is read keeps the connection in step, so a
  * client reads the error instead of a reset.  Every reply goes through
  * reply_json, which sets Content-Type: application/json.
+ *
+ * Routes: /v1/images[/NAME] (attach, detach, state), /v1/vms[/NAME] (VMs
+ * on the node's libvirt pool) and /v1/node.  The two NAME routes share
+ * the checks (methods GET, HEAD, PUT, DELETE; NAME by the image name
+ * rule); each PUT body has its own fields (struct body_fields) and
+ * checker (check_attach, check_vm).
  */
 #include "control.h"
 
@@ -64,8 +70,10 @@
 /* Token length limits (control_read_token) and the largest token file. */
 
 #define IMAGES_PATH "/v1/images"
+#define VMS_PATH "/v1/vms"
+#define NODE_PATH "/v1/node"
 #define ALLOW_GET "GET, HEAD"
-#define ALLOW_IMAGE "GET, HEAD, PUT, DELETE"
+#define ALLOW_ITEM "GET, HEAD, PUT, DELETE"
 #define NAME_RULE "1-255 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
 
 struct control {
@@ -77,14 +85,17 @@ struct control {
 
 enum route {
   ROUTE_HEALTH,
-  ROUTE_LIST,
-  ROUTE_IMAGE,
+  ROUTE_LIST,  /* /v1/images */
+  ROUTE_IMAGE, /* /v1/images/NAME */
+  ROUTE_VMS,   /* /v1/vms */
+  ROUTE_VM,    /* /v1/vms/NAME */
+  ROUTE_NODE,  /* /v1/node */
 };
 
 /* Per-request state, allocated on the first call. */
 struct request {
   enum route route;
-  const char *name;     /* ROUTE_IMAGE: points into the URL */
+  const char *name;     /* ROUTE_IMAGE, ROUTE_VM: points into the URL */
   bool is_put;
   /* An error decided on the first call (status 0: none). */
   unsigned status;
@@ -274,27 +285,40 @@ reply_op(struct MHD_Connection *conn, const char *what, int status,
   return r;
 }
 
-/* ---- the attach body ------------------------------------------------- */
+/* ---- request bodies ------------------------------------------------- */
 
-enum attach_field {
-  FIELD_VERSION,
-  FIELD_UPSTREAMS,
-  FIELD_COUNT,
+/* The top-level fields a body may have. */
+struct body_fields {
+  const char *const *names;
+  size_t n;              /* at most BODY_FIELDS_MAX */
+  const char *expected;  /* for messages: "expected version and upstreams" */
 };
 
-static const char *const attach_fields[FIELD_COUNT] = {
-  [FIELD_VERSION] = "version",
-  [FIELD_UPSTREAMS] = "upstreams",
+#define BODY_FIELDS_MAX 8
+#define COUNT(a) (sizeof (a) / sizeof (a)[0])
+
+static const char *const attach_names[] = { "version", "upstreams" };
+static const struct body_fields attach_fields = {
+  attach_names, COUNT(attach_names), "expected version and upstreams",
+};
+
+static const char *const vm_names[] = {
+  "image", "vcpus", "memory_mib", "disk_gib", "accel",
+};
+static const struct body_fields vm_fields = {
+  vm_names, COUNT(vm_names),
+  "expected image, vcpus, memory_mib, disk_gib and accel",
 };
 
 /* Checks the top-level keys of buf, a JSON object json-c has accepted:
- * each a known field, none twice (json-c keeps the last of two silently).
+ * each one of fields, none twice (json-c keeps the last of two silently).
  * A string at depth 1 followed by ':' is a key; keys are decoded with
  * json-c, so escapes are handled. */
 static int
-check_keys(const char *buf, size_t len, char *err, size_t errlen)
+check_keys(const char *buf, size_t len, const struct body_fields *fields,
+           char *err, size_t errlen)
 {
-  bool seen[FIELD_COUNT] = { false };
+  bool seen[BODY_FIELDS_MAX] = { false };
   int depth = 0;
 
   for (size_t i = 0; i < len; i++) {
@@ -338,19 +362,19 @@ check_keys(const char *buf, size_t len, char *err, size_t errlen)
     const char *k = json_object_get_string(key);
     size_t klen = (size_t)json_object_get_string_len(key);
     int idx = -1;
-    for (int f = 0; f < FIELD_COUNT; f++)
-      if (strlen(attach_fields[f]) == klen &&
-          memcmp(attach_fields[f], k, klen) == 0)
-        idx = f;
+    for (size_t f = 0; f < fields->n; f++)
+      if (strlen(fields->names[f]) == klen &&
+          memcmp(fields->names[f], k, klen) == 0)
+        idx = (int)f;
     if (idx < 0) {
       char s[80];
-      snprintf(err, errlen, "field '%s': unknown field; expected version and upstreams",
-               shown(k, klen, s, sizeof s));
+      snprintf(err, errlen, "field '%s': unknown field; %s",
+               shown(k, klen, s, sizeof s), fields->expected);
       return -1;
     }
     if (seen[idx]) {
       snprintf(err, errlen, "field '%s': appears more than once",
-               attach_fields[idx]);
+               fields->names[idx]);
       return -1;
     }
     seen[idx] = true;
@@ -359,9 +383,10 @@ check_keys(const char *buf, size_t len, char *err, size_t errlen)
 }
 
 /* Parses body[0..len) strictly (nesting at most CONTROL_JSON_DEPTH) into a
- * JSON object; NULL with a message in err. */
+ * JSON object with only the given fields; NULL with a message in err. */
 static struct json_object *
-parse_body(const char *body, size_t len, char *err, size_t errlen)
+parse_body(const char *body, size_t len, const struct body_fields *fields,
+           char *err, size_t errlen)
 {
   if (len == 0) {
     snprintf(err, errlen, "body: empty; expected a JSON object");
@@ -419,7 +444,7 @@ parse_body(const char *body, size_t len, char *err, size_t errlen)
     json_object_put(root);
     return NULL;
   }
-  if (check_keys(body, end, err, errlen) < 0) {
+  if (check_keys(body, end, fields, err, errlen) < 0) {
     json_object_put(root);
     return NULL;
   }
@@ -551,6 +576,117 @@ check_attach(struct json_object *root, const char *name,
   return 0;
 }
 
+/* Reads the integer field of root into *out: 0, 1 if absent and optional,
+ * -1 with a message (missing, not an integer, out of [min, max]).  A
+ * number with a zero fraction (2.0) is an integer, as in JSON Schema. */
+static int
+get_uint_field(struct json_object *root, const char *field, bool optional,
+               unsigned min, unsigned max, unsigned *out, char *err,
+               size_t errlen)
+{
+  struct json_object *v;
+  if (!json_object_object_get_ex(root, field, &v)) {
+    if (optional)
+      return 1;
+    snprintf(err, errlen, "field '%s': missing; expected an integer from %u to %u",
+             field, min, max);
+    return -1;
+  }
+  enum json_type t = json_object_get_type(v);
+  bool in_range;
+  if (t == json_type_int) {
+    /* A number beyond int64 saturates, so stays out of range. */
+    int64_t i = json_object_get_int64(v);
+    in_range = i >= (int64_t)min && i <= (int64_t)max;
+    if (in_range)
+      *out = (unsigned)i;
+  } else if (t == json_type_double) {
+    double d = json_object_get_double(v);
+    if (!(d >= -1e18 && d <= 1e18) || d != (double)(int64_t)d) {
+      char s[80];
+      const char *text = json_object_to_json_string(v);
+      snprintf(err, errlen, "field '%s': %s is not an integer; expected an integer from %u to %u",
+               field, shown(text, strlen(text), s, sizeof s), min, max);
+      return -1;
+    }
+    in_range = d >= (double)min && d <= (double)max;
+    if (in_range)
+      *out = (unsigned)d;
+  } else {
+    snprintf(err, errlen, "field '%s': expected an integer from %u to %u, not %s",
+             field, min, max, json_type_to_name(t));
+    return -1;
+  }
+  if (!in_range) {
+    char s[80];
+    const char *text = json_object_to_json_string(v);
+    snprintf(err, errlen, "field '%s': %s is out of range; expected %u to %u",
+             field, shown(text, strlen(text), s, sizeof s), min, max);
+    return -1;
+  }
+  return 0;
+}
+
+/* Validates the VM body root into *out (pointers into root, which must
+ * outlive *out).  -1 with a message naming the field. */
+static int
+check_vm(struct json_object *root, const char *name, struct control_vm *out,
+         char *err, size_t errlen)
+{
+  struct json_object *v;
+  char s[80];
+
+  memset(out, 0, sizeof *out);
+  out->name = name;
+  if (!json_object_object_get_ex(root, "image", &v)) {
+    snprintf(err, errlen, "field 'image': missing; expected the name of an image attached on this node");
+    return -1;
+  }
+  if (!json_object_is_type(v, json_type_string)) {
+    snprintf(err, errlen, "field 'image': expected a string (an image name), not %s",
+             json_type_to_name(json_object_get_type(v)));
+    return -1;
+  }
+  out->image = json_object_get_string(v);
+  size_t ilen = (size_t)json_object_get_string_len(v);
+  if (ilen != strlen(out->image) || !manifest_name_valid(out->image)) {
+    snprintf(err, errlen, "field 'image': '%s' is not a valid image name: use " NAME_RULE,
+             shown(out->image, ilen, s, sizeof s));
+    return -1;
+  }
+  if (get_uint_field(root, "vcpus", false, 1, CONTROL_VCPUS_MAX, &out->vcpus,
+                     err, errlen) < 0 ||
+      get_uint_field(root, "memory_mib", false, CONTROL_MEMORY_MIN_MIB,
+                     CONTROL_MEMORY_MAX_MIB, &out->memory_mib, err,
+                     errlen) < 0 ||
+      get_uint_field(root, "disk_gib", true, 1, CONTROL_DISK_MAX_GIB,
+                     &out->disk_gib, err, errlen) < 0)
+    return -1;
+
+  out->accel = CONTROL_ACCEL_AUTO;
+  if (json_object_object_get_ex(root, "accel", &v)) {
+    if (!json_object_is_type(v, json_type_string)) {
+      snprintf(err, errlen, "field 'accel': expected \"auto\", \"kvm\" or \"tcg\", not %s",
+               json_type_to_name(json_object_get_type(v)));
+      return -1;
+    }
+    const char *a = json_object_get_string(v);
+    size_t alen = (size_t)json_object_get_string_len(v);
+    if (alen == 4 && strcmp(a, "auto") == 0)
+      out->accel = CONTROL_ACCEL_AUTO;
+    else if (alen == 3 && strcmp(a, "kvm") == 0)
+      out->accel = CONTROL_ACCEL_KVM;
+    else if (alen == 3 && strcmp(a, "tcg") == 0)
+      out->accel = CONTROL_ACCEL_TCG;
+    else {
+      snprintf(err, errlen, "field 'accel': '%s' is not one of auto, kvm, tcg",
+               shown(a, alen, s, sizeof s));
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* ---- routing and the request cycle ---------------------------------------- */
 
 /* True if the request carries "Authorization: Bearer TOKEN" with the right
@@ -578,15 +714,15 @@ token_ok(const struct control *c, struct MHD_Connection *conn, bool *given)
   return diff == 0;
 }
 
-/* The NAME of a URL "/v1/images/NAME" (NAME not empty, without '/'), or
- * NULL. */
+/* The NAME of a URL "PREFIX/NAME" (prefix with its final '/'; NAME not
+ * empty, without '/'), or NULL. */
 static const char *
-image_name_of(const char *url)
+name_of(const char *url, const char *prefix)
 {
-  static const char prefix[] = IMAGES_PATH "/";
-  if (strncmp(url, prefix, sizeof prefix - 1) != 0)
+  size_t n = strlen(prefix);
+  if (strncmp(url, prefix, n) != 0)
     return NULL;
-  const char *name = url + sizeof prefix - 1;
+  const char *name = url + n;
   if (name[0] == '\0' || strchr(name, '/') != NULL)
     return NULL;
   return name;
@@ -613,11 +749,17 @@ start_request(const struct control *c, struct MHD_Connection *conn,
   }
   if (strcmp(url, IMAGES_PATH) == 0) {
     req->route = ROUTE_LIST;
-  } else if ((req->name = image_name_of(url)) != NULL) {
+  } else if ((req->name = name_of(url, IMAGES_PATH "/")) != NULL) {
     req->route = ROUTE_IMAGE;
+  } else if (strcmp(url, VMS_PATH) == 0) {
+    req->route = ROUTE_VMS;
+  } else if ((req->name = name_of(url, VMS_PATH "/")) != NULL) {
+    req->route = ROUTE_VM;
+  } else if (strcmp(url, NODE_PATH) == 0) {
+    req->route = ROUTE_NODE;
   } else {
     set_error(req, MHD_HTTP_NOT_FOUND,
-              "no such path: %s; see /v1/images and /v1/images/NAME",
+              "no such path: %s; see /v1/images[/NAME], /v1/vms[/NAME] and /v1/node",
               shown(url, strlen(url), s, sizeof s));
     return;
   }
@@ -637,24 +779,31 @@ start_request(const struct control *c, struct MHD_Connection *conn,
 
   req->is_put = strcmp(method, MHD_HTTP_METHOD_PUT) == 0;
   bool del = strcmp(method, MHD_HTTP_METHOD_DELETE) == 0;
-  if (req->route == ROUTE_LIST && !get) {
+  bool item = req->route == ROUTE_IMAGE || req->route == ROUTE_VM;
+  const char *path = req->route == ROUTE_LIST    ? IMAGES_PATH
+                     : req->route == ROUTE_IMAGE ? IMAGES_PATH "/NAME"
+                     : req->route == ROUTE_VMS   ? VMS_PATH
+                     : req->route == ROUTE_VM    ? VMS_PATH "/NAME"
+                                                 : NODE_PATH;
+  if (!item && !get) {
     set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
-              "method %s not allowed on " IMAGES_PATH "; allowed: " ALLOW_GET,
-              shown(method, strlen(method), s, sizeof s));
+              "method %s not allowed on %s; allowed: " ALLOW_GET,
+              shown(method, strlen(method), s, sizeof s), path);
     req->allow = ALLOW_GET;
-    return;
-  }
-  if (req->route == ROUTE_IMAGE && !get && !req->is_put && !del) {
-    set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
-              "method %s not allowed on " IMAGES_PATH "/NAME; allowed: " ALLOW_IMAGE,
-              shown(method, strlen(method), s, sizeof s));
-    req->allow = ALLOW_IMAGE;
     req->is_put = false;
     return;
   }
-  if (req->route == ROUTE_IMAGE && !manifest_name_valid(req->name)) {
-    set_error(req, MHD_HTTP_BAD_REQUEST,
-              "image name '%s' is not valid: use " NAME_RULE,
+  if (item && !get && !req->is_put && !del) {
+    set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
+              "method %s not allowed on %s; allowed: " ALLOW_ITEM,
+              shown(method, strlen(method), s, sizeof s), path);
+    req->allow = ALLOW_ITEM;
+    req->is_put = false;
+    return;
+  }
+  if (item && !manifest_name_valid(req->name)) {
+    set_error(req, MHD_HTTP_BAD_REQUEST, "%s name '%s' is not valid: use " NAME_RULE,
+              req->route == ROUTE_IMAGE ? "image" : "VM",
               shown(req->name, strlen(req->name), s, sizeof s));
     req->is_put = false;
   }
@@ -690,6 +839,48 @@ take_body(struct request *req, const char *data, size_t size)
   if (req->dropped > CONTROL_BODY_MAX)
     req->too_large = true;
   return 0;
+}
+
+/* The last call of a /v1/vms/NAME request that passed every check: does
+ * what was asked and replies.  u is the URL as shown in log lines. */
+static enum MHD_Result
+finish_vm(struct control *c, struct MHD_Connection *conn, const char *method,
+          const char *u, struct request *req)
+{
+  char err[512] = "";
+  const char *code = NULL;
+  struct json_object *reply = NULL;
+  char what[320];
+  int status;
+
+  snprintf(what, sizeof what, "%s VM %s", method, req->name);
+  if (req->is_put) {
+    CLEANUP_JSON_PUT struct json_object *root =
+        parse_body(req->body, req->len, &vm_fields, err, sizeof err);
+    struct control_vm vm;
+    if (root == NULL || check_vm(root, req->name, &vm, err, sizeof err) < 0) {
+      log_debug(COMPONENT, "%s %s: 400 %s", method, u, err);
+      return reply_error(conn, MHD_HTTP_BAD_REQUEST, NULL, err, NULL, NULL);
+    }
+    if (c->ops.vm_put == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "VMs are not supported here", NULL, NULL);
+    status = c->ops.vm_put(c->ops.opaque, &vm, &reply, &code, err, sizeof err);
+  } else if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0) {
+    if (c->ops.vm_delete == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "VMs are not supported here", NULL, NULL);
+    status = c->ops.vm_delete(c->ops.opaque, req->name, &reply, &code, err,
+                              sizeof err);
+  } else {
+    if (c->ops.vm_get == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "VMs are not supported here", NULL, NULL);
+    status = c->ops.vm_get(c->ops.opaque, req->name, &reply, &code, err,
+                           sizeof err);
+  }
+  log_debug(COMPONENT, "%s %s: %d", method, u, status);
+  return reply_op(conn, what, status, reply, code, err);
 }
 
 /* The last call: does what was asked and replies. */
@@ -748,6 +939,23 @@ finish_request(struct control *c, struct MHD_Connection *conn,
     status = c->ops.list(c->ops.opaque, &reply, &code, err, sizeof err);
     log_debug(COMPONENT, "%s %s: %d", method, u, status);
     return reply_op(conn, "list images", status, reply, code, err);
+  case ROUTE_VMS:
+    if (c->ops.vm_list == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "VMs are not supported here", NULL, NULL);
+    status = c->ops.vm_list(c->ops.opaque, &reply, &code, err, sizeof err);
+    log_debug(COMPONENT, "%s %s: %d", method, u, status);
+    return reply_op(conn, "list VMs", status, reply, code, err);
+  case ROUTE_NODE:
+    if (c->ops.node_info == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "node information is not supported here", NULL,
+                         NULL);
+    status = c->ops.node_info(c->ops.opaque, &reply, &code, err, sizeof err);
+    log_debug(COMPONENT, "%s %s: %d", method, u, status);
+    return reply_op(conn, "node information", status, reply, code, err);
+  case ROUTE_VM:
+    return finish_vm(c, conn, method, u, req);
   case ROUTE_IMAGE:
     break;
   }
@@ -755,7 +963,7 @@ finish_request(struct control *c, struct MHD_Connection *conn,
   snprintf(what, sizeof what, "%s %s", method, req->name);
   if (req->is_put) {
     CLEANUP_JSON_PUT struct json_object *root =
-        parse_body(req->body, req->len, err, sizeof err);
+        parse_body(req->body, req->len, &attach_fields, err, sizeof err);
     const char *ups[CONTROL_UPSTREAMS_MAX];
     struct control_attach at;
     if (root == NULL || check_attach(root, req->name, ups, &at, err,

@@ -5,6 +5,11 @@
  *   PUT    /v1/images/{name}        attach: body schemas/node-attach.schema.json
  *   GET    /v1/images/{name}        state and counters
  *   DELETE /v1/images/{name}        detach
+ *   GET    /v1/vms                  200 {"vms":[...]}
+ *   PUT    /v1/vms/{name}           create: body schemas/node-vm.schema.json
+ *   GET    /v1/vms/{name}           state (schemas/node-vm-state.schema.json)
+ *   DELETE /v1/vms/{name}           destroy, undefine, delete the volume
+ *   GET    /v1/node                 the node (schemas/node-info.schema.json)
  *
  * Every /v1 request needs "Authorization: Bearer TOKEN" (compared in
  * constant time); else 401.  Bodies are capped (CONTROL_BODY_MAX, 413),
@@ -35,6 +40,28 @@ struct control_attach {
   size_t nupstreams;             /* 1..CONTROL_UPSTREAMS_MAX */
 };
 
+/* Limits of a VM request (PUT /v1/vms/{name}). */
+#define CONTROL_VCPUS_MAX 256
+#define CONTROL_MEMORY_MIN_MIB 16
+#define CONTROL_MEMORY_MAX_MIB 4194304
+#define CONTROL_DISK_MAX_GIB 65536
+
+enum control_accel {
+  CONTROL_ACCEL_AUTO, /* also when the body does not say */
+  CONTROL_ACCEL_KVM,
+  CONTROL_ACCEL_TCG,
+};
+
+/* A validated VM request. */
+struct control_vm {
+  const char *name;         /* the VM (domain) name */
+  const char *image;        /* an image name (manifest_name_valid) */
+  unsigned vcpus;           /* 1..CONTROL_VCPUS_MAX */
+  unsigned memory_mib;      /* CONTROL_MEMORY_MIN_MIB..CONTROL_MEMORY_MAX_MIB */
+  unsigned disk_gib;        /* 1..CONTROL_DISK_MAX_GIB; 0: not given */
+  enum control_accel accel;
+};
+
 /* Each op returns an HTTP status.  On success it may set *reply to a new
  * JSON object (the body); on failure it writes a message into err
  * (errlen bytes) and may set *code to a static error code string
@@ -49,6 +76,20 @@ struct control_ops {
              const char **code, char *err, size_t errlen);
   int (*list)(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen);
+  /* PUT, GET and DELETE /v1/vms/{name}, GET /v1/vms and GET /v1/node.
+   * NULL: 501. */
+  int (*vm_put)(void *opaque, const struct control_vm *req,
+                struct json_object **reply, const char **code, char *err,
+                size_t errlen);
+  int (*vm_get)(void *opaque, const char *name, struct json_object **reply,
+                const char **code, char *err, size_t errlen);
+  int (*vm_delete)(void *opaque, const char *name,
+                   struct json_object **reply, const char **code, char *err,
+                   size_t errlen);
+  int (*vm_list)(void *opaque, struct json_object **reply, const char **code,
+                 char *err, size_t errlen);
+  int (*node_info)(void *opaque, struct json_object **reply,
+                   const char **code, char *err, size_t errlen);
   void *opaque;
 };
 

@@ -28,6 +28,7 @@
 #include "origin.h"
 #include "pool.h"
 #include "server.h"
+#include "vms.h"
 
 #define COMPONENT "thunderd"
 #define DEFAULT_CONFIG "/etc/thunder/thunderd.conf"
@@ -189,6 +190,12 @@ signal_main(void *arg)
 
 /* ---- control requests, routed to the mode's module ---------------------- */
 
+/* The control ops' opaque. */
+struct ctl_ctx {
+  struct node *node; /* NULL: origin mode */
+  struct vms *vms;
+};
+
 static const char *
 status_code(int status)
 {
@@ -207,7 +214,7 @@ ctl_attach(void *opaque, const struct control_attach *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
 {
-  struct node *node = opaque;
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
     snprintf(err, errlen, "this thunderd is an origin: it serves its image"
@@ -225,7 +232,7 @@ static int
 ctl_detach(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
-  struct node *node = opaque;
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
     snprintf(err, errlen, "this thunderd is an origin: remove the image's"
@@ -246,7 +253,7 @@ static int
 ctl_get(void *opaque, const char *name, struct json_object **reply,
         const char **code, char *err, size_t errlen)
 {
-  struct node *node = opaque;
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
   *reply = node ? node_image_json(node, name) : origin_image_json(the_reg, name);
   if (*reply == NULL) {
     *code = "not_found";
@@ -260,7 +267,7 @@ static int
 ctl_list(void *opaque, struct json_object **reply, const char **code,
          char *err, size_t errlen)
 {
-  struct node *node = opaque;
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
   *reply = node ? node_list_json(node) : origin_list_json(the_reg);
   if (*reply == NULL) {
     *code = "internal";
@@ -268,6 +275,47 @@ ctl_list(void *opaque, struct json_object **reply, const char **code,
     return 500;
   }
   return 200;
+}
+
+/* The VM requests and /v1/node: vms.c (an origin's are refused there). */
+static int
+ctl_vm_put(void *opaque, const struct control_vm *req,
+           struct json_object **reply, const char **code, char *err,
+           size_t errlen)
+{
+  return vms_put(((struct ctl_ctx *)opaque)->vms, req, reply, code, err,
+                 errlen);
+}
+
+static int
+ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
+           const char **code, char *err, size_t errlen)
+{
+  return vms_get(((struct ctl_ctx *)opaque)->vms, name, reply, code, err,
+                 errlen);
+}
+
+static int
+ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
+              const char **code, char *err, size_t errlen)
+{
+  return vms_delete(((struct ctl_ctx *)opaque)->vms, name, reply, code, err,
+                    errlen);
+}
+
+static int
+ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
+            char *err, size_t errlen)
+{
+  return vms_list(((struct ctl_ctx *)opaque)->vms, reply, code, err, errlen);
+}
+
+static int
+ctl_node_info(void *opaque, struct json_object **reply, const char **code,
+              char *err, size_t errlen)
+{
+  return vms_node_info(((struct ctl_ctx *)opaque)->vms, reply, code, err,
+                       errlen);
 }
 
 /* path made absolute (its directory resolved; the file itself may be a
@@ -317,6 +365,8 @@ main(int argc, char **argv)
   struct node *node = NULL;
   struct control *control = NULL;
   struct anchors *anchors = NULL;
+  struct vms *vms = NULL;
+  struct ctl_ctx ctx = { NULL, NULL };
   char *token = NULL;
   int nimages = 0;
   enum log_level level = LOG_LEVEL_INFO;
@@ -424,9 +474,16 @@ main(int argc, char **argv)
   if (node)
     node_restore(node);
   if (opt.control) {
+    vms = vms_new(opt.libvirt_uri, opt.pool, opt.pool_path, anchors != NULL,
+                  node, reg);
+    if (vms == NULL)
+      goto out;
+    ctx = (struct ctl_ctx){ .node = node, .vms = vms };
     struct control_ops ops = {
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
-      .list = ctl_list, .opaque = node,
+      .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
+      .vm_delete = ctl_vm_delete, .vm_list = ctl_vm_list,
+      .node_info = ctl_node_info, .opaque = &ctx,
     };
     control = control_new(opt.control, token, &ops);
     if (control == NULL)
@@ -461,6 +518,7 @@ main(int argc, char **argv)
 
 out:
   control_free(control);
+  vms_free(vms);
   server_free(server);
   node_free(node);
   anchors_free(anchors);

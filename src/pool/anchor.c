@@ -491,3 +491,30 @@ pool_anchor_remove(struct pool *p, const char *image, struct pool_error *e)
   }
   return pool_internal_refresh(p, e);
 }
+
+int
+pool_image_size(struct pool *p, const char *image, uint64_t *size,
+                struct pool_error *e)
+{
+  POOL_ERROR_START(e);
+  CLEANUP_FREE char *aname = NULL;
+  CLEANUP_FREE char *apath = NULL;
+  if (pool_internal_anchor_names(p, image, &aname, &apath, e) < 0)
+    return -1;
+  virStorageVolPtr anchor = pool_internal_vol_lookup(p, aname, true, e);
+  if (anchor == NULL) {
+    if (e->code == POOL_ERR_NONE)
+      pool_internal_error(e, POOL_ERR_NOT_FOUND,
+                          "image %s is not attached on this node: storage pool %s has no anchor volume %s",
+                          image, p->name, aname);
+    return -1;
+  }
+  struct poolxml_vol_info info;
+  int r = pool_internal_vol_info(p, anchor, aname, &info, e);
+  virStorageVolFree(anchor);
+  if (r < 0)
+    return -1;
+  *size = info.capacity;
+  poolxml_vol_info_free(&info);
+  return 0;
+}

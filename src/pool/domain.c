@@ -2,6 +2,12 @@
  * an image's anchor, defines domain NAME on it and starts it; "vm delete"
  * undoes all three.  A create that fails part way undoes what it did, in
  * reverse order, and reports libvirt's message of the step that failed.
+ *
+ * The domains thunder makes carry its <metadata> element (namespace
+ * POOLXML_VM_NS): the image, the volume's capacity and the accelerator.
+ * pool_vm_info and pool_vm_list read the domain's XML back and count a
+ * domain as thunder's only with that element and a disk in this pool;
+ * anything else is left alone.
  */
 #include <errno.h>
 #include <limits.h>
@@ -101,7 +107,9 @@ pool_vm_create(struct pool *p, const struct pool_vm_spec *spec,
     return -1;
   }
 
-  if (pool_vol_create(p, vname, spec->image, spec->capacity, NULL, 0, e) < 0)
+  uint64_t capacity;
+  if (pool_internal_vol_create(p, vname, spec->image, spec->capacity,
+                               &capacity, NULL, 0, e) < 0)
     return -1;
 
   struct poolxml_domain d = {
@@ -112,6 +120,8 @@ pool_vm_create(struct pool *p, const struct pool_vm_spec *spec,
     .pool = p->name,
     .volume = vname,
     .console_log = log,
+    .image = spec->image,
+    .disk_bytes = capacity,
   };
   CLEANUP_FREE char *xml = poolxml_domain(&d);
   if (xml == NULL) {
@@ -197,4 +207,209 @@ pool_vm_delete(struct pool *p, const char *name, struct pool_error *e)
     return -1;
   }
   return 0;
+}
+
+/* ---- Reading VMs back ------------------------------------------------------ */
+
+const char *
+pool_vm_state_name(enum pool_vm_state s)
+{
+  switch (s) {
+  case POOL_VM_RUNNING: return "running";
+  case POOL_VM_SHUTOFF: return "shutoff";
+  case POOL_VM_PAUSED: return "paused";
+  case POOL_VM_CRASHED: return "crashed";
+  case POOL_VM_STARTING: return "starting";
+  case POOL_VM_OTHER: break;
+  }
+  return "other";
+}
+
+const char *
+pool_accel_name(enum pool_accel a)
+{
+  switch (a) {
+  case POOL_ACCEL_KVM: return "kvm";
+  case POOL_ACCEL_TCG: return "tcg";
+  case POOL_ACCEL_AUTO: break;
+  }
+  return "auto";
+}
+
+/* The pool_vm_state of libvirt's state and reason. */
+static enum pool_vm_state
+vm_state(int state, int reason)
+{
+  switch (state) {
+  case VIR_DOMAIN_RUNNING:
+  case VIR_DOMAIN_BLOCKED:
+    return POOL_VM_RUNNING;
+  case VIR_DOMAIN_PAUSED:
+    return reason == VIR_DOMAIN_PAUSED_STARTING_UP ? POOL_VM_STARTING
+                                                   : POOL_VM_PAUSED;
+  case VIR_DOMAIN_PMSUSPENDED:
+    return POOL_VM_PAUSED;
+  case VIR_DOMAIN_SHUTOFF:
+    return reason == VIR_DOMAIN_SHUTOFF_CRASHED ? POOL_VM_CRASHED
+                                                : POOL_VM_SHUTOFF;
+  case VIR_DOMAIN_CRASHED:
+    return POOL_VM_CRASHED;
+  default:
+    return POOL_VM_OTHER;
+  }
+}
+
+void
+pool_vm_info_free(struct pool_vm_info *info)
+{
+  if (info == NULL)
+    return;
+  free(info->name);
+  free(info->image);
+  free(info->volume);
+  free(info->console_log);
+  memset(info, 0, sizeof *info);
+}
+
+void
+pool_vm_list_free(struct pool_vm_info *v, size_t n)
+{
+  if (v == NULL)
+    return;
+  for (size_t i = 0; i < n; i++)
+    pool_vm_info_free(&v[i]);
+  free(v);
+}
+
+/* Reads domain dom (named name) into *out.  -1 with e set: NOT_FOUND if
+ * it vanished meanwhile, CONFLICT if it is not one of thunder's in this
+ * pool. */
+static int
+vm_read(struct pool *p, virDomainPtr dom, const char *name,
+        struct pool_vm_info *out, struct pool_error *e)
+{
+  memset(out, 0, sizeof *out);
+  CLEANUP_FREE char *xml = virDomainGetXMLDesc(dom, 0);
+  if (xml == NULL) {
+    if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN)
+      pool_internal_error(e, POOL_ERR_NOT_FOUND, "no domain %s", name);
+    else
+      pool_internal_virerror(e, "domain %s: reading its XML", name);
+    return -1;
+  }
+  struct poolxml_domain_info di;
+  char err[512];
+  if (poolxml_parse_domain(xml, strlen(xml), &di, err, sizeof err) < 0) {
+    /* Not one thunder made: those always read back. */
+    pool_internal_error(e, POOL_ERR_CONFLICT, "domain %s: %s", name, err);
+    return -1;
+  }
+  int r = -1;
+  if (!di.thunder) {
+    pool_internal_error(e, POOL_ERR_CONFLICT,
+                        "domain %s was not made by thunder (it has no thunder metadata)",
+                        name);
+    goto out;
+  }
+  if (di.pool == NULL || strcmp(di.pool, p->name) != 0 || di.volume == NULL) {
+    pool_internal_error(e, POOL_ERR_CONFLICT,
+                        "domain %s has no disk in storage pool %s", name,
+                        p->name);
+    goto out;
+  }
+  int state, reason;
+  if (virDomainGetState(dom, &state, &reason, 0) < 0) {
+    if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN)
+      pool_internal_error(e, POOL_ERR_NOT_FOUND, "no domain %s", name);
+    else
+      pool_internal_virerror(e, "domain %s: reading its state", name);
+    goto out;
+  }
+  out->state = vm_state(state, reason);
+  out->vcpus = di.vcpus;
+  out->memory_mib = di.memory_mib;
+  out->disk_bytes = di.disk_bytes;
+  out->accel = di.kvm ? POOL_ACCEL_KVM : POOL_ACCEL_TCG;
+  out->name = di.name;
+  out->image = di.image;
+  out->console_log = di.console_log;
+  di.name = di.image = di.console_log = NULL;
+  if (asprintf(&out->volume, "%s/%s", p->path, di.volume) < 0) {
+    out->volume = NULL;
+    pool_internal_error(e, POOL_ERR_SYSTEM, "domain %s: out of memory", name);
+    pool_vm_info_free(out);
+    goto out;
+  }
+  r = 0;
+out:
+  poolxml_domain_info_free(&di);
+  return r;
+}
+
+int
+pool_vm_info(struct pool *p, const char *name, struct pool_vm_info *out,
+             struct pool_error *e)
+{
+  POOL_ERROR_START(e);
+  memset(out, 0, sizeof *out);
+  if (pool_internal_check_name("domain", name, e) < 0)
+    return -1;
+  virDomainPtr dom = virDomainLookupByName(p->conn, name);
+  if (dom == NULL) {
+    if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN)
+      pool_internal_error(e, POOL_ERR_NOT_FOUND, "no domain %s", name);
+    else
+      pool_internal_virerror(e, "domain %s: looking it up", name);
+    return -1;
+  }
+  int r = vm_read(p, dom, name, out, e);
+  virDomainFree(dom);
+  return r;
+}
+
+static int
+cmp_vm(const void *a, const void *b)
+{
+  const struct pool_vm_info *x = a, *y = b;
+  return strcmp(x->name, y->name);
+}
+
+struct pool_vm_info *
+pool_vm_list(struct pool *p, size_t *n, struct pool_error *e)
+{
+  POOL_ERROR_START(e);
+  *n = 0;
+  virDomainPtr *doms = NULL;
+  int nd = virConnectListAllDomains(p->conn, &doms, 0);
+  if (nd < 0) {
+    pool_internal_virerror(e, "libvirt %s: listing domains", p->uri);
+    return NULL;
+  }
+  struct pool_vm_info *v = calloc((size_t)nd + 1, sizeof *v);
+  size_t k = 0;
+  bool failed = v == NULL;
+  if (failed)
+    pool_internal_error(e, POOL_ERR_SYSTEM, "listing domains: out of memory");
+  for (int i = 0; i < nd; i++) {
+    if (!failed) {
+      const char *name = virDomainGetName(doms[i]);
+      struct pool_error skip;
+      if (name != NULL && vm_read(p, doms[i], name, &v[k], &skip) == 0)
+        k++;
+      else if (name != NULL && skip.code != POOL_ERR_NOT_FOUND &&
+               skip.code != POOL_ERR_CONFLICT) {
+        *e = skip;
+        failed = true;
+      }
+    }
+    virDomainFree(doms[i]);
+  }
+  free(doms);
+  if (failed) {
+    pool_vm_list_free(v, k);
+    return NULL;
+  }
+  qsort(v, k, sizeof *v, cmp_vm);
+  *n = k;
+  return v;
 }

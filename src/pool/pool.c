@@ -588,6 +588,15 @@ pool_vol_create(struct pool *p, const char *name, const char *image,
                 struct pool_error *e)
 {
   POOL_ERROR_START(e);
+  return pool_internal_vol_create(p, name, image, capacity, NULL, path,
+                                  pathlen, e);
+}
+
+int
+pool_internal_vol_create(struct pool *p, const char *name, const char *image,
+                         uint64_t capacity, uint64_t *capacity_out,
+                         char *path, size_t pathlen, struct pool_error *e)
+{
   if (pool_internal_check_name("volume", name, e) < 0)
     return -1;
   if (is_anchor_name(name)) {
@@ -667,6 +676,8 @@ pool_vol_create(struct pool *p, const char *name, const char *image,
       e->code = POOL_ERR_CONFLICT;
     return -1;
   }
+  if (capacity_out != NULL)
+    *capacity_out = capacity;
   if (path != NULL && pathlen > 0) {
     CLEANUP_FREE char *vp = virStorageVolGetPath(vol);
     snprintf(path, pathlen, "%s", vp ? vp : vpath);

@@ -105,7 +105,7 @@ char **pool_dependents(struct pool *p, const char *image, size_t *n,
                        struct pool_error *e);
 void pool_strv_free(char **v);
 
-/* ---- VM volumes and domains (thunderctl) ------------------------------------ */
+/* ---- VM volumes and domains (thunderctl; thunderd's /v1/vms) ------------------- */
 
 /* Creates VM volume name: qcow2 backed by IMAGE.base (format qcow2),
  * capacity bytes (0: the image's size; smaller than the image: refused).
@@ -134,14 +134,75 @@ struct pool_vm_spec {
 };
 
 /* Creates the VM volume "NAME.qcow2" (pool_vol_create), then defines and
- * starts domain NAME on it (serial console logged to a file).  On failure
- * nothing stays: a defined domain is undefined, the volume deleted. */
+ * starts domain NAME on it (serial console logged to a file).  The domain
+ * carries thunder's <metadata> (poolxml.h: the image, the volume's
+ * capacity and the accelerator), which marks it as made by thunder (see
+ * pool_vm_info).  On failure nothing stays: a defined domain is
+ * undefined, the volume deleted. */
 int pool_vm_create(struct pool *p, const struct pool_vm_spec *spec,
                    struct pool_error *e);
 
 /* Destroys (if running) and undefines domain NAME and deletes its volume
  * NAME.qcow2.  POOL_ERR_NOT_FOUND if neither exists. */
 int pool_vm_delete(struct pool *p, const char *name, struct pool_error *e);
+
+/* A domain's state, from libvirt's virDomainState (and its reason):
+ *   RUNNING, BLOCKED                    running
+ *   PAUSED (reason STARTING_UP)         starting
+ *   PAUSED (other reasons), PMSUSPENDED paused
+ *   SHUTOFF (reason CRASHED), CRASHED   crashed
+ *   SHUTOFF (other reasons)             shutoff
+ *   NOSTATE, SHUTDOWN (shutting down)   other */
+enum pool_vm_state {
+  POOL_VM_RUNNING,
+  POOL_VM_SHUTOFF,
+  POOL_VM_PAUSED,
+  POOL_VM_CRASHED,
+  POOL_VM_STARTING,
+  POOL_VM_OTHER,
+};
+
+/* "running", "shutoff", "paused", "crashed", "starting" or "other". */
+const char *pool_vm_state_name(enum pool_vm_state s);
+
+/* "auto", "kvm" or "tcg". */
+const char *pool_accel_name(enum pool_accel a);
+
+/* A VM made by thunder (pool_vm_create): its domain's configuration, the
+ * spec recorded in its metadata and its state now.  Strings are malloc'd;
+ * free with pool_vm_info_free. */
+struct pool_vm_info {
+  char *name;
+  char *image;             /* metadata: the image */
+  unsigned vcpus;          /* the domain's vCPUs */
+  unsigned memory_mib;     /* the domain's memory */
+  uint64_t disk_bytes;     /* metadata: the volume's capacity at create */
+  enum pool_accel accel;   /* metadata: POOL_ACCEL_KVM or POOL_ACCEL_TCG */
+  enum pool_vm_state state;
+  char *volume;            /* the volume's file: POOL-PATH/VOLUME */
+  char *console_log;       /* the serial console's log file, or NULL */
+};
+
+/* Reads VM name into *out.  POOL_ERR_NOT_FOUND if there is no domain
+ * name; POOL_ERR_CONFLICT if there is one but thunder did not make it
+ * (no thunder metadata) or its disk is not a volume of this pool.  -1
+ * with e set on failure (out is then empty). */
+int pool_vm_info(struct pool *p, const char *name, struct pool_vm_info *out,
+                 struct pool_error *e);
+void pool_vm_info_free(struct pool_vm_info *info);
+
+/* The VMs thunder made in this pool (the domains pool_vm_info accepts),
+ * sorted by name; *n gets the count.  Domains that vanish while listed
+ * are left out.  A new array (free with pool_vm_list_free), or NULL with
+ * e set. */
+struct pool_vm_info *pool_vm_list(struct pool *p, size_t *n,
+                                  struct pool_error *e);
+void pool_vm_list_free(struct pool_vm_info *v, size_t n);
+
+/* The size of attached image IMAGE: its anchor's capacity, bytes.
+ * POOL_ERR_NOT_FOUND if the pool has no anchor for it. */
+int pool_image_size(struct pool *p, const char *image, uint64_t *size,
+                    struct pool_error *e);
 
 /* Whether KVM actually runs a guest here: /dev/kvm opens and a tiny vCPU
  * executing HLT exits within a short deadline (checked in a child process,

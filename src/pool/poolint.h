@@ -56,6 +56,14 @@ int pool_internal_vol_info(struct pool *p, virStorageVolPtr vol,
                            const char *name, struct poolxml_vol_info *info,
                            struct pool_error *e);
 
+/* pool_vol_create, e already started; the capacity given to the volume
+ * (the image's size when capacity is 0) goes to *capacity_out if not
+ * NULL. */
+int pool_internal_vol_create(struct pool *p, const char *name,
+                             const char *image, uint64_t capacity,
+                             uint64_t *capacity_out, char *path,
+                             size_t pathlen, struct pool_error *e);
+
 /* Sets *name to the anchor volume name of image ("IMAGE.base") and
  * *path to its file in the pool (both malloc'd).  -1 with e set. */
 int pool_internal_anchor_names(struct pool *p, const char *image, char **name,

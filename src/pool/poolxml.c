@@ -1,5 +1,6 @@
 /* thunder — the pool module's XML (libxml2) and its pure helpers: names,
  * socket paths, sizes.  See poolxml.h for the rules on input. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -8,11 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <libxml/xmlsave.h>
 #include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
 
 #include "manifest.h"
 #include "pool.h"
@@ -188,6 +191,29 @@ poolxml_domain(const struct poolxml_domain *d)
   xmlNodePtr root = elem(&b, NULL, "domain", NULL);
   attr(&b, root, "type", d->kvm ? "kvm" : "qemu");
   elem(&b, root, "name", d->name);
+  if (d->image != NULL) {
+    /* <thunder:vm xmlns:thunder=NS>, its fields in no namespace. */
+    xmlNodePtr md = elem(&b, root, "metadata", NULL);
+    xmlNodePtr vm = elem(&b, md, "vm", NULL);
+    if (b.ok) {
+      xmlNsPtr ns = xmlNewNs(vm, (const xmlChar *)POOLXML_VM_NS,
+                             (const xmlChar *)POOLXML_VM_PREFIX);
+      if (ns == NULL) {
+        b.ok = false;
+        errno = ENOMEM;
+      } else {
+        xmlSetNs(vm, ns);
+      }
+    }
+    xmlNodePtr f[3] = {
+      elem(&b, vm, "image", d->image),
+      elem_u64(&b, vm, "disk_bytes", d->disk_bytes),
+      elem(&b, vm, "accel", d->kvm ? "kvm" : "tcg"),
+    };
+    for (size_t i = 0; i < 3; i++)
+      if (f[i] != NULL)
+        xmlSetNs(f[i], NULL);
+  }
   attr(&b, elem_u64(&b, root, "memory", d->memory_mib), "unit", "MiB");
   elem_u64(&b, root, "vcpu", d->vcpus);
 
@@ -483,6 +509,128 @@ poolxml_vol_info_free(struct poolxml_vol_info *info)
   free(info->backing_path);
   free(info->backing_format);
   info->path = info->backing_path = info->backing_format = NULL;
+}
+
+/* Scales v by a libvirt size unit, as libvirt reads them (virScaleInteger:
+ * b/bytes, then k m g t p e alone or with iB (powers of 1024) or B
+ * (powers of 1000), any case).  -1 if the unit is unknown or the result
+ * overflows. */
+static int
+scale_unit(uint64_t v, const char *unit, uint64_t *out)
+{
+  uint64_t factor = 1;
+  if (strcasecmp(unit, "b") != 0 && strcasecmp(unit, "byte") != 0 &&
+      strcasecmp(unit, "bytes") != 0) {
+    static const char powers[] = "kmgtpe";
+    const char *pos = unit[0] ? strchr(powers, tolower((unsigned char)unit[0]))
+                              : NULL;
+    if (pos == NULL)
+      return -1;
+    uint64_t base;
+    if (unit[1] == '\0' || strcasecmp(unit + 1, "iB") == 0)
+      base = 1024;
+    else if (strcasecmp(unit + 1, "B") == 0)
+      base = 1000;
+    else
+      return -1;
+    for (const char *p = powers; p <= pos; p++)
+      factor *= base;
+  }
+  if (v > UINT64_MAX / factor)
+    return -1;
+  *out = v * factor;
+  return 0;
+}
+
+int
+poolxml_parse_domain(const char *xml, size_t len,
+                     struct poolxml_domain_info *out, char *err,
+                     size_t errlen)
+{
+  xmlXPathContextPtr ctx;
+  memset(out, 0, sizeof *out);
+  xmlDocPtr doc = parse(xml, len, "domain", &ctx, err, errlen);
+  if (doc == NULL)
+    return -1;
+  int r = -1;
+  char *vcpu = NULL, *mem = NULL, *unit = NULL;
+  char *disk = NULL, *accel = NULL;
+  uint64_t v;
+
+  if (xmlXPathRegisterNs(ctx, (const xmlChar *)"t",
+                         (const xmlChar *)POOLXML_VM_NS) != 0) {
+    seterr(err, errlen, "domain: out of memory");
+    goto out;
+  }
+  if (xpath_string(ctx, "/domain/name", false, &out->name, "domain", err,
+                   errlen) < 0 ||
+      xpath_string(ctx, "/domain/vcpu", false, &vcpu, "domain", err,
+                   errlen) < 0 ||
+      xpath_string(ctx, "/domain/memory", false, &mem, "domain", err,
+                   errlen) < 0 ||
+      xpath_string(ctx, "/domain/memory/@unit", true, &unit, "domain", err,
+                   errlen) < 0 ||
+      xpath_string(ctx, "(/domain/devices/disk[@device='disk'])[1]/source/@pool",
+                   true, &out->pool, "domain", err, errlen) < 0 ||
+      xpath_string(ctx, "(/domain/devices/disk[@device='disk'])[1]/source/@volume",
+                   true, &out->volume, "domain", err, errlen) < 0 ||
+      xpath_string(ctx, "(/domain/devices/serial)[1]/log/@file", true,
+                   &out->console_log, "domain", err, errlen) < 0)
+    goto out;
+  if (parse_u64(vcpu, &v) < 0 || v == 0 || v > UINT_MAX) {
+    seterr(err, errlen, "domain: vcpu '%.32s' is not a number of vCPUs", vcpu);
+    goto out;
+  }
+  out->vcpus = (unsigned)v;
+  if (parse_u64(mem, &v) < 0 || scale_unit(v, unit ? unit : "KiB", &v) < 0) {
+    seterr(err, errlen, "domain: memory '%.32s' (unit '%.16s') is not a size",
+           mem, unit ? unit : "KiB");
+    goto out;
+  }
+  v >>= 20;
+  out->memory_mib = v > UINT_MAX ? UINT_MAX : (unsigned)v;
+
+  /* thunder's metadata: all of it or none. */
+  char ignored[8];
+  if (xpath_string(ctx, "/domain/metadata/t:vm/*[local-name()='image']", true,
+                   &out->image, "domain", ignored, sizeof ignored) == 0 &&
+      xpath_string(ctx, "/domain/metadata/t:vm/*[local-name()='disk_bytes']",
+                   true, &disk, "domain", ignored, sizeof ignored) == 0 &&
+      xpath_string(ctx, "/domain/metadata/t:vm/*[local-name()='accel']", true,
+                   &accel, "domain", ignored, sizeof ignored) == 0 &&
+      out->image != NULL && poolxml_name_valid(out->image) && disk != NULL &&
+      parse_u64(disk, &out->disk_bytes) == 0 && accel != NULL &&
+      (strcmp(accel, "kvm") == 0 || strcmp(accel, "tcg") == 0)) {
+    out->thunder = true;
+    out->kvm = strcmp(accel, "kvm") == 0;
+  } else {
+    free(out->image);
+    out->image = NULL;
+    out->disk_bytes = 0;
+  }
+  r = 0;
+out:
+  if (r < 0)
+    poolxml_domain_info_free(out);
+  free(vcpu);
+  free(mem);
+  free(unit);
+  free(disk);
+  free(accel);
+  xmlXPathFreeContext(ctx);
+  xmlFreeDoc(doc);
+  return r;
+}
+
+void
+poolxml_domain_info_free(struct poolxml_domain_info *info)
+{
+  free(info->name);
+  free(info->pool);
+  free(info->volume);
+  free(info->console_log);
+  free(info->image);
+  memset(info, 0, sizeof *info);
 }
 
 /* ---- Names, socket paths, sizes -------------------------------------------- */

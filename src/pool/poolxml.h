@@ -35,6 +35,20 @@ char *poolxml_pool(const char *name, const char *path);
 char *poolxml_volume(const char *name, uint64_t capacity,
                      const char *backing_path);
 
+/* The namespace of thunder's <metadata> element in the domains it makes:
+ *
+ *   <metadata>
+ *     <thunder:vm xmlns:thunder="https://thunder.example/xmlns/vm/1">
+ *       <image>IMAGE</image>             the image the VM volume is built on
+ *       <disk_bytes>N</disk_bytes>       the VM volume's capacity
+ *       <accel>kvm|tcg</accel>           the accelerator chosen at create
+ *     </thunder:vm>
+ *   </metadata>
+ *
+ * Its presence marks a domain as made by thunder. */
+#define POOLXML_VM_NS "https://thunder.example/xmlns/vm/1"
+#define POOLXML_VM_PREFIX "thunder"
+
 struct poolxml_domain {
   const char *name;
   unsigned memory_mib;
@@ -43,11 +57,14 @@ struct poolxml_domain {
   const char *pool;        /* the disk: volume of pool */
   const char *volume;
   const char *console_log; /* the serial console's log file */
+  const char *image;       /* metadata: the image (NULL: no metadata) */
+  uint64_t disk_bytes;     /* metadata: the volume's capacity */
 };
 
 /* A domain: x86_64 'pc' machine booting from virtio disk vda, serial
  * console logged to a file, no network, no graphics, no balloon; every
- * lifecycle event destroys it. */
+ * lifecycle event destroys it.  With d->image, thunder's <metadata>
+ * (POOLXML_VM_NS) records the image, disk_bytes and the accelerator. */
 char *poolxml_domain(const struct poolxml_domain *d);
 
 struct poolxml_pool_info {
@@ -74,6 +91,29 @@ int poolxml_parse_volume(const char *xml, size_t len,
                          struct poolxml_vol_info *out, char *err,
                          size_t errlen);
 void poolxml_vol_info_free(struct poolxml_vol_info *info);
+
+struct poolxml_domain_info {
+  char *name;           /* /domain/name */
+  unsigned vcpus;       /* /domain/vcpu */
+  unsigned memory_mib;  /* /domain/memory, in MiB (rounded down) */
+  char *pool;           /* the first disk's source/@pool, or NULL */
+  char *volume;         /* the first disk's source/@volume, or NULL */
+  char *console_log;    /* the serial console's log/@file, or NULL */
+  /* thunder's metadata (POOLXML_VM_NS); thunder is false, and the rest
+   * NULL or 0, when there is none or it lacks a field. */
+  bool thunder;
+  char *image;
+  uint64_t disk_bytes;
+  bool kvm;             /* <accel> is "kvm" (else "tcg") */
+};
+
+/* Reads what thunder needs of a domain's XML (as virDomainGetXMLDesc
+ * gives it): name, vCPUs and memory (required), the disk's source, the
+ * console log and thunder's metadata (optional). */
+int poolxml_parse_domain(const char *xml, size_t len,
+                         struct poolxml_domain_info *out, char *err,
+                         size_t errlen);
+void poolxml_domain_info_free(struct poolxml_domain_info *info);
 
 /* True if name may be a pool, volume, image or domain name: the image name
  * rule (manifest_name_valid: 1-255 bytes of A-Z a-z 0-9 . _ -, not

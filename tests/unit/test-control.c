@@ -13,6 +13,11 @@
  * releases it; "broken" fails attach with 502; "weird" makes get return
  * an invalid status (302).
  *
+ * The VM routes (/v1/vms, /v1/vms/NAME, /v1/node) have fakes too: the VM
+ * ops copy the request they get (fake.vm) and answer from a fixed table:
+ * PUT of "exists" is 200, of "nopool" 409 no_pool, anything else 201;
+ * GET and DELETE know only "vm1".
+ *
  * control_read_token is tested on files in a private temp directory,
  * with stderr captured to check that each refusal names the file.
  */
@@ -70,6 +75,11 @@ static struct {
   char last_version[65];
   size_t last_nups;
   char last_ups[CONTROL_UPSTREAMS_MAX][64];
+  /* The last VM request, copied. */
+  unsigned vm_calls;
+  char vm_name[256];
+  char vm_image[256];
+  struct control_vm vm;  /* name and image point to the copies above */
 } fake = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 
 static void
@@ -81,7 +91,9 @@ fake_clear(void)
       free(fake.img[i].ups[j]);
     memset(&fake.img[i], 0, sizeof fake.img[i]);
   }
-  fake.calls = fake.attach_calls = 0;
+  fake.calls = fake.attach_calls = fake.vm_calls = 0;
+  memset(&fake.vm, 0, sizeof fake.vm);
+  fake.vm_name[0] = fake.vm_image[0] = '\0';
   fake.slow_entered = fake.slow_release = false;
   fake.last_name[0] = fake.last_version[0] = '\0';
   fake.last_nups = 0;
@@ -261,11 +273,109 @@ fake_list(void *opaque, struct json_object **reply, const char **code,
   return 200;
 }
 
+/* A VM's reply: {"name": name}. */
+static struct json_object *
+fake_vm_json(const char *name)
+{
+  struct json_object *o = json_object_new_object();
+  json_object_object_add(o, "name", json_object_new_string(name));
+  return o;
+}
+
+static int
+fake_vm_put(void *opaque, const struct control_vm *req,
+            struct json_object **reply, const char **code, char *err,
+            size_t errlen)
+{
+  pthread_mutex_lock(&fake.lock);
+  fake.calls++;
+  fake.vm_calls++;
+  snprintf(fake.vm_name, sizeof fake.vm_name, "%s", req->name);
+  snprintf(fake.vm_image, sizeof fake.vm_image, "%s", req->image);
+  fake.vm = *req;
+  fake.vm.name = fake.vm_name;
+  fake.vm.image = fake.vm_image;
+  pthread_mutex_unlock(&fake.lock);
+  if (strcmp(req->name, "nopool") == 0) {
+    *code = "no_pool";
+    snprintf(err, errlen, "this node has no libvirt pool");
+    return 409;
+  }
+  *reply = fake_vm_json(req->name);
+  return strcmp(req->name, "exists") == 0 ? 200 : 201;
+}
+
+static int
+fake_vm_get(void *opaque, const char *name, struct json_object **reply,
+            const char **code, char *err, size_t errlen)
+{
+  pthread_mutex_lock(&fake.lock);
+  fake.calls++;
+  fake.vm_calls++;
+  pthread_mutex_unlock(&fake.lock);
+  if (strcmp(name, "vm1") != 0) {
+    snprintf(err, errlen, "no VM %s here", name);
+    return 404;
+  }
+  *reply = fake_vm_json(name);
+  return 200;
+}
+
+static int
+fake_vm_delete(void *opaque, const char *name, struct json_object **reply,
+               const char **code, char *err, size_t errlen)
+{
+  pthread_mutex_lock(&fake.lock);
+  fake.calls++;
+  fake.vm_calls++;
+  pthread_mutex_unlock(&fake.lock);
+  if (strcmp(name, "vm1") != 0) {
+    snprintf(err, errlen, "no VM %s here", name);
+    return 404;
+  }
+  return 200; /* no reply: {} */
+}
+
+static int
+fake_vm_list(void *opaque, struct json_object **reply, const char **code,
+             char *err, size_t errlen)
+{
+  pthread_mutex_lock(&fake.lock);
+  fake.calls++;
+  fake.vm_calls++;
+  pthread_mutex_unlock(&fake.lock);
+  struct json_object *o = json_object_new_object();
+  struct json_object *a = json_object_new_array();
+  json_object_array_add(a, fake_vm_json("vm1"));
+  json_object_object_add(o, "vms", a);
+  *reply = o;
+  return 200;
+}
+
+static int
+fake_node_info(void *opaque, struct json_object **reply, const char **code,
+               char *err, size_t errlen)
+{
+  pthread_mutex_lock(&fake.lock);
+  fake.calls++;
+  fake.vm_calls++;
+  pthread_mutex_unlock(&fake.lock);
+  struct json_object *o = json_object_new_object();
+  json_object_object_add(o, "hostname", json_object_new_string("fake"));
+  *reply = o;
+  return 200;
+}
+
 static const struct control_ops fake_ops = {
   .attach = fake_attach,
   .detach = fake_detach,
   .get = fake_get,
   .list = fake_list,
+  .vm_put = fake_vm_put,
+  .vm_get = fake_vm_get,
+  .vm_delete = fake_vm_delete,
+  .vm_list = fake_vm_list,
+  .node_info = fake_node_info,
 };
 
 static unsigned
@@ -433,6 +543,15 @@ put(const char *name, const char *body, struct reply *r)
                       .body = body, .len = strlen(body) }, r);
 }
 
+static void
+put_vm(const char *name, const char *body, struct reply *r)
+{
+  char path[512];
+  snprintf(path, sizeof path, "/v1/vms/%s", name);
+  http(&(struct req){ .method = "PUT", .path = path, .auth = AUTH,
+                      .body = body, .len = strlen(body) }, r);
+}
+
 /* Parses r's body as JSON (NULL if it is not). */
 static struct json_object *
 body_json(const struct reply *r)
@@ -494,6 +613,31 @@ check_error_(struct reply *r, long status, const char *code, ...)
     check_error(&r_, 400, "invalid", __VA_ARGS__);                             \
     CU_ASSERT_EQUAL(fake_calls(), calls_);                                     \
   } while (0)
+
+/* PUTs body to /v1/vms/vmx and checks for a 400 naming words; the op
+ * must not be called. */
+#define check_bad_vm(body, ...)                                                \
+  do {                                                                         \
+    struct reply r_;                                                           \
+    unsigned calls_ = fake_calls();                                            \
+    put_vm("vmx", body, &r_);                                                  \
+    check_error(&r_, 400, "invalid", __VA_ARGS__);                             \
+    CU_ASSERT_EQUAL(fake_calls(), calls_);                                     \
+  } while (0)
+
+/* PUTs body to /v1/vms/vmx and expects it to reach the op (201). */
+static void
+check_good_vm(const char *body)
+{
+  struct reply r;
+  unsigned calls = fake_calls();
+  put_vm("vmx", body, &r);
+  CU_ASSERT_EQUAL(r.status, 201);
+  if (r.status != 201)
+    fprintf(stderr, "%s: %ld %s\n", body, r.status, r.body ? r.body : "");
+  CU_ASSERT_EQUAL(fake_calls(), calls + 1);
+  reply_free(&r);
+}
 
 /* A valid attach body with the given version and upstream list text. */
 static char *
@@ -1065,6 +1209,362 @@ test_bad_upstreams(void)
 #undef BAD_UPS
 }
 
+/* ---- the VM routes ----------------------------------------------------------- */
+
+static void
+test_vm_put_created(void)
+{
+  struct reply r;
+  put_vm("vm-2.a_b", "{\"image\": \"debian12\", \"vcpus\": 4, \"memory_mib\": 2048,"
+         " \"disk_gib\": 20, \"accel\": \"tcg\"}", &r);
+  CU_ASSERT_EQUAL(r.status, 201);
+  CU_ASSERT_STRING_EQUAL(r.content_type, "application/json");
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"name\":\"vm-2.a_b\"}\n");
+  reply_free(&r);
+  /* The op saw exactly the request. */
+  CU_ASSERT_EQUAL(fake.vm_calls, 1);
+  CU_ASSERT_STRING_EQUAL(fake.vm.name, "vm-2.a_b");
+  CU_ASSERT_STRING_EQUAL(fake.vm.image, "debian12");
+  CU_ASSERT_EQUAL(fake.vm.vcpus, 4);
+  CU_ASSERT_EQUAL(fake.vm.memory_mib, 2048);
+  CU_ASSERT_EQUAL(fake.vm.disk_gib, 20);
+  CU_ASSERT_EQUAL(fake.vm.accel, CONTROL_ACCEL_TCG);
+
+  /* Optional fields left out: disk 0, accel auto.  Keys in any order,
+   * escaped keys are the same fields. */
+  put_vm("vm3", "{\"memory_mib\": 16, \"vcp\\u0075s\": 1, \"image\": \"img\"}", &r);
+  CU_ASSERT_EQUAL(r.status, 201);
+  reply_free(&r);
+  CU_ASSERT_STRING_EQUAL(fake.vm.name, "vm3");
+  CU_ASSERT_STRING_EQUAL(fake.vm.image, "img");
+  CU_ASSERT_EQUAL(fake.vm.vcpus, 1);
+  CU_ASSERT_EQUAL(fake.vm.memory_mib, 16);
+  CU_ASSERT_EQUAL(fake.vm.disk_gib, 0);
+  CU_ASSERT_EQUAL(fake.vm.accel, CONTROL_ACCEL_AUTO);
+
+  put_vm("vm4", "{\"image\": \"img\", \"vcpus\": 256, \"memory_mib\": 4194304,"
+         " \"disk_gib\": 65536, \"accel\": \"kvm\"}", &r);
+  CU_ASSERT_EQUAL(r.status, 201);
+  reply_free(&r);
+  CU_ASSERT_EQUAL(fake.vm.vcpus, 256);
+  CU_ASSERT_EQUAL(fake.vm.memory_mib, 4194304);
+  CU_ASSERT_EQUAL(fake.vm.disk_gib, 65536);
+  CU_ASSERT_EQUAL(fake.vm.accel, CONTROL_ACCEL_KVM);
+
+  put_vm("vm5", "{\"image\": \"img\", \"vcpus\": 2.0, \"memory_mib\": 1.6e1,"
+         " \"accel\": \"auto\"}", &r);
+  CU_ASSERT_EQUAL(r.status, 201);
+  reply_free(&r);
+  CU_ASSERT_EQUAL(fake.vm.vcpus, 2);
+  CU_ASSERT_EQUAL(fake.vm.memory_mib, 16);
+  CU_ASSERT_EQUAL(fake.vm.accel, CONTROL_ACCEL_AUTO);
+}
+
+static void
+test_vm_put_op_replies(void)
+{
+  struct reply r;
+  static const char body[] = "{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64}";
+  put_vm("exists", body, &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"name\":\"exists\"}\n");
+  reply_free(&r);
+  put_vm("nopool", body, &r);
+  check_error(&r, 409, "no_pool", "no libvirt pool");
+}
+
+static void
+test_vm_get_delete_list_node(void)
+{
+  struct reply r;
+  get("/v1/vms/vm1", &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"name\":\"vm1\"}\n");
+  reply_free(&r);
+  http(&(struct req){ .method = "HEAD", .path = "/v1/vms/vm1", .auth = AUTH },
+       &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_EQUAL(r.len, 0);
+  reply_free(&r);
+  get("/v1/vms/vm2", &r);
+  check_error(&r, 404, "not_found", "no VM vm2");
+
+  http(&(struct req){ .method = "DELETE", .path = "/v1/vms/vm1", .auth = AUTH },
+       &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{}\n");
+  reply_free(&r);
+  http(&(struct req){ .method = "DELETE", .path = "/v1/vms/vm2", .auth = AUTH },
+       &r);
+  check_error(&r, 404, "not_found", "vm2");
+
+  get("/v1/vms", &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"vms\":[{\"name\":\"vm1\"}]}\n");
+  reply_free(&r);
+  get("/v1/node", &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"hostname\":\"fake\"}\n");
+  reply_free(&r);
+  http(&(struct req){ .method = "HEAD", .path = "/v1/node", .auth = AUTH },
+       &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  reply_free(&r);
+  CU_ASSERT_EQUAL(fake.vm_calls, 8);
+}
+
+static void
+test_vm_no_token(void)
+{
+  static const char *const paths[] = { "/v1/vms", "/v1/vms/vm1", "/v1/node" };
+  for (size_t i = 0; i < 3; i++) {
+    struct reply r;
+    http(&(struct req){ .method = "GET", .path = paths[i] }, &r);
+    CU_ASSERT_STRING_EQUAL(r.www_auth, "Bearer realm=\"thunderd\"");
+    check_error(&r, 401, "unauthorized", "Authorization: Bearer");
+    http(&(struct req){ .method = "GET", .path = paths[i],
+                        .auth = "Authorization: Bearer wrong-wrong-wrong-wrong" },
+         &r);
+    check_error(&r, 401, "unauthorized", "wrong bearer token");
+  }
+  /* A PUT with a wrong token: refused before the body is looked at. */
+  struct reply r;
+  static const char body[] = "{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64}";
+  http(&(struct req){ .method = "PUT", .path = "/v1/vms/vm1", .body = body,
+                      .len = strlen(body) }, &r);
+  check_error(&r, 401, "unauthorized");
+  http(&(struct req){ .method = "DELETE", .path = "/v1/vms/vm1",
+                      .auth = "Authorization: Basic " TOKEN }, &r);
+  check_error(&r, 401, "unauthorized", "wrong bearer token");
+  CU_ASSERT_EQUAL(fake_calls(), 0);
+}
+
+static void
+test_vm_paths_and_methods(void)
+{
+  static const char *const paths[] = {
+    "/v1/vms/", "/v1/vms/a/b", "/v1/vmsx", "/v1/nodes", "/v1/node/x",
+    "/v1/node/", "/v1/vm/vm1",
+  };
+  struct reply r;
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+    get(paths[i], &r);
+    check_error(&r, 404, "not_found", "no such path", "/v1/vms");
+  }
+
+  http(&(struct req){ .method = "POST", .path = "/v1/vms/vm1", .auth = AUTH,
+                      .body = "{}", .len = 2 }, &r);
+  CU_ASSERT_STRING_EQUAL(r.allow, "GET, HEAD, PUT, DELETE");
+  check_error(&r, 405, "method_not_allowed", "POST", "/v1/vms/NAME");
+  http(&(struct req){ .method = "PATCH", .path = "/v1/vms/vm1", .auth = AUTH },
+       &r);
+  CU_ASSERT_STRING_EQUAL(r.allow, "GET, HEAD, PUT, DELETE");
+  check_error(&r, 405, "method_not_allowed", "PATCH");
+  http(&(struct req){ .method = "PUT", .path = "/v1/vms", .auth = AUTH,
+                      .body = "{}", .len = 2 }, &r);
+  CU_ASSERT_STRING_EQUAL(r.allow, "GET, HEAD");
+  check_error(&r, 405, "method_not_allowed", "PUT", "/v1/vms");
+  http(&(struct req){ .method = "POST", .path = "/v1/vms", .auth = AUTH,
+                      .body = "{}", .len = 2 }, &r);
+  CU_ASSERT_STRING_EQUAL(r.allow, "GET, HEAD");
+  check_error(&r, 405, "method_not_allowed", "POST");
+  http(&(struct req){ .method = "DELETE", .path = "/v1/node", .auth = AUTH },
+       &r);
+  CU_ASSERT_STRING_EQUAL(r.allow, "GET, HEAD");
+  check_error(&r, 405, "method_not_allowed", "DELETE", "/v1/node");
+  http(&(struct req){ .method = "PUT", .path = "/v1/node", .auth = AUTH,
+                      .body = "{}", .len = 2 }, &r);
+  check_error(&r, 405, "method_not_allowed", "PUT");
+  CU_ASSERT_EQUAL(fake_calls(), 0);
+}
+
+static void
+test_vm_bad_name(void)
+{
+  char longname[300];
+  memset(longname, 'v', 256);
+  longname[256] = '\0';
+  const char *names[] = { ".hidden", "-dash", "a%20b", "a@b", "a%00b",
+                          "a%2Fb", "caf%C3%A9", longname };
+  static const char body[] = "{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64}";
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    struct reply r;
+    char path[512];
+    snprintf(path, sizeof path, "/v1/vms/%s", names[i]);
+    get(path, &r);
+    check_error(&r, 400, "invalid", "VM name", "not valid");
+    put_vm(names[i], body, &r);
+    check_error(&r, 400, "invalid", "VM name", "not valid");
+    http(&(struct req){ .method = "DELETE", .path = path, .auth = AUTH }, &r);
+    check_error(&r, 400, "invalid", "VM name", "not valid");
+  }
+  CU_ASSERT_EQUAL(fake_calls(), 0);
+}
+
+static void
+test_vm_malformed_json(void)
+{
+  check_bad_vm("", "body", "empty");
+  check_bad_vm("{", "body", "not JSON", "ends early");
+  check_bad_vm("{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64,}",
+               "body", "not JSON");
+  check_bad_vm("{\"image\": \"img\"} {}", "body", "not JSON");
+  check_bad_vm("[]", "body", "expected a JSON object", "array");
+  check_bad_vm("null", "body", "expected a JSON object");
+  check_bad_vm("\"vm\"", "body", "expected a JSON object");
+  check_bad_vm("{\"image\": {\"a\": [[[[[[[[[1]]]]]]]]]}}", "nested deeper than 8");
+
+  struct reply r;
+  static const char nul[] = "{\"image\": \"a\0b\"}";
+  http(&(struct req){ .method = "PUT", .path = "/v1/vms/vmx", .auth = AUTH,
+                      .body = nul, .len = sizeof nul - 1 }, &r);
+  check_error(&r, 400, "invalid", "NUL byte");
+
+  /* Over the size limit: 413. */
+  size_t n = CONTROL_BODY_MAX + 1;
+  char *big = malloc(n);
+  memset(big, ' ', n);
+  memcpy(big, "{}", 2);
+  http(&(struct req){ .method = "PUT", .path = "/v1/vms/vmx", .auth = AUTH,
+                      .body = big, .len = n }, &r);
+  check_error(&r, 413, "too_large", "65536");
+  free(big);
+  CU_ASSERT_EQUAL(fake_calls(), 0);
+}
+
+static void
+test_vm_fields(void)
+{
+  check_bad_vm("{}", "field 'image'", "missing");
+  check_bad_vm("{\"image\": \"img\", \"memory_mib\": 64}", "field 'vcpus'",
+               "missing", "1 to 256");
+  check_bad_vm("{\"image\": \"img\", \"vcpus\": 1}", "field 'memory_mib'",
+               "missing", "16 to 4194304");
+  check_bad_vm("{\"vcpus\": 1, \"memory_mib\": 64}", "field 'image'", "missing");
+  check_bad_vm("{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64, \"size\": 1}",
+               "field 'size'", "unknown field", "image, vcpus, memory_mib, disk_gib and accel");
+  /* An attach field is not a VM field. */
+  check_bad_vm("{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64, \"version\": \"" V1 "\"}",
+               "field 'version'", "unknown field");
+  check_bad_vm("{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64, \"vcpus\": 2}",
+               "field 'vcpus'", "more than once");
+  check_bad_vm("{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64, \"accel\": \"kvm\","
+               " \"acc\\u0065l\": \"tcg\"}",
+               "field 'accel'", "more than once");
+}
+
+static void
+test_vm_types(void)
+{
+#define VM(image, vcpus, mem, extra)                                           \
+  "{\"image\": " image ", \"vcpus\": " vcpus ", \"memory_mib\": " mem extra "}"
+  check_bad_vm(VM("7", "1", "64", ""), "field 'image'", "expected a string", "int");
+  check_bad_vm(VM("null", "1", "64", ""), "field 'image'", "expected a string", "null");
+  check_bad_vm(VM("[\"img\"]", "1", "64", ""), "field 'image'", "expected a string");
+  check_bad_vm(VM("\"img\"", "\"2\"", "64", ""), "field 'vcpus'", "expected an integer", "string");
+  check_bad_vm(VM("\"img\"", "true", "64", ""), "field 'vcpus'", "expected an integer", "boolean");
+  check_bad_vm(VM("\"img\"", "null", "64", ""), "field 'vcpus'", "expected an integer", "null");
+  check_bad_vm(VM("\"img\"", "1.5", "64", ""), "field 'vcpus'", "1.5 is not an integer");
+  check_bad_vm(VM("\"img\"", "1", "[]", ""), "field 'memory_mib'", "expected an integer", "array");
+  check_bad_vm(VM("\"img\"", "1", "{}", ""), "field 'memory_mib'", "expected an integer", "object");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"disk_gib\": null"), "field 'disk_gib'",
+               "expected an integer", "null");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"disk_gib\": \"8G\""), "field 'disk_gib'",
+               "expected an integer");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"accel\": 1"), "field 'accel'",
+               "expected \"auto\", \"kvm\" or \"tcg\"", "int");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"accel\": null"), "field 'accel'", "null");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"accel\": \"fast\""), "field 'accel'",
+               "'fast' is not one of auto, kvm, tcg");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"accel\": \"KVM\""), "field 'accel'",
+               "not one of");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"accel\": \"\""), "field 'accel'",
+               "not one of");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"accel\": \"kvm\\u0000\""), "field 'accel'",
+               "not one of");
+}
+
+static void
+test_vm_ranges(void)
+{
+  check_bad_vm(VM("\"img\"", "0", "64", ""), "field 'vcpus'", "0 is out of range", "1 to 256");
+  check_bad_vm(VM("\"img\"", "257", "64", ""), "field 'vcpus'", "257 is out of range");
+  check_bad_vm(VM("\"img\"", "-1", "64", ""), "field 'vcpus'", "-1 is out of range");
+  check_bad_vm(VM("\"img\"", "4294967297", "64", ""), "field 'vcpus'", "out of range");
+  check_bad_vm(VM("\"img\"", "99999999999999999999", "64", ""), "field 'vcpus'",
+               "out of range");
+  check_bad_vm(VM("\"img\"", "1e30", "64", ""), "field 'vcpus'");
+  check_bad_vm(VM("\"img\"", "1", "15", ""), "field 'memory_mib'", "15 is out of range",
+               "16 to 4194304");
+  check_bad_vm(VM("\"img\"", "1", "4194305", ""), "field 'memory_mib'", "out of range");
+  check_bad_vm(VM("\"img\"", "1", "0", ""), "field 'memory_mib'", "out of range");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"disk_gib\": 0"), "field 'disk_gib'",
+               "0 is out of range", "1 to 65536");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"disk_gib\": 65537"), "field 'disk_gib'",
+               "out of range");
+  check_bad_vm(VM("\"img\"", "1", "64", ", \"disk_gib\": -8"), "field 'disk_gib'",
+               "out of range");
+  /* The edges are fine. */
+  check_good_vm(VM("\"img\"", "1", "16", ", \"disk_gib\": 1"));
+  check_good_vm(VM("\"img\"", "256", "4194304", ", \"disk_gib\": 65536"));
+}
+
+static void
+test_vm_bad_image(void)
+{
+  char longname[300];
+  memset(longname, 'i', 256);
+  longname[256] = '\0';
+  char body[512];
+  snprintf(body, sizeof body, VM("\"%s\"", "1", "64", ""), longname);
+  check_bad_vm(body, "field 'image'", "not a valid image name");
+  check_bad_vm(VM("\".img\"", "1", "64", ""), "field 'image'", "'.img' is not a valid image name");
+  check_bad_vm(VM("\"-img\"", "1", "64", ""), "field 'image'", "not a valid image name");
+  check_bad_vm(VM("\"a/b\"", "1", "64", ""), "field 'image'", "not a valid image name");
+  check_bad_vm(VM("\"a b\"", "1", "64", ""), "field 'image'", "not a valid image name");
+  check_bad_vm(VM("\"\"", "1", "64", ""), "field 'image'", "not a valid image name");
+  check_bad_vm(VM("\"caf\\u00e9\"", "1", "64", ""), "field 'image'", "not a valid image name");
+  check_bad_vm(VM("\"img\\u0000x\"", "1", "64", ""), "field 'image'", "not a valid image name");
+  snprintf(body, sizeof body, VM("\"%.255s\"", "1", "64", ""), longname);
+  check_good_vm(body);
+#undef VM
+}
+
+/* A control endpoint whose caller has no VM ops: 501. */
+static void
+test_vm_not_implemented(void)
+{
+  struct control_ops ops = fake_ops;
+  ops.vm_put = NULL;
+  ops.vm_get = NULL;
+  ops.vm_delete = NULL;
+  ops.vm_list = NULL;
+  ops.node_info = NULL;
+  struct control *c = control_new("127.0.0.1:0", TOKEN, &ops);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  char saved[64];
+  snprintf(saved, sizeof saved, "%s", t_base);
+  snprintf(t_base, sizeof t_base, "http://127.0.0.1:%u", control_port(c));
+  struct reply r;
+  get("/v1/vms", &r);
+  check_error(&r, 501, "not_implemented");
+  get("/v1/vms/vm1", &r);
+  check_error(&r, 501, "not_implemented");
+  get("/v1/node", &r);
+  check_error(&r, 501, "not_implemented");
+  put_vm("vm1", "{\"image\": \"img\", \"vcpus\": 1, \"memory_mib\": 64}", &r);
+  check_error(&r, 501, "not_implemented");
+  /* The body is still checked first. */
+  put_vm("vm1", "{}", &r);
+  check_error(&r, 400, "invalid", "field 'image'");
+  http(&(struct req){ .method = "DELETE", .path = "/v1/vms/vm1", .auth = AUTH },
+       &r);
+  check_error(&r, 501, "not_implemented");
+  snprintf(t_base, sizeof t_base, "%s", saved);
+  control_free(c);
+  CU_ASSERT_EQUAL(fake_calls(), 0);
+}
+
 /* ---- threads ------------------------------------------------------------ */
 
 static void *
@@ -1336,6 +1836,18 @@ static const struct cunit_test tests[] = {
   T(fields),
   T(bad_version),
   T(bad_upstreams),
+  T(vm_put_created),
+  T(vm_put_op_replies),
+  T(vm_get_delete_list_node),
+  T(vm_no_token),
+  T(vm_paths_and_methods),
+  T(vm_bad_name),
+  T(vm_malformed_json),
+  T(vm_fields),
+  T(vm_types),
+  T(vm_ranges),
+  T(vm_bad_image),
+  T(vm_not_implemented),
   T(slow_attach_does_not_stall),
   T(new_errors),
   T(new_ipv6),

@@ -217,7 +217,12 @@ static const struct poolxml_domain dom_tcg = {
   .pool = "thunder",
   .volume = "vm1.qcow2",
   .console_log = "/var/log/thunder/vm/vm1.log",
+  .image = "debian12",
+  .disk_bytes = 8589934592ULL,
 };
+
+/* thunder's metadata element, selected by namespace. */
+#define VM_MD "/domain/metadata/*[local-name()='vm' and namespace-uri()='" POOLXML_VM_NS "']"
 
 /* The elements both accelerators share. */
 static void
@@ -257,6 +262,14 @@ check_domain_common(struct xp *x)
   CU_ASSERT_EQUAL(xp_count(x, "/domain/devices/interface"), 0);
   CU_ASSERT_EQUAL(xp_count(x, "/domain/devices/graphics"), 0);
   CU_ASSERT_EQUAL(xp_count(x, "/domain/devices/video"), 0);
+  /* thunder's metadata: one element in its namespace, with the prefix
+   * "thunder", its fields in no namespace. */
+  CU_ASSERT_EQUAL(xp_count(x, "/domain/metadata/*"), 1);
+  CU_ASSERT_EQUAL(xp_count(x, VM_MD), 1);
+  XP_EQ(x, "name(" VM_MD ")", "thunder:vm");
+  CU_ASSERT_EQUAL(xp_count(x, VM_MD "/*"), 3);
+  XP_EQ(x, VM_MD "/image", "debian12");
+  XP_EQ(x, VM_MD "/disk_bytes", "8589934592");
 }
 
 static void
@@ -269,6 +282,7 @@ test_domain_build_tcg(void)
   xp_open(&x, xml);
   XP_EQ(&x, "/domain/@type", "qemu");
   CU_ASSERT_EQUAL(xp_count(&x, "/domain/cpu"), 0);
+  XP_EQ(&x, VM_MD "/accel", "tcg");
   check_domain_common(&x);
   xp_close(&x);
   free(xml);
@@ -287,9 +301,55 @@ test_domain_build_kvm(void)
   XP_EQ(&x, "/domain/@type", "kvm");
   CU_ASSERT_EQUAL(xp_count(&x, "/domain/cpu"), 1);
   XP_EQ(&x, "/domain/cpu/@mode", "host-passthrough");
+  XP_EQ(&x, VM_MD "/accel", "kvm");
   check_domain_common(&x);
   xp_close(&x);
   free(xml);
+}
+
+/* Without an image there is no metadata. */
+static void
+test_domain_build_no_metadata(void)
+{
+  struct poolxml_domain d = dom_tcg;
+  d.image = NULL;
+  char *xml = poolxml_domain(&d);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(xml);
+  struct xp x;
+  xp_open(&x, xml);
+  CU_ASSERT_EQUAL(xp_count(&x, "/domain/metadata"), 0);
+  XP_EQ(&x, "/domain/name", "vm1");
+  xp_close(&x);
+  free(xml);
+}
+
+/* What the builder writes, the parser reads back. */
+static void
+test_domain_roundtrip(void)
+{
+  for (int kvm = 0; kvm < 2; kvm++) {
+    struct poolxml_domain d = dom_tcg;
+    d.kvm = kvm;
+    char *xml = poolxml_domain(&d);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(xml);
+    struct poolxml_domain_info info;
+    char err[256] = "";
+    CU_ASSERT_EQUAL_FATAL(poolxml_parse_domain(xml, strlen(xml), &info, err,
+                                               sizeof err), 0);
+    CU_ASSERT_STRING_EQUAL(info.name, "vm1");
+    CU_ASSERT_EQUAL(info.vcpus, 2);
+    CU_ASSERT_EQUAL(info.memory_mib, 512);
+    CU_ASSERT_STRING_EQUAL(info.pool, "thunder");
+    CU_ASSERT_STRING_EQUAL(info.volume, "vm1.qcow2");
+    CU_ASSERT_STRING_EQUAL(info.console_log, "/var/log/thunder/vm/vm1.log");
+    CU_ASSERT_TRUE(info.thunder);
+    CU_ASSERT_STRING_EQUAL(info.image, "debian12");
+    CU_ASSERT_EQUAL(info.disk_bytes, 8589934592ULL);
+    CU_ASSERT_EQUAL(info.kvm, (bool)kvm);
+    poolxml_domain_info_free(&info);
+    CU_ASSERT_PTR_NULL(info.name);
+    free(xml);
+  }
 }
 
 /* Markup in values is escaped: it reads back as the same string and adds
@@ -637,6 +697,194 @@ test_parse_volume_hostile(void)
   }
 }
 
+/* ---- Parsing domain XML ------------------------------------------------------ */
+
+/* virsh dumpxml of a running domain made by thunderd (libvirt 9.0). */
+static void
+test_parse_domain_libvirt(void)
+{
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/domain-libvirt.xml", TEST_DATADIR);
+  size_t len;
+  char *xml = read_file(path, &len);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(xml);
+  struct poolxml_domain_info info;
+  char err[256] = "";
+  CU_ASSERT_EQUAL_FATAL(poolxml_parse_domain(xml, len, &info, err, sizeof err),
+                        0);
+  CU_ASSERT_STRING_EQUAL(info.name, "vm1");
+  CU_ASSERT_EQUAL(info.vcpus, 2);
+  CU_ASSERT_EQUAL(info.memory_mib, 300); /* <memory unit='KiB'>307200 */
+  CU_ASSERT_STRING_EQUAL(info.pool, "thunder");
+  CU_ASSERT_STRING_EQUAL(info.volume, "vm1.qcow2");
+  CU_ASSERT_STRING_EQUAL(info.console_log, "/var/log/thunder/vm/vm1.log");
+  CU_ASSERT_TRUE(info.thunder);
+  CU_ASSERT_STRING_EQUAL(info.image, "guest");
+  CU_ASSERT_EQUAL(info.disk_bytes, 67108864);
+  CU_ASSERT_FALSE(info.kvm);
+  poolxml_domain_info_free(&info);
+  free(xml);
+}
+
+/* A domain document: "<domain><name>d</name>" MID "</domain>", with
+ * memory and vcpu unless MID has them. */
+#define DOM(mid) "<domain type='qemu'><name>d</name>" mid "</domain>"
+#define DOM_BASIC(mid) DOM("<memory>262144</memory><vcpu>1</vcpu>" mid)
+#define MD_OPEN "<metadata><thunder:vm xmlns:thunder='" POOLXML_VM_NS "'>"
+#define MD_CLOSE "</thunder:vm></metadata>"
+
+/* Parses xml (which must succeed) and returns whether it is thunder's. */
+static bool
+parse_thunder(const char *xml)
+{
+  struct poolxml_domain_info info;
+  char err[256] = "";
+  int r = poolxml_parse_domain(xml, strlen(xml), &info, err, sizeof err);
+  CU_ASSERT_EQUAL(r, 0);
+  if (r != 0) {
+    fprintf(stderr, "\n%s: %s\n", xml, err);
+    return false;
+  }
+  bool t = info.thunder;
+  if (!t) {
+    CU_ASSERT_PTR_NULL(info.image);
+    CU_ASSERT_EQUAL(info.disk_bytes, 0);
+  }
+  poolxml_domain_info_free(&info);
+  return t;
+}
+
+static void
+test_parse_domain_metadata(void)
+{
+  /* The metadata complete: thunder's, fields in no namespace or in
+   * thunder's (prefixed), in any order. */
+  CU_ASSERT_TRUE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><disk_bytes>1</disk_bytes><accel>kvm</accel>" MD_CLOSE)));
+  CU_ASSERT_TRUE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<thunder:accel>tcg</thunder:accel><thunder:image>img</thunder:image>"
+      "<thunder:disk_bytes>0</thunder:disk_bytes>" MD_CLOSE)));
+  CU_ASSERT_TRUE(parse_thunder(DOM_BASIC(
+      "<metadata><vm xmlns='" POOLXML_VM_NS "'><image>i</image>"
+      "<disk_bytes>5</disk_bytes><accel>tcg</accel></vm></metadata>")));
+
+  /* Anything less is not thunder's. */
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC("")));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC("<metadata/>")));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      "<metadata><x:vm xmlns:x='https://example.com/other'><image>img</image>"
+      "<disk_bytes>1</disk_bytes><accel>kvm</accel></x:vm></metadata>")));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      "<metadata><vm><image>img</image><disk_bytes>1</disk_bytes><accel>kvm</accel></vm></metadata>")));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><disk_bytes>1</disk_bytes>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<disk_bytes>1</disk_bytes><accel>kvm</accel>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><accel>kvm</accel>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><disk_bytes>1</disk_bytes><accel>hvf</accel>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>.img</image><disk_bytes>1</disk_bytes><accel>kvm</accel>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><disk_bytes>-1</disk_bytes><accel>kvm</accel>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><disk_bytes>18446744073709551616</disk_bytes><accel>kvm</accel>" MD_CLOSE)));
+  CU_ASSERT_FALSE(parse_thunder(DOM_BASIC(
+      MD_OPEN "<image>img</image><image>img2</image><disk_bytes>1</disk_bytes><accel>kvm</accel>" MD_CLOSE)));
+}
+
+/* Sizes in libvirt's units; the disk, the console log: optional. */
+static void
+test_parse_domain_units(void)
+{
+  static const struct {
+    const char *xml;
+    unsigned mib;
+  } cases[] = {
+    { DOM("<memory>262144</memory><vcpu>1</vcpu>"), 256 },
+    { DOM("<memory unit='KiB'>262144</memory><vcpu>1</vcpu>"), 256 },
+    { DOM("<memory unit='k'>2048</memory><vcpu>1</vcpu>"), 2 },
+    { DOM("<memory unit='MiB'>512</memory><vcpu>1</vcpu>"), 512 },
+    { DOM("<memory unit='M'>512</memory><vcpu>1</vcpu>"), 512 },
+    { DOM("<memory unit='G'>2</memory><vcpu>1</vcpu>"), 2048 },
+    { DOM("<memory unit='gib'>2</memory><vcpu>1</vcpu>"), 2048 },
+    { DOM("<memory unit='TiB'>1</memory><vcpu>1</vcpu>"), 1048576 },
+    { DOM("<memory unit='bytes'>1048576</memory><vcpu>1</vcpu>"), 1 },
+    { DOM("<memory unit='b'>1048575</memory><vcpu>1</vcpu>"), 0 },
+    { DOM("<memory unit='KB'>1048576</memory><vcpu>1</vcpu>"), 1000 },
+    { DOM("<memory unit='MB'>1000</memory><vcpu>1</vcpu>"), 953 },
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct poolxml_domain_info info;
+    char err[256] = "";
+    CU_ASSERT_EQUAL_FATAL(poolxml_parse_domain(cases[i].xml,
+                                               strlen(cases[i].xml), &info,
+                                               err, sizeof err), 0);
+    CU_ASSERT_EQUAL(info.memory_mib, cases[i].mib);
+    if (info.memory_mib != cases[i].mib)
+      fprintf(stderr, "\ncase %zu: %u MiB, expected %u\n", i,
+              info.memory_mib, cases[i].mib);
+    CU_ASSERT_EQUAL(info.vcpus, 1);
+    CU_ASSERT_PTR_NULL(info.pool);
+    CU_ASSERT_PTR_NULL(info.volume);
+    CU_ASSERT_PTR_NULL(info.console_log);
+    CU_ASSERT_FALSE(info.thunder);
+    poolxml_domain_info_free(&info);
+  }
+}
+
+static void
+test_parse_domain_hostile(void)
+{
+  static const struct bad_case cases[] = {
+    { "", "empty" },
+    { "<domain>", "does not parse" },
+    { "<pool type='dir'/>", "root element is <pool>, expected <domain>" },
+    { "<domain><memory>1</memory><vcpu>1</vcpu></domain>", "no /domain/name" },
+    { DOM("<vcpu>1</vcpu>"), "no /domain/memory" },
+    { DOM("<memory>1</memory>"), "no /domain/vcpu" },
+    { DOM("<memory>1</memory><vcpu>0</vcpu>"), "not a number of vCPUs" },
+    { DOM("<memory>1</memory><vcpu>x</vcpu>"), "not a number of vCPUs" },
+    { DOM("<memory>1</memory><vcpu>4294967296</vcpu>"), "not a number of vCPUs" },
+    { DOM("<memory>-1</memory><vcpu>1</vcpu>"), "is not a size" },
+    { DOM("<memory unit='furlongs'>1</memory><vcpu>1</vcpu>"), "is not a size" },
+    { DOM("<memory unit='KiBB'>1</memory><vcpu>1</vcpu>"), "is not a size" },
+    { DOM("<memory unit='EiB'>16</memory><vcpu>1</vcpu>"), "is not a size" },
+    { DOM("<memory>1</memory><memory>2</memory><vcpu>1</vcpu>"), "2 nodes match" },
+    { "<!DOCTYPE domain [<!ENTITY n 'x'>]><domain><name>&n;</name><memory>1</memory><vcpu>1</vcpu></domain>",
+      "DTD" },
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct poolxml_domain_info info;
+    char err[512] = "";
+    int r = poolxml_parse_domain(cases[i].xml, strlen(cases[i].xml), &info,
+                                 err, sizeof err);
+    CU_ASSERT_EQUAL(r, -1);
+    CU_ASSERT_PTR_NULL(info.name);
+    CU_ASSERT_PTR_NULL(info.image);
+    if (strstr(err, cases[i].want) == NULL) {
+      fprintf(stderr, "\ncase %zu: error \"%s\" lacks \"%s\"\n", i, err,
+              cases[i].want);
+      CU_FAIL("error message");
+    }
+  }
+}
+
+static void
+test_vm_names(void)
+{
+  CU_ASSERT_STRING_EQUAL(pool_vm_state_name(POOL_VM_RUNNING), "running");
+  CU_ASSERT_STRING_EQUAL(pool_vm_state_name(POOL_VM_SHUTOFF), "shutoff");
+  CU_ASSERT_STRING_EQUAL(pool_vm_state_name(POOL_VM_PAUSED), "paused");
+  CU_ASSERT_STRING_EQUAL(pool_vm_state_name(POOL_VM_CRASHED), "crashed");
+  CU_ASSERT_STRING_EQUAL(pool_vm_state_name(POOL_VM_STARTING), "starting");
+  CU_ASSERT_STRING_EQUAL(pool_vm_state_name(POOL_VM_OTHER), "other");
+  CU_ASSERT_STRING_EQUAL(pool_accel_name(POOL_ACCEL_AUTO), "auto");
+  CU_ASSERT_STRING_EQUAL(pool_accel_name(POOL_ACCEL_KVM), "kvm");
+  CU_ASSERT_STRING_EQUAL(pool_accel_name(POOL_ACCEL_TCG), "tcg");
+}
+
 /* ---- Names, socket paths, sizes ---------------------------------------------- */
 
 static void
@@ -790,6 +1038,8 @@ static const struct cunit_test tests[] = {
   T(volume_build),
   T(domain_build_tcg),
   T(domain_build_kvm),
+  T(domain_build_no_metadata),
+  T(domain_roundtrip),
   T(build_escapes),
   T(build_not_utf8),
   T(build_huge),
@@ -798,6 +1048,11 @@ static const struct cunit_test tests[] = {
   T(parse_pool_huge),
   T(parse_volume_libvirt),
   T(parse_volume_hostile),
+  T(parse_domain_libvirt),
+  T(parse_domain_metadata),
+  T(parse_domain_units),
+  T(parse_domain_hostile),
+  T(vm_names),
   T(names),
   T(socket_paths),
   T(parse_size),
