@@ -170,8 +170,18 @@ __wrap_pwrite64(int fd, const void *buf, size_t n, off_t off)
                  n == blen(first) && memcmp(buf, image + off, n) == 0;
     pthread_mutex_lock(&ck_lock);
     if (right && content_ok[first] && !lost[first]) {
+      /* Its completion still settles the block: a store racing a first
+       * write over other bytes may return before that write does. */
+      unsigned epoch = wrong_epoch[first];
       pthread_mutex_unlock(&ck_lock);
-      return __real_pwrite64(fd, buf, n, off);
+      ssize_t r = __real_pwrite64(fd, buf, n, off);
+      int e = errno;
+      pthread_mutex_lock(&ck_lock);
+      if (r == (ssize_t)n && wrong_epoch[first] == epoch && !lost[first])
+        settled[first] = true;
+      pthread_mutex_unlock(&ck_lock);
+      errno = e;
+      return r;
     }
     unsigned epoch = right ? wrong_epoch[first] : 0;
     for (uint64_t b = first; n > 0 && b <= last && b < NBLOCKS; b++) {
