@@ -17,6 +17,8 @@ packages=(
   busybox-static syslinux syslinux-common mtools dosfstools cpio openssl
   # scripts
   coreutils procps iproute2 jq
+  # benchmarks and their smoke test; API schema checks and load
+  iperf3 gnuplot-nox wrk python3-jsonschema
 )
 
 # The test guest's kernel: Debian's cloud kernel package, downloaded (not

@@ -695,6 +695,13 @@ conn_thread(void *arg)
      * dead (a cookie is returned all the same). */
     if (c->h && conn_reap(c, NULL) == -1)
       continue;
+    /* The handshake may have finished inside nbd_aio_connect_uri (or
+     * while issuing): the socket then has nothing to say, and without
+     * this check the connection would wait for its connect deadline. */
+    if (c->h && !c->ready && nbd_aio_is_ready(c->h) == 1) {
+      conn_ready(c); /* on failure it has called conn_fail */
+      continue;
+    }
 
     /* Wait for the socket, a kick, or the nearest deadline. */
     struct pollfd pfd[2] = { { .fd = c->wake_fd, .events = POLLIN },
