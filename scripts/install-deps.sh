@@ -18,7 +18,7 @@ packages=(
   # scripts
   coreutils procps iproute2 jq
   # benchmarks and their smoke test; API schema checks and load
-  iperf3 gnuplot-nox wrk python3-jsonschema
+  iperf3 gnuplot-nox wrk python3-jsonschema python3-yaml
 )
 
 # The test guest's kernel: Debian's cloud kernel package, downloaded (not

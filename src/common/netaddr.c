@@ -2,6 +2,9 @@
 #include "netaddr.h"
 
 #include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -61,4 +64,67 @@ netaddr_listen(const char *spec, const char *component, bool *any_host)
   if (any_host)
     *any_host = *host == '\0';
   return res;
+}
+
+int
+netaddr_listen_tcp(const char *spec, const char *component, unsigned *port_out)
+{
+  bool any_host;
+  struct addrinfo *res = netaddr_listen(spec, component, &any_host);
+  if (res == NULL)
+    return -1;
+  int fd = -1;
+  for (int pass = 0; pass < 2 && fd < 0; pass++) {
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+      /* Without a host: IPv6 in the first pass, the rest in the second. */
+      if (any_host && (ai->ai_family == AF_INET6) != (pass == 0))
+        continue;
+      if (!any_host && pass == 1)
+        break;
+      char h[NI_MAXHOST], p[NI_MAXSERV] = "?";
+      if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, p, sizeof p,
+                      NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        snprintf(h, sizeof h, "?");
+      int s = socket(ai->ai_family,
+                     ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                     ai->ai_protocol);
+      if (s == -1) {
+        log_warn(component, "socket: %s: %m", h);
+        continue;
+      }
+      int one = 1, zero = 0;
+      setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (ai->ai_family == AF_INET6)
+        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY,
+                   any_host ? &zero : &one, sizeof one);
+      if (bind(s, ai->ai_addr, ai->ai_addrlen) == -1) {
+        log_warn(component, "bind: %s port %s: %m", h, p);
+        close(s);
+        continue;
+      }
+      if (listen(s, 64) == -1) {
+        log_warn(component, "listen: %s port %s: %m", h, p);
+        close(s);
+        continue;
+      }
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+      if (getsockname(s, (struct sockaddr *)&ss, &sl) == -1) {
+        log_warn(component, "getsockname: %s: %m", h);
+        close(s);
+        continue;
+      }
+      *port_out = ntohs(ss.ss_family == AF_INET6
+                            ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                            : ((struct sockaddr_in *)&ss)->sin_port);
+      log_info(component, "listening on http://%s%s%s:%u",
+               ai->ai_family == AF_INET6 ? "[" : "", h,
+               ai->ai_family == AF_INET6 ? "]" : "", *port_out);
+      fd = s;
+    }
+  }
+  freeaddrinfo(res);
+  if (fd < 0)
+    log_error(component, "listen: '%s': no address could be bound", spec);
+  return fd;
 }

@@ -13,4 +13,11 @@ struct addrinfo;
 struct addrinfo *netaddr_listen(const char *spec, const char *component,
                                 bool *any_host);
 
+/* Binds and listens on spec (TCP, backlog 64, non-blocking, close on
+ * exec); returns the socket and sets *port_out, or -1 with an error logged
+ * under component.  With no host, the IPv6 wildcard (dual stack) is tried
+ * first, then IPv4's. */
+int netaddr_listen_tcp(const char *spec, const char *component,
+                       unsigned *port_out);
+
 #endif

@@ -1,4 +1,5 @@
 /* thunder — bearer tokens; see token.h. */
+#include "digest.h"
 #include "token.h"
 
 #include <errno.h>
@@ -6,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,4 +98,23 @@ token_read_file(const char *path, char *err, size_t errlen)
   char *t = token_parse(buf, len, from, err, errlen);
   explicit_bzero(buf, sizeof buf);
   return t;
+}
+
+bool
+token_bearer_ok(const char *h, const uint8_t digest[32])
+{
+  if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+    return false;
+  const char *t = h + 7;
+  while (*t == ' ' || *t == '\t')
+    t++;
+  size_t n = strlen(t);
+  while (n > 0 && (t[n - 1] == ' ' || t[n - 1] == '\t'))
+    n--;
+  uint8_t d[DIGEST_LEN];
+  digest_sha256(t, n, d);
+  volatile uint8_t diff = 0;
+  for (size_t i = 0; i < DIGEST_LEN; i++)
+    diff |= (uint8_t)(d[i] ^ digest[i]);
+  return diff == 0;
 }

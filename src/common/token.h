@@ -8,7 +8,9 @@
 #ifndef THUNDER_TOKEN_H
 #define THUNDER_TOKEN_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define TOKEN_MIN 16
 #define TOKEN_MAX 256
@@ -24,5 +26,11 @@ char *token_parse(const char *s, size_t len, const char *from, char *err,
 /* Reads and checks the token file at path.  NULL with one message naming
  * the file in err. */
 char *token_read_file(const char *path, char *err, size_t errlen);
+
+/* Checks an Authorization header value ("Bearer TOKEN", the scheme in any
+ * case, blanks around the token ignored) against a token's SHA-256
+ * (digest_sha256 of the token).  Both sides are hashed and the digests
+ * compared in full, so the time taken says nothing about the token. */
+bool token_bearer_ok(const char *header, const uint8_t digest[32]);
 
 #endif

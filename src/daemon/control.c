@@ -698,20 +698,7 @@ token_ok(const struct control *c, struct MHD_Connection *conn, bool *given)
   const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                               MHD_HTTP_HEADER_AUTHORIZATION);
   *given = h != NULL;
-  if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
-    return false;
-  const char *t = h + 7;
-  while (*t == ' ' || *t == '\t')
-    t++;
-  size_t n = strlen(t);
-  while (n > 0 && (t[n - 1] == ' ' || t[n - 1] == '\t'))
-    n--;
-  uint8_t d[DIGEST_LEN];
-  digest_sha256(t, n, d);
-  volatile uint8_t diff = 0;
-  for (size_t i = 0; i < DIGEST_LEN; i++)
-    diff |= (uint8_t)(d[i] ^ c->token_digest[i]);
-  return diff == 0;
+  return token_bearer_ok(h, c->token_digest);
 }
 
 /* The NAME of a URL "PREFIX/NAME" (prefix with its final '/'; NAME not
@@ -1101,69 +1088,6 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 /* Binds and listens on spec; returns the socket and sets *port_out, or -1
  * with a logged error.  With no host, the IPv6 wildcard (dual stack) is
  * tried first, then IPv4's. */
-static int
-listen_on(const char *spec, unsigned *port_out)
-{
-  bool any_host;
-  struct addrinfo *res = netaddr_listen(spec, COMPONENT, &any_host);
-  if (res == NULL)
-    return -1;
-  int fd = -1;
-  for (int pass = 0; pass < 2 && fd < 0; pass++) {
-    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-      /* Without a host: IPv6 in the first pass, the rest in the second. */
-      if (any_host && (ai->ai_family == AF_INET6) != (pass == 0))
-        continue;
-      if (!any_host && pass == 1)
-        break;
-      char h[NI_MAXHOST], p[NI_MAXSERV] = "?";
-      if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, p, sizeof p,
-                      NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-        snprintf(h, sizeof h, "?");
-      int s = socket(ai->ai_family,
-                     ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                     ai->ai_protocol);
-      if (s == -1) {
-        log_warn(COMPONENT, "socket: %s: %m", h);
-        continue;
-      }
-      int one = 1, zero = 0;
-      setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      if (ai->ai_family == AF_INET6)
-        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY,
-                   any_host ? &zero : &one, sizeof one);
-      if (bind(s, ai->ai_addr, ai->ai_addrlen) == -1) {
-        log_warn(COMPONENT, "bind: %s port %s: %m", h, p);
-        close(s);
-        continue;
-      }
-      if (listen(s, 64) == -1) {
-        log_warn(COMPONENT, "listen: %s port %s: %m", h, p);
-        close(s);
-        continue;
-      }
-      struct sockaddr_storage ss;
-      socklen_t sl = sizeof ss;
-      if (getsockname(s, (struct sockaddr *)&ss, &sl) == -1) {
-        log_warn(COMPONENT, "getsockname: %s: %m", h);
-        close(s);
-        continue;
-      }
-      *port_out = ntohs(ss.ss_family == AF_INET6
-                            ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                            : ((struct sockaddr_in *)&ss)->sin_port);
-      log_info(COMPONENT, "listening on http://%s%s%s:%u",
-               ai->ai_family == AF_INET6 ? "[" : "", h,
-               ai->ai_family == AF_INET6 ? "]" : "", *port_out);
-      fd = s;
-    }
-  }
-  freeaddrinfo(res);
-  if (fd < 0)
-    log_error(COMPONENT, "listen: '%s': no address could be bound", spec);
-  return fd;
-}
-
 /* ---- public ------------------------------------------------------------- */
 
 struct control *
@@ -1184,7 +1108,7 @@ control_new(const char *listen_spec, const char *token,
   c->ops = *ops;
   digest_sha256(token, tlen, c->token_digest);
 
-  int fd = listen_on(listen_spec, &c->port);
+  int fd = netaddr_listen_tcp(listen_spec, COMPONENT, &c->port);
   if (fd < 0) {
     free(c);
     return NULL;

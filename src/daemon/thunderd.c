@@ -27,6 +27,7 @@
 #include "node.h"
 #include "origin.h"
 #include "pool.h"
+#include "register.h"
 #include "server.h"
 #include "vms.h"
 
@@ -62,6 +63,16 @@ static struct {
   char *log;
   char *log_level;
   char *debug;
+  char *api;
+  char *node_name;
+  char *advertise_nbd;
+  char *advertise_control;
+  char *rack;
+  char *zone;
+  uint64_t capacity_vcpus;
+  uint64_t capacity_memory_mib;
+  uint64_t capacity_disk_gib;
+  uint64_t heartbeat_interval;
 } opt = {
   .socket_mode = 0660,
   .threads = 16,
@@ -74,6 +85,7 @@ static struct {
   .fetch_timeout = 1500,
   .fault_holdoff = 5000,
   .commit_interval = 20,
+  .heartbeat_interval = REGISTER_DEFAULT_INTERVAL_MS,
 };
 
 static const struct config_opt options[] = {
@@ -135,6 +147,32 @@ static const struct config_opt options[] = {
   { "debug", CONFIG_TYPE_STRING, &opt.debug, 0, 0, "COMPONENTS",
     "debug messages of these components (nbd,server,origin,... or all);"
     " SIGUSR1 toggles all debug at run time" },
+  { "api", CONFIG_TYPE_STRING, &opt.api, 0, 0, "URL",
+    "node: register with thunder-api at http://HOST:PORT and heartbeat;"
+    " needs --control" },
+  { "node-name", CONFIG_TYPE_STRING, &opt.node_name, 0, 0, "NAME",
+    "node: name registered with the API (default: the host name)" },
+  { "advertise-nbd", CONFIG_TYPE_STRING, &opt.advertise_nbd, 0, 0,
+    "nbd://HOST:PORT", "node: where other nodes reach --listen"
+    " (default: --listen, unless its host is a wildcard)" },
+  { "advertise-control", CONFIG_TYPE_STRING, &opt.advertise_control, 0, 0,
+    "http://HOST:PORT", "node: where the API reaches --control"
+    " (default: --control, unless its host is a wildcard)" },
+  { "rack", CONFIG_TYPE_STRING, &opt.rack, 0, 0, "LABEL",
+    "node: rack label registered with the API" },
+  { "zone", CONFIG_TYPE_STRING, &opt.zone, 0, 0, "LABEL",
+    "node: zone label registered with the API" },
+  { "capacity-vcpus", CONFIG_TYPE_UINT, &opt.capacity_vcpus, 1,
+    REGISTER_VCPUS_MAX, "N",
+    "node: vCPUs offered to VMs (default: the online CPUs)" },
+  { "capacity-memory-mib", CONFIG_TYPE_UINT, &opt.capacity_memory_mib,
+    REGISTER_MEMORY_MIB_MIN, REGISTER_MEMORY_MIB_MAX, "N",
+    "node: MiB of memory offered to VMs (default: MemTotal)" },
+  { "capacity-disk-gib", CONFIG_TYPE_UINT, &opt.capacity_disk_gib, 1,
+    REGISTER_DISK_GIB_MAX, "N", "node: GiB of disk offered to VMs (default:"
+    " the free space of the pool's directory; 0 with --pool none)" },
+  { "heartbeat-interval", CONFIG_TYPE_UINT, &opt.heartbeat_interval, 100,
+    3600000, "MS", "node: time between heartbeats to the API (default 5000)" },
   { NULL },
 };
 
@@ -142,6 +180,7 @@ static const struct config_opt options[] = {
  * ordinary thread context: every other thread blocks them. */
 struct signal_ctx {
   struct server *server;
+  struct registrar *registrar; /* NULL: no --api */
   struct exports *reg;
   enum log_level level; /* the configured level, restored by SIGUSR1 */
 };
@@ -182,6 +221,7 @@ signal_main(void *arg)
       break;
     default:
       log_info(COMPONENT, "%s: stopping", strsignal(sig));
+      register_cancel(ctx->registrar);
       server_stop(ctx->server);
       return NULL;
     }
@@ -350,6 +390,87 @@ is_none(const char *s)
   return s && (strcmp(s, "none") == 0 || *s == '\0');
 }
 
+/* --api's options are only for a node with a control endpoint; -1 with a
+ * logged error otherwise. */
+static int
+check_api_options(void)
+{
+  if (opt.api) {
+    if (opt.cache == NULL || opt.control == NULL) {
+      log_error(COMPONENT, "--api: registering with thunder-api is for node"
+                " mode (--cache DIR) with --control HOST:PORT");
+      return -1;
+    }
+    return 0;
+  }
+  const char *given = opt.node_name ? "node-name"
+                      : opt.advertise_nbd ? "advertise-nbd"
+                      : opt.advertise_control ? "advertise-control"
+                      : opt.rack ? "rack"
+                      : opt.zone ? "zone"
+                      : opt.capacity_vcpus ? "capacity-vcpus"
+                      : opt.capacity_memory_mib ? "capacity-memory-mib"
+                      : opt.capacity_disk_gib ? "capacity-disk-gib"
+                      : NULL;
+  if (given) {
+    log_error(COMPONENT, "--%s: only with --api URL", given);
+    return -1;
+  }
+  return 0;
+}
+
+/* The directory where the node's VM disks go: the pool's, as libvirt has
+ * it, else as configured.  NULL when out of memory. */
+static char *
+vm_disk_path(void)
+{
+  struct pool_config pc = { .uri = opt.libvirt_uri, .name = opt.pool,
+                            .path = opt.pool_path };
+  struct pool_error pe = { 0 };
+  struct pool *p = pool_open(&pc, &pe);
+  char *path;
+  if (p != NULL) {
+    path = strdup(pool_path(p));
+    pool_close(p);
+  } else {
+    const char *dir = opt.pool_path ? opt.pool_path : POOL_DEFAULT_PATH;
+    path = strdup(dir);
+    log_warn(COMPONENT, "capacity: pool: %s; measuring the free space of %s",
+             pe.msg, dir);
+  }
+  return path;
+}
+
+/* Starts registering with thunder-api (--api); NULL with a logged error. */
+static struct registrar *
+start_registration(const char *token, const char *tcp_listen,
+                   unsigned control_port, bool pool)
+{
+  CLEANUP_FREE char *disk_path = NULL;
+  if (pool && opt.capacity_disk_gib == 0 &&
+      (disk_path = vm_disk_path()) == NULL) {
+    log_error(COMPONENT, "out of memory");
+    return NULL;
+  }
+  struct register_options ro = {
+    .api = opt.api, .token = token, .name = opt.node_name,
+    .advertise_nbd = opt.advertise_nbd,
+    .advertise_control = opt.advertise_control,
+    .rack = opt.rack, .zone = opt.zone,
+    .vcpus = opt.capacity_vcpus, .memory_mib = opt.capacity_memory_mib,
+    .disk_gib = opt.capacity_disk_gib, .interval_ms = opt.heartbeat_interval,
+    .listen = tcp_listen, .control = opt.control,
+    .control_port = control_port, .disk_path = disk_path,
+  };
+  char err[1024];
+  struct register_config *rc = register_config_new(&ro, err, sizeof err);
+  if (rc == NULL) {
+    log_error(COMPONENT, "%s", err);
+    return NULL;
+  }
+  return register_start(rc);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -366,6 +487,7 @@ main(int argc, char **argv)
   struct control *control = NULL;
   struct anchors *anchors = NULL;
   struct vms *vms = NULL;
+  struct registrar *registrar = NULL;
   struct ctl_ctx ctx = { NULL, NULL };
   char *token = NULL;
   int nimages = 0;
@@ -395,6 +517,8 @@ main(int argc, char **argv)
     log_error(COMPONENT, "--origin needs --images DIR");
     goto out;
   }
+  if (check_api_options() == -1)
+    goto out;
   if (opt.cache && opt.control == NULL)
     log_warn(COMPONENT, "node mode without --control: only images attached"
              " before (recorded under %s) can be served", opt.cache);
@@ -491,8 +615,15 @@ main(int argc, char **argv)
     log_info(COMPONENT, "control endpoint on %s port %u", opt.control,
              control_port(control));
   }
+  if (opt.api) {
+    registrar = start_registration(token, sc.tcp_listen,
+                                   control_port(control), anchors != NULL);
+    if (registrar == NULL)
+      goto out;
+  }
 
-  struct signal_ctx sctx = { .server = server, .reg = reg, .level = level };
+  struct signal_ctx sctx = { .server = server, .registrar = registrar,
+                             .reg = reg, .level = level };
   pthread_t sig_thread;
   if ((errno = pthread_create(&sig_thread, NULL, signal_main, &sctx)) != 0) {
     log_error(COMPONENT, "pthread_create: %m");
@@ -517,6 +648,7 @@ main(int argc, char **argv)
   log_info(COMPONENT, "stopped");
 
 out:
+  register_stop(registrar);
   control_free(control);
   vms_free(vms);
   server_free(server);

@@ -1,0 +1,216 @@
+/* thunder-api — thunder's central REST service (docs/api.md).
+ *
+ * Wiring only: options, logging, tokens, signals; the HTTP side is
+ * server.c, the background work converge.c, the state store.c.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "config.h"
+#include "log.h"
+#include "nodecall.h"
+#include "token.h"
+
+#define COMPONENT "thunder-api"
+#define DEFAULT_CONFIG "/etc/thunder/thunder-api.conf"
+
+static struct {
+  char *config;
+  char *listen;
+  char *db;
+  char *token_file;
+  char *node_token_file;
+  uint64_t node_timeout;
+  uint64_t poll_interval;
+  uint64_t push_timeout;
+  uint64_t push_retries;
+  uint64_t push_parallel;
+  uint64_t max_body;
+  uint64_t max_depth;
+  uint64_t max_count;
+  uint64_t max_connections;
+  uint64_t connection_timeout;
+  uint64_t threads;
+  uint64_t link_mbit;
+  uint64_t origin_mbit;
+  uint64_t origin_cap;
+  uint64_t working_set_mib;
+  char *log;
+  char *log_level;
+  char *debug;
+} opt = {
+  .node_timeout = 15,
+  .poll_interval = 500,
+  .push_timeout = 60000,
+  .push_retries = 3,
+  .push_parallel = 32,
+  .max_body = 64 * 1024,
+  .max_depth = 8,
+  .max_count = 10000,
+  .max_connections = 256,
+  .connection_timeout = 30,
+  .threads = 4,
+  .link_mbit = 1000,
+  .origin_mbit = 1000,
+  .origin_cap = 4,
+  .working_set_mib = 64,
+};
+
+static const struct config_opt options[] = {
+  { "config", CONFIG_TYPE_STRING, &opt.config, 0, 0, "FILE",
+    "config file (default " DEFAULT_CONFIG ")" },
+  { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
+    "the REST endpoint (default 127.0.0.1:7080)" },
+  { "db", CONFIG_TYPE_STRING, &opt.db, 0, 0, "PATH",
+    "the SQLite database (default /var/lib/thunder/api.db)" },
+  { "token-file", CONFIG_TYPE_STRING, &opt.token_file, 0, 0, "FILE",
+    "the operator's bearer token (required)" },
+  { "node-token-file", CONFIG_TYPE_STRING, &opt.node_token_file, 0, 0, "FILE",
+    "the nodes' token: they register with it, thunder-api calls their"
+    " control endpoints with it (default: the operator's)" },
+  { "node-timeout", CONFIG_TYPE_UINT, &opt.node_timeout, 2, 86400, "S",
+    "a node without a heartbeat this long is down (default 15)" },
+  { "poll-interval", CONFIG_TYPE_UINT, &opt.poll_interval, 50, 60000, "MS",
+    "how often unfinished clusters are stepped (default 500)" },
+  { "push-timeout", CONFIG_TYPE_UINT, &opt.push_timeout, 100, 600000, "MS",
+    "one call to a node's control endpoint (default 60000)" },
+  { "push-retries", CONFIG_TYPE_UINT, &opt.push_retries, 0, 20, "N",
+    "retries of a call failing with no answer or 5xx (default 3)" },
+  { "push-parallel", CONFIG_TYPE_UINT, &opt.push_parallel, 1, 1024, "N",
+    "calls to nodes in flight at once (default 32)" },
+  { "max-body", CONFIG_TYPE_UINT, &opt.max_body, 1024, 16 * 1024 * 1024,
+    "BYTES", "largest request body, else 413 (default 65536)" },
+  { "max-depth", CONFIG_TYPE_UINT, &opt.max_depth, 2, 64, "N",
+    "deepest JSON nesting, else 400 (default 8)" },
+  { "max-count", CONFIG_TYPE_UINT, &opt.max_count, 1, 1000000, "N",
+    "most VMs in a cluster and elements in an array (default 10000)" },
+  { "max-connections", CONFIG_TYPE_UINT, &opt.max_connections, 1, 65536, "N",
+    "HTTP connections at once (default 256)" },
+  { "connection-timeout", CONFIG_TYPE_UINT, &opt.connection_timeout, 1, 3600,
+    "S", "an idle HTTP connection is closed after (default 30)" },
+  { "threads", CONFIG_TYPE_UINT, &opt.threads, 1, 256, "N",
+    "HTTP worker threads (default 4)" },
+  { "link-mbit", CONFIG_TYPE_UINT, &opt.link_mbit, 1, 1000000, "MBIT",
+    "planner: a node's uplink (default 1000)" },
+  { "origin-mbit", CONFIG_TYPE_UINT, &opt.origin_mbit, 1, 10000000, "MBIT",
+    "planner: the origin's uplink (default 1000)" },
+  { "origin-cap", CONFIG_TYPE_UINT, &opt.origin_cap, 1, 1024, "N",
+    "planner: most children of the origin (default 4)" },
+  { "working-set-mib", CONFIG_TYPE_UINT, &opt.working_set_mib, 1, 1048576,
+    "MIB", "planner: bytes a boot reads (default 64)" },
+  { "log", CONFIG_TYPE_STRING, &opt.log, 0, 0, "stderr|syslog",
+    "where to log (default stderr)" },
+  { "log-level", CONFIG_TYPE_STRING, &opt.log_level, 0, 0, "LEVEL",
+    "error, warn, info or debug (default info)" },
+  { "debug", CONFIG_TYPE_STRING, &opt.debug, 0, 0, "COMPONENTS",
+    "debug logging for these components (comma separated)" },
+  { NULL, 0, NULL, 0, 0, NULL, NULL },
+};
+
+int
+main(int argc, char **argv)
+{
+  int r = config_load(options, "thunder-api", DEFAULT_CONFIG, argc, argv);
+  if (r != 0) {
+    config_free(options);
+    return r == 1 ? EXIT_SUCCESS : EXIT_FAILURE;
+  }
+  int status = EXIT_FAILURE;
+  char *token = NULL, *node_token = NULL;
+  struct converger *cv = NULL;
+  struct api_server *srv = NULL;
+  enum log_level level = LOG_LEVEL_INFO;
+  char err[512];
+
+  if (log_init("thunder-api", opt.log) == -1) {
+    fprintf(stderr, "log: '%s': expected stderr or syslog\n", opt.log);
+    goto out;
+  }
+  if (opt.log_level && log_level_from_name(opt.log_level, &level) == -1) {
+    fprintf(stderr, "log-level: '%s': expected error, warn, info or debug\n",
+            opt.log_level);
+    goto out;
+  }
+  log_set_level(level);
+  if (opt.debug && log_set_debug(opt.debug) == -1) {
+    fprintf(stderr, "debug: list too long\n");
+    goto out;
+  }
+  if (opt.token_file == NULL) {
+    log_error(COMPONENT, "--token-file FILE is required");
+    goto out;
+  }
+  if ((token = token_read_file(opt.token_file, err, sizeof err)) == NULL) {
+    log_error(COMPONENT, "%s", err);
+    goto out;
+  }
+  if (opt.node_token_file &&
+      (node_token = token_read_file(opt.node_token_file, err, sizeof err)) == NULL) {
+    log_error(COMPONENT, "%s", err);
+    goto out;
+  }
+  if (nodecall_global_init() == -1)
+    goto out;
+
+  struct api_config cfg = {
+    .listen = opt.listen ? opt.listen : "127.0.0.1:7080",
+    .db = opt.db ? opt.db : "/var/lib/thunder/api.db",
+    .token = token,
+    .node_token = node_token,
+    .node_timeout_s = (unsigned)opt.node_timeout,
+    .poll_ms = (unsigned)opt.poll_interval,
+    .push_timeout_ms = (unsigned)opt.push_timeout,
+    .push_retries = (unsigned)opt.push_retries,
+    .push_parallel = (unsigned)opt.push_parallel,
+    .max_body = (size_t)opt.max_body,
+    .max_depth = (unsigned)opt.max_depth,
+    .max_count = (unsigned)opt.max_count,
+    .max_connections = (unsigned)opt.max_connections,
+    .connection_timeout_s = (unsigned)opt.connection_timeout,
+    .threads = (unsigned)opt.threads,
+    .link_bps = (double)opt.link_mbit * 1e6 / 8,
+    .origin_bps = (double)opt.origin_mbit * 1e6 / 8,
+    .origin_cap = (unsigned)opt.origin_cap,
+    .working_set = opt.working_set_mib << 20,
+  };
+
+  /* Every thread but this one blocks the signals; this one waits. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  if ((cv = converger_new(&cfg)) == NULL)
+    goto out;
+  if ((srv = api_server_new(&cfg, cv)) == NULL)
+    goto out;
+  log_info(COMPONENT, "ready: http://%s (port %u), database %s", cfg.listen,
+           api_server_port(srv), cfg.db);
+  for (;;) {
+    int sig;
+    if (sigwait(&set, &sig) != 0)
+      continue;
+    if (sig == SIGHUP) {
+      log_info(COMPONENT, "SIGHUP: nothing to reload (restart to apply a new configuration)");
+      continue;
+    }
+    log_info(COMPONENT, "%s: stopping", strsignal(sig));
+    break;
+  }
+  status = EXIT_SUCCESS;
+out:
+  api_server_free(srv);
+  converger_free(cv);
+  free(token);
+  free(node_token);
+  config_free(options);
+  return status;
+}
