@@ -1223,7 +1223,8 @@ cluster_tree(struct api_server *s, const char *id, struct reply *rep)
     fail_store(rep, &err);
     return;
   }
-  /* The fan-out: the most children any node has. */
+  /* The fan-out: the most children any node has (the origin's are
+   * origin_children). */
   size_t n = json_object_array_length(arr);
   for (size_t i = 0; i < n; i++) {
     const char *nid = json_object_get_string(json_object_object_get(
@@ -1238,6 +1239,8 @@ cluster_tree(struct api_server *s, const char *id, struct reply *rep)
     if (kids > fanout)
       fanout = kids;
   }
+  if (fanout == 0)
+    fanout = 1; /* nobody relays: every node is a chain of one */
   rep->status = 200;
   rep->json = json_object_new_object();
   json_object_object_add(rep->json, "cluster", json_object_new_string(c->id));

@@ -1,7 +1,8 @@
 # thunder integration tests — thunder-api and the thunderd nodes that
 # register with it.  Sourced after functions.sh and node-functions.sh.
 #
-#   start_api [ARGS...]            → api_url, api_pid, api_db, api_log
+#   start_api [ARGS...]            → api_url, api_port, api_pid, api_db,
+#                                  api_log (a restart keeps the port)
 #   stop_api / kill_api            SIGTERM (must exit 0) / SIGKILL
 #   start_api_node N [ARGS...]     start_node N registered as "nodeN"
 #   wait_nodes_ready K             until K nodes are ready (10 s)
@@ -21,14 +22,16 @@
 api_db=$tmpdir/api.db
 schema_check=$TOP_SRCDIR/tests/tools/check-response.py
 
+# A restart keeps the port: the nodes know the API by its URL.
 start_api ()
 {
     local saved=$THUNDERD
     THUNDERD=$THUNDER_API
-    start_thunderd --listen 127.0.0.1:@PORT@ --db "$api_db" \
+    start_thunderd --listen "127.0.0.1:${api_port:-@PORT@}" --db "$api_db" \
         --token-file "$token_file" "$@"
     THUNDERD=$saved
-    api_url=http://127.0.0.1:$port
+    api_port=${api_port:-$port}
+    api_url=http://127.0.0.1:$api_port
     api_pid=$thunderd_pid
     api_log=$thunderd_log
 }
