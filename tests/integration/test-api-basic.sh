@@ -130,6 +130,8 @@ call GET /v1/images/img
 expect 200
 call GET /v1/images/nosuch
 expect 404
+code=$(curl -s -o "$tmpdir/body" -w '%{http_code}' "$api_url/healthz")
+expect 200 '.status == "ok"'
 
 # ---- bad cluster requests --------------------------------------------------------
 
