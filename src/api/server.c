@@ -432,6 +432,21 @@ reply_cluster(struct api_server *s, const char *id, unsigned status,
   rep->json = o;
 }
 
+/* Ends a list route: {"KEY": arr} (200), or the store's error. */
+static void
+finish_list(struct reply *rep, const char *key, struct json_object *arr,
+            int rc, const struct store_err *err)
+{
+  if (rc != STORE_OK) {
+    json_object_put(arr);
+    fail_store(rep, err);
+    return;
+  }
+  rep->status = 200;
+  rep->json = json_object_new_object();
+  json_object_object_add(rep->json, key, arr);
+}
+
 /* ---- nodes ---------------------------------------------------------------- */
 
 static void
@@ -549,14 +564,7 @@ node_list(struct api_server *s, struct reply *rep)
   pthread_mutex_lock(&s->lock);
   int rc = store_node_list(s->st, 0, add_node, arr, &err);
   pthread_mutex_unlock(&s->lock);
-  if (rc != STORE_OK) {
-    json_object_put(arr);
-    fail_store(rep, &err);
-    return;
-  }
-  rep->status = 200;
-  rep->json = json_object_new_object();
-  json_object_object_add(rep->json, "nodes", arr);
+  finish_list(rep, "nodes", arr, rc, &err);
 }
 
 static void
@@ -654,14 +662,7 @@ image_list(struct api_server *s, struct reply *rep)
   pthread_mutex_lock(&s->lock);
   int rc = store_image_list(s->st, add_image, arr, &err);
   pthread_mutex_unlock(&s->lock);
-  if (rc != STORE_OK) {
-    json_object_put(arr);
-    fail_store(rep, &err);
-    return;
-  }
-  rep->status = 200;
-  rep->json = json_object_new_object();
-  json_object_object_add(rep->json, "images", arr);
+  finish_list(rep, "images", arr, rc, &err);
 }
 
 static void
@@ -1143,14 +1144,7 @@ cluster_list(struct api_server *s, const char *state, struct reply *rep)
   pthread_mutex_lock(&s->lock);
   int rc = store_cluster_list(s->st, mask, add_cluster, a, &err);
   pthread_mutex_unlock(&s->lock);
-  if (rc != STORE_OK) {
-    json_object_put(arr);
-    fail_store(rep, &err);
-    return;
-  }
-  rep->status = 200;
-  rep->json = json_object_new_object();
-  json_object_object_add(rep->json, "clusters", arr);
+  finish_list(rep, "clusters", arr, rc, &err);
 }
 
 static void
