@@ -1264,12 +1264,14 @@ healthz(struct api_server *s, struct reply *rep)
   pthread_mutex_lock(&s->lock);
   int rc = store_image_list(s->st, first_image, NULL, &err);
   pthread_mutex_unlock(&s->lock);
-  rep->status = rc == STORE_OK ? 200 : 503;
+  if (rc != STORE_OK) {
+    fail(rep, 503, NULL, "the database cannot be read: %s", err.msg);
+    return;
+  }
+  rep->status = 200;
   rep->json = json_object_new_object();
-  json_object_object_add(rep->json, "status",
-                         json_object_new_string(rc == STORE_OK ? "ok" : "unavailable"));
-  json_object_object_add(rep->json, "db",
-                         json_object_new_string(rc == STORE_OK ? "ok" : err.msg));
+  json_object_object_add(rep->json, "status", json_object_new_string("ok"));
+  json_object_object_add(rep->json, "db", json_object_new_string("ok"));
 }
 
 static void
