@@ -19,6 +19,8 @@ packages=(
   coreutils procps iproute2 jq
   # benchmarks and their smoke test; API schema checks and load
   iperf3 gnuplot-nox wrk python3-jsonschema python3-yaml
+  # the Ansible rollout (deploy/ansible) and its test
+  ansible ansible-lint
 )
 
 # The test guest's kernel: Debian's cloud kernel package, downloaded (not
