@@ -1,13 +1,12 @@
 /* thunder — thunderctl's client of thunder-api; see apiclient.h.
  *
- * The shape follows nodeclient.c (one CURL handle, fixed headers, a capped
- * body buffer, a depth-limited parser) with what the API adds: an
+ * The connection, the capped reply buffer and the depth-limited parser are
+ * httpjson.c's, shared with nodeclient.c; what the API adds is here: an
  * Idempotency-Key header, retries of a request that got no reply, messages
  * kept rather than printed, and the API's error codes in them.
  */
 #include "apiclient.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
@@ -17,7 +16,7 @@
 #include <time.h>
 
 #include "cleanup.h"
-#include "token.h"
+#include "httpjson.h"
 
 #define PROG "thunderctl"
 
@@ -25,27 +24,12 @@
 #define SHOWN_MAX 400
 
 struct apiclient {
-  CURL *curl;
-  char *url;                  /* without a trailing '/' */
-  struct curl_slist *headers; /* Authorization, Content-Type, Accept */
+  struct httpjson http;
   long timeout;               /* seconds per request */
   unsigned retries;
   long status;                /* of the last reply, 0 if none */
   char err[1024];             /* the last failure */
 };
-
-/* ---- the token ------------------------------------------------------------ */
-
-char *
-apiclient_token(const char *token_file)
-{
-  char err[512];
-  char *t = token_read_file(token_file, err, sizeof err);
-  if (t == NULL)
-    fprintf(stderr, PROG ": %s; give --token-file FILE or set $" APICLIENT_TOKEN_FILE_ENV "\n",
-            err);
-  return t;
-}
 
 /* ---- text from the server -------------------------------------------------- */
 
@@ -90,8 +74,8 @@ set_error(struct apiclient *ac, const char *what, const char *fmt, ...)
 
 /* ---- set-up ------------------------------------------------------------------ */
 
-struct apiclient *
-apiclient_new(const char *url, const char *token)
+static struct apiclient *
+new_client(const char *url, const char *token)
 {
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
     fprintf(stderr, PROG ": --api '%s': expected http://HOST:PORT\n", url);
@@ -105,49 +89,29 @@ apiclient_new(const char *url, const char *token)
       return NULL;
     }
   }
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-    fprintf(stderr, PROG ": curl_global_init failed\n");
+  struct apiclient *ac = calloc(1, sizeof *ac);
+  if (ac == NULL) {
+    fprintf(stderr, PROG ": out of memory\n");
     return NULL;
   }
-  struct apiclient *ac = calloc(1, sizeof *ac);
-  CLEANUP_FREE char *auth = NULL;
-  if (ac == NULL || (ac->url = strdup(url)) == NULL ||
-      asprintf(&auth, "Authorization: Bearer %s", token) < 0) {
-    auth = NULL;
-    fprintf(stderr, PROG ": out of memory\n");
-    if (ac == NULL)
-      curl_global_cleanup();
-    apiclient_free(ac);
+  if (httpjson_init(&ac->http, url, token) < 0) {
+    free(ac);
     return NULL;
   }
   ac->timeout = APICLIENT_TIMEOUT;
   ac->retries = APICLIENT_RETRIES;
-  size_t n = strlen(ac->url);
-  while (n > 0 && ac->url[n - 1] == '/')
-    ac->url[--n] = '\0';
+  return ac;
+}
 
-  static const char *const fixed[] = {
-    "Content-Type: application/json",
-    "Accept: application/json",
-    "Expect:", /* no 100-continue round trip */
-  };
-  struct curl_slist *h = curl_slist_append(NULL, auth), *t;
-  for (size_t i = 0; h && i < sizeof fixed / sizeof fixed[0]; i++) {
-    if ((t = curl_slist_append(h, fixed[i])) == NULL) {
-      curl_slist_free_all(h);
-      h = NULL;
-    } else {
-      h = t;
-    }
-  }
-  explicit_bzero(auth, strlen(auth));
-  ac->headers = h;
-  ac->curl = curl_easy_init();
-  if (ac->headers == NULL || ac->curl == NULL) {
-    fprintf(stderr, PROG ": out of memory setting up libcurl\n");
-    apiclient_free(ac);
+struct apiclient *
+apiclient_new(const char *url, const char *token_file)
+{
+  CLEANUP_FREE char *token =
+      httpjson_token(NULL, token_file, APICLIENT_TOKEN_FILE_ENV);
+  if (token == NULL)
     return NULL;
-  }
+  struct apiclient *ac = new_client(url, token);
+  explicit_bzero(token, strlen(token));
   return ac;
 }
 
@@ -178,7 +142,7 @@ apiclient_status(const struct apiclient *ac)
 const char *
 apiclient_url(const struct apiclient *ac)
 {
-  return ac->url;
+  return ac->http.url;
 }
 
 void
@@ -186,111 +150,33 @@ apiclient_free(struct apiclient *ac)
 {
   if (ac == NULL)
     return;
-  if (ac->curl)
-    curl_easy_cleanup(ac->curl);
-  /* The first header holds the token. */
-  if (ac->headers && ac->headers->data)
-    explicit_bzero(ac->headers->data, strlen(ac->headers->data));
-  curl_slist_free_all(ac->headers);
-  free(ac->url);
+  httpjson_fini(&ac->http);
   free(ac);
-  curl_global_cleanup();
 }
 
 /* ---- one request ------------------------------------------------------------- */
-
-struct buffer {
-  char *data;
-  size_t len;
-  bool too_large;
-  bool no_memory;
-};
-
-static size_t
-on_data(char *data, size_t size, size_t nmemb, void *opaque)
-{
-  struct buffer *b = opaque;
-  size_t n = size * nmemb;
-  if (n > APICLIENT_REPLY_MAX || b->len + n > APICLIENT_REPLY_MAX) {
-    b->too_large = true;
-    return 0;
-  }
-  char *p = realloc(b->data, b->len + n + 1);
-  if (p == NULL) {
-    b->no_memory = true;
-    return 0;
-  }
-  memcpy(p + b->len, data, n);
-  b->len += n;
-  p[b->len] = '\0';
-  b->data = p;
-  return n;
-}
-
-/* Parses a reply body; NULL if it is not exactly one JSON value. */
-static struct json_object *
-parse_reply(const char *data, size_t len)
-{
-  if (len > APICLIENT_REPLY_MAX || memchr(data, '\0', len) != NULL)
-    return NULL;
-  struct json_tokener *tok = json_tokener_new_ex(APICLIENT_REPLY_DEPTH);
-  if (tok == NULL)
-    return NULL;
-  struct json_object *o = json_tokener_parse_ex(tok, data, (int)len);
-  if (o == NULL && json_tokener_get_error(tok) == json_tokener_continue)
-    o = json_tokener_parse_ex(tok, "", 1);
-  size_t end = json_tokener_get_parse_end(tok);
-  bool ok = json_tokener_get_error(tok) == json_tokener_success;
-  json_tokener_free(tok);
-  for (size_t i = end; ok && i < len; i++)
-    ok = data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
-         data[i] == '\r';
-  if (!ok) {
-    json_object_put(o);
-    return NULL;
-  }
-  return o;
-}
-
-/* The start of a body as printable text, for a message. */
-static const char *
-shown(const struct buffer *b, char *buf, size_t len)
-{
-  size_t n = 0;
-  for (size_t i = 0; b->data && i < b->len && n + 1 < len && n < 200; i++) {
-    unsigned char c = (unsigned char)b->data[i];
-    buf[n++] = c >= 0x20 && c < 0x7f ? (char)c : ' ';
-  }
-  buf[n] = '\0';
-  return buf;
-}
 
 /* Keeps the message of an error reply: "STATUS CODE: MESSAGE" when the body
  * is {"error":{"code":C,"message":M}}, else the status and the body's
  * start. */
 static void
-error_reply(struct apiclient *ac, const char *what, const struct buffer *b)
+error_reply(struct apiclient *ac, const char *what,
+            const struct httpjson_buffer *b)
 {
+  const char *code, *message;
   CLEANUP_JSON_PUT struct json_object *o =
-      b->data ? parse_reply(b->data, b->len) : NULL;
-  struct json_object *e, *c, *m;
-  if (o && json_object_is_type(o, json_type_object) &&
-      json_object_object_get_ex(o, "error", &e) &&
-      json_object_is_type(e, json_type_object) &&
-      json_object_object_get_ex(e, "code", &c) &&
-      json_object_is_type(c, json_type_string) &&
-      json_object_object_get_ex(e, "message", &m) &&
-      json_object_is_type(m, json_type_string)) {
-    char code[64], msg[SHOWN_MAX];
+      httpjson_error_body(b, &code, &message);
+  if (code && message) {
+    char c[64], m[SHOWN_MAX];
     set_error(ac, what, "%ld %s: %s", ac->status,
-              apiclient_sanitize(json_object_get_string(c), code, sizeof code),
-              apiclient_sanitize(json_object_get_string(m), msg, sizeof msg));
+              apiclient_sanitize(code, c, sizeof c),
+              apiclient_sanitize(message, m, sizeof m));
     return;
   }
   char text[256];
-  shown(b, text, sizeof text);
+  httpjson_shown(b, text, sizeof text);
   set_error(ac, what, "%ld from %s without an API error body%s%s", ac->status,
-            ac->url, text[0] ? ": " : "", text);
+            ac->http.url, text[0] ? ": " : "", text);
 }
 
 /* Sleeps ms milliseconds. */
@@ -308,31 +194,19 @@ attempt(struct apiclient *ac, const char *method, const char *url,
         const char *text, struct curl_slist *headers, const char *what,
         struct json_object **reply)
 {
-  CURL *h = ac->curl;
+  CURL *h = ac->http.curl;
   char errbuf[CURL_ERROR_SIZE] = "";
-  struct buffer b = { NULL, 0, false, false };
+  struct httpjson_buffer b = { 0 };
   CLEANUP_FREE char *data = NULL;
 
   ac->status = 0;
-  curl_easy_reset(h);
-  if (curl_easy_setopt(h, CURLOPT_URL, url) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT,
-                       (long)APICLIENT_CONNECT_TIMEOUT) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_TIMEOUT, ac->timeout) != CURLE_OK ||
+  if (httpjson_setup(&ac->http, method, url, headers,
+                     APICLIENT_CONNECT_TIMEOUT, ac->timeout, errbuf, &b,
+                     text) < 0 ||
       curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE,
-                       (curl_off_t)APICLIENT_REPLY_MAX) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_WRITEDATA, &b) != CURLE_OK ||
+                       (curl_off_t)HTTPJSON_REPLY_MAX) != CURLE_OK ||
       (strcmp(method, "GET") == 0 &&
-       curl_easy_setopt(h, CURLOPT_HTTPGET, 1L) != CURLE_OK) ||
-      (text && (curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE,
-                                 (long)strlen(text)) != CURLE_OK ||
-                curl_easy_setopt(h, CURLOPT_POSTFIELDS, text) != CURLE_OK))) {
+       curl_easy_setopt(h, CURLOPT_HTTPGET, 1L) != CURLE_OK)) {
     set_error(ac, what, "cannot set up the request to %s", url);
     return APICLIENT_FAILED;
   }
@@ -345,20 +219,20 @@ attempt(struct apiclient *ac, const char *method, const char *url,
     break;
   case CURLE_COULDNT_CONNECT:
     set_error(ac, what, "cannot connect to thunder-api at %s: %s (is it running? give --api URL or set $" APICLIENT_URL_ENV ")",
-              ac->url, why);
+              ac->http.url, why);
     return APICLIENT_TRANSPORT;
   case CURLE_COULDNT_RESOLVE_HOST:
-    set_error(ac, what, "cannot resolve the host of %s: %s", ac->url, why);
+    set_error(ac, what, "cannot resolve the host of %s: %s", ac->http.url, why);
     return APICLIENT_TRANSPORT;
   case CURLE_OPERATION_TIMEDOUT:
     set_error(ac, what, "no reply from thunder-api at %s in time (%d s to connect, %ld s in all): %s",
-              ac->url, APICLIENT_CONNECT_TIMEOUT, ac->timeout, why);
+              ac->http.url, APICLIENT_CONNECT_TIMEOUT, ac->timeout, why);
     return APICLIENT_TRANSPORT;
   case CURLE_FILESIZE_EXCEEDED:
   case CURLE_WRITE_ERROR:
     if (rc == CURLE_FILESIZE_EXCEEDED || b.too_large) {
       set_error(ac, what, "%s %s: reply larger than %d bytes", method, url,
-                APICLIENT_REPLY_MAX);
+                HTTPJSON_REPLY_MAX);
       return APICLIENT_FAILED;
     }
     set_error(ac, what, "%s %s: %s", method, url,
@@ -386,19 +260,19 @@ attempt(struct apiclient *ac, const char *method, const char *url,
   char text_shown[256];
   if (b.len == 0) {
     set_error(ac, what, "HTTP %ld from %s with an empty body; expected a JSON object",
-              ac->status, ac->url);
+              ac->status, ac->http.url);
     return APICLIENT_FAILED;
   }
-  struct json_object *o = parse_reply(b.data, b.len);
+  struct json_object *o = httpjson_parse(b.data, b.len);
   if (o == NULL) {
     set_error(ac, what, "HTTP %ld from %s but the reply is not JSON: %s",
-              ac->status, ac->url, shown(&b, text_shown, sizeof text_shown));
+              ac->status, ac->http.url, httpjson_shown(&b, text_shown, sizeof text_shown));
     return APICLIENT_FAILED;
   }
   if (!json_object_is_type(o, json_type_object)) {
     json_object_put(o);
     set_error(ac, what, "HTTP %ld from %s but the reply is not a JSON object: %s",
-              ac->status, ac->url, shown(&b, text_shown, sizeof text_shown));
+              ac->status, ac->http.url, httpjson_shown(&b, text_shown, sizeof text_shown));
     return APICLIENT_FAILED;
   }
   *reply = o;
@@ -416,18 +290,18 @@ apiclient_call(struct apiclient *ac, const char *method, const char *path,
   *reply = NULL;
   ac->err[0] = '\0';
   ac->status = 0;
-  if (asprintf(&url, "%s%s", ac->url, path) < 0) {
+  if (asprintf(&url, "%s%s", ac->http.url, path) < 0) {
     url = NULL;
     set_error(ac, what, "out of memory");
     return APICLIENT_FAILED;
   }
   /* The fixed headers, and the key for this request only. */
-  struct curl_slist *headers = ac->headers, *own = NULL;
+  struct curl_slist *headers = ac->http.headers, *own = NULL;
   if (idempotency_key) {
     if (asprintf(&key_header, "Idempotency-Key: %s", idempotency_key) < 0)
       key_header = NULL;
     bool ok = key_header != NULL;
-    for (struct curl_slist *h = ac->headers; ok && h; h = h->next) {
+    for (struct curl_slist *h = ac->http.headers; ok && h; h = h->next) {
       struct curl_slist *t = curl_slist_append(own, h->data);
       if (t == NULL)
         ok = false;
@@ -445,10 +319,7 @@ apiclient_call(struct apiclient *ac, const char *method, const char *path,
     }
     headers = own = t;
   }
-  const char *text = NULL;
-  if (body)
-    text = json_object_to_json_string_ext(
-        body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+  const char *text = body ? httpjson_text(body) : NULL;
 
   int r;
   long backoff = 500;

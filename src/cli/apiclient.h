@@ -21,9 +21,6 @@ struct json_object;
 #define APICLIENT_URL_ENV "THUNDER_API"
 #define APICLIENT_TOKEN_FILE "/etc/thunder/api.token"
 #define APICLIENT_TOKEN_FILE_ENV "THUNDER_API_TOKEN_FILE"
-/* Largest reply body accepted, and the JSON nesting accepted in it. */
-#define APICLIENT_REPLY_MAX (16 * 1024 * 1024)
-#define APICLIENT_REPLY_DEPTH 32
 /* Seconds to connect, and for a whole request (by default). */
 #define APICLIENT_CONNECT_TIMEOUT 5
 #define APICLIENT_TIMEOUT 60
@@ -38,14 +35,11 @@ enum {
 
 struct apiclient;
 
-/* Reads the operator token from token_file: one line of 16-256 printable
- * ASCII characters, not readable or writable by others (common/token.h).
- * Returns a heap string, or NULL with a message printed. */
-char *apiclient_token(const char *token_file);
-
 /* A client of the API at url ("http://HOST:PORT", optionally with a path
- * prefix) with token.  NULL with a message printed. */
-struct apiclient *apiclient_new(const char *url, const char *token);
+ * prefix) with the operator token read from token_file: one line of 16-256
+ * printable ASCII characters, not readable or writable by others
+ * (common/token.h).  NULL with a message printed. */
+struct apiclient *apiclient_new(const char *url, const char *token_file);
 
 /* Per-request timeout in seconds (>= 1), and retries after a transport
  * error or a 503 (the same request is sent again, after 0.5 s, 1 s, ...). */

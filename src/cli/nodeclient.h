@@ -24,14 +24,11 @@ struct json_object;
 
 struct nodeclient;
 
-/* Reads the token: $THUNDER_TOKEN if set, else the file (one line,
- * surrounding whitespace ignored, not readable or writable by others).
- * Returns a heap string, or NULL with a message. */
-char *nodeclient_token(const char *token_file);
-
-/* A client of the node at url ("http://HOST:PORT", no path) with token.
- * NULL with a message. */
-struct nodeclient *nodeclient_new(const char *url, const char *token);
+/* A client of the node at url ("http://HOST:PORT", no path) with the
+ * token: $THUNDER_TOKEN if set, else token_file (one line, surrounding
+ * whitespace ignored, not readable or writable by others).  NULL with a
+ * message. */
+struct nodeclient *nodeclient_new(const char *url, const char *token_file);
 
 /* Sends method on path ("/v1/images/NAME") with body (NULL: none).  On a
  * 2xx reply returns its status and sets *reply to the parsed body (NULL

@@ -91,6 +91,9 @@ int register_advertise(const char *scheme, const char *listen, unsigned port,
 int register_api_error(const char *body, size_t len, char *out,
                        size_t outlen);
 
+/* The host as thunderd offers it: to thunder-api here, and in GET /v1/node
+ * (vms.c). */
+
 /* The host's online CPUs (at least 1). */
 uint64_t register_host_vcpus(void);
 

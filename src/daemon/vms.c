@@ -37,6 +37,7 @@
 #include "log.h"
 #include "origin.h"
 #include "pool.h"
+#include "register.h"
 #include "vms.h"
 
 #define COMPONENT "vms"
@@ -473,23 +474,6 @@ vms_list(struct vms *v, struct json_object **reply, const char **code,
 
 /* ---- the node --------------------------------------------------------------- */
 
-/* MemTotal of /proc/meminfo in MiB, or 0. */
-static uint64_t
-memory_mib(void)
-{
-  FILE *f = fopen("/proc/meminfo", "re");
-  if (f == NULL)
-    return 0;
-  char line[256];
-  uint64_t kib = 0;
-  while (fgets(line, sizeof line, f)) {
-    if (sscanf(line, "MemTotal: %" SCNu64 " kB", &kib) == 1)
-      break;
-  }
-  fclose(f);
-  return kib / 1024;
-}
-
 /* The names of the images this thunderd serves, as a new array. */
 static struct json_object *
 image_names(struct vms *v)
@@ -524,7 +508,6 @@ vms_node_info(struct vms *v, struct json_object **reply, const char **code,
   char host[256] = "";
   if (gethostname(host, sizeof host - 1) < 0)
     snprintf(host, sizeof host, "localhost");
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 
   const char *libvirt = "disabled";
   char libvirt_error[1024] = "";
@@ -563,8 +546,9 @@ vms_node_info(struct vms *v, struct json_object **reply, const char **code,
   struct json_object *o = json_object_new_object();
   bool ok = add(o, "hostname", json_object_new_string(host));
   ok = add(o, "mode", json_object_new_string(v->node ? "node" : "origin")) && ok;
-  ok = add(o, "vcpus", json_object_new_int64(cpus > 0 ? cpus : 1)) && ok;
-  ok = add(o, "memory_mib", json_object_new_uint64(memory_mib())) && ok;
+  ok = add(o, "vcpus", json_object_new_uint64(register_host_vcpus())) && ok;
+  ok = add(o, "memory_mib",
+           json_object_new_uint64(register_host_memory_mib())) && ok;
   ok = add_nullable(o, "pool",
                     v->enabled ? json_object_new_string(
                                      v->pool ? v->pool : POOL_DEFAULT_NAME)
