@@ -799,10 +799,10 @@ reparent(struct converger *cv, const char *id, const char *node)
     return;
   }
   /* The failed node's own URI is its children's first upstream. */
-  char *gone_uri = NULL;
+  CLEANUP_FREE char *gone_uri = NULL;   /* a copy: the lists lose theirs */
   for (size_t i = 0; i < rows.n && gone_uri == NULL; i++)
     if (rows.v[i].parent && strcmp(rows.v[i].parent, node) == 0)
-      gone_uri = rows.v[i].ups[0];
+      gone_uri = strdup(rows.v[i].ups[0]);
   struct store_tree_row *out = calloc(rows.n, sizeof *out);
   size_t n_out = 0;
   struct memo *m = memo_get(cv, id);
@@ -818,6 +818,7 @@ reparent(struct converger *cv, const char *id, const char *node)
     bool changed = false;
     for (size_t j = 0; j < r->n_ups; j++) {
       if (strcmp(r->ups[j], gone_uri) == 0 && r->n_ups > 1) {
+        free(r->ups[j]);
         changed = true;
         continue;
       }
