@@ -173,4 +173,49 @@ if command -v iperf3 >/dev/null; then
 else
     echo "iperf3 not installed: emulation check not run"
 fi
+# ---- bench/plan: the planner on the command line --------------------------
+
+plan=${PLAN:-$TOP_BUILDDIR/bench/plan}
+[ -x "$plan" ] || fail "bench/plan is not built: $plan"
+out=$(printf 'n1\nn2\nn3\nn4\n' | "$plan" --origin-mbit 200 --node-mbit 200 --working-set "$W") ||
+    fail "plan of 4 nodes failed: $out"
+# Every node's list ends with the origin and starts with its parent.
+awk '!/^#/ { if ($NF != "origin" || $3 != $4) exit 1; n++ } END { exit n != 4 }' <<<"$out" ||
+    fail "plan: bad upstream lists: $out"
+grep -q '^# c=[0-9]* k=[0-9]* depth=' <<<"$out" || fail "plan: no figures line: $out"
+bad_plan ()   # bad_plan INPUT WANT-RC WANT-MESSAGE [ARGS...]
+{
+    local in=$1 want=$2 msg=$3 rc=0
+    shift 3
+    out=$(printf '%b' "$in" | "$plan" "$@" 2>&1) || rc=$?
+    [ "$rc" -eq "$want" ] && grep -qF -- "$msg" <<<"$out" ||
+        fail "plan $* < '$in': exit $rc, '$out'; want $want and '$msg'"
+}
+bad_plan 'a\nb\na\n' 1 'duplicate id "a"'
+bad_plan 'a\nx/y\n' 2 "stdin:2: id 'x/y' is not"
+bad_plan 'origin\n' 2 "stdin:1: 'origin' is reserved"
+bad_plan '' 2 'stdin: no nodes'
+bad_plan 'a\n' 2 "--node-mbit '-3' is not a plain decimal number" --node-mbit -3
+
+# ---- bench/provision.sh in smoke mode -------------------------------------
+# N=4, a 32 MiB synthetic image, all four strategies back to back on a
+# cluster of its own (prefix tsp<pid>); nothing is written to bench/results.
+
+prov=$tmpdir/provision.out
+rc=0
+THN_PREFIX=tsp$$ BENCH_RESULTS='' BENCH_TMPDIR=$tmpdir THUNDERD=$real_thunderd \
+    THUNDERCTL=$THUNDERCTL REPLAY=$replay PLAN=$plan \
+    "$TOP_SRCDIR/bench/provision.sh" --smoke > "$prov" 2> "$tmpdir/provision.err" || rc=$?
+cat "$prov"
+[ "$rc" -eq 0 ] || fail "provision.sh --smoke: exit $rc: $(tail -n 5 "$tmpdir/provision.err")"
+row () { grep -F "| 4 | $1 " "$prov" || fail "provision.sh: no row for N=4, $1"; }
+obw () { row "$1" | awk -F'|' '{ gsub(/ /, "", $6); print $6 }'; }
+awk -v a="$(obw 'a thunder tree')" 'BEGIN { exit !(a >= 1 && a <= 1.05) }' ||
+    fail "provision.sh: the tree's origin bytes are $(obw 'a thunder tree') W; want 1 to 1.05 W"
+awk -v b="$(obw 'b all from origin')" 'BEGIN { exit !(b >= 3.99 && b <= 4.2) }' ||
+    fail "provision.sh: all-from-origin sent $(obw 'b all from origin') W; want 4 W"
+row 'c full copy' | grep -q 'whole image copied' || fail "provision.sh: the smoke copy was not whole"
+row 'd thunder tree + prefetch' >/dev/null
+grep -q '^- N=4: thunder ≤ 1.3 × T_lb' "$prov" || fail "provision.sh: no targets section"
+
 exit 0
