@@ -1629,6 +1629,9 @@ no_unescape(void *cls, struct MHD_Connection *conn, char *s)
   return strlen(s);
 }
 
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
 static void
 mhd_log(void *cls, const char *fmt, va_list ap)
 {

@@ -166,6 +166,7 @@ error_reply(struct apiclient *ac, const char *what,
   const char *code, *message;
   CLEANUP_JSON_PUT struct json_object *o =
       httpjson_error_body(b, &code, &message);
+  (void)o; /* held for code and message, which point into it */
   if (code && message) {
     char c[64], m[SHOWN_MAX];
     set_error(ac, what, "%ld %s: %s", ac->status,

@@ -59,6 +59,7 @@ print_error_reply(const char *what, long status,
   const char *code, *message;
   CLEANUP_JSON_PUT struct json_object *o =
       httpjson_error_body(b, &code, &message);
+  (void)o; /* held for code and message, which point into it */
   if (message) {
     if (code == NULL)
       code = "";
@@ -97,7 +98,8 @@ nodeclient_call(struct nodeclient *nc, const char *method, const char *path,
   }
 
   CURLcode rc = curl_easy_perform(nc->http.curl);
-  CLEANUP_FREE char *data = b.data;
+  CLEANUP_FREE char *data = b.data; /* freed on every return */
+  (void)data;
   const char *why = errbuf[0] ? errbuf : curl_easy_strerror(rc);
   switch (rc) {
   case CURLE_OK:

@@ -139,8 +139,8 @@ test_api_error(void)
   const char *bad[] = { "", "not json", "{\"error\":\"x\"}", "[1]",
                         "{\"error\":{\"message\":5}}", "{\"error\":{}}",
                         "{\"error\":{\"message\":\"m\"}} trailing",
-                        "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{}}}}},"
-                        "\"error\":{\"message\":\"deep\"}}" };
+                        ("{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{}}}}},"
+                         "\"error\":{\"message\":\"deep\"}}") };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     CU_ASSERT_EQUAL(register_api_error(bad[i], strlen(bad[i]), out,
                                        sizeof out), -1);
