@@ -3,7 +3,7 @@
  *
  *   plan [--origin-mbit M] [--node-mbit M] [--rtt-ms MS] [--local-s S]
  *        [--working-set BYTES] [--block-size BYTES] [--read-size BYTES]
- *        [--burst-size BYTES] [--origin-cap C] [--max-upstreams U]
+ *        [--burst-size BYTES] [--origin-cap C] [--origin-copies X] [--max-upstreams U]
  *        [--fanout K] < NODES
  *
  * NODES: one node a line, "ID [RACK [ZONE]]", separated by blanks; empty
@@ -41,7 +41,7 @@ usage_exit(void)
   fprintf(stderr,
           "usage: plan [--origin-mbit M] [--node-mbit M] [--rtt-ms MS] "
           "[--local-s S] [--working-set BYTES] [--block-size BYTES] "
-          "[--read-size BYTES] [--burst-size BYTES] [--origin-cap C] "
+          "[--read-size BYTES] [--burst-size BYTES] [--origin-cap C] [--origin-copies X] "
           "[--max-upstreams U] [--fanout K] < NODES\n");
   exit(2);
 }
@@ -194,6 +194,7 @@ main(int argc, char **argv)
     { "read-size", required_argument, NULL, 's' },
     { "burst-size", required_argument, NULL, 'u' },
     { "origin-cap", required_argument, NULL, 'c' },
+    { "origin-copies", required_argument, NULL, 'y' },
     { "max-upstreams", required_argument, NULL, 'm' },
     { "fanout", required_argument, NULL, 'k' },
     { "help", no_argument, NULL, 'h' },
@@ -217,6 +218,7 @@ main(int argc, char **argv)
     case 's': p.read_size = (uint32_t) parse_num(name, optarg, 1, 1 << 30); break;
     case 'u': p.burst_size = (uint32_t) parse_num(name, optarg, 1, 1 << 30); break;
     case 'c': p.origin_cap = (unsigned) parse_num(name, optarg, 1, 1e6); break;
+    case 'y': p.origin_copies = parse_num(name, optarg, 1, 1e6); break;
     case 'm': p.max_upstreams = (unsigned) parse_num(name, optarg, 2,
                                                      TREE_MAX_UPSTREAMS); break;
     case 'k': p.fanout = (unsigned) parse_num(name, optarg, 0,

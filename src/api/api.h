@@ -36,6 +36,7 @@ struct api_config {
   double link_bps;            /* planner: a node's uplink, bytes/s */
   double origin_bps;          /* planner: the origin's uplink */
   unsigned origin_cap;        /* planner: most children of the origin */
+  unsigned origin_copies;     /* planner: most image copies the origin sends */
   uint64_t working_set;       /* planner: W, bytes */
 };
 

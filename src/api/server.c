@@ -899,6 +899,7 @@ plan_tree(struct api_server *s, const struct store_image *im,
   p.node_bw = s->cfg->link_bps;
   p.origin_bw = s->cfg->origin_bps;
   p.origin_cap = s->cfg->origin_cap;
+  p.origin_copies = s->cfg->origin_copies;
   p.working_set = s->cfg->working_set < im->size ? s->cfg->working_set
                                                  : (im->size ? im->size : 1);
   p.fanout = (unsigned)q->fanout;

@@ -39,6 +39,7 @@ static struct {
   uint64_t link_mbit;
   uint64_t origin_mbit;
   uint64_t origin_cap;
+  uint64_t origin_copies;
   uint64_t working_set_mib;
   char *log;
   char *log_level;
@@ -58,6 +59,7 @@ static struct {
   .link_mbit = 1000,
   .origin_mbit = 1000,
   .origin_cap = 4,
+  .origin_copies = 1,
   .working_set_mib = 64,
 };
 
@@ -99,6 +101,9 @@ static const struct config_opt options[] = {
     "planner: a node's uplink (default 1000)" },
   { "origin-mbit", CONFIG_TYPE_UINT, &opt.origin_mbit, 1, 10000000, "MBIT",
     "planner: the origin's uplink (default 1000)" },
+  { "origin-copies", CONFIG_TYPE_UINT, &opt.origin_copies, 1, 1024, "N",
+    "planner: most copies of an image the origin sends per cluster; more"
+    " than 1 lets uncached subtrees start at the origin (default 1)" },
   { "origin-cap", CONFIG_TYPE_UINT, &opt.origin_cap, 1, 1024, "N",
     "planner: most children of the origin (default 4)" },
   { "working-set-mib", CONFIG_TYPE_UINT, &opt.working_set_mib, 1, 1048576,
@@ -176,6 +181,7 @@ main(int argc, char **argv)
     .link_bps = (double)opt.link_mbit * 1e6 / 8,
     .origin_bps = (double)opt.origin_mbit * 1e6 / 8,
     .origin_cap = (unsigned)opt.origin_cap,
+    .origin_copies = (unsigned)opt.origin_copies,
     .working_set = opt.working_set_mib << 20,
   };
 

@@ -10,7 +10,9 @@
  * and a rank: its position in the order (tier, zone, rack, id).  Every sort
  * below ends in the id (unique), so no order in the input survives.
  *
- * Shape.  For each c in 1..min(origin_cap, n) and k in 1..TREE_FANOUT_MAX
+ * Shape.  For each c in 1..min(origin_cap, n) (while the origin's load,
+ * Σ (1 − cached) over the c lowest ranks, stays within origin_copies) and
+ * k in 1..TREE_FANOUT_MAX
  * (or the forced k) the level widths are n(1) = c, n(L+1) = min(k·n(L),
  * what is left); level L's nodes share n(L+1) children, at most
  * f(L) = ceil(n(L+1) / n(L)) each, so ceil(n(L+1) / f(L)) of them relay:
@@ -99,6 +101,7 @@ tree_params_init(struct tree_params *p)
   p->read_size = 96u << 10;
   p->burst_size = 1u << 20;
   p->origin_cap = 4;
+  p->origin_copies = 1;
   p->max_upstreams = TREE_MAX_UPSTREAMS;
   p->max_depth = 1024;
   p->fanout = 0;
@@ -128,6 +131,8 @@ check_params(const struct tree_params *p, char *err, size_t errlen)
     bad = "params: burst_size must be > 0";
   else if (p->origin_cap == 0)
     bad = "params: origin_cap must be >= 1";
+  else if (!isfinite(p->origin_copies) || p->origin_copies < 1)
+    bad = "params: origin_copies must be a number >= 1";
   else if (p->max_upstreams < 2 || p->max_upstreams > TREE_MAX_UPSTREAMS)
     bad = "params: max_upstreams must be 2..16 (a parent, then the origin)";
   else if (p->max_depth == 0)
@@ -585,6 +590,8 @@ choose_shape(struct tree_plan *plan, unsigned *cp, unsigned *kp,
     /* level 1 is the c lowest ranks: the most cached first */
     const struct tnode *x = &plan->v[plan->by_rank[c - 1]];
     load += x->tier < TREE_CACHE_TIERS ? 1 - x->cached : 1;
+    if (c > 1 && load > p->origin_copies + 1e-9)
+      break;                          /* the origin would send more copies */
     if (bc != 0 && load * (double) p->working_set / p->origin_bw >=
                        best.t_predicted)
       break;                          /* the origin term only grows with c */

@@ -36,6 +36,10 @@
  *    leaf-only has f(L) children, all of that rack (likewise for zones:
  *    f(L) children, all of that zone); unlabelled ("" or NULL) racks and
  *    zones match nothing;
+ *  - origin bytes: Σ (1 − cached) over the origin's children is at most
+ *    origin_copies (default 1: the origin sends the image once, whatever
+ *    the model would gain from a second uncached subtree; caching nodes
+ *    may join it under the origin);
  *  - caps: the origin has at most origin_cap children, a node of level L
  *    at most f(L) ≤ k, the depth is at most max_depth when planned;
  *  - determinism: the plan depends on the set of nodes, not on their
@@ -88,6 +92,10 @@ struct tree_params {
   uint32_t read_size;      /* mean bytes of a read that misses, > 0 */
   uint32_t burst_size;     /* the largest read, bytes, > 0 */
   unsigned origin_cap;     /* most children of the origin, >= 1 */
+  double origin_copies;    /* most image copies the origin sends: the
+                              origin's children are added while
+                              Σ (1 − cached) over them stays <= this
+                              (the first child always), >= 1 */
   unsigned max_upstreams;  /* list length, 2..TREE_MAX_UPSTREAMS */
   unsigned max_depth;      /* deepest level allowed, >= 1 */
   unsigned fanout;         /* 0: the model picks k; else k, forced */
@@ -120,7 +128,8 @@ struct tree_figures {
 struct tree_plan;
 
 /* Fills p with the defaults: Bo = B = 100 Mbit/s, rtt 0.4 ms, W 64 MiB,
- * S 64 KiB, reads of 96 KiB, bursts of 1 MiB, origin cap 4, 16 upstreams,
+ * S 64 KiB, reads of 96 KiB, bursts of 1 MiB, origin cap 4, one origin
+ * copy, 16 upstreams,
  * depth up to 1024, fan-out chosen by the model. */
 void tree_params_init(struct tree_params *p);
 

@@ -152,8 +152,16 @@ test_two_nodes(void)
   CU_ASSERT_EQUAL(tree_plan_figures(plan)->fanout, 1);
   tree_plan_free(plan);
 
-  /* An origin four times as fast feeds both directly. */
+  /* An origin four times as fast still feeds one of them: by default it
+   * sends the image once (origin_copies 1). */
   p.origin_bw *= 4;
+  plan = build_ok(n, 2, &p);
+  check_parents(plan, want);
+  CU_ASSERT_EQUAL(tree_plan_figures(plan)->origin_load, 1);
+  tree_plan_free(plan);
+
+  /* Allowed two copies, it feeds both directly. */
+  p.origin_copies = 2;
   plan = build_ok(n, 2, &p);
   static const char *const flat[] = { "origin", "origin" };
   check_parents(plan, flat);
@@ -192,6 +200,7 @@ test_five_fast_origin(void)
   struct tree_params p;
   tree_params_init(&p);
   p.origin_bw *= 4;
+  p.origin_copies = 4;
   struct tree_node n[] = {
     { .id = "n1" }, { .id = "n2" }, { .id = "n3" }, { .id = "n4" },
     { .id = "n5" },
@@ -269,6 +278,7 @@ test_rack_before_order(void)
   tree_params_init(&p);
   p.fanout = 1;
   p.origin_cap = 2;
+  p.origin_copies = 2;
   p.origin_bw *= 2;
   struct tree_node n[] = {
     { .id = "a1", .zone = "z", .rack = "A" },
@@ -519,9 +529,15 @@ test_model_choices(void)
     { 10000, 4, 4, 2 },
     { 16, 10, 4, 1 },
   };
+  /* The time model's own choice: the origin may send up to origin_cap
+   * copies here; by default (one copy) every row has c = 1, checked
+   * below. */
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
     struct tree_params q = p;
     q.origin_bw = p.node_bw * rows[i].bo_mult;
+    q.origin_copies = q.origin_cap;
+    struct tree_params one = q;
+    one.origin_copies = 1;
     struct tree_node *n = calloc(rows[i].n, sizeof *n);
     char (*ids)[32] = calloc(rows[i].n, sizeof *ids);
     CU_ASSERT_PTR_NOT_NULL_FATAL(n);
@@ -530,6 +546,10 @@ test_model_choices(void)
       snprintf(ids[j], sizeof ids[j], "node%05zu", j);
       n[j].id = ids[j];
     }
+    struct tree_plan *plan1 = build_ok(n, rows[i].n, &one);
+    CU_ASSERT_EQUAL(tree_plan_figures(plan1)->origin_children, 1);
+    CU_ASSERT(tree_plan_figures(plan1)->origin_load <= 1);
+    tree_plan_free(plan1);
     struct tree_plan *plan = build_ok(n, rows[i].n, &q);
     const struct tree_figures *f = tree_plan_figures(plan);
     if (f->origin_children != rows[i].c || f->fanout != rows[i].k) {
@@ -1016,6 +1036,8 @@ test_bad_params(void)
   BAD(p.read_size = 0, "read_size must be > 0");
   BAD(p.burst_size = 0, "burst_size must be > 0");
   BAD(p.origin_cap = 0, "origin_cap must be >= 1");
+  BAD(p.origin_copies = 0.5, "origin_copies must be a number >= 1");
+  BAD(p.origin_copies = NAN, "origin_copies must be a number >= 1");
   BAD(p.max_upstreams = 0, "max_upstreams must be 2..16");
   BAD(p.max_upstreams = 1, "max_upstreams must be 2..16");
   BAD(p.max_upstreams = 17, "max_upstreams must be 2..16");
@@ -1034,6 +1056,7 @@ test_bad_params(void)
   tree_params_init(&p);
   p.fanout = 1;
   p.origin_cap = 2;
+  p.origin_copies = 2;
   p.max_depth = 9;
   build_fails(n, 20, &p, EINVAL,
               "fan-out 1 with at most 2 origin children needs more than "
