@@ -49,10 +49,10 @@
  * cookie and the send then fails), so after each one conn_reap collects
  * finished reads and checks nbd_aio_is_dead/is_closed; a dead handle has
  * no fd, and polling it would only end at the request deadline.
- * Timeouts: a request's deadline runs from its issue; the connect's from
- * nbd_aio_connect_uri.  Poll sleeps until the nearest one.  While the
- * socket still delivers, a request gets a second timeout_ms of grace (a
- * slow deliver on this thread is not the upstream's fault).
+ * Timeouts: a request's deadline runs from its issue, but is pushed back
+ * while its connection keeps receiving (req_deadline: a congested
+ * upstream is slow, not dead); the connect's runs from
+ * nbd_aio_connect_uri.  Poll sleeps until the nearest one.
  *
  * Ownership.  A request holds one reference for the table (dropped when
  * it leaves the table) and one per waiter (dropped by fetch_wait).  The
@@ -137,6 +137,7 @@ struct conn {
   struct nbd_handle *h;
   bool ready;               /* h finished its handshake */
   int64_t connect_deadline; /* while h is connecting */
+  int64_t last_rx;          /* ms: h last received bytes (or connected) */
   struct fetch_req **issued; /* depth slots */
   unsigned nissued;
 };
@@ -500,6 +501,7 @@ conn_start(struct conn *c)
   }
   c->ready = false;
   c->connect_deadline = now_ms() + f->p.timeout_ms;
+  c->last_rx = now_ms();
   if (nbd_set_request_structured_replies(c->h, false) == -1 ||
       nbd_set_pread_initialize(c->h, false) == -1 ||
       nbd_aio_connect_uri(c->h, c->up->uri) == -1) {
@@ -661,6 +663,27 @@ conn_notify(struct conn *c, short revents, unsigned dir)
   return conn_reap(c, rc == -1 ? nbd_get_error() : NULL);
 }
 
+/* A request waits at most this many timeouts while its connection keeps
+ * receiving. */
+#define REQ_PATIENCE 16
+
+/* When issued request r times out: timeout_ms after its issue, but not
+ * while its connection still receives (up to REQ_PATIENCE timeouts).  A congested upstream (many
+ * children sharing its uplink, replies queued behind others) delivers
+ * slowly but steadily; failing over from it would only move the load to
+ * the next upstream (in the end the origin).  A connection that goes
+ * silent for timeout_ms fails all its requests. */
+static int64_t
+req_deadline(const struct conn *c, const struct fetch_req *r)
+{
+  int64_t t = (int64_t)c->f->p.timeout_ms;
+  int64_t quiet = c->last_rx + t;
+  int64_t d = r->deadline > quiet ? r->deadline : quiet;
+  /* An upstream that trickles bytes cannot hold a request forever. */
+  int64_t cap = r->deadline + (REQ_PATIENCE - 1) * t;
+  return d < cap ? d : cap;
+}
+
 static void *
 conn_thread(void *arg)
 {
@@ -722,8 +745,8 @@ conn_thread(void *arg)
       if (!c->ready)
         deadline = c->connect_deadline;
       for (unsigned i = 0; i < c->nissued; i++)
-        if (c->issued[i]->deadline < deadline)
-          deadline = c->issued[i]->deadline;
+        if (req_deadline(c, c->issued[i]) < deadline)
+          deadline = req_deadline(c, c->issued[i]);
     }
     int timeout = -1;
     if (deadline != INT64_MAX) {
@@ -743,23 +766,25 @@ conn_thread(void *arg)
     }
     if (c->h == NULL)
       continue;
+    if (pfd[1].revents & POLLIN)
+      c->last_rx = now_ms();
     if (pfd[1].revents && conn_notify(c, pfd[1].revents, dir) == -1)
       continue;
     if (!c->ready && nbd_aio_is_ready(c->h) && conn_ready(c) == -1)
       continue;
 
-    /* Deadlines.  While the socket still moves, a request gets a second
-     * timeout_ms of grace: this thread may have been slow (deliver), not
-     * the upstream. */
+    /* Deadlines (req_deadline): a request fails over when it had no
+     * reply within timeout_ms and the connection received nothing for
+     * timeout_ms either. */
     int64_t now = now_ms();
     if (!c->ready && now >= c->connect_deadline) {
       conn_fail(c, "connect: no handshake within %u ms", f->p.timeout_ms);
       continue;
     }
-    int64_t grace = pfd[1].revents ? f->p.timeout_ms : 0;
     for (unsigned i = 0; i < c->nissued; i++)
-      if (now >= c->issued[i]->deadline + grace) {
-        conn_fail(c, "no reply within %u ms", f->p.timeout_ms);
+      if (now >= req_deadline(c, c->issued[i])) {
+        conn_fail(c, "no reply within %u ms and nothing received for as long",
+                  f->p.timeout_ms);
         break;
       }
   }

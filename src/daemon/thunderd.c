@@ -108,8 +108,8 @@ static const struct config_opt options[] = {
   { "fetch-depth", CONFIG_TYPE_UINT, &opt.fetch_depth, 1, 256, "N",
     "node: requests in flight per upstream connection (default 16)" },
   { "fetch-timeout", CONFIG_TYPE_UINT, &opt.fetch_timeout, 50, 600000, "MS",
-    "node: an upstream request or connect taking longer fails over"
-    " (default 1500)" },
+    "node: a connect, or a request whose connection received nothing for"
+    " this long, fails over (default 1500)" },
   { "fault-holdoff", CONFIG_TYPE_UINT, &opt.fault_holdoff, 0, 3600000, "MS",
     "node: a faulty upstream is skipped this long (default 5000)" },
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",

@@ -892,6 +892,48 @@ test_hung_parent(void)
   server_stop(&parent);
 }
 
+/* A parent that is slow but steady (nbdkit's rate filter at 512 kbit/s:
+ * 16 blocks in flight take seconds, far past the 400 ms timeout) keeps
+ * its requests: replies keep arriving, so nothing fails over to the
+ * next upstream.  (Before req_deadline most of them failed over: a
+ * congested parent looked dead.) */
+static void
+test_slow_steady_parent(void)
+{
+  struct server parent;
+  CU_ASSERT_FATAL(serve_file(&parent, "img", "--filter=rate", img_path,
+                             "rate=512k", NULL));
+  struct sink *k = sink_new();
+  const char *uris[] = { parent.uri, s_good.uri };
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 16, 400, 5000);
+  struct fetch_req *r[16];
+  for (uint64_t b = 0; b < 16; b++) {
+    bool cached;
+    r[b] = fetch_start(f, b, &cached);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r[b]);
+  }
+  int64_t t0 = now_ms();
+  unsigned char buf[BS];
+  for (uint64_t b = 0; b < 16; b++) {
+    int err = 0;
+    CU_ASSERT_EQUAL(fetch_wait(r[b], buf, 0, BS, &err), 0);
+    CU_ASSERT(block_is_image(b, buf));
+    CU_ASSERT_EQUAL(k->from[b], 0);
+  }
+  int64_t took = now_ms() - t0;
+  fprintf(stderr, "%lld ms ", (long long)took);
+  CU_ASSERT(took > 800); /* slow indeed: twice the timeout at least */
+  struct fetch_stats st;
+  fetch_get_stats(f, &st);
+  CU_ASSERT_EQUAL(st.upstreams[0].errors, 0);
+  CU_ASSERT_EQUAL(st.failovers, 0);
+  CU_ASSERT_EQUAL(st.upstreams[1].blocks, 0);
+  free(st.upstreams);
+  fetcher_free(f);
+  sink_free(k);
+  server_stop(&parent);
+}
+
 /* A socket that listens but never speaks (creates it at path). */
 static int
 mute_listener(const char *path)
@@ -1200,6 +1242,7 @@ main(void)
     { "all upstreams bad: EIO", test_all_bad },
     { "parent killed mid-way", test_parent_killed },
     { "hung parent: request timeout", test_hung_parent },
+    { "slow but steady parent: no timeout", test_slow_steady_parent },
     { "mute parent: connect timeout", test_mute_parent },
     { "wrong export size", test_wrong_size },
     { "prefetch joined", test_prefetch_join },
