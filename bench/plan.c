@@ -181,6 +181,15 @@ read_nodes(struct input *in)
   }
 }
 
+static void
+free_input(struct input *in)
+{
+  for (size_t i = 0; i < in->nstr; i++)
+    free(in->strings[i]);
+  free(in->strings);
+  free(in->nodes);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -236,6 +245,7 @@ main(int argc, char **argv)
   struct tree_plan *plan = tree_plan_build(in.nodes, in.n, &p, err, sizeof err);
   if (plan == NULL) {
     fprintf(stderr, "plan: %s\n", err[0] ? err : strerror(errno));
+    free_input(&in);
     return 1;
   }
   for (size_t i = 0; i < in.n; i++) {
@@ -255,10 +265,7 @@ main(int argc, char **argv)
          "t_lb=%.3f\n", fg->origin_children, fg->fanout, fg->depth,
          fg->interior, fg->max_children, fg->t_predicted, fg->t_lb);
   tree_plan_free(plan);
-  for (size_t i = 0; i < in.nstr; i++)
-    free(in.strings[i]);
-  free(in.strings);
-  free(in.nodes);
+  free_input(&in);
   if (fflush(stdout) == EOF || ferror(stdout)) {
     fprintf(stderr, "plan: stdout: %s\n", strerror(errno));
     return 1;
