@@ -1056,26 +1056,37 @@ usage_vol_delete(FILE *fp)
           "\n" POOL_OPTIONS_HELP);
 }
 
+/* vol delete and vm delete: NAME, the pool options, one pool call. */
 static int
-cmd_vol_delete(int argc, char **argv)
+run_pool_delete(const char *what, void (*usage)(FILE *), int argc,
+                char **argv,
+                int (*del)(struct pool *, const char *, struct pool_error *),
+                const char *done)
 {
-  const char *name;
-  int r = pool_command_args("vol delete", usage_vol_delete, argc, argv, 1,
-                            &name);
+  const char *name = NULL;
+  int r = pool_command_args(what, usage, argc, argv, 1, &name);
   if (r >= 0)
     return r;
   struct pool *p = open_pool();
   if (p == NULL)
     return 1;
   struct pool_error e;
-  r = pool_vol_delete(p, name, &e);
+  r = del(p, name, &e);
   pool_close(p);
   if (r < 0) {
     fprintf(stderr, PROG ": %s\n", e.msg);
     return 1;
   }
-  printf("deleted volume %s\n", name);
+  printf("%s %s%s\n", done, name,
+         del == pool_vm_delete ? " and its volume" : "");
   return 0;
+}
+
+static int
+cmd_vol_delete(int argc, char **argv)
+{
+  return run_pool_delete("vol delete", usage_vol_delete, argc, argv,
+                         pool_vol_delete, "deleted volume");
 }
 
 /* ---- vm create / delete ------------------------------------------------------- */
@@ -1228,23 +1239,8 @@ usage_vm_delete(FILE *fp)
 static int
 cmd_vm_delete(int argc, char **argv)
 {
-  const char *name;
-  int r = pool_command_args("vm delete", usage_vm_delete, argc, argv, 1,
-                            &name);
-  if (r >= 0)
-    return r;
-  struct pool *p = open_pool();
-  if (p == NULL)
-    return 1;
-  struct pool_error e;
-  r = pool_vm_delete(p, name, &e);
-  pool_close(p);
-  if (r < 0) {
-    fprintf(stderr, PROG ": %s\n", e.msg);
-    return 1;
-  }
-  printf("deleted domain %s and its volume\n", name);
-  return 0;
+  return run_pool_delete("vm delete", usage_vm_delete, argc, argv,
+                         pool_vm_delete, "deleted domain");
 }
 
 /* ---- Command tables ---------------------------------------------------- */
