@@ -72,7 +72,10 @@ DOWN_RATE=${BENCH_DOWN_RATE:-$RATE}
 ORATE=${BENCH_ORIGIN_RATE:-$d_orate}
 PACE=${BENCH_PACE:-fast}
 CHECK_S=${BENCH_CHECK_SECONDS:-$d_check}
-NODE_ARGS=${BENCH_NODE_ARGS:---readahead 0 --fetch-timeout 30000}
+NODE_ARGS=${BENCH_NODE_ARGS:---readahead 0 --fetch-timeout 30000 --tcp-congestion cubic}
+# The origin too: BBR (this host's default) stalls application-limited
+# replies for 80-100 ms (docs/benchmarks.md, finding 2).
+ORIGIN_ARGS=${BENCH_ORIGIN_ARGS:---tcp-congestion cubic}
 PF_DEPTH=${BENCH_PREFETCH_DEPTH:-16}
 COPY_MAX_S=${BENCH_COPY_MAX_S:-60}
 COPY_SAMPLE_S=${BENCH_COPY_SAMPLE_S:-20}
@@ -439,7 +442,7 @@ for n in $NS; do
     checks+=("N=$n: $chk_line")
     "$cluster" exec origin "$THUNDERD" --origin --images "$images" --socket none \
         --listen "$(addr origin):10809" --control "$(addr origin):10810" \
-        --token-file "$token" 2> "$tmp/origin.log" < /dev/null &
+        --token-file "$token" $ORIGIN_ARGS 2> "$tmp/origin.log" < /dev/null &
     origin_pid=$!
     bg_pids+=("$origin_pid")
     wait_ready "$tmp/origin.log" "" "$origin_pid"

@@ -244,6 +244,30 @@ peer_name(int fd, bool is_unix, char *out, size_t len)
            port);
 }
 
+/* Applies cfg.tcp_congestion to TCP socket fd.  Replies (the blocks a
+ * child fetches) are sent on these sockets, in bursts of one block per
+ * request with idle gaps between a child's reads: traffic that is
+ * application-limited.  With BBR (v1, internal pacing, no fq qdisc) such a
+ * socket was seen to hold a reply's unsent bytes for 80-100 ms with
+ * nothing in flight and the window open, after which it resumed on a
+ * timer; in a relay chain each hop adds its own stalls, so the lag behind
+ * the chain's head grew with depth (docs/benchmarks.md, finding 2).  The
+ * listener was checked in server_new, so a failure here is unexpected:
+ * logged once, the connection keeps the default. */
+static void
+set_congestion(struct server *s, int fd)
+{
+  const char *cc = s->cfg.tcp_congestion;
+  if (cc == NULL ||
+      setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, (socklen_t)strlen(cc))
+          == 0)
+    return;
+  static atomic_bool warned;
+  if (!atomic_exchange(&warned, true))
+    log_warn(COMPONENT, "setsockopt TCP_CONGESTION '%s': %m; keeping the"
+             " system's default", cc);
+}
+
 static void
 accept_one(struct server *s, int lfd, bool is_unix)
 {
@@ -278,6 +302,7 @@ accept_one(struct server *s, int lfd, bool is_unix)
   if (!is_unix) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    set_congestion(s, fd);
   }
 
   struct conn *cn = calloc(1, sizeof *cn);
@@ -476,6 +501,22 @@ listen_tcp(struct server *s, const char *spec)
     char h[INET6_ADDRSTRLEN], p[8];
     getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, p, sizeof p,
                 NI_NUMERICHOST | NI_NUMERICSERV);
+    /* Checks tcp-congestion early (an unknown name, or one outside
+     * net.ipv4.tcp_allowed_congestion_control without CAP_NET_ADMIN);
+     * accepted sockets get it again in accept_one. */
+    const char *cc = s->cfg.tcp_congestion;
+    if (cc && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc,
+                         (socklen_t)strlen(cc)) == -1) {
+      if (errno == ENOENT)
+        log_error(COMPONENT, "tcp-congestion: '%s': not available (see"
+                  " /proc/sys/net/ipv4/tcp_available_congestion_control)", cc);
+      else
+        log_error(COMPONENT, "tcp-congestion: '%s': %m (unprivileged, only"
+                  " net.ipv4.tcp_allowed_congestion_control)", cc);
+      close(fd);
+      freeaddrinfo(res);
+      return -1;
+    }
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1) {
       log_error(COMPONENT, "bind: %s port %s: %m", h, p);
       close(fd);
@@ -517,6 +558,13 @@ server_new(struct exports *reg, const struct server_config *cfg)
   pthread_cond_init(&s->cond, NULL);
   if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) == -1) {
     log_error(COMPONENT, "pipe2: %m");
+    goto fail;
+  }
+  /* TCP_CONGESTION takes at most 15 bytes and cuts longer names. */
+  if (cfg->tcp_congestion && (cfg->tcp_congestion[0] == '\0' ||
+                              strlen(cfg->tcp_congestion) > 15)) {
+    log_error(COMPONENT, "tcp-congestion: '%s': not a congestion control"
+              " name (1-15 characters)", cfg->tcp_congestion);
     goto fail;
   }
   if (cfg->socket_path && listen_unix(s, cfg->socket_path) == -1)

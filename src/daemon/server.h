@@ -24,6 +24,10 @@ struct server_config {
   unsigned max_connections;
   unsigned max_handshakes;
   unsigned handshake_timeout_ms;
+  /* TCP congestion control of accepted TCP connections (TCP_CONGESTION,
+   * e.g. "cubic"); NULL: the system's default.  The data of a relay
+   * flows on these sockets: see server.c. */
+  const char *tcp_congestion;
 };
 
 struct server;

@@ -57,6 +57,7 @@ static struct {
   uint64_t max_connections;
   uint64_t max_handshakes;
   uint64_t handshake_timeout;
+  char *tcp_congestion;
   char *pool;
   char *pool_path;
   char *libvirt_uri;
@@ -133,6 +134,9 @@ static const struct config_opt options[] = {
   { "handshake-timeout", CONFIG_TYPE_UINT, &opt.handshake_timeout, 1, 3600,
     "SECONDS", "drop clients that have not chosen an export by then"
     " (default 10)" },
+  { "tcp-congestion", CONFIG_TYPE_STRING, &opt.tcp_congestion, 0, 0, "NAME",
+    "TCP congestion control of the NBD connections it serves, e.g. cubic"
+    " (default: the system's)" },
   { "pool", CONFIG_TYPE_STRING, &opt.pool, 0, 0, "NAME",
     "node mode: libvirt pool for the images' anchor volumes, or 'none'"
     " (default " POOL_DEFAULT_NAME ")" },
@@ -572,6 +576,7 @@ main(int argc, char **argv)
     .max_connections = (unsigned)opt.max_connections,
     .max_handshakes = (unsigned)opt.max_handshakes,
     .handshake_timeout_ms = (unsigned)opt.handshake_timeout * 1000,
+    .tcp_congestion = opt.tcp_congestion,
   };
   server = server_new(reg, &sc);
   if (server == NULL)

@@ -219,3 +219,35 @@ else
 fi
 copy_and_check "$(uri_unix good)" "$img"
 stop_thunderd
+
+# --- tcp-congestion: the served TCP connections use it; bad names refused -----
+expect_refused "unknown congestion control" "tcp-congestion" "bogus" -- \
+    --origin --images "$images" --socket "$tmpdir/bad.sock" --listen 127.0.0.1:0 \
+    --tcp-congestion bogus
+expect_refused "empty congestion control" "tcp-congestion" -- \
+    --origin --images "$images" --socket "$tmpdir/bad.sock" --listen 127.0.0.1:0 \
+    --tcp-congestion ''
+expect_refused "congestion control name too long" "tcp-congestion" -- \
+    --origin --images "$images" --socket "$tmpdir/bad.sock" --listen 127.0.0.1:0 \
+    --tcp-congestion abcdefghijklmnopq
+cc=$(awk '{ for (i = 1; i <= NF; i++) if ($i != "bbr") { print $i; exit } }' \
+     /proc/sys/net/ipv4/tcp_available_congestion_control)
+if [ -n "$cc" ] && [ "$(id -u)" = 0 ]; then
+    start_thunderd --origin --images "$images" --socket none \
+        --listen 127.0.0.1:@PORT@ --tcp-congestion "$cc"
+    # Hold a connection open and look at its congestion control with ss.
+    nbdsh_py=(/usr/bin/python3 -c "
+import nbd, sys, time
+h = nbd.NBD(); h.set_export_name('good'); h.connect_uri('nbd://127.0.0.1:$port/good')
+h.pread(65536, 0); sys.stdout.write('connected\n'); sys.stdout.flush(); time.sleep(3)")
+    "${nbdsh_py[@]}" > "$tmpdir/held" &
+    held=$!
+    for _ in $(seq 50); do grep -q connected "$tmpdir/held" 2>/dev/null && break; sleep 0.1; done
+    ss -tin "sport = :$port" > "$tmpdir/ss" || true
+    kill "$held" 2>/dev/null; wait "$held" 2>/dev/null || true
+    grep -qw "$cc" "$tmpdir/ss" ||
+        fail "--tcp-congestion $cc: the served connection does not use it: $(cat "$tmpdir/ss")"
+    stop_thunderd
+    echo "tcp-congestion $cc: in use on the served connection"
+fi
+echo "origin-config: ok"
