@@ -24,7 +24,7 @@
 # manifest pre-seeded, so attaching costs no link time), all replays start
 # together (--start-at).  The clock of a node runs from that start until
 # its last read completes.  Host CPU is sampled every second during each
-# run; >= 80% marks the row.
+# run (from that start on); >= 80% marks the row.
 #
 # Output: the table on stdout and in $BENCH_RESULTS/provision-TAG.md, the
 # plot in provision-TAG.png (gnuplot), the raw rows in provision-TAG.tsv.
@@ -55,14 +55,17 @@ MODEL=${BENCH_MODEL:-$top/../shared/tools/provmodel.py}
 
 if ((smoke)); then
     d_ns="4" d_trace="synthetic" d_rate=200 d_orate=200 d_check=1 d_tag=smoke
-    d_results=""
+    d_results="" d_trace_ws=""
 else
-    d_ns="1 4 16 64" d_trace=$top/../shared/traces/trace-a.csv d_rate=50
-    d_orate=100 d_check=3 d_tag=latest d_results=$top/bench/results
+    # Scaled so that the links, not the two CPUs, set the pace at N = 64,
+    # and the run stays under 15 minutes (docs/benchmarks.md, "Method").
+    d_ns="1 4 16 64" d_trace=$top/../shared/traces/trace-a.csv d_rate=15
+    d_orate=30 d_check=3 d_tag=latest d_results=$top/bench/results d_trace_ws=16M
 fi
 NS=${BENCH_NS:-$d_ns}
 STRATS=${BENCH_STRATEGIES:-a b c d}
 TRACE=${BENCH_TRACE:-$d_trace}
+TRACE_WS=${BENCH_TRACE_WS-$d_trace_ws}
 SYN_SIZE=${BENCH_SYN_SIZE:-32M}
 SYN_WS=${BENCH_SYN_WS:-4M}
 SYN_LOC=${BENCH_SYN_LOCALITY:-0.7}
@@ -85,6 +88,13 @@ TMPBASE=${BENCH_TMPDIR:-/var/tmp}
 KEEP=${BENCH_KEEP:-0}
 ((KEEP)) || KEEP=""
 PLAN_ARGS=${BENCH_PLAN_ARGS:-}
+# The manifest's block size (thunderctl image add --block-size); W and the
+# planner count in it too.  32 KiB, not thunderctl's 64 KiB: a relay
+# forwards a block once it holds all of it (verified), so a chain's last
+# node trails the head by (depth - 1) x S/B; the links here are scaled
+# down 30-60x from real ones, which inflates S/B by as much, and half the
+# block size gives some of that back (docs/benchmarks.md, finding 9).
+BLOCK=${BENCH_BLOCK_SIZE:-32768}
 name=bootimg
 
 for v in RATE DOWN_RATE ORATE; do
@@ -93,6 +103,8 @@ done
 for v in CHECK_S PF_DEPTH COPY_MAX_S COPY_SAMPLE_S; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v='${!v}': want a whole number"
 done
+[[ -z $TRACE_WS || $TRACE_WS =~ ^[0-9]+[KMG]?$ ]] ||
+    die "BENCH_TRACE_WS='$TRACE_WS': want bytes, a whole number with an optional K, M or G suffix (powers of 1024), or empty"
 [[ $PACE =~ ^(fast|think|think-gap)$ ]] || die "BENCH_PACE='$PACE': want fast, think or think-gap"
 [[ $TAG =~ ^[A-Za-z0-9._-]{1,40}$ ]] || die "BENCH_TAG='$TAG': want 1-40 of [A-Za-z0-9._-]"
 for n in $NS; do
@@ -131,12 +143,39 @@ if [[ $TRACE == synthetic ]]; then
         --locality "$SYN_LOC" --seed 6 > "$trace"
     IMAGE_SIZE=$SYN_SIZE
     trace_label="synthetic (image $SYN_SIZE, W $SYN_WS, locality $SYN_LOC, seed 6)"
+    plot_label="synthetic"
 else
     [[ -r $TRACE ]] || die "BENCH_TRACE: cannot read '$TRACE'"
     trace=$TRACE
     trace_label=$(basename "$TRACE")
+    plot_label=$trace_label
+    ws_max=0
+    if [[ -n $TRACE_WS ]]; then
+        ws_max=$(awk -v v="$TRACE_WS" 'BEGIN { m = 1; u = substr(v, length(v))
+            if (u == "K") m = 1024; else if (u == "M") m = 1048576; else if (u == "G") m = 1073741824
+            printf "%.0f", (m > 1 ? substr(v, 1, length(v) - 1) : v) * m }')
+    fi
+    if ((ws_max > 0)); then
+        # The longest prefix of the trace (the boot's first reads, in their
+        # order) whose working set in 64 KiB blocks is at most ws_max.
+        # replay --info checks every row first, and the cut again after.
+        full_reads=$("$REPLAY" --info --json "$TRACE" | jq -r .reads) ||
+            die "replay --info $TRACE failed"
+        trace=$tmp/trace.csv
+        awk -F, -v max="$ws_max" 'NR == 1 { print; next }
+            { b1 = int(($2 + $3 - 1) / 65536); nb = 0
+              for (b = int($2 / 65536); b <= b1; b++) if (!(b in seen)) { seen[b] = 1; nb++ }
+              if ((n + nb) * 65536 > max) exit
+              n += nb; print }' "$TRACE" > "$trace"
+        cut_reads=$(($(wc -l < "$trace") - 1))
+        ((cut_reads > 0)) || die "BENCH_TRACE_WS=$TRACE_WS: the first read of $TRACE alone exceeds it"
+        trace_label+=" cut to its first reads with W ≤ $TRACE_WS (BENCH_TRACE_WS; the whole trace has $full_reads reads)"
+        plot_label+=" (W ≤ $TRACE_WS)"
+    fi
 fi
-info=$("$REPLAY" --info --json "$trace") || die "replay --info $trace failed"
+[[ $BLOCK =~ ^[0-9]+$ ]] && ((BLOCK >= 4096 && BLOCK <= 16777216)) ||
+    die "BENCH_BLOCK_SIZE='$BLOCK': want bytes, 4096 to 16777216"
+info=$("$REPLAY" --info --block-size "$BLOCK" --json "$trace") || die "replay --info $trace failed"
 W=$(jq -r .working_set_bytes <<<"$info")
 reads=$(jq -r .reads <<<"$info")
 burst=$(jq -r .max_length <<<"$info")
@@ -145,7 +184,8 @@ img=$images/$name.raw
 "$REPLAY" --make-image "$img" --size "$IMAGE_SIZE" "$trace" >/dev/null ||
     die "replay --make-image failed"
 I=$(stat -c %s "$img")
-addout=$("$THUNDERCTL" image add "$name" "$img" 2>&1) || die "thunderctl image add: $addout"
+addout=$("$THUNDERCTL" image add "$name" "$img" --block-size "$BLOCK" 2>&1) ||
+    die "thunderctl image add: $addout"
 version=$(sed -n 's/.* version \([0-9a-f]\{64\}\)$/\1/p' <<<"$addout")
 [[ -n $version ]] || die "thunderctl image add: no version in '$addout'"
 manifest=$images/$name.manifest.json
@@ -160,16 +200,22 @@ now() { printf '%s' "$EPOCHREALTIME"; }
 
 # ---- CPU sampling ---------------------------------------------------------
 
+# cpu_start FILE START_AT: samples /proc/stat every second from START_AT
+# (the replays' common start) on, so that the window is the run itself and
+# not the spawning and connecting of the N (2N for d) replays before it.
 cpu_start() {
-    (while :; do head -n1 /proc/stat; sleep 1; done) > "$1" &
+    (sleep "$(awkf "d = $2 - $(now); print (d > 0 ? d : 0)")"
+     while :; do head -n1 /proc/stat; sleep 1; done) > "$1" &
     cpu_pid=$!
     bg_pids+=("$cpu_pid")
 }
-cpu_stop() {   # prints the busiest 1-s interval, %
+cpu_stop() {   # prints the busiest 1-s interval from START_AT to now, %
     kill "$cpu_pid" 2>/dev/null || true
     wait "$cpu_pid" 2>/dev/null || true
+    head -n1 /proc/stat >> "$1"   # the last, partial interval
+    # Intervals under 10 ticks (50 ms of 2 CPUs) are too short to count.
     awk '{ tot = 0; for (i = 2; i <= NF; i++) tot += $i; idle = $5 + $6
-           if (NR > 1 && tot > ptot) { b = 100 * (1 - (idle - pidle) / (tot - ptot)); if (b > max) max = b }
+           if (NR > 1 && tot - ptot >= 10) { b = 100 * (1 - (idle - pidle) / (tot - ptot)); if (b > max) max = b }
            ptot = tot; pidle = idle }
          END { printf "%.0f", max }' "$1"
 }
@@ -262,7 +308,7 @@ plan_lists() {
     # shellcheck disable=SC2086
     out=$(seq 1 "$n" | sed 's/^/n/' | "$PLAN" --origin-mbit "$ORATE" --node-mbit "$RATE" \
         --rtt-ms 0.1 --local-s "$T_local" --working-set "$W" --read-size "$read_size" \
-        --burst-size "$burst" $PLAN_ARGS) || die "bench/plan failed for $n nodes"
+        --burst-size "$burst" --block-size "$BLOCK" $PLAN_ARGS) || die "bench/plan failed for $n nodes"
     sed -n 's/^# //p' <<<"$out" > "$tmp/run/shape"
     grep -v '^#' <<<"$out" | awk '{ ups = ""; for (i = 4; i <= NF; i++) { u = $i; sub(/^n/, "", u); ups = ups (i > 4 ? "," : "") u }
                                      id = $1; sub(/^n/, "", id); print $2, id, ups }' | sort -n -k1,1 -k2,2
@@ -289,7 +335,7 @@ run_thunder() {   # run_thunder N STRAT
     local o0 start_at
     o0=$(stats origin | jq -r .counters.served_remote_bytes)
     start_at=$(awkf "printf \"%.3f\", $(now) + 1.0 + $n * 0.01")
-    cpu_start "$tmp/run/cpu"
+    cpu_start "$tmp/run/cpu" "$start_at"
     local -a pids=()
     for ((i = 1; i <= n; i++)); do
         "$REPLAY" --json --"$PACE" --timeout 120 --start-at "$start_at" --label "node$i" \
@@ -365,7 +411,7 @@ run_copy() {   # run_copy N
     local o0 start_at
     o0=$(stats origin | jq -r .counters.served_remote_bytes)
     start_at=$(awkf "printf \"%.3f\", $(now) + 1.0 + $n * 0.01")
-    cpu_start "$tmp/run/cpu"
+    cpu_start "$tmp/run/cpu" "$start_at"
     local -a pids=()
     for ((i = 1; i <= n; i++)); do
         (
@@ -471,7 +517,7 @@ table=$tmp/table.md
     echo
     echo "- trace: $trace_label, $reads reads, W = $W bytes ($(awkf "printf \"%.1f\", $W / 1e6") MB), image $I bytes; pace: $PACE"
     echo "- links: nodes $RATE Mbit/s up, $DOWN_RATE Mbit/s down; origin $ORATE Mbit/s; no added delay (this kernel has no sch_netem)"
-    echo "- planner arguments: --origin-mbit $ORATE --node-mbit $RATE --rtt-ms 0.1 --working-set $W --read-size $read_size --burst-size $burst${PLAN_ARGS:+ $PLAN_ARGS}"
+    echo "- planner arguments: --origin-mbit $ORATE --node-mbit $RATE --rtt-ms 0.1 --working-set $W --read-size $read_size --burst-size $burst --block-size $BLOCK${PLAN_ARGS:+ $PLAN_ARGS}"
     echo "- node thunderd arguments: $NODE_ARGS; T_local = $T_local s (median of 3 replays against nbdkit file: $(IFS=' '; echo "${tlocal_runs[*]}"))"
     echo "- T_lb = max(W/Bo, N·W/(Bo+(N−1)·B)) + T_local (issue 6); T_lb,emu also counts W/B_down, which these links impose"
     echo "- host: $(nproc) CPUs, load average $host_load at the start; whole run $t_total s"
@@ -555,7 +601,7 @@ if [[ -n $RESULTS ]]; then
         done
         awk -F'\t' '{ print $1, $4 }' "$tmp/plot.tsv" | sort -n -u -k1,1 > "$tmp/plot-lb.dat"
         cmd="set terminal pngcairo size 900,600 noenhanced; set output '$plot';"
-        cmd+=" set title 'Provisioning N nodes: $trace_label, nodes $RATE Mbit/s, origin $ORATE Mbit/s ($started)';"
+        cmd+=" set title 'Provisioning N nodes: $plot_label, nodes $RATE Mbit/s, origin $ORATE Mbit/s ($started)';"
         cmd+=" set xlabel 'nodes N'; set ylabel 'all finished (max), s'; set logscale xy; set grid;"
         cmd+=" set key left top; set xtics ($(tr ' ' '\n' <<<"$NS" | sed 's/.*/"&" &/' | paste -sd,));"
         cmd+=" plot"
