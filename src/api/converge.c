@@ -894,16 +894,6 @@ node_failed(struct converger *cv, const char *node, const char *reason)
 
 /* ---- the loop -------------------------------------------------------------- */
 
-struct todo {
-  char id[STORE_ID_LEN + 1];
-};
-
-static int
-copy_todo(const struct store_cluster *c, void *opaque)
-{
-  return copy_id(c->id, opaque);
-}
-
 static void
 round_once(struct converger *cv)
 {
@@ -917,7 +907,7 @@ round_once(struct converger *cv)
   id_vec_free(&down);
 
   struct id_vec ids = { 0 };
-  if (store_cluster_list(cv->st, STORE_CLUSTER_UNFINISHED, copy_todo, &ids,
+  if (store_cluster_list(cv->st, STORE_CLUSTER_UNFINISHED, copy_cluster_id, &ids,
                          &err) != STORE_OK) {
     log_warn(COMPONENT, "%s", err.msg);
     return;
