@@ -8,7 +8,7 @@ packages=(
   gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   # libraries
   nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev libsqlite3-dev
-  libcurl4-gnutls-dev curl
+  libcurl4-gnutls-dev curl libgnutls28-dev
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit qemu-utils
   # the libvirt pool, VMs (QEMU TCG) and the test guest (tests/guest/)

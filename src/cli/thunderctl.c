@@ -19,6 +19,9 @@
  * --token-file names the token of whichever service the command talks to.
  * They exit 2 on a usage error and 3 when --wait times out.
  *
+ * The pki commands (pki init, pki issue; pkicmd.c) make the fleet's CA and
+ * the hosts' certificates in local directories.
+ *
  * The pool commands (pool ensure, vol create/delete, vm create/delete)
  * work on this host's libvirt storage pool through src/pool; they take
  * --pool, --pool-path and --libvirt-uri after their name, with defaults
@@ -44,6 +47,7 @@
 #include "log.h"
 #include "manifest.h"
 #include "nodeclient.h"
+#include "pkicmd.h"
 #include "pool.h"
 #include "thunder-build.h"
 
@@ -1305,6 +1309,8 @@ static const struct command top_commands[] = {
     NULL, cluster_commands },
   { "api", "COMMAND ...", "nodes and images of thunder-api (--api)", NULL,
     api_commands },
+  { "pki", "COMMAND ...", "the fleet's CA and the hosts' TLS certificates",
+    NULL, pkicmd_commands },
   { NULL, NULL, NULL, NULL, NULL },
 };
 
