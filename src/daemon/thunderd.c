@@ -48,6 +48,7 @@ static struct {
   uint64_t fetch_depth;
   uint64_t fetch_timeout;
   uint64_t fault_holdoff;
+  uint64_t stall_timeout;
   uint64_t commit_interval;
   char *listen;
   char *socket;
@@ -85,6 +86,7 @@ static struct {
   .fetch_depth = 16,
   .fetch_timeout = 1500,
   .fault_holdoff = 5000,
+  .stall_timeout = 120,
   .commit_interval = 20,
   .heartbeat_interval = REGISTER_DEFAULT_INTERVAL_MS,
 };
@@ -113,6 +115,10 @@ static const struct config_opt options[] = {
     " this long, fails over (default 1500)" },
   { "fault-holdoff", CONFIG_TYPE_UINT, &opt.fault_holdoff, 0, 3600000, "MS",
     "node: a faulty upstream is skipped this long (default 5000)" },
+  { "stall-timeout", CONFIG_TYPE_UINT, &opt.stall_timeout, 0, 86400,
+    "SECONDS", "node: how long a read waits while no upstream can deliver"
+    " its block (retried, origin last) before it fails; 0 fails at once"
+    " (default 120)" },
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
     "node: how long a fetched block may wait to be marked valid on disk"
     " (default 20)" },
@@ -549,6 +555,7 @@ main(int argc, char **argv)
         .depth = (unsigned)opt.fetch_depth,
         .timeout_ms = (unsigned)opt.fetch_timeout,
         .holdoff_ms = (unsigned)opt.fault_holdoff,
+        .stall_timeout_ms = (unsigned)opt.stall_timeout * 1000,
       },
       .readahead = (unsigned)opt.readahead,
       .commit_interval_ms = (unsigned)opt.commit_interval,
