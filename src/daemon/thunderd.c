@@ -28,6 +28,7 @@
 #include "origin.h"
 #include "pool.h"
 #include "register.h"
+#include "resumer.h"
 #include "server.h"
 #include "vms.h"
 
@@ -62,6 +63,7 @@ static struct {
   char *pool;
   char *pool_path;
   char *libvirt_uri;
+  uint64_t resume_interval;
   char *log;
   char *log_level;
   char *debug;
@@ -87,6 +89,7 @@ static struct {
   .fetch_timeout = 1500,
   .fault_holdoff = 5000,
   .stall_timeout = 120,
+  .resume_interval = 200,
   .commit_interval = 20,
   .heartbeat_interval = REGISTER_DEFAULT_INTERVAL_MS,
 };
@@ -150,6 +153,9 @@ static const struct config_opt options[] = {
     "directory of that pool (default " POOL_DEFAULT_PATH ")" },
   { "libvirt-uri", CONFIG_TYPE_STRING, &opt.libvirt_uri, 0, 0, "URI",
     "libvirt connection (default " POOL_DEFAULT_URI ")" },
+  { "resume-interval", CONFIG_TYPE_UINT, &opt.resume_interval, 0, 60000,
+    "MS", "node with a pool: how often to look for VMs of the pool that"
+    " QEMU paused on an I/O error, to resume them; 0: never (default 200)" },
   { "log", CONFIG_TYPE_STRING, &opt.log, 0, 0, "stderr|syslog",
     "log target (default stderr)" },
   { "log-level", CONFIG_TYPE_STRING, &opt.log_level, 0, 0, "LEVEL",
@@ -498,6 +504,7 @@ main(int argc, char **argv)
   struct anchors *anchors = NULL;
   struct vms *vms = NULL;
   struct registrar *registrar = NULL;
+  struct resumer *resumer = NULL;
   struct ctl_ctx ctx = { NULL, NULL };
   char *token = NULL;
   int nimages = 0;
@@ -609,6 +616,15 @@ main(int argc, char **argv)
   }
   if (node)
     node_restore(node);
+  /* Serving again: guests paused on I/O errors while this node was away
+   * (a restart) can go on. */
+  if (anchors && opt.resume_interval > 0) {
+    struct pool_config pc = { .uri = opt.libvirt_uri, .name = opt.pool,
+                              .path = opt.pool_path };
+    resumer = resumer_start(&pc, (unsigned)opt.resume_interval);
+    if (resumer == NULL)
+      goto out;
+  }
   if (opt.control) {
     vms = vms_new(opt.libvirt_uri, opt.pool, opt.pool_path, anchors != NULL,
                   node, reg);
@@ -660,6 +676,7 @@ main(int argc, char **argv)
   log_info(COMPONENT, "stopped");
 
 out:
+  resumer_stop(resumer);
   register_stop(registrar);
   control_free(control);
   vms_free(vms);

@@ -240,6 +240,12 @@ poolxml_domain(const struct poolxml_domain *d)
   xmlNodePtr driver = elem(&b, disk, "driver", NULL);
   attr(&b, driver, "name", "qemu");
   attr(&b, driver, "type", "qcow2");
+  /* A read or write error (thunderd restarting, its socket gone for a
+   * moment) pauses the guest instead of reaching it; thunderd resumes
+   * the domain when it serves again and QEMU retries the request
+   * (docs/libvirt.md "Restarts"). */
+  attr(&b, driver, "error_policy", "stop");
+  attr(&b, driver, "rerror_policy", "stop");
   xmlNodePtr source = elem(&b, disk, "source", NULL);
   attr(&b, source, "pool", d->pool);
   attr(&b, source, "volume", d->volume);
