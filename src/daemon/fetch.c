@@ -194,6 +194,7 @@ struct fetcher {
   pthread_cond_t retry_cond; /* CLOCK_MONOTONIC; wakes the retry thread */
   pthread_t retry_thread;
   bool retry_started;
+  bool no_stall;             /* fetch_stop_stalling was called */
   int64_t outage_since;      /* ms; 0: no outage */
   bool outage_failed_logged; /* a stall ran out in this outage */
   uint64_t stalls, stall_failures, outages, outage_ms;
@@ -356,7 +357,7 @@ kick_locked(struct conn *c)
 static bool
 stall_locked(struct fetcher *f, struct fetch_req *r)
 {
-  if (f->p.stall_timeout_ms == 0 || r->refs < 2)
+  if (f->p.stall_timeout_ms == 0 || f->no_stall || r->refs < 2)
     return false;
   int64_t now = now_ms();
   if (r->stall_since == 0) {
@@ -1098,6 +1099,20 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
     f->retry_started = true;
   }
   return f;
+}
+
+void
+fetch_stop_stalling(struct fetcher *f)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  f->no_stall = true;
+  while (f->stalled) {
+    struct fetch_req *r = f->stalled;
+    f->stalled = r->qnext;
+    r->qnext = NULL;
+    f->nstalled--;
+    req_finish_locked(f, r, ESHUTDOWN);
+  }
 }
 
 void

@@ -124,6 +124,12 @@ struct fetcher *fetcher_new(const struct manifest *m, const char *const *uris,
  * fetcher_free), frees f.  No other call on f may start once this has. */
 void fetcher_free(struct fetcher *f);
 
+/* Fails the blocks stalled now with ESHUTDOWN, and from now on fails a
+ * block with EIO as soon as every upstream failed it (no stall): for a
+ * daemon that stops and must not wait out an outage.  Fetches that go
+ * well are not touched. */
+void fetch_stop_stalling(struct fetcher *f);
+
 /* Joins or starts the fetch of block idx; never waits on the network.
  * Every request returned must be passed to fetch_wait exactly once.
  * Returns NULL with *cached = true if the block is in the cache (read it

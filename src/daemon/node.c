@@ -826,7 +826,10 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     snprintf(err, errlen, "out of memory");
     goto fail_export;
   }
-  if (record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
+  /* At restore the record is what was just read: rewriting it (two
+   * fsyncs) would only slow the restart down. */
+  if (!n->restoring &&
+      record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
     exports_remove(n->reg, mname);
     snprintf(err, errlen, "cannot record the attachment under %s", n->root);
     goto fail_export;
@@ -1020,6 +1023,25 @@ collect_names(struct export *exp, void *opaque)
   if (export_handle_if(exp, &node_ops))
     json_object_array_add(arr, json_object_new_string(export_name(exp)));
   return 0;
+}
+
+static int
+abort_one(struct export *exp, void *opaque)
+{
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  (void)opaque;
+  if (img) {
+    pthread_rwlock_rdlock(&img->flock);
+    fetch_stop_stalling(img->f);
+    pthread_rwlock_unlock(&img->flock);
+  }
+  return 0;
+}
+
+void
+node_abort_fetches(struct node *n)
+{
+  exports_foreach(n->reg, abort_one, NULL);
 }
 
 void

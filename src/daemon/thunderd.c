@@ -196,6 +196,7 @@ static const struct config_opt options[] = {
  * ordinary thread context: every other thread blocks them. */
 struct signal_ctx {
   struct server *server;
+  struct node *node;           /* NULL: origin mode */
   struct registrar *registrar; /* NULL: no --api */
   struct exports *reg;
   enum log_level level; /* the configured level, restored by SIGUSR1 */
@@ -238,6 +239,10 @@ signal_main(void *arg)
     default:
       log_info(COMPONENT, "%s: stopping", strsignal(sig));
       register_cancel(ctx->registrar);
+      /* Reads waiting out an upstream outage end now: their connections
+       * are shut down anyway (QEMU retries them after a reconnect). */
+      if (ctx->node)
+        node_abort_fetches(ctx->node);
       server_stop(ctx->server);
       return NULL;
     }
@@ -650,7 +655,8 @@ main(int argc, char **argv)
       goto out;
   }
 
-  struct signal_ctx sctx = { .server = server, .registrar = registrar,
+  struct signal_ctx sctx = { .server = server, .node = node,
+                             .registrar = registrar,
                              .reg = reg, .level = level };
   pthread_t sig_thread;
   if ((errno = pthread_create(&sig_thread, NULL, signal_main, &sctx)) != 0) {

@@ -6,7 +6,8 @@
 #    after); the node stays healthy and counts the stall and the outage;
 #  - the origin killed and started again within the bound: a read started
 #    during the outage returns the image's exact bytes, no error; the
-#    outage's end is logged with its duration.
+#    outage's end is logged with its duration;
+#  - SIGTERM while a read waits out an outage: the node exits at once, 0.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
@@ -95,4 +96,19 @@ grep -q 'delivers again: the outage lasted' "${node_log[1]}" ||
     fail "the outage's end is not logged"
 read -r t res < <(read_block 12)
 [ "$res" = ok ] || fail "block 12 after the outage: $res"
+
+# ---- stopping while a read waits ---------------------------------------------------
+
+kill -KILL "$origin_pid"
+read_block 14 > "$tmpdir/read14" &
+reader=$!
+sleep 1
+t0=$(now_ms)
+thunderd_pid=${node_pid[1]}
+stop_thunderd
+took=$(( $(now_ms) - t0 ))
+wait "$reader" || true
+echo "SIGTERM with a read waiting: exited $thunderd_status in $took ms; the read: $(cat "$tmpdir/read14")" >&2
+[ "$thunderd_status" -eq 0 ] || fail "the node exited $thunderd_status"
+[ "$took" -lt 1500 ] || fail "the node took $took ms to stop"
 exit 0
