@@ -425,7 +425,7 @@ dispatch_locked(struct fetcher *f, struct fetch_req *r)
   if (up == NULL) {
     if (stall_locked(f, r))
       return true;
-    if (r->stall_since != 0) {
+    if (r->stall_since != 0 && !f->no_stall) {
       stall_expired_locked(f, r);
       return false;
     }

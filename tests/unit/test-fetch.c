@@ -1277,7 +1277,7 @@ test_stall_bound(void)
   CU_ASSERT_EQUAL(err, EIO);
   CU_ASSERT_EQUAL(err2, EIO);
   CU_ASSERT(took >= 800);
-  CU_ASSERT(took < 1300);
+  CU_ASSERT(took < 800 + 1500); /* slack for a loaded machine */
 
   struct fetch_stats st;
   fetch_get_stats(f, &st);
@@ -1319,11 +1319,12 @@ test_stall_recovers(void)
   snprintf(file_arg, sizeof file_arg, "file=%s", img_path);
   const char *args[] = { "file", file_arg, NULL };
   CU_ASSERT_FATAL(server_start_at(&late, "img", args));
+  int64_t up = now_ms();
   CU_ASSERT_EQUAL(fetch_wait(r, buf, 0, BS, &err), 0);
-  int64_t took = now_ms() - t0;
   CU_ASSERT(block_is_image(9, buf));
-  CU_ASSERT(took >= 600);
-  CU_ASSERT(took < 2500);
+  CU_ASSERT(up - t0 >= 600);
+  /* The next round comes within the longest backoff (1 s). */
+  CU_ASSERT(now_ms() - up < 1000 + 1500);
 
   struct fetch_stats st;
   fetch_get_stats(f, &st);
