@@ -40,6 +40,7 @@ struct resumer {
   /* The thread's own: */
   struct pool *pool;
   bool warned; /* libvirt unreachable, said once */
+  bool policies_done; /* pool_vm_stop_on_error ran */
   struct backoff *bo;
   size_t nbo;
   int64_t now;
@@ -125,6 +126,15 @@ round_once(struct resumer *r)
   if (r->warned)
     log_info(COMPONENT, "libvirt answers again");
   r->warned = false;
+  if (!r->policies_done) {
+    char **names = NULL;
+    int n = pool_vm_stop_on_error(r->pool, &names, &pe);
+    for (int i = 0; i < n; i++)
+      log_info(COMPONENT, "VM %s: its disk pauses on I/O errors from its"
+               " next start (error_policy 'stop' added)", names[i]);
+    pool_strv_free(names);
+    r->policies_done = n >= 0;
+  }
   r->now = now_ms();
   char **names = NULL;
   int n = pool_vm_resume_io_paused(r->pool, allow, r, &names, &pe);

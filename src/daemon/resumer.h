@@ -9,6 +9,10 @@
  * requests (its NBD client reconnects on the next request).  So a guest
  * sees a pause, never an I/O error.
  *
+ * VMs made by an older thunder have no error policy: once libvirt
+ * answers, their persistent definitions get it (pool_vm_stop_on_error),
+ * effective at their next start.
+ *
  * One thread polls libvirt (a paused-domain listing every interval_ms,
  * one RPC) and resumes pool_vm_resume_io_paused's choice.  A VM that
  * pauses again within 10 s of a resume waits longer before the next one

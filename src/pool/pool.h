@@ -229,6 +229,17 @@ int pool_vm_resume_io_paused(struct pool *p,
                              void *opaque, char ***resumed,
                              struct pool_error *e);
 
+/* Gives the persistent definition of every VM thunder made in this pool
+ * the disk error policies of pool_vm_create's domains (error_policy and
+ * rerror_policy 'stop', where absent): VMs made by an older thunder get
+ * them from their next start (a running domain keeps its live ones).
+ * Transient domains are left alone.  The names of the VMs changed go to
+ * *changed (NULL-terminated, free with pool_strv_free; NULL when none)
+ * and their count is returned; a VM that cannot be read or redefined is
+ * skipped.  -1 with e set if the domains could not be listed. */
+int pool_vm_stop_on_error(struct pool *p, char ***changed,
+                          struct pool_error *e);
+
 /* The size of attached image IMAGE: its anchor's capacity, bytes.
  * POOL_ERR_NOT_FOUND if the pool has no anchor for it. */
 int pool_image_size(struct pool *p, const char *image, uint64_t *size,

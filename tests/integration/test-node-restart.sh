@@ -10,6 +10,8 @@
 #    QEMU pauses it on the failed reads (error_policy='stop'), the new
 #    thunderd resumes it, it boots, its checksum is right and it printed no
 #    error;
+#  - a VM defined without the error policy (an older thunder's) gets it in
+#    its definition when thunderd starts;
 #  - the origin killed during a boot on a node with a cold cache and started
 #    again 10 s later: the reads wait (--stall-timeout), the guest boots,
 #    checksum right.
@@ -114,6 +116,23 @@ read -r longest pauses < <(pause_report "$tmpdir/events1")
 resumed=$(cat "${_thunderd_logs[@]}" | grep -c 'resumed VM vm1' || true)
 echo "vm1: booted across 3 restarts; paused $pauses times, longest pause $longest ms; thunderd logged $resumed resumes" >&2
 grep "THUNDER-GUEST: uptime" "$tmpdir/vm1.log" >&2 || true
+
+# A VM made by an older thunder (no error policy on its disk) gets the
+# policy in its definition when thunderd starts (effective at its next
+# start).
+vsh dumpxml --inactive vm1 | sed -e "s/ error_policy='stop'//" -e "s/ rerror_policy='stop'//" \
+    > "$tmpdir/vm1-old.xml"
+vsh define "$tmpdir/vm1-old.xml" >/dev/null || fail "virsh define of vm1 without error policy"
+! vsh dumpxml --inactive vm1 | grep -q error_policy || fail "vm1 still has an error policy"
+restart_node1 TERM
+for (( i = 0; i < 50; ++i )); do
+    vsh dumpxml --inactive vm1 | grep -q "error_policy='stop' rerror_policy='stop'" && break
+    sleep 0.1
+done
+vsh dumpxml --inactive vm1 | grep -q "error_policy='stop' rerror_policy='stop'" ||
+    fail "thunderd did not give vm1's disk its error policy: $(vsh dumpxml --inactive vm1 | grep '<driver')"
+grep -q "VM vm1: its disk pauses on I/O errors" "${node_log[1]}" ||
+    fail "the policy change of vm1 is not logged"
 
 # ---- the origin down for 10 s during a cold boot -------------------------------
 
