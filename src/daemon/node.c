@@ -1026,7 +1026,7 @@ collect_names(struct export *exp, void *opaque)
 }
 
 static int
-abort_one(struct export *exp, void *opaque)
+stop_stalling_one(struct export *exp, void *opaque)
 {
   struct node_image *img = export_handle_if(exp, &node_ops);
   (void)opaque;
@@ -1039,9 +1039,9 @@ abort_one(struct export *exp, void *opaque)
 }
 
 void
-node_abort_fetches(struct node *n)
+node_stop_stalling(struct node *n)
 {
-  exports_foreach(n->reg, abort_one, NULL);
+  exports_foreach(n->reg, stop_stalling_one, NULL);
 }
 
 void

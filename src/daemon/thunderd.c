@@ -242,7 +242,7 @@ signal_main(void *arg)
       /* Reads waiting out an upstream outage end now: their connections
        * are shut down anyway (QEMU retries them after a reconnect). */
       if (ctx->node)
-        node_abort_fetches(ctx->node);
+        node_stop_stalling(ctx->node);
       server_stop(ctx->server);
       return NULL;
     }
