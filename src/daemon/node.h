@@ -25,6 +25,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "cachemgr.h"
 #include "export.h"
 #include "fetch.h"
 
@@ -34,6 +35,7 @@ struct node_params {
   struct fetch_params fetch;
   unsigned readahead;          /* blocks fetched ahead of a miss; 0: none */
   unsigned commit_interval_ms; /* cache commit batching */
+  struct cachemgr_params cache; /* capacity (cachemgr.h) */
 };
 
 struct node;
@@ -75,7 +77,8 @@ int node_restore(struct node *n);
  * one until they end; the old cache stays on disk).  Returns an HTTP
  * status: 201 attached, 200 updated or unchanged, 404 no upstream has
  * the image, 409 they serve another version, 502 no upstream could be
- * asked, 500 local failure; on failure err (errlen) says why and
+ * asked, 507 the cache cannot hold the version's manifest and bitmap
+ * (cachemgr.h: cap, free-space floor), 500 local failure; on failure err (errlen) says why and
  * nothing is left attached half-way.  *reply gets the image's state. */
 int node_attach(struct node *n, const char *name, const char *version,
                 const char *const *uris, size_t nuris,

@@ -49,6 +49,8 @@ static struct {
   uint64_t fetch_timeout;
   uint64_t fault_holdoff;
   uint64_t commit_interval;
+  char *cache_max;
+  char *cache_min_free;
   char *listen;
   char *socket;
   char *socket_group;
@@ -116,6 +118,12 @@ static const struct config_opt options[] = {
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
     "node: how long a fetched block may wait to be marked valid on disk"
     " (default 20)" },
+  { "cache-max", CONFIG_TYPE_STRING, &opt.cache_max, 0, 0, "SIZE",
+    "node: most the cache may hold, bytes (K/M/G/T suffixes) or N% of its"
+    " filesystem (default " CACHEMGR_DEFAULT_MAX ")" },
+  { "cache-min-free", CONFIG_TYPE_STRING, &opt.cache_min_free, 0, 0, "SIZE",
+    "node: free space the cache leaves on its filesystem, bytes or N%"
+    " (default " CACHEMGR_DEFAULT_MIN_FREE ")" },
   { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
     "NBD over TCP for peers, or 'none' (default 0.0.0.0:10809)" },
   { "socket", CONFIG_TYPE_STRING, &opt.socket, 0, 0, "PATH",
@@ -247,6 +255,7 @@ status_code(int status)
   case 400: return "invalid";
   case 404: return "not_found";
   case 409: return "conflict";
+  case 507: return "insufficient_storage";
   case 502: return "bad_gateway";
   case 503: return "unavailable";
   default: return "internal";
@@ -553,6 +562,20 @@ main(int argc, char **argv)
       .readahead = (unsigned)opt.readahead,
       .commit_interval_ms = (unsigned)opt.commit_interval,
     };
+    const char *cmax = opt.cache_max ? opt.cache_max : CACHEMGR_DEFAULT_MAX;
+    const char *cfree = opt.cache_min_free ? opt.cache_min_free
+                                           : CACHEMGR_DEFAULT_MIN_FREE;
+    if (cachemgr_parse_size(cmax, &np.cache.max_bytes, &np.cache.max_pct) ||
+        cachemgr_parse_size(cfree, &np.cache.min_free_bytes,
+                            &np.cache.min_free_pct)) {
+      log_error(COMPONENT, "--cache-max %s, --cache-min-free %s: want bytes"
+                " (K/M/G/T/P suffixes) or N%%", cmax, cfree);
+      goto out;
+    }
+    if (np.cache.max_bytes == 0 && np.cache.max_pct == 0) {
+      log_error(COMPONENT, "--cache-max: must be more than 0");
+      goto out;
+    }
     node = node_new(reg, opt.cache, &np);
     if (node == NULL)
       goto out;
