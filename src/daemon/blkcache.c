@@ -1168,7 +1168,7 @@ blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
     }
     if (bc->quota && !(s0 & ST_PRESENT) &&
         atomic_load(&bc->quota->used) + len > atomic_load(&bc->quota->limit)) {
-      errno = ENOSPC; /* over the capacity: the caller counts it */
+      errno = EDQUOT; /* over the quota: the caller counts it */
       return -1;
     }
     uint64_t failures = atomic_load(&bc->sync_failures);

@@ -58,7 +58,7 @@ struct blkcache_stats {
 /* A capacity account shared by caches (the node's, cachemgr.h): used
  * counts the bytes of blocks present or being evicted in every cache
  * using it; a store of an absent block that would take used past limit is
- * refused with ENOSPC.  The check is not a reservation, so stores running
+ * refused with EDQUOT.  The check is not a reservation, so stores running
  * at once may pass limit by one block each (the slack of blocks in
  * flight). */
 struct blkcache_quota {
@@ -100,7 +100,7 @@ int blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
  * block, manifest_block_len bytes).  Afterwards blkcache_has() is true;
  * the block becomes durable within commit_interval_ms (plus the time of
  * the syncs).  0, or -1 with errno and the block absent: logged, except
- * ENOSPC/EDQUOT (over the quota, or the disk is full) and EBUSY (being
+ * EDQUOT (over the quota), ENOSPC (the disk is full) and EBUSY (being
  * evicted), which the caller counts. */
 int blkcache_store(struct blkcache *bc, uint64_t idx, const void *data);
 

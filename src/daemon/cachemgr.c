@@ -556,10 +556,7 @@ count_full(struct cachever *cv, int e)
   log_warn(COMP, "%s: %s: %" PRIu64 " blocks served without caching since"
            " the last such message (cap %" PRIu64 ", free floor %" PRIu64
            ", %" PRIu64 " bytes cached)", cm->root,
-           e == ENOSPC && atomic_load(&cm->quota.used) <
-                              atomic_load(&cm->quota.limit)
-               ? "the filesystem is full"
-               : "the cache is full",
+           e == ENOSPC ? "the filesystem is full" : "the cache is full",
            cm->full_count, atomic_load(&cm->cap), atomic_load(&cm->floor),
            atomic_load(&cm->quota.used));
   cm->full_count = 0;

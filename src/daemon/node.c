@@ -806,7 +806,12 @@ attach_new(struct node *n, const char *name, struct manifest *m,
   if (reply)
     *reply = image_json(img, exp);
   export_get(exp); /* for the log line below */
+  /* The image replaced, if any: its last reference may close it, which
+   * takes n->lock, so it is dropped below with the lock released. */
+  struct export *old = exports_lookup(n->reg, name, strlen(name));
   if (exports_replace(n->reg, exp) == -1) {
+    if (old)
+      export_put(old);
     export_put(exp);
     exports_remove(n->reg, mname);
     forget_attachment(n, name);
@@ -821,6 +826,11 @@ attach_new(struct node *n, const char *name, struct manifest *m,
            PRIu64 " blocks of %" PRIu32 "), parent %s, %zu upstreams",
            name, version, m->size, m->nblocks, m->block_size, uris[0], nuris);
   export_put(exp);
+  if (old) {
+    pthread_mutex_unlock(&n->lock);
+    export_put(old);
+    pthread_mutex_lock(&n->lock);
+  }
   return 201;
 
 fail_export:

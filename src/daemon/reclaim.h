@@ -11,7 +11,10 @@
  *      too);
  *   2. blocks of attached versions, least recently used first — so blocks
  *      no VM (nor child node) has read for a while go before the rest —
- *      never a block used in the last RECLAIM_GUARD_MS.
+ *      never a block used in the last RECLAIM_GUARD_MS (a read in
+ *      progress).  A read that still overlaps an eviction (a slow one)
+ *      sees the hole being punched (blkcache's seqlock), reads again,
+ *      finds the block absent and fetches it: never wrong bytes.
  *
  * Each block is evicted crash-safely by blkcache_evict (bit cleared on
  * disk, then the hole punched); a read overlapping it reads again and
@@ -34,7 +37,7 @@ struct cachemgr;
 #define RECLAIM_POLL_MS 100
 #define RECLAIM_HIGH_PCT 95
 #define RECLAIM_LOW_PCT 90
-#define RECLAIM_GUARD_MS 200
+#define RECLAIM_GUARD_MS 50
 
 /* The reclaimer thread's body (arg: the cachemgr). */
 void *reclaim_main(void *arg);

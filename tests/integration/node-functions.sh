@@ -10,6 +10,7 @@
 #                                            node_sock[N], node_pid[N], node_cache[N]
 #   attach N NAME UPSTREAM_BASE...        → thunderctl image attach via node N
 #   stats N NAME                          → the node's image JSON on stdout
+#   kill9_node N                          → SIGKILL node N (a crash)
 #   origin_stats NAME                     → the origin's image JSON
 
 requires_program jq curl nbdcopy nbdinfo
@@ -88,6 +89,14 @@ origin_stats ()
 {
     curl -sf -H "Authorization: Bearer $(cat "$token_file")" \
         "$origin_ctl/v1/images/$1" || fail "origin stats of $1"
+}
+
+# kill9_node N  — SIGKILLs node N and reaps it (a crash).
+kill9_node ()
+{
+    kill -KILL "${node_pid[$1]}"
+    wait "${node_pid[$1]}" 2>/dev/null || true
+    _thunderd_reaped[${node_pid[$1]}]=1
 }
 
 # counter JSON PATH  — a number from JSON on stdin, e.g. counter .counters.hits
