@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -86,8 +87,7 @@ cachemgr_parse_size(const char *s, uint64_t *bytes, unsigned *pct)
   }
   if (*end) {
     end++;
-    if (strcmp(end, "") != 0 && strcmp(end, "B") != 0 &&
-        strcmp(end, "iB") != 0)
+    if (*end && strcasecmp(end, "B") != 0 && strcasecmp(end, "iB") != 0)
       return -1;
   }
   if (shift && v > (UINT64_MAX >> shift))
