@@ -27,11 +27,13 @@
  *
  * In memory, one atomic byte per block (ST_*):
  *
- *   state          PRESENT DURABLE VERIFIED   how it is reached
- *   absent            0       0       0       start; eviction
- *   valid at open     1       1       0       bit set on disk at open
- *   stored            1       0       1       blkcache_store (data written)
- *   valid             1       1       1       committed, or verified on read
+ *   state          PRESENT DURABLE VERIFIED EVICTING  how it is reached
+ *   absent            0       0       0       0     start; eviction
+ *   valid at open     1       1       0       0     bit set on disk at open
+ *   stored            1       0       1       0     blkcache_store (data written)
+ *   valid             1       1       1       0     committed, or verified on read
+ *   evicting          0       0       0       1     blkcache_evict, until the
+ *                                                   hole is punched
  *
  *   blkcache_read of an unverified present block reads the whole block and
  *   checks it against the manifest: match → CAS to +VERIFIED; mismatch →
@@ -48,11 +50,25 @@
  * sets the bits in its private image of the on-disk bitmap (disk_bits),
  * pwrites the changed 4 KiB pages, fdatasyncs the bitmap and marks the
  * blocks DURABLE.  Bit clears (evictions) need no data sync and ride in the
- * same commit; within a batch clears are applied before sets, which matches
- * the order of events (a block can only be evicted while unverified, and a
- * store always leaves it verified, so an eviction never follows a store of
- * the same block).  A torn bitmap page write is harmless: each bit is either
- * its old or its new value, and both are safe.
+ * same commit; sets and clears are one list (ops, a clear flagged OP_CLEAR)
+ * applied in the order they happened, so a store followed by an eviction
+ * of the same block ends clear, and an eviction followed by a store ends
+ * set (the store was refused while the block was EVICTING, so its data is
+ * the new write's).  A torn bitmap page write is harmless: each bit is
+ * either its old or its new value, and both are safe.
+ *
+ * Eviction (blkcache_evict), the second rule: no hole is punched before the
+ * bitmap write that clears its bit was fdatasync'ed.  Under the lock the
+ * blocks go to EVICTING (not readable; stores of them are refused, EBUSY)
+ * and their clears are queued; blkcache_sync waits for the commit; then
+ * punch_gen is made odd, the holes are punched, punch_gen is made even and
+ * the blocks become absent.  punch_gen is a seqlock for readers, which take
+ * no lock: a read that saw punch_gen odd or changed reads again (and finds
+ * the block absent), so a hole is never served as data.  A store compares
+ * punch_gen around its pwrite too: if holes were punched meanwhile, the
+ * write may have landed before the punch, so it writes again.
+ * tests/tools/blkcache-crash models the punch (bit set, or its clear not
+ * yet synced, is a violation) and evicts in all its modes.
  *
  * Commits are batched: the committer sleeps until something is pending, then
  * up to commit_interval_ms more, unless COMMIT_BATCH_MAX stores are pending,

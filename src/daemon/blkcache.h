@@ -26,6 +26,13 @@
  * A block's states, in memory:
  *   absent → stored (data written, served, not yet durable) → valid
  *   valid-unverified (at open) → valid (verified on first read) | absent
+ *   stored | valid | valid-unverified → evicting (blkcache_evict: bit
+ *     cleared on disk, then the hole punched) → absent
+ *
+ * At open, space of blocks whose bit is clear (a store or an eviction cut
+ * short by a crash) is released (hole punched).  A shared quota
+ * (blkcache_set_quota) counts blocks present or being evicted and refuses
+ * stores beyond its limit: the node's capacity (cachemgr.h).
  *
  * Threads: all functions are thread-safe.  The caller stores a given block
  * at most once at a time (the fetch layer's single flight guarantees it);
