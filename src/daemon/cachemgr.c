@@ -485,13 +485,18 @@ count_reuse(struct cachever *dst, const struct cachever *src, uint32_t len)
 }
 
 /* Copies block idx from an identical cached block into buf (a whole
- * block) and stores it in cv.  true if found. */
+ * block) and stores it in cv.  true if found.  may_wait false: give up
+ * rather than wait for the lock (fetch's is_cached runs under the
+ * fetcher's lock, which must not wait on an attach or a reclaim pass). */
 static bool
-reuse(struct cachever *cv, uint64_t idx, uint8_t *buf)
+reuse(struct cachever *cv, uint64_t idx, uint8_t *buf, bool may_wait)
 {
   struct cachemgr *cm = cv->cm;
   struct reuse_ctx c = { cv, idx, buf, manifest_block_len(cv->m, idx), NULL };
-  pthread_rwlock_rdlock(&cm->lock);
+  if (may_wait)
+    pthread_rwlock_rdlock(&cm->lock);
+  else if (pthread_rwlock_tryrdlock(&cm->lock) != 0)
+    return false;
   bool found = blkindex_find(cm->index, cv->m->digests[idx], try_source, &c);
   pthread_rwlock_unlock(&cm->lock);
   if (!found)
@@ -519,9 +524,9 @@ cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
     return r;
   uint32_t blen = manifest_block_len(cv->m, idx);
   if (off == 0 && len == blen)
-    return reuse(cv, idx, buf) ? 1 : 0;
+    return reuse(cv, idx, buf, true) ? 1 : 0;
   CLEANUP_FREE uint8_t *tmp = malloc(blen);
-  if (tmp == NULL || !reuse(cv, idx, tmp))
+  if (tmp == NULL || !reuse(cv, idx, tmp, true))
     return 0;
   memcpy(buf, tmp + off, len);
   return 1;
@@ -535,7 +540,7 @@ cachemgr_has(struct cachever *cv, uint64_t idx)
   if (idx >= cv->m->nblocks)
     return false;
   CLEANUP_FREE uint8_t *tmp = malloc(manifest_block_len(cv->m, idx));
-  return tmp && reuse(cv, idx, tmp);
+  return tmp && reuse(cv, idx, tmp, false);
 }
 
 /* Counts a store refused for room, logs once per interval, wakes the

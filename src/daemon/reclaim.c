@@ -5,7 +5,10 @@
  *   1. under the shared lock, collect candidates (stamp, version, block)
  *      of the phase's versions: present and durable blocks (a block still
  *      waiting for its commit was stored a moment ago), in attached
- *      versions only those not used for RECLAIM_GUARD_MS;
+ *      versions only those not used for RECLAIM_GUARD_MS; and only those
+ *      at or below a stamp cutoff found from a histogram of the stamps
+ *      (two scans, no allocation per block), so a pass over a large cache
+ *      sorts about what it evicts, not every block;
  *   2. sort them by stamp (least recent first), take the shortest prefix
  *      that frees what is needed, group it by version and evict each
  *      group with one blkcache_evict (one bitmap commit per version);
@@ -27,6 +30,7 @@
 #include <time.h>
 
 #include "cacheint.h"
+#include "cleanup.h"
 #include "log.h"
 
 #define COMP "cache"
@@ -77,21 +81,66 @@ by_version(const void *a, const void *b)
   return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
+/* True if block i of cv may be evicted in this phase; *stamp gets its
+ * stamp. */
+static inline bool
+eligible(struct cachever *cv, uint64_t i, bool attached, uint64_t now,
+         uint64_t *stamp)
+{
+  if (!blkcache_evictable(cv->bc, i))
+    return false;
+  *stamp = lru_stamp(cv->lru, i);
+  return !attached || *stamp + RECLAIM_GUARD_MS <= now;
+}
+
+/* The stamp at or below which the least recently used eligible blocks add
+ * up to need bytes (roughly: to a histogram bucket), so that only those
+ * are collected and sorted, not every block of a large cache. */
+static uint64_t
+cutoff(struct cachemgr *cm, bool attached, uint64_t need, uint64_t now)
+{
+  enum { NBUCKETS = 4096 };
+  uint64_t lo = UINT64_MAX, hi = 0, s;
+  for (struct cachever *cv = cm->versions; cv; cv = cv->next)
+    if ((cv->refs > 0) == attached)
+      for (uint64_t i = 0; i < cv->m->nblocks; i++)
+        if (eligible(cv, i, attached, now, &s)) {
+          lo = s < lo ? s : lo;
+          hi = s > hi ? s : hi;
+        }
+  if (lo >= hi)
+    return hi;
+  uint64_t width = (hi - lo) / NBUCKETS + 1;
+  CLEANUP_FREE uint64_t *bytes = calloc(NBUCKETS, sizeof *bytes);
+  if (bytes == NULL)
+    return hi;
+  for (struct cachever *cv = cm->versions; cv; cv = cv->next)
+    if ((cv->refs > 0) == attached)
+      for (uint64_t i = 0; i < cv->m->nblocks; i++)
+        if (eligible(cv, i, attached, now, &s))
+          bytes[(s - lo) / width] += manifest_block_len(cv->m, i);
+  uint64_t sum = 0;
+  for (unsigned b = 0; b < NBUCKETS; b++) {
+    sum += bytes[b];
+    if (sum >= need)
+      return lo + (b + 1) * width - 1;
+  }
+  return hi;
+}
+
 /* Evicts least recently used blocks of the versions of one phase until
  * need bytes are freed.  Shared lock held.  Returns the bytes freed. */
 static uint64_t
 evict_phase(struct cachemgr *cm, bool attached, uint64_t need)
 {
   struct cands c = { 0 };
-  uint64_t now = lru_now(), freed = 0;
+  uint64_t now = lru_now(), freed = 0, s;
+  uint64_t upto = cutoff(cm, attached, need, now);
   for (struct cachever *cv = cm->versions; cv; cv = cv->next) {
     if ((cv->refs > 0) != attached)
       continue;
     for (uint64_t i = 0; i < cv->m->nblocks; i++) {
-      if (!blkcache_evictable(cv->bc, i))
-        continue;
-      uint64_t s = lru_stamp(cv->lru, i);
-      if (attached && s + RECLAIM_GUARD_MS > now)
+      if (!eligible(cv, i, attached, now, &s) || s > upto)
         continue;
       if (cand_push(&c, s, cv, i) < 0) {
         log_error(COMP, "reclaim: realloc: %m");
