@@ -1001,6 +1001,18 @@ node_new(struct exports *reg, const char *cache_root,
   return n;
 }
 
+struct json_object *
+node_cache_json(struct node *n)
+{
+  return cachemgr_json(n->cm);
+}
+
+uint64_t
+node_cache_gc(struct node *n)
+{
+  return cachemgr_gc(n->cm);
+}
+
 static int
 collect_names(struct export *exp, void *opaque)
 {

@@ -24,6 +24,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cachemgr.h"
 #include "export.h"
@@ -95,6 +96,16 @@ struct json_object *node_image_json(struct node *n, const char *name);
 
 /* {"images": [state of each attached image]}. */
 struct json_object *node_list_json(struct node *n);
+
+/* The node's cache as a whole (cachemgr_json): capacity, totals, each
+ * version on disk with its bytes and whether it is attached.  NULL on
+ * allocation failure.  For GET /v1/cache and thunderctl cache show. */
+struct json_object *node_cache_json(struct node *n);
+
+/* Frees space now: removes every version no image is attached at (its
+ * blocks and directory).  Returns the bytes freed.  For POST
+ * /v1/cache/gc and thunderctl cache gc. */
+uint64_t node_cache_gc(struct node *n);
 
 /* Detaches everything (keeping attachments recorded) and frees n. */
 void node_free(struct node *n);
