@@ -53,18 +53,6 @@ sent() { origin_stats "$1" | counter .counters.served_remote_bytes; }
 read_via() { nbdcopy "nbd+unix:///$2?socket=${node_sock[$1]}" null: ||
                  fail "read of $2 through node $1"; }
 
-# rescan_origin NAME [NOT_VERSION]: SIGHUP, wait for NAME (at another
-# version than NOT_VERSION).
-rescan_origin() {
-    kill -HUP "$origin_pid"
-    for (( i = 0; i < 100; ++i )); do
-        v=$(origin_stats "$1" 2>/dev/null | jq -r .version) || v=
-        [ -n "$v" ] && [ "$v" != "${2:-}" ] && return 0
-        sleep 0.1
-    done
-    fail "the origin does not serve $1 after SIGHUP"
-}
-
 # chain FIRST LAST NAME: nodes FIRST..LAST, each the child of the one
 # before (FIRST of the origin), attach NAME, read it through each in turn.
 chain() {
@@ -86,13 +74,8 @@ chain 1 "$nodes" os
 v1=$(origin_stats os | jq -r .version)
 
 nblocks=$(( image_mb * MiB / 65536 ))
-changed=$(( nblocks * pct / 100 ))
-cp "$images/os.raw" "$tmpdir/os.v2"
-for b in $(shuf -i 0-$((nblocks - 1)) -n "$changed"); do
-    head -c 65536 /dev/urandom |
-        dd of="$tmpdir/os.v2" bs=65536 seek="$b" conv=notrunc status=none
-done
-mv "$tmpdir/os.v2" "$images/os.raw"
+new_version "$images/os.raw" "$pct"
+changed=$changed_blocks
 image_add os "$images/os.raw" >/dev/null
 rescan_origin os "$v1"
 s0=$(sent os)

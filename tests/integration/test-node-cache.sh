@@ -26,18 +26,6 @@ for i in 1 2 3 4 5 6 7 8; do
 done
 start_origin "$images"
 
-# rescan_origin NAME  — SIGHUP the origin and wait until it serves NAME.
-rescan_origin ()
-{
-    local i
-    kill -HUP "$origin_pid"
-    for (( i = 0; i < 50; ++i )); do
-        origin_stats "$1" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    fail "the origin does not serve $1 after SIGHUP"
-}
-
 # du of a cache in bytes allocated (files may vanish while it runs).
 cache_du () { du -sB1 "$1" 2>/dev/null | cut -f1 || true; }
 
@@ -110,21 +98,11 @@ attach 4 os "$origin_nbd"
 copy_and_check "nbd+unix:///os?socket=${node_sock[4]}" "$images/os.raw"
 v1=$(origin_stats os | jq -r .version)
 
-cp "$images/os.raw" "$tmpdir/os.v2"
 nblocks=256
-changed=$(( nblocks * 5 / 100 ))
-for b in $(shuf -i 0-$((nblocks - 1)) -n "$changed"); do
-    head -c 65536 /dev/urandom |
-        dd of="$tmpdir/os.v2" bs=65536 seek="$b" conv=notrunc status=none
-done
-mv "$tmpdir/os.v2" "$images/os.raw"
+new_version "$images/os.raw" 5
+changed=$changed_blocks
 image_add os "$images/os.raw" >/dev/null
-kill -HUP "$origin_pid"
-for (( i = 0; i < 50; ++i )); do
-    [ "$(origin_stats os | jq -r .version)" != "$v1" ] && break
-    sleep 0.1
-done
-[ "$(origin_stats os | jq -r .version)" != "$v1" ] || fail "the origin kept v1"
+rescan_origin os "$v1"
 sent0=$(origin_stats os | counter .counters.served_remote_bytes)
 attach 4 os "$origin_nbd"
 attach 5 os "${node_nbd[4]}" "$origin_nbd"
