@@ -363,6 +363,47 @@ ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
   return vms_list(((struct ctl_ctx *)opaque)->vms, reply, code, err, errlen);
 }
 
+/* GET /v1/cache and POST /v1/cache/gc: node mode only. */
+static int
+ctl_cache(void *opaque, bool gc, struct json_object **reply,
+          const char **code, char *err, size_t errlen)
+{
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  if (node == NULL) {
+    *code = "origin_mode";
+    snprintf(err, errlen, "this thunderd is an origin: it has no cache");
+    return 409;
+  }
+  if (gc) {
+    uint64_t freed = node_cache_gc(node);
+    *reply = json_object_new_object();
+    if (*reply)
+      json_object_object_add(*reply, "freed_bytes",
+                             json_object_new_uint64(freed));
+  } else {
+    *reply = node_cache_json(node);
+  }
+  if (*reply == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return 500;
+  }
+  return 200;
+}
+
+static int
+ctl_cache_get(void *opaque, struct json_object **reply, const char **code,
+              char *err, size_t errlen)
+{
+  return ctl_cache(opaque, false, reply, code, err, errlen);
+}
+
+static int
+ctl_cache_gc(void *opaque, struct json_object **reply, const char **code,
+             char *err, size_t errlen)
+{
+  return ctl_cache(opaque, true, reply, code, err, errlen);
+}
+
 static int
 ctl_node_info(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen)
@@ -635,7 +676,8 @@ main(int argc, char **argv)
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
       .vm_delete = ctl_vm_delete, .vm_list = ctl_vm_list,
-      .node_info = ctl_node_info, .opaque = &ctx,
+      .node_info = ctl_node_info, .cache_get = ctl_cache_get,
+      .cache_gc = ctl_cache_gc, .opaque = &ctx,
     };
     control = control_new(opt.control, token, &ops);
     if (control == NULL)

@@ -11,6 +11,7 @@
 #   update    v2 with 5% of its blocks changed: upstream bytes ≤ 1.1 × the
 #             changed bytes, for the node and for a child reading v2 first
 #   zeros     zero blocks move no bytes upstream and take no cache space
+#   cache     thunderctl cache show lists v1 unattached; cache gc removes it
 #   errors    attach with no room: 507 insufficient_storage; a full cache
 #             while serving: exact bytes, one log line per interval
 set -euo pipefail
@@ -116,6 +117,18 @@ s=$(stats 4 os)
     fail "update: the origin sent $sent bytes for $changed_bytes changed: $s"
 [ "$(jq -r '.reused_from' <<<"$(jq .cache <<<"$s")" | grep -c "${v1:0:16}")" -eq 1 ] ||
     fail "update: no reuse from v1 reported: $s"
+# thunderctl cache show|gc: v1 is unattached now; gc removes it.
+ctl4 () { "$THUNDERCTL" --node "${node_ctl[4]}" --token-file "$token_file" "$@"; }
+out=$(ctl4 cache show --json) || fail "cache show: $out"
+[ "$(jq -r --arg v "$v1" '.versions[] | select(.version == $v) | .attached' <<<"$out")" = false ] ||
+    fail "cache show: v1 is not listed as unattached: $out"
+ctl4 cache show | grep -q unattached || fail "cache show (text): $(ctl4 cache show)"
+freed=$(ctl4 cache gc --json | jq -r .freed_bytes)
+[ "$freed" -gt 0 ] || fail "cache gc freed $freed bytes"
+[ ! -e "${node_cache[4]}/$v1" ] || fail "cache gc left v1's directory"
+[ "$(ctl4 cache show --json | jq '.versions | length')" -eq 1 ] ||
+    fail "cache gc: $(ctl4 cache show --json)"
+copy_and_check "nbd+unix:///os?socket=${node_sock[4]}" "$images/os.raw"
 echo "update: origin sent $sent bytes for v2, $changed_bytes bytes changed ($changed of $nblocks blocks); node 4 reused $(jq -r .cache.reused_bytes <<<"$s") bytes"
 stop_thunderd
 
