@@ -2,9 +2,11 @@
  *
  * Design note: a chained hash table keyed by the digest's first 8 bytes
  * (SHA-256 output, so already uniform).  Each owner's entries are one
- * array (struct part), chained into the buckets through 32-bit-free
- * pointers; removal rebuilds the chains of the affected buckets by
- * filtering them.  The table doubles when it holds two entries per bucket.
+ * array (struct part), each entry linked into its bucket's chain; removal
+ * filters the owner's entries out of the chains of the buckets they are
+ * in.  The table grows (doubling) to keep at most two entries per bucket
+ * on average; entries point into the owner's manifest, so an owner is
+ * removed before its manifest is freed.
  */
 #include "blkindex.h"
 
