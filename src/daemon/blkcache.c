@@ -176,6 +176,9 @@ struct blkcache {
   /* Under lock. */
   struct idx_list ops; /* block indexes to set, | OP_CLEAR to clear */
   uint64_t op_seq, done_seq, nfailures;
+  /* Operations up to this one are in the bitmap on disk (its write and
+   * fdatasync succeeded); blkcache_evict punches only below it. */
+  uint64_t bits_seq;
   unsigned sync_waiters;
   bool stop;
 
@@ -691,9 +694,10 @@ data_sync_failed(struct blkcache *bc, uint64_t *upto)
 }
 
 /* Commits the taken batch, covering operations up to *upto.  false if
- * anything failed (logged). */
+ * anything failed (logged); *bits_ok tells whether the bitmap was written
+ * and synced. */
 static bool
-commit_batch(struct blkcache *bc, uint64_t *upto)
+commit_batch(struct blkcache *bc, uint64_t *upto, bool *bits_ok)
 {
   struct idx_list *batch = &bc->batch;
   bool data_ok = true, ok = true, any_set = false;
@@ -716,10 +720,12 @@ commit_batch(struct blkcache *bc, uint64_t *upto)
     bit_put(bc, idx, on);
   }
 
+  *bits_ok = false;
   if (write_bitmap(bc) < 0) {
     bc->rewrite_all = true;
     ok = false;
   } else {
+    *bits_ok = true;
     bc->rewrite_all = false;
     if (data_ok)
       for (size_t i = 0; i < batch->n; i++)
@@ -783,10 +789,13 @@ committer_main(void *arg)
     uint64_t upto = bc->op_seq;
     pthread_mutex_unlock(&bc->lock);
 
-    bool ok = commit_batch(bc, &upto);
+    bool bits_ok;
+    bool ok = commit_batch(bc, &upto, &bits_ok);
 
     pthread_mutex_lock(&bc->lock);
     bc->done_seq = upto;
+    if (bits_ok)
+      bc->bits_seq = upto;
     if (!ok)
       bc->nfailures++;
     pthread_cond_broadcast(&bc->done);
@@ -871,6 +880,12 @@ sweep_unmarked(struct blkcache *bc)
 {
   off_t size = (off_t)bc->m->size, pos = 0;
   uint64_t swept = 0;
+  /* The bitmap as read must be on disk before a hole is punched under a
+   * clear bit (a clear whose sync failed before a restart may not be). */
+  if (fdatasync(bc->bitmap_fd) < 0) {
+    log_warn(COMP, "fdatasync: %s/" NAME_BITMAP ": %m", bc->dir);
+    return;
+  }
   while (pos < size) {
     off_t start = lseek(bc->data_fd, pos, SEEK_DATA);
     if (start < 0)
@@ -1326,13 +1341,19 @@ blkcache_evict(struct blkcache *bc, const uint64_t *idx, size_t n)
     account(bc, idx[i], s, ST_EVICTING);
     taken[ntaken++] = idx[i];
   }
+  uint64_t seq = bc->op_seq;
   pthread_cond_signal(&bc->wake);
   pthread_mutex_unlock(&bc->lock);
   if (ntaken == 0)
     return 0;
 
-  /* 2. The clears on disk before any space is released. */
-  bool synced = blkcache_sync(bc) == 0;
+  /* 2. The clears on disk before any space is released: a commit covered
+   *    them and its bitmap write succeeded (blkcache_sync alone is not
+   *    enough: a commit that failed before it was called is not seen). */
+  blkcache_sync(bc);
+  pthread_mutex_lock(&bc->lock);
+  bool synced = bc->bits_seq >= seq;
+  pthread_mutex_unlock(&bc->lock);
 
   /* 3. Release the space; readers that overlapped read again. */
   uint64_t freed = 0;
