@@ -646,14 +646,19 @@ write_bitmap(struct blkcache *bc)
   return 0;
 }
 
-/* Drops a block from memory whatever its state (its data may be lost). */
+/* Drops a block from memory whatever its state (its data may be lost),
+ * except while it is being evicted: the eviction owns it until its hole
+ * is punched (were it absent meanwhile, a store could cache it again just
+ * before the punch). */
 static void
 drop_block(struct blkcache *bc, uint64_t idx)
 {
   uint8_t old = atomic_load(&bc->state[idx]);
-  while (old != 0 && !atomic_compare_exchange_weak(&bc->state[idx], &old, 0))
+  while (old != 0 && !(old & ST_EVICTING) &&
+         !atomic_compare_exchange_weak(&bc->state[idx], &old, 0))
     ;
-  account(bc, idx, old, 0);
+  if (!(old & ST_EVICTING))
+    account(bc, idx, old, 0);
 }
 
 static void
