@@ -60,9 +60,11 @@
  * Eviction (blkcache_evict), the second rule: no hole is punched before the
  * bitmap write that clears its bit was fdatasync'ed.  Under the lock the
  * blocks go to EVICTING (not readable; stores of them are refused, EBUSY)
- * and their clears are queued; blkcache_sync waits for the commit; then
- * punch_gen is made odd, the holes are punched, punch_gen is made even and
- * the blocks become absent.  punch_gen is a seqlock for readers, which take
+ * and their clears are queued; blkcache_sync waits for the commit, and
+ * only if a commit covering them wrote and synced the bitmap (bits_seq)
+ * punch_gen is made odd, the holes are punched (else the data stays: a
+ * bit still set names intact data), punch_gen is made even and the blocks
+ * become absent.  Nothing but the eviction moves a block out of EVICTING.  punch_gen is a seqlock for readers, which take
  * no lock: a read that saw punch_gen odd or changed reads again (and finds
  * the block absent), so a hole is never served as data.  A store compares
  * punch_gen around its pwrite too: if holes were punched meanwhile, the
@@ -79,7 +81,8 @@
  * Failures: after a failed fdatasync(data), any page written before it may
  * be lost (Linux reports a writeback error once and marks the pages clean),
  * so every block stored but not yet durable is dropped from memory and its
- * bit cleared, the batch's and those still pending alike; a store whose
+ * bit cleared, the batch's and those still pending alike (a block being
+ * evicted stays EVICTING: its eviction ends it); a store whose
  * pwrite overlapped the failure (sync_failures changed meanwhile) writes its
  * block again before it queues it.  If the bitmap write fails, the whole
  * bitmap is rewritten by the next commit (or at close).  A blkcache_sync
