@@ -195,7 +195,19 @@ reclaim_run(struct cachemgr *cm, uint64_t target, bool all_unattached)
     pthread_rwlock_unlock(&cm->lock);
   }
 
-  /* Unattached versions with nothing left go (all of them for gc). */
+  /* Unattached versions with nothing left go (all of them for gc).  A
+   * look under the shared lock first: the exclusive one only when there
+   * is something to remove, not at every poll. */
+  bool any = false;
+  pthread_rwlock_rdlock(&cm->lock);
+  for (struct cachever *cv = cm->versions; cv && !any; cv = cv->next) {
+    struct blkcache_stats st;
+    blkcache_get_stats(cv->bc, &st);
+    any = cv->refs == 0 && (all_unattached || st.present_blocks == 0);
+  }
+  pthread_rwlock_unlock(&cm->lock);
+  if (!any)
+    return freed;
   struct cachever *gone = NULL;
   pthread_rwlock_wrlock(&cm->lock);
   for (struct cachever **pp = &cm->versions; *pp;) {
