@@ -1247,6 +1247,102 @@ cmd_vm_delete(int argc, char **argv)
                          pool_vm_delete, "deleted domain");
 }
 
+/* ---- cache show, cache gc ------------------------------------------------------ */
+
+static void
+usage_cache(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL cache show [--json]\n"
+          "       " PROG " --node URL cache gc [--json]\n"
+          "\n"
+          "show: the node's block cache (GET /v1/cache): its capacity (cache-max,\n"
+          "cache-min-free), bytes held, evictions, and each image version on disk\n"
+          "with its bytes and whether it is attached.\n"
+          "gc: frees space now (POST /v1/cache/gc): removes every version no image\n"
+          "is attached at, its blocks and directory.\n"
+          "\n"
+          "  --json            print the node's reply as JSON\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n");
+}
+
+/* cache show / cache gc: one call, the reply as JSON or text. */
+static int
+cache_command(const char *cmd, const char *method, const char *path,
+              int argc, char **argv)
+{
+  bool json = false;
+  int r = name_command_args(cmd, usage_cache, argc, argv, &json, NULL);
+  if (r >= 0)
+    return r;
+  struct nodeclient *nc = node_client(cmd);
+  if (nc == NULL)
+    return 1;
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, method, path, NULL, cmd, &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  if (reply == NULL || !json_object_is_type(reply, json_type_object)) {
+    fprintf(stderr, PROG ": %s: the reply is not a JSON object\n", cmd);
+    return 1;
+  }
+  if (json) {
+    cli_print_json(reply);
+    return 0;
+  }
+  char h[48];
+  uint64_t v;
+  if (cli_get_u64(reply, "freed_bytes", &v)) {
+    printf("freed %s\n", cli_human_bytes(v, h, sizeof h));
+    return 0;
+  }
+  static const char *const rows[][2] = {
+    { "cap_bytes", "cap" },          { "min_free_bytes", "free floor" },
+    { "limit_bytes", "may hold" },   { "used_bytes", "holds" },
+    { "evicted_bytes", "evicted" },
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    if (cli_get_u64(reply, rows[i][0], &v))
+      printf("%-11s %s\n", rows[i][1], cli_human_bytes(v, h, sizeof h));
+  struct json_object *vs;
+  if (!json_object_object_get_ex(reply, "versions", &vs) ||
+      !json_object_is_type(vs, json_type_array))
+    return 0;
+  printf("\n%-24s  %-12s  %-10s  %10s  %10s\n", "IMAGE", "VERSION", "STATE",
+         "CACHED", "SIZE");
+  for (size_t i = 0; i < json_object_array_length(vs); i++) {
+    struct json_object *o = json_object_array_get_idx(vs, i), *a;
+    char hb[48], hs[48];
+    uint64_t bytes = 0, size = 0;
+    cli_get_u64(o, "bytes", &bytes);
+    cli_get_u64(o, "image_bytes", &size);
+    bool attached = json_object_object_get_ex(o, "attached", &a) &&
+                    json_object_get_boolean(a);
+    printf("%-24s  %-12.12s  %-10s  %10s  %10s\n", cli_get_str(o, "name", "?"),
+           cli_get_str(o, "version", "?"),
+           attached ? "attached" : "unattached",
+           cli_human_bytes(bytes, hb, sizeof hb),
+           cli_human_bytes(size, hs, sizeof hs));
+  }
+  return 0;
+}
+
+static int
+cmd_cache_show(int argc, char **argv)
+{
+  return cache_command("cache show", "GET", "/v1/cache", argc, argv);
+}
+
+static int
+cmd_cache_gc(int argc, char **argv)
+{
+  return cache_command("cache gc", "POST", "/v1/cache/gc", argc, argv);
+}
+
 /* ---- Command tables ---------------------------------------------------- */
 
 static const struct command image_commands[] = {
@@ -1267,6 +1363,14 @@ static const struct command image_commands[] = {
 static const struct command node_commands[] = {
   { "show", "[--json]", "show what a node (--node) reports about itself",
     cmd_node_show, NULL },
+  { NULL, NULL, NULL, NULL, NULL },
+};
+
+static const struct command cache_commands[] = {
+  { "show", "[--json]", "show a node's (--node) cache: capacity, versions",
+    cmd_cache_show, NULL },
+  { "gc", "[--json]", "remove the versions no image is attached at",
+    cmd_cache_gc, NULL },
   { NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -1300,6 +1404,7 @@ static const struct command top_commands[] = {
     image_commands },
   { "node", "COMMAND ...", "a node's own information", NULL,
     node_commands },
+  { "cache", "COMMAND ...", "a node's block cache", NULL, cache_commands },
   { "pool", "COMMAND ...", "the libvirt storage pool on this host", NULL,
     pool_commands },
   { "vol", "COMMAND ...", "VM volumes in the pool", NULL, vol_commands },

@@ -72,6 +72,8 @@
 #define IMAGES_PATH "/v1/images"
 #define VMS_PATH "/v1/vms"
 #define NODE_PATH "/v1/node"
+#define CACHE_PATH "/v1/cache"
+#define CACHE_GC_PATH "/v1/cache/gc"
 #define ALLOW_GET "GET, HEAD"
 #define ALLOW_ITEM "GET, HEAD, PUT, DELETE"
 #define NAME_RULE "1-255 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
@@ -90,6 +92,8 @@ enum route {
   ROUTE_VMS,   /* /v1/vms */
   ROUTE_VM,    /* /v1/vms/NAME */
   ROUTE_NODE,  /* /v1/node */
+  ROUTE_CACHE, /* /v1/cache */
+  ROUTE_CACHE_GC, /* /v1/cache/gc (POST) */
 };
 
 /* Per-request state, allocated on the first call. */
@@ -744,9 +748,13 @@ start_request(const struct control *c, struct MHD_Connection *conn,
     req->route = ROUTE_VM;
   } else if (strcmp(url, NODE_PATH) == 0) {
     req->route = ROUTE_NODE;
+  } else if (strcmp(url, CACHE_PATH) == 0) {
+    req->route = ROUTE_CACHE;
+  } else if (strcmp(url, CACHE_GC_PATH) == 0) {
+    req->route = ROUTE_CACHE_GC;
   } else {
     set_error(req, MHD_HTTP_NOT_FOUND,
-              "no such path: %s; see /v1/images[/NAME], /v1/vms[/NAME] and /v1/node",
+              "no such path: %s; see /v1/images[/NAME], /v1/vms[/NAME], /v1/node and /v1/cache[/gc]",
               shown(url, strlen(url), s, sizeof s));
     return;
   }
@@ -771,7 +779,18 @@ start_request(const struct control *c, struct MHD_Connection *conn,
                      : req->route == ROUTE_IMAGE ? IMAGES_PATH "/NAME"
                      : req->route == ROUTE_VMS   ? VMS_PATH
                      : req->route == ROUTE_VM    ? VMS_PATH "/NAME"
+                     : req->route == ROUTE_CACHE ? CACHE_PATH
                                                  : NODE_PATH;
+  if (req->route == ROUTE_CACHE_GC) {
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
+      set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
+                "method %s not allowed on " CACHE_GC_PATH "; allowed: POST",
+                shown(method, strlen(method), s, sizeof s));
+      req->allow = "POST";
+    }
+    req->is_put = false;
+    return;
+  }
   if (!item && !get) {
     set_error(req, MHD_HTTP_METHOD_NOT_ALLOWED,
               "method %s not allowed on %s; allowed: " ALLOW_GET,
@@ -941,6 +960,18 @@ finish_request(struct control *c, struct MHD_Connection *conn,
     status = c->ops.node_info(c->ops.opaque, &reply, &code, err, sizeof err);
     log_debug(COMPONENT, "%s %s: %d", method, u, status);
     return reply_op(conn, "node information", status, reply, code, err);
+  case ROUTE_CACHE:
+  case ROUTE_CACHE_GC: {
+    bool gc = req->route == ROUTE_CACHE_GC;
+    int (*op)(void *, struct json_object **, const char **, char *, size_t) =
+        gc ? c->ops.cache_gc : c->ops.cache_get;
+    if (op == NULL)
+      return reply_error(conn, MHD_HTTP_NOT_IMPLEMENTED, NULL,
+                         "the cache is not supported here", NULL, NULL);
+    status = op(c->ops.opaque, &reply, &code, err, sizeof err);
+    log_debug(COMPONENT, "%s %s: %d", method, u, status);
+    return reply_op(conn, gc ? "cache gc" : "cache", status, reply, code, err);
+  }
   case ROUTE_VM:
     return finish_vm(c, conn, method, u, req);
   case ROUTE_IMAGE:

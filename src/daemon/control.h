@@ -90,6 +90,12 @@ struct control_ops {
                  char *err, size_t errlen);
   int (*node_info)(void *opaque, struct json_object **reply,
                    const char **code, char *err, size_t errlen);
+  /* GET /v1/cache (the node's cache) and POST /v1/cache/gc (remove the
+   * unattached versions).  NULL: 501. */
+  int (*cache_get)(void *opaque, struct json_object **reply,
+                   const char **code, char *err, size_t errlen);
+  int (*cache_gc)(void *opaque, struct json_object **reply,
+                  const char **code, char *err, size_t errlen);
   void *opaque;
 };
 

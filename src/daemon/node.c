@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "blkcache.h"
+#include "cachemgr.h"
 #include "cleanup.h"
 #include "digest.h"
 #include "log.h"
@@ -54,6 +55,7 @@ struct node {
   struct exports *reg;
   char *root;
   struct node_params p;
+  struct cachemgr *cm; /* every cached version, capacity, reuse */
   pthread_mutex_t lock;
   char **open_versions; /* hex versions with an open cache */
   size_t nopen, capopen;
@@ -65,7 +67,8 @@ struct node_image {
   struct node *node;
   char *name;
   struct manifest *m;
-  struct blkcache *bc;
+  struct cachever *cv;  /* the version in the cache manager */
+  struct blkcache *bc;  /* its block cache */
   pthread_rwlock_t flock;
   struct fetcher *f;   /* under flock */
   char **uris;         /* under flock */
@@ -155,7 +158,7 @@ static bool
 cb_is_cached(void *opaque, uint64_t idx)
 {
   struct node_image *img = opaque;
-  return blkcache_has(img->bc, idx);
+  return cachemgr_has(img->cv, idx);
 }
 
 static void
@@ -165,7 +168,7 @@ cb_deliver(void *opaque, uint64_t idx, const void *data, unsigned from)
   (void)from;
   /* A failed store is logged by blkcache; the block is served from the
    * fetch anyway and fetched again next time. */
-  blkcache_store(img->bc, idx, data);
+  cachemgr_store(img->cv, idx, data);
 }
 
 /* Where block b meets the read [off, off + len): the part inside the
@@ -240,7 +243,7 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
     struct part pt = block_part(m, b, off, len);
     char *dst = (char *)buf + pt.in_buf;
     for (int tries = 0;; tries++) {
-      int c = blkcache_read(img->bc, b, dst, pt.in_block, pt.n, err);
+      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, err);
       if (c == 1) {
         atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
         break;
@@ -315,8 +318,7 @@ image_free(struct node_image *img)
 {
   if (img->f)
     fetcher_free(img->f);
-  if (img->bc)
-    blkcache_close(img->bc);
+  cachemgr_release(img->cv);
   if (img->m) {
     pthread_mutex_lock(&img->node->lock);
     version_del(img->node, img->m->version_hex);
@@ -552,6 +554,7 @@ image_json(struct node_image *img, struct export *exp)
   add_u64(c, "present_cache_bytes", bs.present_bytes);
   add_u64(c, "cached_blocks", bs.present_blocks);
   json_object_object_add(o, "counters", c);
+  json_object_object_add(o, "cache", cachemgr_version_json(img->cv));
   return o;
 }
 
@@ -779,6 +782,7 @@ attach_new(struct node *n, const char *name, struct manifest *m,
            size_t nuris, struct json_object **reply, char *err, size_t errlen)
 {
   const char *version = m->version_hex;
+  int fail_status = 500;
   struct node_image *img = calloc(1, sizeof *img);
   if (img == NULL || (img->name = strdup(name)) == NULL ||
       (img->uris = uris_dup(uris, nuris)) == NULL) {
@@ -800,12 +804,18 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     snprintf(err, errlen, "out of memory");
     return 500;
   }
-  img->bc = blkcache_open(n->root, m, mbytes, mlen, n->p.commit_interval_ms);
+  enum cachemgr_result cres;
+  img->cv = cachemgr_acquire(n->cm, mbytes, mlen, &cres, err, errlen);
+  if (img->cv == NULL) {
+    /* 507: the cache cannot hold even the manifest (docs/control.md). */
+    fail_status = cres == CACHEMGR_NO_ROOM ? 507 : 500;
+    goto fail_unlocked_image;
+  }
+  img->bc = cachemgr_blkcache(img->cv);
   struct fetch_callbacks cb = callbacks(img);
-  if (img->bc)
-    img->f = fetcher_new(m, uris, nuris, &n->p.fetch, &cb);
-  if (img->bc == NULL || img->f == NULL) {
-    snprintf(err, errlen, "cannot open the cache or start fetching");
+  img->f = fetcher_new(m, uris, nuris, &n->p.fetch, &cb);
+  if (img->f == NULL) {
+    snprintf(err, errlen, "cannot start fetching");
     goto fail_unlocked_image;
   }
 
@@ -837,7 +847,12 @@ attach_new(struct node *n, const char *name, struct manifest *m,
   if (reply)
     *reply = image_json(img, exp);
   export_get(exp); /* for the log line below */
+  /* The image replaced, if any: its last reference may close it, which
+   * takes n->lock, so it is dropped below with the lock released. */
+  struct export *old = exports_lookup(n->reg, name, strlen(name));
   if (exports_replace(n->reg, exp) == -1) {
+    if (old)
+      export_put(old);
     export_put(exp);
     exports_remove(n->reg, mname);
     forget_attachment(n, name);
@@ -852,6 +867,11 @@ attach_new(struct node *n, const char *name, struct manifest *m,
            PRIu64 " blocks of %" PRIu32 "), parent %s, %zu upstreams",
            name, version, m->size, m->nblocks, m->block_size, uris[0], nuris);
   export_put(exp);
+  if (old) {
+    pthread_mutex_unlock(&n->lock);
+    export_put(old);
+    pthread_mutex_lock(&n->lock);
+  }
   return 201;
 
 fail_export:
@@ -866,7 +886,7 @@ fail_unlocked_image:
   pthread_mutex_unlock(&n->lock);
   image_free(img);
   pthread_mutex_lock(&n->lock);
-  return 500;
+  return fail_status;
 }
 
 int
@@ -1012,8 +1032,26 @@ node_new(struct exports *reg, const char *cache_root,
   }
   n->reg = reg;
   n->p = *p;
+  n->p.cache.commit_interval_ms = p->commit_interval_ms;
+  if ((n->cm = cachemgr_new(cache_root, &n->p.cache)) == NULL) {
+    free(n->root);
+    free(n);
+    return NULL;
+  }
   pthread_mutex_init(&n->lock, NULL);
   return n;
+}
+
+struct json_object *
+node_cache_json(struct node *n)
+{
+  return cachemgr_json(n->cm);
+}
+
+uint64_t
+node_cache_gc(struct node *n)
+{
+  return cachemgr_gc(n->cm);
 }
 
 static int
@@ -1063,6 +1101,7 @@ node_free(struct node *n)
     }
     json_object_put(names);
   }
+  cachemgr_free(n->cm);
   for (size_t i = 0; i < n->nopen; i++)
     free(n->open_versions[i]);
   free(n->open_versions);

@@ -24,7 +24,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "cachemgr.h"
 #include "export.h"
 #include "fetch.h"
 
@@ -34,6 +36,7 @@ struct node_params {
   struct fetch_params fetch;
   unsigned readahead;          /* blocks fetched ahead of a miss; 0: none */
   unsigned commit_interval_ms; /* cache commit batching */
+  struct cachemgr_params cache; /* capacity (cachemgr.h) */
 };
 
 struct node;
@@ -75,7 +78,8 @@ int node_restore(struct node *n);
  * one until they end; the old cache stays on disk).  Returns an HTTP
  * status: 201 attached, 200 updated or unchanged, 404 no upstream has
  * the image, 409 they serve another version, 502 no upstream could be
- * asked, 500 local failure; on failure err (errlen) says why and
+ * asked, 507 the cache cannot hold the version's manifest and bitmap
+ * (cachemgr.h: cap, free-space floor), 500 local failure; on failure err (errlen) says why and
  * nothing is left attached half-way.  *reply gets the image's state. */
 int node_attach(struct node *n, const char *name, const char *version,
                 const char *const *uris, size_t nuris,
@@ -97,6 +101,16 @@ struct json_object *node_list_json(struct node *n);
  * and no read waits for one any more (fetch_stop_stalling), so that none
  * holds the shutdown up for a stall timeout. */
 void node_stop_stalling(struct node *n);
+
+/* The node's cache as a whole (cachemgr_json): capacity, totals, each
+ * version on disk with its bytes and whether it is attached.  NULL on
+ * allocation failure.  For GET /v1/cache and thunderctl cache show. */
+struct json_object *node_cache_json(struct node *n);
+
+/* Frees space now: removes every version no image is attached at (its
+ * blocks and directory).  Returns the bytes freed.  For POST
+ * /v1/cache/gc and thunderctl cache gc. */
+uint64_t node_cache_gc(struct node *n);
 
 /* Detaches everything (keeping attachments recorded) and frees n. */
 void node_free(struct node *n);

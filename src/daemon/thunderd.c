@@ -51,6 +51,8 @@ static struct {
   uint64_t fault_holdoff;
   uint64_t stall_timeout;
   uint64_t commit_interval;
+  char *cache_max;
+  char *cache_min_free;
   char *listen;
   char *socket;
   char *socket_group;
@@ -125,6 +127,12 @@ static const struct config_opt options[] = {
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
     "node: how long a fetched block may wait to be marked valid on disk"
     " (default 20)" },
+  { "cache-max", CONFIG_TYPE_STRING, &opt.cache_max, 0, 0, "SIZE",
+    "node: most the cache may hold, bytes (K/M/G/T suffixes) or N% of its"
+    " filesystem (default " CACHEMGR_DEFAULT_MAX ")" },
+  { "cache-min-free", CONFIG_TYPE_STRING, &opt.cache_min_free, 0, 0, "SIZE",
+    "node: free space the cache leaves on its filesystem, bytes or N%"
+    " (default " CACHEMGR_DEFAULT_MIN_FREE ")" },
   { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
     "NBD over TCP for peers, or 'none' (default 0.0.0.0:10809)" },
   { "socket", CONFIG_TYPE_STRING, &opt.socket, 0, 0, "PATH",
@@ -264,6 +272,7 @@ status_code(int status)
   case 400: return "invalid";
   case 404: return "not_found";
   case 409: return "conflict";
+  case 507: return "insufficient_storage";
   case 502: return "bad_gateway";
   case 503: return "unavailable";
   default: return "internal";
@@ -369,6 +378,47 @@ ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
             char *err, size_t errlen)
 {
   return vms_list(((struct ctl_ctx *)opaque)->vms, reply, code, err, errlen);
+}
+
+/* GET /v1/cache and POST /v1/cache/gc: node mode only. */
+static int
+ctl_cache(void *opaque, bool gc, struct json_object **reply,
+          const char **code, char *err, size_t errlen)
+{
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  if (node == NULL) {
+    *code = "origin_mode";
+    snprintf(err, errlen, "this thunderd is an origin: it has no cache");
+    return 409;
+  }
+  if (gc) {
+    uint64_t freed = node_cache_gc(node);
+    *reply = json_object_new_object();
+    if (*reply)
+      json_object_object_add(*reply, "freed_bytes",
+                             json_object_new_uint64(freed));
+  } else {
+    *reply = node_cache_json(node);
+  }
+  if (*reply == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return 500;
+  }
+  return 200;
+}
+
+static int
+ctl_cache_get(void *opaque, struct json_object **reply, const char **code,
+              char *err, size_t errlen)
+{
+  return ctl_cache(opaque, false, reply, code, err, errlen);
+}
+
+static int
+ctl_cache_gc(void *opaque, struct json_object **reply, const char **code,
+             char *err, size_t errlen)
+{
+  return ctl_cache(opaque, true, reply, code, err, errlen);
 }
 
 static int
@@ -572,6 +622,20 @@ main(int argc, char **argv)
       .readahead = (unsigned)opt.readahead,
       .commit_interval_ms = (unsigned)opt.commit_interval,
     };
+    const char *cmax = opt.cache_max ? opt.cache_max : CACHEMGR_DEFAULT_MAX;
+    const char *cfree = opt.cache_min_free ? opt.cache_min_free
+                                           : CACHEMGR_DEFAULT_MIN_FREE;
+    if (cachemgr_parse_size(cmax, &np.cache.max_bytes, &np.cache.max_pct) ||
+        cachemgr_parse_size(cfree, &np.cache.min_free_bytes,
+                            &np.cache.min_free_pct)) {
+      log_error(COMPONENT, "--cache-max %s, --cache-min-free %s: want bytes"
+                " (K/M/G/T/P suffixes) or N%%", cmax, cfree);
+      goto out;
+    }
+    if (np.cache.max_bytes == 0 && np.cache.max_pct == 0) {
+      log_error(COMPONENT, "--cache-max: must be more than 0");
+      goto out;
+    }
     node = node_new(reg, opt.cache, &np);
     if (node == NULL)
       goto out;
@@ -640,7 +704,8 @@ main(int argc, char **argv)
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
       .vm_delete = ctl_vm_delete, .vm_list = ctl_vm_list,
-      .node_info = ctl_node_info, .opaque = &ctx,
+      .node_info = ctl_node_info, .cache_get = ctl_cache_get,
+      .cache_gc = ctl_cache_gc, .opaque = &ctx,
     };
     control = control_new(opt.control, token, &ops);
     if (control == NULL)
