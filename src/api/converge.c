@@ -47,6 +47,9 @@
 #include <json-c/json.h>
 
 #include "api.h"
+#include "apiutil.h"
+#include "converge.h"
+#include "metrics.h"
 #include "cleanup.h"
 #include "log.h"
 #include "nodecall.h"
@@ -526,7 +529,7 @@ step_bytes(struct converger *cv, const struct store_cluster *c,
   CLEANUP_FREE struct store_image *im = store_image_get(cv->st, c->image, &err);
   if (im == NULL)
     return;
-  CLEANUP_FREE char *origin = api_export_uri(im->origin_nbd, c->image);
+  CLEANUP_FREE char *origin = apiutil_export_uri(im->origin_nbd, c->image);
   CLEANUP_FREE char *path = NULL;
   if (origin == NULL || asprintf(&path, "/v1/images/%s", c->image) == -1)
     return;
@@ -611,7 +614,7 @@ step_provision(struct converger *cv, const struct store_cluster *c,
     if (store_cluster_set_state(cv->st, c->id,
                                 STORE_MASK(STORE_CLUSTER_PROVISIONING), to,
                                 running ? NULL : msg, &err) == STORE_OK) {
-      double secs = (double)(api_now_ms() - c->created_at) / 1000.0;
+      double secs = (double)(apiutil_now_ms() - c->created_at) / 1000.0;
       metrics_provisioned(secs);
       log_info(COMPONENT, "cluster %s (%s): %s after %.1f s: %zu running, %zu failed",
                c->id, c->name, store_cluster_state_name(to), secs, running,
@@ -899,7 +902,7 @@ round_once(struct converger *cv)
 {
   struct store_err err;
   struct id_vec down = { 0 };
-  int64_t before = api_now_ms() - (int64_t)cv->cfg->node_timeout_s * 1000;
+  int64_t before = apiutil_now_ms() - (int64_t)cv->cfg->node_timeout_s * 1000;
   if (store_nodes_expire(cv->st, before, copy_id, &down, NULL, &err) != STORE_OK)
     log_warn(COMPONENT, "%s", err.msg);
   for (size_t i = 0; i < down.n; i++)

@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "api.h"
+#include "converge.h"
+#include "server.h"
 #include "config.h"
 #include "log.h"
 #include "nodecall.h"

@@ -320,7 +320,9 @@ jsonutil_known_keys(struct json_object *o, const char *at,
       ok = strcmp(key, *a) == 0;
     if (!ok) {
       char s[80];
-      snprintf(err, errlen, "field '%s%s': unknown field%s%s", at,
+      /* The unknown key quoted after its object's path: field
+       * placement.'colour'. */
+      snprintf(err, errlen, "field %s'%s': unknown field%s%s", at,
                jsonutil_shown(key, strlen(key), s, sizeof s),
                expected ? "; " : "", expected ? expected : "");
       return -1;

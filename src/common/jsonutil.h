@@ -42,9 +42,10 @@ struct json_object *jsonutil_parse(const char *text, size_t len, int depth,
                                    char *err, size_t errlen);
 
 /* Checks that every key of o is one of allowed (NULL-terminated); at is
- * the path of o ("" or "placement.").  expected (may be NULL) is added to
- * the message: "field 'x': unknown field; expected version and
- * upstreams".  0 or -1. */
+ * the path of o ("" or "placement.").  The message quotes the unknown key
+ * after its object's path ("field 'x': unknown field", "field
+ * placement.'colour': unknown field"); expected (may be NULL) is added:
+ * "...; expected version and upstreams".  0 or -1. */
 int jsonutil_known_keys(struct json_object *o, const char *at,
                         const char *const *allowed, const char *expected,
                         char *err, size_t errlen);
