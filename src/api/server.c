@@ -1,7 +1,7 @@
 /* thunder — thunder-api's HTTP routes (docs/api.md) on the service core
  * (common/httpsvc.h: tokens, body limits, strict JSON, error envelope).
  * Each route reads top-down: parse → validate (validate.c) → call (the
- * store, provision.c, origin_manifest) → render (render.c); a result
+ * store, provision.c, originman_manifest) → render (render.c); a result
  * kind becomes a status here and nowhere else.
  *
  * Every request that touches the store takes s->lock: the routes are
@@ -254,7 +254,7 @@ image_register(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
   /* The origin first, without the lock: it may take a while. */
   char got[DIGEST_HEX_LEN + 1];
   uint64_t size;
-  if (origin_manifest(origin, name, got, &size, msg, sizeof msg) == -1) {
+  if (originman_manifest(origin, name, got, &size, msg, sizeof msg) == -1) {
     httpsvc_fail(rep, errno == ENOENT ? 422 : 502, NULL, "%s", msg);
     return;
   }

@@ -97,6 +97,14 @@ image_format_name(enum image_format format)
   return "unknown";
 }
 
+char *
+manifest_export_name(const char *name, char buf[MANIFEST_EXPORT_NAME_MAX])
+{
+  snprintf(buf, MANIFEST_EXPORT_NAME_MAX, "%.*s%s", MANIFEST_NAME_MAX, name,
+           MANIFEST_EXPORT_SUFFIX);
+  return buf;
+}
+
 bool
 manifest_name_valid(const char *name)
 {

@@ -772,10 +772,10 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     goto fail_unlocked_image;
   }
 
-  char desc[128], mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  char desc[128], mname[MANIFEST_EXPORT_NAME_MAX];
   snprintf(desc, sizeof desc, "thunder image (%s, version %.16s, node cache)",
            image_format_name(m->format), m->version_hex);
-  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  manifest_export_name(name, mname);
   struct export *exp = export_new(name, m->size, m->block_size, desc,
                                   &node_ops, img);
   if (exp == NULL) {
@@ -849,8 +849,8 @@ node_detach(struct node *n, const char *name, char *err, size_t errlen)
       return status;
     }
   }
-  char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  char mname[MANIFEST_EXPORT_NAME_MAX];
+  manifest_export_name(name, mname);
   exports_remove(n->reg, mname);
   exports_remove(n->reg, name);
   forget_attachment(n, name);
@@ -998,8 +998,8 @@ node_free(struct node *n)
     for (size_t i = 0; i < json_object_array_length(names); i++) {
       const char *name = json_object_get_string(
           json_object_array_get_idx(names, i));
-      char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-      snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+      char mname[MANIFEST_EXPORT_NAME_MAX];
+      manifest_export_name(name, mname);
       exports_remove(n->reg, mname);
       exports_remove(n->reg, name);
     }
