@@ -35,6 +35,7 @@
 #include "blkcache.h"
 #include "cleanup.h"
 #include "digest.h"
+#include "jsonutil.h"
 #include "log.h"
 #include "manifest.h"
 
@@ -872,15 +873,11 @@ restore_one(struct node *n, const char *path)
   CLEANUP_FREE char *text = read_small_file(path, ATTACH_FILE_MAX, &len);
   if (text == NULL)
     return;
-  struct json_tokener *tok = json_tokener_new_ex(4);
-  if (tok == NULL)
-    return;
+  char perr[256];
   CLEANUP_JSON_PUT struct json_object *o =
-      json_tokener_parse_ex(tok, text, (int)len);
-  bool parsed = json_tokener_get_error(tok) == json_tokener_success;
-  json_tokener_free(tok);
+      jsonutil_parse(text, len, 4, JSONUTIL_OBJECT, path, perr, sizeof perr);
   struct json_object *jn, *jv, *ju;
-  if (!parsed || !json_object_is_type(o, json_type_object) ||
+  if (o == NULL ||
       !json_object_object_get_ex(o, "name", &jn) ||
       !json_object_is_type(jn, json_type_string) ||
       !json_object_object_get_ex(o, "version", &jv) ||

@@ -41,6 +41,8 @@
 #include <json-c/json.h>
 
 #include "cleanup.h"
+#include "curlbuf.h"
+#include "jsonutil.h"
 #include "log.h"
 
 #define COMPONENT "register"
@@ -492,23 +494,14 @@ int
 register_api_error(const char *body, size_t len, char *out, size_t outlen)
 {
   snprintf(out, outlen, "no error message");
-  if (body == NULL || len == 0 || len > INT32_MAX)
+  if (body == NULL || len == 0)
     return -1;
-  struct json_tokener *tok = json_tokener_new_ex(REPLY_JSON_DEPTH);
-  if (tok == NULL)
-    return -1;
+  char perr[256];
   CLEANUP_JSON_PUT struct json_object *o =
-      json_tokener_parse_ex(tok, body, (int)len);
-  enum json_tokener_error e = json_tokener_get_error(tok);
-  size_t used = json_tokener_get_parse_end(tok);
-  json_tokener_free(tok);
-  if (o == NULL || e != json_tokener_success)
-    return -1;
-  for (; used < len; used++) /* only white space may follow */
-    if (strchr(" \t\r\n", body[used]) == NULL)
-      return -1;
+      jsonutil_parse(body, len, REPLY_JSON_DEPTH, JSONUTIL_DUPS_OK, "reply",
+                     perr, sizeof perr);
   struct json_object *error, *code, *message;
-  if (!json_object_is_type(o, json_type_object) ||
+  if (o == NULL || !json_object_is_type(o, json_type_object) ||
       !json_object_object_get_ex(o, "error", &error) ||
       !json_object_is_type(error, json_type_object) ||
       !json_object_object_get_ex(error, "message", &message) ||
@@ -542,8 +535,7 @@ struct registrar {
   bool stop;           /* under lock */
   atomic_bool stopping;
   /* The reply being read. */
-  char reply[REPLY_MAX];
-  size_t reply_len;
+  struct curlbuf reply;  /* its first REPLY_MAX bytes */
 };
 
 /* The result of one request. */
@@ -553,19 +545,6 @@ enum result {
   /* else the HTTP status */
 };
 
-static size_t
-on_data(char *data, size_t size, size_t n, void *opaque)
-{
-  struct registrar *r = opaque;
-  size_t len = size * n;
-  size_t room = sizeof r->reply - 1 - r->reply_len;
-  size_t keep = len < room ? len : room;
-  memcpy(r->reply + r->reply_len, data, keep);
-  r->reply_len += keep;
-  r->reply[r->reply_len] = '\0';
-  return len;
-}
-
 /* POSTs body (application/json) to url; the status, or a result. */
 static long
 post(struct registrar *r, const char *url, const char *body, char *msg,
@@ -573,8 +552,7 @@ post(struct registrar *r, const char *url, const char *body, char *msg,
 {
   char errbuf[CURL_ERROR_SIZE] = "";
   CURL *h = r->easy;
-  r->reply_len = 0;
-  r->reply[0] = '\0';
+  curlbuf_init(&r->reply, REPLY_MAX, true);
   msg[0] = '\0';
   curl_easy_reset(h);
   if (curl_easy_setopt(h, CURLOPT_URL, url) != CURLE_OK ||
@@ -589,8 +567,7 @@ post(struct registrar *r, const char *url, const char *body, char *msg,
           CURLE_OK ||
       curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
       curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_WRITEDATA, r) != CURLE_OK) {
+      curlbuf_attach(h, &r->reply) != CURLE_OK) {
     snprintf(msg, msglen, "curl_easy_setopt failed");
     return RESULT_TRANSPORT;
   }
@@ -692,7 +669,8 @@ outage(struct registrar *r, struct trouble *t, uint64_t start,
     snprintf(why, sizeof why, "%s", msg);
   else {
     char apierr[ERROR_MESSAGE_MAX];
-    register_api_error(r->reply, r->reply_len, apierr, sizeof apierr);
+    register_api_error(r->reply.data ? r->reply.data : "", r->reply.len,
+                       apierr, sizeof apierr);
     snprintf(why, sizeof why, "HTTP %ld (%s)", status, apierr);
   }
   if (!t->outage) {
@@ -739,7 +717,8 @@ register_main(void *arg)
       continue;
     } else if (status >= 400 && status < 500) {
       char apierr[ERROR_MESSAGE_MAX];
-      register_api_error(r->reply, r->reply_len, apierr, sizeof apierr);
+      register_api_error(r->reply.data ? r->reply.data : "", r->reply.len,
+                       apierr, sizeof apierr);
       log_error(COMPONENT, "%s: POST %s: HTTP %ld (%s)%s; retrying in %d s",
                 what, url, status, apierr,
                 status == 401 ? ": the API does not take this node's token"
@@ -773,6 +752,7 @@ registrar_free(struct registrar *r)
     curl_multi_cleanup(r->multi);
   curl_slist_free_all(r->headers);
   free(r->body);
+  free(r->reply.data);
   free(r->register_url);
   free(r->heartbeat_url);
   register_config_free(r->cfg);
