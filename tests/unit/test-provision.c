@@ -44,8 +44,9 @@ suite_init(void)
   return 0;
 }
 
-static int
-suite_clean(void)
+/* Removes the database and its WAL files. */
+static void
+remove_db(void)
 {
   char p[160];
   static const char *const sfx[] = { "", "-wal", "-shm" };
@@ -53,6 +54,12 @@ suite_clean(void)
     snprintf(p, sizeof p, "%s%s", t_path, sfx[i]);
     unlink(p);
   }
+}
+
+static int
+suite_clean(void)
+{
+  remove_db();
   rmdir(t_dir);
   return 0;
 }
@@ -61,12 +68,7 @@ suite_clean(void)
 static void
 setup(void)
 {
-  char p[160];
-  static const char *const sfx[] = { "", "-wal", "-shm" };
-  for (size_t i = 0; i < 3; i++) {
-    snprintf(p, sizeof p, "%s%s", t_path, sfx[i]);
-    unlink(p);
-  }
+  remove_db();
   struct store_err e;
   t_st = store_open(t_path, &e);
   if (t_st == NULL) {
