@@ -518,18 +518,6 @@ httpsvc_body_json(struct httpsvc_req *rq, bool optional,
 
 /* ---- start and stop --------------------------------------------------------------- */
 
-static int
-hex_value(char ch)
-{
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  if (ch >= 'a' && ch <= 'f')
-    return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F')
-    return ch - 'A' + 10;
-  return -1;
-}
-
 /* Decodes %HH escapes in place, except %00 and %2F: those stay as they
  * are, so a NUL cannot cut a name short and an encoded '/' is part of a
  * (then invalid) name instead of a path separator. */
@@ -541,8 +529,8 @@ unescape(void *cls, struct MHD_Connection *conn, char *s)
   (void)conn;
   for (const char *r = s; *r;) {
     int hi, lo;
-    if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 &&
-        (lo = hex_value(r[2])) >= 0 && hi * 16 + lo != 0 &&
+    if (r[0] == '%' && (hi = digest_hex_value(r[1])) >= 0 &&
+        (lo = digest_hex_value(r[2])) >= 0 && hi * 16 + lo != 0 &&
         hi * 16 + lo != '/') {
       *w++ = (char)(hi * 16 + lo);
       r += 3;

@@ -45,6 +45,27 @@ jsonutil_text(struct json_object *o)
       o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 }
 
+bool
+jsonutil_add(struct json_object *o, const char *key, struct json_object *val)
+{
+  if (o == NULL || val == NULL || json_object_object_add(o, key, val) != 0) {
+    json_object_put(val);
+    return false;
+  }
+  return true;
+}
+
+bool
+jsonutil_add_nullable(struct json_object *o, const char *key,
+                      struct json_object *val)
+{
+  if (o == NULL || json_object_object_add(o, key, val) != 0) {
+    json_object_put(val);
+    return false;
+  }
+  return true;
+}
+
 /* ---- duplicate keys ----------------------------------------------------- */
 
 struct key {

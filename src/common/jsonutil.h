@@ -73,6 +73,16 @@ int jsonutil_get_array(struct json_object *o, const char *at,
                        const char *key, bool required,
                        struct json_object **out, char *err, size_t errlen);
 
+/* Adds key: val to o (val taken); false, val dropped, when o or val is
+ * NULL or the add fails.  For building replies with one check at the end
+ * (ndctl's json builders). */
+bool jsonutil_add(struct json_object *o, const char *key,
+                  struct json_object *val);
+
+/* As jsonutil_add, but val NULL is added as a JSON null. */
+bool jsonutil_add_nullable(struct json_object *o, const char *key,
+                           struct json_object *val);
+
 /* Copies s[0..len) for a message into buf: at most 64 bytes then "...",
  * every byte that is not printable ASCII as '?'.  Returns buf. */
 const char *jsonutil_shown(const char *s, size_t len, char *buf,

@@ -423,19 +423,6 @@ fail:
   return NULL;
 }
 
-/* Adds value to o under key, or drops it; false when out of memory. */
-static bool
-add(struct json_object *o, const char *key, struct json_object *value)
-{
-  if (value == NULL)
-    return false;
-  if (json_object_object_add(o, key, value) != 0) {
-    json_object_put(value);
-    return false;
-  }
-  return true;
-}
-
 struct json_object *
 register_body(const struct register_config *c)
 {
@@ -448,18 +435,18 @@ register_body(const struct register_config *c)
     json_object_put(labels);
     return NULL;
   }
-  bool ok = add(cap, "vcpus", json_object_new_uint64(c->vcpus));
-  ok = add(cap, "memory_mib", json_object_new_uint64(c->memory_mib)) && ok;
-  ok = add(cap, "disk_gib", json_object_new_uint64(c->disk_gib)) && ok;
+  bool ok = jsonutil_add(cap, "vcpus", json_object_new_uint64(c->vcpus));
+  ok = jsonutil_add(cap, "memory_mib", json_object_new_uint64(c->memory_mib)) && ok;
+  ok = jsonutil_add(cap, "disk_gib", json_object_new_uint64(c->disk_gib)) && ok;
   if (c->rack)
-    ok = add(labels, "rack", json_object_new_string(c->rack)) && ok;
+    ok = jsonutil_add(labels, "rack", json_object_new_string(c->rack)) && ok;
   if (c->zone)
-    ok = add(labels, "zone", json_object_new_string(c->zone)) && ok;
-  ok = add(o, "name", json_object_new_string(c->name)) && ok;
-  ok = add(o, "nbd_uri", json_object_new_string(c->nbd_uri)) && ok;
-  ok = add(o, "control_url", json_object_new_string(c->control_url)) && ok;
-  ok = add(o, "capacity", cap) && ok;
-  ok = add(o, "labels", labels) && ok;
+    ok = jsonutil_add(labels, "zone", json_object_new_string(c->zone)) && ok;
+  ok = jsonutil_add(o, "name", json_object_new_string(c->name)) && ok;
+  ok = jsonutil_add(o, "nbd_uri", json_object_new_string(c->nbd_uri)) && ok;
+  ok = jsonutil_add(o, "control_url", json_object_new_string(c->control_url)) && ok;
+  ok = jsonutil_add(o, "capacity", cap) && ok;
+  ok = jsonutil_add(o, "labels", labels) && ok;
   if (!ok) {
     json_object_put(o);
     return NULL;

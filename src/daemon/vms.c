@@ -35,6 +35,7 @@
 #include <json-c/json.h>
 
 #include "cleanup.h"
+#include "jsonutil.h"
 #include "log.h"
 #include "origin.h"
 #include "pool.h"
@@ -154,46 +155,23 @@ open_pool(struct vms *v, struct pool **p, const char **code, char *err,
   return CONTROL_INTERNAL;
 }
 
-/* Adds key: val to o; false (val dropped) if either is NULL or the add
- * fails. */
-static bool
-add(struct json_object *o, const char *key, struct json_object *val)
-{
-  if (o == NULL || val == NULL || json_object_object_add(o, key, val) != 0) {
-    json_object_put(val);
-    return false;
-  }
-  return true;
-}
-
-/* As add, but val may be NULL: JSON null. */
-static bool
-add_nullable(struct json_object *o, const char *key, struct json_object *val)
-{
-  if (o == NULL || json_object_object_add(o, key, val) != 0) {
-    json_object_put(val);
-    return false;
-  }
-  return true;
-}
-
 /* A VM's JSON (schemas/node-vm-state.schema.json), or NULL. */
 static struct json_object *
 vm_json(const struct pool_vm_info *i)
 {
   struct json_object *o = json_object_new_object();
   bool ok =
-      add(o, "name", json_object_new_string(i->name)) &&
-      add(o, "image", json_object_new_string(i->image)) &&
-      add(o, "vcpus", json_object_new_int64(i->vcpus)) &&
-      add(o, "memory_mib", json_object_new_int64(i->memory_mib)) &&
-      add(o, "disk_bytes", json_object_new_uint64(i->disk_bytes)) &&
-      add(o, "state", json_object_new_string(pool_vm_state_name(i->state))) &&
-      add(o, "volume", json_object_new_string(i->volume)) &&
-      add_nullable(o, "console_log",
+      jsonutil_add(o, "name", json_object_new_string(i->name)) &&
+      jsonutil_add(o, "image", json_object_new_string(i->image)) &&
+      jsonutil_add(o, "vcpus", json_object_new_int64(i->vcpus)) &&
+      jsonutil_add(o, "memory_mib", json_object_new_int64(i->memory_mib)) &&
+      jsonutil_add(o, "disk_bytes", json_object_new_uint64(i->disk_bytes)) &&
+      jsonutil_add(o, "state", json_object_new_string(pool_vm_state_name(i->state))) &&
+      jsonutil_add(o, "volume", json_object_new_string(i->volume)) &&
+      jsonutil_add_nullable(o, "console_log",
                    i->console_log ? json_object_new_string(i->console_log)
                                   : NULL) &&
-      add(o, "accel", json_object_new_string(pool_accel_name(i->accel)));
+      jsonutil_add(o, "accel", json_object_new_string(pool_accel_name(i->accel)));
   if (!ok) {
     json_object_put(o);
     return NULL;
@@ -450,7 +428,7 @@ vms_list(struct vms *v, struct json_object **reply, const char **code,
   } else {
     struct json_object *o = json_object_new_object();
     struct json_object *a = json_object_new_array();
-    bool ok = add(o, "vms", a);
+    bool ok = jsonutil_add(o, "vms", a);
     for (size_t i = 0; ok && i < n; i++) {
       struct json_object *j = vm_json(&list[i]);
       ok = j != NULL && json_object_array_add(a, j) == 0;
@@ -544,23 +522,23 @@ vms_node_info(struct vms *v, struct json_object **reply, const char **code,
 
   /* Every value is added or dropped by add: none is left over. */
   struct json_object *o = json_object_new_object();
-  bool ok = add(o, "hostname", json_object_new_string(host));
-  ok = add(o, "mode", json_object_new_string(v->node ? "node" : "origin")) && ok;
-  ok = add(o, "vcpus", json_object_new_uint64(register_host_vcpus())) && ok;
-  ok = add(o, "memory_mib",
+  bool ok = jsonutil_add(o, "hostname", json_object_new_string(host));
+  ok = jsonutil_add(o, "mode", json_object_new_string(v->node ? "node" : "origin")) && ok;
+  ok = jsonutil_add(o, "vcpus", json_object_new_uint64(register_host_vcpus())) && ok;
+  ok = jsonutil_add(o, "memory_mib",
            json_object_new_uint64(register_host_memory_mib())) && ok;
-  ok = add_nullable(o, "pool",
+  ok = jsonutil_add_nullable(o, "pool",
                     v->enabled ? json_object_new_string(
                                      v->pool ? v->pool : POOL_DEFAULT_NAME)
                                : NULL) && ok;
-  ok = add_nullable(o, "pool_path",
+  ok = jsonutil_add_nullable(o, "pool_path",
                     path ? json_object_new_string(path) : NULL) && ok;
-  ok = add_nullable(o, "disk_free_bytes", disk_free) && ok;
-  ok = add(o, "libvirt", json_object_new_string(libvirt)) && ok;
+  ok = jsonutil_add_nullable(o, "disk_free_bytes", disk_free) && ok;
+  ok = jsonutil_add(o, "libvirt", json_object_new_string(libvirt)) && ok;
   if (libvirt_error[0] != '\0')
-    ok = add(o, "libvirt_error", json_object_new_string(libvirt_error)) && ok;
-  ok = add(o, "images", image_names(v)) && ok;
-  ok = add_nullable(o, "vms", vms) && ok;
+    ok = jsonutil_add(o, "libvirt_error", json_object_new_string(libvirt_error)) && ok;
+  ok = jsonutil_add(o, "images", image_names(v)) && ok;
+  ok = jsonutil_add_nullable(o, "vms", vms) && ok;
   if (!ok) {
     json_object_put(o);
     *code = "internal";
