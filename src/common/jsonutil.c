@@ -193,7 +193,8 @@ scan_object(struct scan *sc, char *path, size_t plen)
     if (v == -1)
       goto cleanup;
   }
-  qsort(keys, n, sizeof *keys, key_cmp);
+  if (n > 1)
+    qsort(keys, n, sizeof *keys, key_cmp);
   for (size_t i = 1; i < n; i++)
     if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
       path_push(path, plen, keys[i].s, keys[i].len, 0);
