@@ -59,6 +59,7 @@ code_of(unsigned status)
   case 401: return "unauthorized";
   case 404: return "not_found";
   case 405: return "method_not_allowed";
+  case 408: return "request_timeout";
   case 409: return "conflict";
   case 413: return "too_large";
   case 415: return "unsupported_media_type";
@@ -629,6 +630,7 @@ api_server_new(const struct api_config *cfg, struct converger *cv)
     .max_connections = cfg->max_connections,
     .per_ip_connections = cfg->max_connections,
     .timeout_s = cfg->connection_timeout_s,
+    .request_timeout_s = cfg->connection_timeout_s,
     .connection_memory = 128 * 1024,
     .on_reply = count_reply,
     .app = s,

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <json-c/json.h>
 #include <microhttpd.h>
@@ -44,6 +45,8 @@ struct httpsvc {
 
 struct httpsvc_req {
   struct httpsvc *s;
+  bool started;             /* the handler's first call is done */
+  int64_t deadline_ms;      /* CLOCK_MONOTONIC; 0: none */
   struct MHD_Connection *conn;
   const char *method, *url;
   const struct httpsvc_route *route; /* NULL until routed */
@@ -60,6 +63,14 @@ struct httpsvc_req {
   bool too_large;
   size_t dropped;
 };
+
+static int64_t
+now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- replies ------------------------------------------------------------- */
 
@@ -390,45 +401,87 @@ finish_request(struct httpsvc_req *rq)
   return send_reply(rq, &rep);
 }
 
+/* The request line is in: the request's state, and its deadline, start
+ * here (MHD_OPTION_URI_LOG_CALLBACK), before the headers. */
+static void *
+request_begins(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+  struct httpsvc *s = cls;
+  struct httpsvc_req *rq = calloc(1, sizeof *rq);
+  (void)uri;
+  if (rq == NULL)
+    return NULL;
+  rq->s = s;
+  rq->conn = conn;
+  if (s->cfg.request_timeout_s)
+    rq->deadline_ms = now_ms() + (int64_t)s->cfg.request_timeout_s * 1000;
+  return rq;
+}
+
+static bool
+past_deadline(const struct httpsvc_req *rq)
+{
+  return rq->deadline_ms != 0 && now_ms() > rq->deadline_ms;
+}
+
+/* The first call: the headers are in. */
+static enum MHD_Result
+first_call(struct httpsvc_req *rq, const char *url, const char *method)
+{
+  struct httpsvc *s = rq->s;
+  rq->started = true;
+  rq->method = method;
+  rq->url = url;
+  if ((rq->param_buf = malloc(2 * strlen(url) + 2)) == NULL) {
+    log_error(s->cfg.name, "malloc: request: %m");
+    return MHD_NO;
+  }
+  if (past_deadline(rq)) {
+    early_error(rq, MHD_HTTP_REQUEST_TIMEOUT,
+                "the request's headers took longer than %u s",
+                s->cfg.request_timeout_s);
+    return finish_request(rq);
+  }
+  start_request(rq);
+
+  /* A declared body too large to read through: reply now, and
+   * libmicrohttpd closes the connection after the reply. */
+  const char *cl = MHD_lookup_connection_value(
+      rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  if (cl) {
+    errno = 0;
+    char *end;
+    unsigned long long n = strtoull(cl, &end, 10);
+    if (end != cl && (errno == ERANGE || n > s->cfg.drain_max)) {
+      rq->too_large = true;
+      return finish_request(rq);
+    }
+  }
+  return MHD_YES;
+}
+
 static enum MHD_Result
 handle(void *cls, struct MHD_Connection *conn, const char *url,
        const char *method, const char *version, const char *upload_data,
        size_t *upload_data_size, void **req_cls)
 {
-  struct httpsvc *s = cls;
   struct httpsvc_req *rq = *req_cls;
   (void)version;
 
+  if (rq == NULL)
+    rq = *req_cls = request_begins(cls, url, conn);
   if (rq == NULL) {
-    rq = calloc(1, sizeof *rq);
-    if (rq == NULL || (rq->param_buf = malloc(2 * strlen(url) + 2)) == NULL) {
-      log_error(s->cfg.name, "malloc: request: %m");
-      free(rq);
+    log_error(((struct httpsvc *)cls)->cfg.name, "calloc: request: %m");
+    return MHD_NO;
+  }
+  if (!rq->started)
+    return first_call(rq, url, method);
+  if (*upload_data_size > 0) {
+    if (past_deadline(rq)) {
+      log_info(rq->s->cfg.name, "closing a connection whose request took longer than %u s",
+               rq->s->cfg.request_timeout_s);
       return MHD_NO;
     }
-    *req_cls = rq;
-    rq->s = s;
-    rq->conn = conn;
-    rq->method = method;
-    rq->url = url;
-    start_request(rq);
-
-    /* A declared body too large to read through: reply now, and
-     * libmicrohttpd closes the connection after the reply. */
-    const char *cl = MHD_lookup_connection_value(
-        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl) {
-      errno = 0;
-      char *end;
-      unsigned long long n = strtoull(cl, &end, 10);
-      if (end != cl && (errno == ERANGE || n > s->cfg.drain_max)) {
-        rq->too_large = true;
-        return finish_request(rq);
-      }
-    }
-    return MHD_YES;
-  }
-  if (*upload_data_size > 0) {
     if (take_body(rq, upload_data, *upload_data_size) < 0)
       return MHD_NO;
     *upload_data_size = 0;
@@ -590,6 +643,7 @@ httpsvc_start(const struct httpsvc_config *cfg)
   OPT(MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL);
   OPT(MHD_OPTION_CONNECTION_TIMEOUT, cfg->timeout_s, NULL);
   OPT(MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, s);
+  OPT(MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)request_begins, s);
   OPT(MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape, NULL);
   if (cfg->threads > 0)
     OPT(MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL);

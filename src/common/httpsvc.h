@@ -18,6 +18,11 @@
  *                sets Content-Type, Cache-Control and the headers.
  *   completed    the request's state is freed.
  *
+ * A request has request_timeout_s from its request line to its last body
+ * byte: headers that took longer are answered 408 at the first call, a
+ * body still coming then closes the connection (libmicrohttpd's own
+ * timeout is idle time, which every byte resets).
+ *
  * Replying only once the body is read keeps a keep-alive connection in
  * step.  A handler parses its body with httpsvc_body_json (strict,
  * depth-limited, duplicate keys refused: jsonutil_parse) and fails with
@@ -91,6 +96,9 @@ struct httpsvc_config {
   unsigned max_connections;
   unsigned per_ip_connections; /* 0: no limit per address */
   unsigned timeout_s;          /* idle connection timeout */
+  unsigned request_timeout_s;  /* a whole request, from its first line to
+                                  its last body byte (0: none); trickling
+                                  bytes does not extend it */
   size_t connection_memory;    /* 0: libmicrohttpd's default */
   /* Called after every reply (metrics); may be NULL. */
   void (*on_reply)(void *app, const char *method, unsigned status);

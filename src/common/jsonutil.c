@@ -253,6 +253,52 @@ scan_value(struct scan *sc, char *path, size_t plen)
 
 /* ---- parsing ------------------------------------------------------------- */
 
+/* Whether s[0..len) is well-formed UTF-8 (RFC 3629, Unicode table 3-7): no
+ * overlong form, no surrogate (U+D800..DFFF), nothing past U+10FFFF.
+ * json-c's own check lets overlong forms through.  *bad: the offset of
+ * the first byte of an ill-formed sequence. */
+static bool
+utf8_valid(const unsigned char *s, size_t len, size_t *bad)
+{
+  for (size_t i = 0; i < len;) {
+    unsigned char c = s[i];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      n = 1;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      n = 2;
+      if (c == 0xe0)
+        lo = 0xa0;
+      else if (c == 0xed)
+        hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 3;
+      if (c == 0xf0)
+        lo = 0x90;
+      else if (c == 0xf4)
+        hi = 0x8f;
+    } else {
+      *bad = i;
+      return false;
+    }
+    if (i + n >= len || s[i + 1] < lo || s[i + 1] > hi) {
+      *bad = i;
+      return false;
+    }
+    for (size_t k = 2; k <= n; k++)
+      if (s[i + k] < 0x80 || s[i + k] > 0xbf) {
+        *bad = i;
+        return false;
+      }
+    i += n + 1;
+  }
+  return true;
+}
+
 struct json_object *
 jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
                const char *what, char *err, size_t errlen)
@@ -270,6 +316,12 @@ jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
   }
   if (len > (size_t)INT32_MAX) {
     snprintf(err, errlen, "%s: %zu bytes, too large to parse", what, len);
+    return NULL;
+  }
+  size_t bad;
+  if (!utf8_valid((const unsigned char *)text, len, &bad)) {
+    snprintf(err, errlen, "%s: not JSON: invalid UTF-8 at offset %zu (the %s is not valid JSON)",
+             what, bad, what);
     return NULL;
   }
   struct json_tokener *tok = json_tokener_new_ex(depth);

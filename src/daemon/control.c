@@ -41,6 +41,8 @@
 /* Connections at once, and seconds before an idle one is closed. */
 #define CONTROL_CONNECTIONS_MAX 64
 #define CONTROL_IDLE_TIMEOUT 30
+/* Seconds from a request's first line to its last body byte. */
+#define CONTROL_REQUEST_TIMEOUT 30
 /* Body bytes read (and dropped) from a request that gets an error, before
  * the connection is closed instead. */
 #define CONTROL_DRAIN_MAX (1024 * 1024)
@@ -64,6 +66,7 @@ code_of(unsigned status)
   case MHD_HTTP_FORBIDDEN: return "forbidden";
   case MHD_HTTP_NOT_FOUND: return "not_found";
   case MHD_HTTP_METHOD_NOT_ALLOWED: return "method_not_allowed";
+  case MHD_HTTP_REQUEST_TIMEOUT: return "request_timeout";
   case MHD_HTTP_CONFLICT: return "conflict";
   case MHD_HTTP_CONTENT_TOO_LARGE: return "too_large";
   case MHD_HTTP_UNSUPPORTED_MEDIA_TYPE: return "unsupported_media_type";
@@ -541,6 +544,7 @@ control_new(const char *listen_spec, const char *token,
     .threads = 0,
     .max_connections = CONTROL_CONNECTIONS_MAX,
     .timeout_s = CONTROL_IDLE_TIMEOUT,
+    .request_timeout_s = CONTROL_REQUEST_TIMEOUT,
     .app = c,
   };
   c->svc = httpsvc_start(&cfg);

@@ -9,9 +9,15 @@
  * envelope with its codes.  The jsonutil getters are tested directly for
  * the field names in their messages.
  */
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <json-c/json.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +45,7 @@ code_of(unsigned status)
   case 401: return "unauthorized";
   case 404: return "not_found";
   case 405: return "method_not_allowed";
+  case 408: return "request_timeout";
   case 413: return "too_large";
   case 415: return "unsupported_media_type";
   default: return "internal";
@@ -241,6 +248,7 @@ suite_init(void)
     .threads = 2,
     .max_connections = 16,
     .timeout_s = 10,
+    .request_timeout_s = 2,
   };
   t_svc = httpsvc_start(&cfg);
   if (t_svc == NULL || httpsvc_port(t_svc) == 0)
@@ -432,6 +440,99 @@ test_too_large(void)
   CU_ASSERT_EQUAL(t_calls, calls);
 }
 
+static double
+seconds(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A plain TCP connection to the service, or -1. */
+static int
+raw_connect(void)
+{
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = { .sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)httpsvc_port(t_svc)) };
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    close(fd);
+    fd = -1;
+  }
+  return fd;
+}
+
+/* A client that trickles its body, one byte every 200 ms (each byte
+ * resets the 10 s idle timeout): the 2 s request deadline closes it. */
+static void
+test_trickle(void)
+{
+  int fd = raw_connect();
+  CU_ASSERT_FATAL(fd >= 0);
+  static const char head[] = "POST /v1/echo HTTP/1.1\r\nHost: x\r\n"
+                             "Authorization: Bearer " TOKEN "\r\n"
+                             "Content-Type: application/json\r\n"
+                             "Content-Length: 200\r\n\r\n{";
+  CU_ASSERT_EQUAL(send(fd, head, sizeof head - 1, MSG_NOSIGNAL),
+                  (ssize_t)(sizeof head - 1));
+  double t0 = seconds();
+  bool closed = false;
+  for (int i = 0; i < 60 && !closed; i++) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 200) == 1) {
+      char buf[512];
+      if (recv(fd, buf, sizeof buf, 0) <= 0)
+        closed = true;
+    } else if (send(fd, " ", 1, MSG_NOSIGNAL) != 1) {
+      closed = true;
+    }
+  }
+  double took = seconds() - t0;
+  CU_ASSERT_TRUE(closed);
+  CU_ASSERT(took >= 1.5 && took < 6);
+  if (!closed || took >= 6)
+    fprintf(stderr, "\ntrickle: closed %d after %.1f s\n", closed, took);
+  close(fd);
+}
+
+/* Headers trickled for longer than the deadline: 408 with the JSON
+ * envelope once they are in. */
+static void
+test_slow_headers(void)
+{
+  int fd = raw_connect();
+  CU_ASSERT_FATAL(fd >= 0);
+  static const char line[] = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+  static const char rest[] = "\r\nAuthorization: Bearer " TOKEN "\r\n"
+                             "Content-Length: 2\r\n\r\n{}";
+  send(fd, line, sizeof line - 1, MSG_NOSIGNAL);
+  for (int i = 0; i < 13; i++) {
+    usleep(200 * 1000);
+    send(fd, "a", 1, MSG_NOSIGNAL);
+  }
+  send(fd, rest, sizeof rest - 1, MSG_NOSIGNAL);
+  char buf[2048] = "";
+  size_t n = 0;
+  for (;;) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 5000) != 1)
+      break;
+    ssize_t r = recv(fd, buf + n, sizeof buf - 1 - n, 0);
+    if (r <= 0)
+      break;
+    n += (size_t)r;
+    buf[n] = '\0';
+    if (strstr(buf, "}}"))
+      break;
+  }
+  CU_ASSERT_PTR_NOT_NULL(strstr(buf, "HTTP/1.1 408"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(buf, "{\"error\":{\"code\":\"request_timeout\""));
+  if (strstr(buf, "408") == NULL)
+    fprintf(stderr, "\nslow headers: %s\n", buf);
+  close(fd);
+}
+
 /* ---- jsonutil --------------------------------------------------------------- */
 
 static struct json_object *
@@ -498,6 +599,20 @@ test_parse(void)
                      sizeof err);
   CU_ASSERT_PTR_NOT_NULL(o);
   json_object_put(o);
+  /* Ill-formed UTF-8: overlong, surrogate, past U+10FFFF, cut short. */
+  static const char *const bad[] = {
+    "{\"a\": \"\xc0\xaf\"}", "{\"a\": \"\xe0\x80\xaf\"}",
+    "{\"a\": \"\xed\xa0\x80\"}", "{\"a\": \"\xf4\x90\x80\x80\"}",
+    "{\"a\": \"\xe2\x82\"}", "{\"a\": \"\xff\"}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    CU_ASSERT_PTR_NULL(parse(bad[i], err, sizeof err));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "invalid UTF-8 at offset 7"));
+  }
+  o = parse("{\"a\": \"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}", err,
+            sizeof err);
+  CU_ASSERT_PTR_NOT_NULL(o);
+  json_object_put(o);
   /* Strings that look like keys or brackets are not. */
   o = parse("{\"a\": \"\\\"a\\\": {[\", \"b\": [\"a\", \"a\"]}", err, sizeof err);
   CU_ASSERT_PTR_NOT_NULL(o);
@@ -518,6 +633,8 @@ static const struct cunit_test tests[] = {
   TEST(test_depth),
   TEST(test_not_json),
   TEST(test_too_large),
+  TEST(test_trickle),
+  TEST(test_slow_headers),
   TEST(test_getters),
   TEST(test_parse),
 };
