@@ -2,7 +2,7 @@
  * they share.  Each part has its own header and one prefix:
  *
  *   thunder-api.c  options, signals, wiring
- *   server.c       api_server_: the HTTP routes on the service core
+ *   apiserver.c    api_server_: the HTTP routes on the service core
  *                  (common/httpsvc.h): parse → validate → call → render
  *   validate.c     validate_: request bodies into plain structs (json-c)
  *   render.c       render_: store rows as JSON
@@ -17,9 +17,9 @@
  *   metrics.c      counters for GET /metrics
  *   apiutil.c      the clock, time format, export URIs
  *
- * Includes go one way: server → validate, render, provision, converge,
- * metrics; converge → nodecall, store, apiutil; nothing includes server.h
- * but thunder-api.c.
+ * Includes go one way: apiserver → validate, render, provision,
+ * converge, metrics; converge → nodecall, store, apiutil; nothing
+ * includes apiserver.h but thunder-api.c.
  */
 #ifndef THUNDER_API_H
 #define THUNDER_API_H

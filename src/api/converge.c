@@ -261,14 +261,10 @@ copy_row(const struct store_tree_row *r, void *opaque)
   c->node = strdup(r->node_id);
   c->parent = r->parent ? strdup(r->parent) : NULL;
   c->depth = r->depth;
-  struct json_object *arr = json_tokener_parse(r->upstreams_json);
-  size_t n = arr && json_object_is_type(arr, json_type_array)
-                 ? json_object_array_length(arr) : 0;
+  size_t n = r->n_upstreams;
   c->ups = calloc(n ? n : 1, sizeof *c->ups);
   for (size_t i = 0; c->ups && i < n; i++)
-    c->ups[c->n_ups++] =
-        strdup(json_object_get_string(json_object_array_get_idx(arr, i)));
-  json_object_put(arr);
+    c->ups[c->n_ups++] = strdup(r->upstreams[i]);
   return 0;
 }
 

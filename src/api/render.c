@@ -137,8 +137,10 @@ render_tree_row(const struct store_tree_row *row)
   json_object_object_add(o, "node", json_object_new_string(row->node_id));
   json_object_object_add(o, "parent", string_or_null(row->parent));
   json_object_object_add(o, "depth", json_object_new_int64(row->depth));
-  struct json_object *ups = json_tokener_parse(row->upstreams_json);
-  json_object_object_add(o, "upstreams", ups ? ups : json_object_new_array());
+  struct json_object *ups = json_object_new_array();
+  for (size_t i = 0; ups && i < row->n_upstreams; i++)
+    json_object_array_add(ups, json_object_new_string(row->upstreams[i]));
+  json_object_object_add(o, "upstreams", ups);
   return o;
 }
 

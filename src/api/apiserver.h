@@ -1,8 +1,8 @@
-/* thunder — thunder-api's HTTP routes (server.c) on the service core
+/* thunder — thunder-api's HTTP routes (apiserver.c) on the service core
  * (common/httpsvc.h).  Every route that touches the store takes the
  * server's lock. */
-#ifndef THUNDER_API_SERVER_H
-#define THUNDER_API_SERVER_H
+#ifndef THUNDER_APISERVER_H
+#define THUNDER_APISERVER_H
 
 struct api_config;
 struct api_server;

@@ -11,7 +11,7 @@
  * origin), talks to the origin before it takes the lock.  The converger
  * has its own store connection (WAL: readers and one writer at a time).
  */
-#include "server.h"
+#include "apiserver.h"
 
 #include <errno.h>
 #include <inttypes.h>
