@@ -10,8 +10,9 @@
  * Threads: libmicrohttpd runs one thread per connection
  * (httpsvc threads 0), so an attach that blocks for seconds while a
  * manifest is fetched stalls only its own connection.  At most
- * CONTROL_CONNECTIONS_MAX connections at once; an idle one is closed after
- * CONTROL_IDLE_TIMEOUT seconds.  struct control is read-only once started.
+ * CONTROL_CONNECTIONS_MAX connections at once, CONTROL_PER_IP_MAX from one
+ * address; an idle one is closed after CONTROL_IDLE_TIMEOUT seconds, a
+ * request that takes CONTROL_REQUEST_TIMEOUT seconds to arrive too.  struct control is read-only once started.
  *
  * Routes: /v1/images[/NAME] (attach, detach, state), /v1/vms[/NAME] (VMs
  * on the node's libvirt pool) and /v1/node.  The two NAME routes check
@@ -40,6 +41,9 @@
 
 /* Connections at once, and seconds before an idle one is closed. */
 #define CONTROL_CONNECTIONS_MAX 64
+/* Connections from one address at once: half, so one peer cannot take
+ * every slot (thunder-api pushes at most --push-parallel, 32, at once). */
+#define CONTROL_PER_IP_MAX (CONTROL_CONNECTIONS_MAX / 2)
 #define CONTROL_IDLE_TIMEOUT 30
 /* Seconds from a request's first line to its last body byte. */
 #define CONTROL_REQUEST_TIMEOUT 30
@@ -543,6 +547,7 @@ control_new(const char *listen_spec, const char *token,
     .json_depth = CONTROL_JSON_DEPTH,
     .threads = 0,
     .max_connections = CONTROL_CONNECTIONS_MAX,
+    .per_ip_connections = CONTROL_PER_IP_MAX,
     .timeout_s = CONTROL_IDLE_TIMEOUT,
     .request_timeout_s = CONTROL_REQUEST_TIMEOUT,
     .app = c,

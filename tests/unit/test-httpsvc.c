@@ -245,8 +245,9 @@ suite_init(void)
     .drain_max = 4 * BODY_MAX,
     .json_depth = DEPTH,
     .json_content_type = true,
-    .threads = 2,
+    .threads = 0, /* one per connection, as thunderd's control endpoint */
     .max_connections = 16,
+    .per_ip_connections = 4,
     .timeout_s = 10,
     .request_timeout_s = 2,
   };
@@ -496,6 +497,38 @@ test_trickle(void)
   close(fd);
 }
 
+/* A fifth connection from one address is closed at once; the four others
+ * stay usable. */
+static void
+test_per_address(void)
+{
+  int fds[4];
+  for (int i = 0; i < 4; i++) {
+    fds[i] = raw_connect();
+    CU_ASSERT_FATAL(fds[i] >= 0);
+  }
+  usleep(200 * 1000); /* every accept done */
+  int fd = raw_connect();
+  bool closed = fd < 0;
+  if (fd >= 0) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    char c;
+    closed = poll(&p, 1, 3000) == 1 && recv(fd, &c, 1, 0) <= 0;
+    close(fd);
+  }
+  CU_ASSERT_TRUE(closed);
+  static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  send(fds[0], req, sizeof req - 1, MSG_NOSIGNAL);
+  char buf[512] = "";
+  struct pollfd p = { .fd = fds[0], .events = POLLIN };
+  if (poll(&p, 1, 3000) == 1)
+    recv(fds[0], buf, sizeof buf - 1, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(buf, "HTTP/1.1 200"));
+  for (int i = 0; i < 4; i++)
+    close(fds[i]);
+  usleep(200 * 1000); /* the slots are free again for the next tests */
+}
+
 /* Headers trickled for longer than the deadline: 408 with the JSON
  * envelope once they are in. */
 static void
@@ -635,6 +668,7 @@ static const struct cunit_test tests[] = {
   TEST(test_too_large),
   TEST(test_trickle),
   TEST(test_slow_headers),
+  TEST(test_per_address),
   TEST(test_getters),
   TEST(test_parse),
 };
