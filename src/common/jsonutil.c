@@ -1,6 +1,7 @@
 /* thunder — JSON helpers; see jsonutil.h.
  *
- * Duplicate keys: json-c has accepted the text (well-formed, within the
+ * Duplicate keys (and single-quoted strings, which json-c's strict mode
+ * lets through): json-c has accepted the text (well-formed, within the
  * depth), so a second pass over the text can be simple.  It walks the
  * values recursively (depth bounded by the parse), collects the keys of
  * each object (decoded by json-c when they hold an escape, so "a\u0062"
@@ -79,7 +80,18 @@ struct scan {
   size_t len, i;
   char *err;
   size_t errlen;
+  const char *what;  /* for messages */
+  bool dups_ok;      /* do not check for duplicate keys */
 };
+
+/* json-c's strict mode still takes 'single-quoted' strings: refuse them. */
+static int
+single_quoted(struct scan *sc)
+{
+  snprintf(sc->err, sc->errlen, "%s: not JSON: single-quoted string at offset %zu (the %s is not valid JSON)",
+           sc->what, sc->i, sc->what);
+  return -1;
+}
 
 static int scan_value(struct scan *sc, char *path, size_t plen);
 
@@ -171,6 +183,10 @@ scan_object(struct scan *sc, char *path, size_t plen)
       sc->i++;
       continue;
     }
+    if (sc->t[sc->i] != '"') {
+      single_quoted(sc);
+      goto cleanup;
+    }
     size_t start, end;
     skip_string(sc, &start, &end);
     if (n == cap) {
@@ -193,9 +209,9 @@ scan_object(struct scan *sc, char *path, size_t plen)
     if (v == -1)
       goto cleanup;
   }
-  if (n > 1)
+  if (n > 1 && !sc->dups_ok)
     qsort(keys, n, sizeof *keys, key_cmp);
-  for (size_t i = 1; i < n; i++)
+  for (size_t i = 1; i < n && !sc->dups_ok; i++)
     if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
       path_push(path, plen, keys[i].s, keys[i].len, 0);
       snprintf(sc->err, sc->errlen, "field '%s': appears more than once",
@@ -222,6 +238,8 @@ scan_value(struct scan *sc, char *path, size_t plen)
   char c = sc->t[sc->i];
   if (c == '{')
     return scan_object(sc, path, plen);
+  if (c == '\'')
+    return single_quoted(sc);
   if (c == '"') {
     size_t s, e;
     skip_string(sc, &s, &e);
@@ -369,13 +387,12 @@ jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
     json_object_put(root);
     return NULL;
   }
-  if (!(flags & JSONUTIL_DUPS_OK)) {
-    char path[PATH_MAX_SHOWN] = "";
-    struct scan sc = { .t = text, .len = end, .err = err, .errlen = errlen };
-    if (scan_value(&sc, path, sizeof path) == -1) {
-      json_object_put(root);
-      return NULL;
-    }
+  char path[PATH_MAX_SHOWN] = "";
+  struct scan sc = { .t = text, .len = end, .err = err, .errlen = errlen,
+                     .what = what, .dups_ok = (flags & JSONUTIL_DUPS_OK) != 0 };
+  if (scan_value(&sc, path, sizeof path) == -1) {
+    json_object_put(root);
+    return NULL;
   }
   return root;
 }

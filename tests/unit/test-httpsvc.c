@@ -646,6 +646,14 @@ test_parse(void)
             sizeof err);
   CU_ASSERT_PTR_NOT_NULL(o);
   json_object_put(o);
+  /* json-c's strict mode takes single-quoted strings; we do not. */
+  CU_ASSERT_PTR_NULL(parse("{'a': 1}", err, sizeof err));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err, "single-quoted string at offset 1"));
+  CU_ASSERT_PTR_NULL(jsonutil_parse("{'a': 1}", 8, 8, JSONUTIL_DUPS_OK, "x",
+                                    err, sizeof err));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err, "single-quoted"));
+  CU_ASSERT_PTR_NULL(jsonutil_parse("[1, 'x']", 8, 8, 0, "x", err, sizeof err));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err, "not JSON"));
   /* Strings that look like keys or brackets are not. */
   o = parse("{\"a\": \"\\\"a\\\": {[\", \"b\": [\"a\", \"a\"]}", err, sizeof err);
   CU_ASSERT_PTR_NOT_NULL(o);
