@@ -200,6 +200,14 @@ scan_object(struct scan *sc, char *path, size_t plen)
     if (key_decode(sc, start, end, &keys[n]) == -1)
       goto nomem;
     n++;
+    if (memchr(keys[n - 1].s, '\0', keys[n - 1].len)) {
+      /* json-c would cut the key at its \u0000.  Shown with the NUL as
+       * '?': field 'name?x'. */
+      path_push(path, plen, keys[n - 1].s, keys[n - 1].len, 0);
+      snprintf(sc->err, sc->errlen, "%s: field '%s': unknown field (its key holds a NUL byte)",
+               sc->what, path);
+      goto cleanup;
+    }
     skip_ws(sc);
     sc->i++; /* ':' */
     skip_ws(sc);
@@ -214,8 +222,8 @@ scan_object(struct scan *sc, char *path, size_t plen)
   for (size_t i = 1; i < n && !sc->dups_ok; i++)
     if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
       path_push(path, plen, keys[i].s, keys[i].len, 0);
-      snprintf(sc->err, sc->errlen, "field '%s': appears more than once",
-               path);
+      snprintf(sc->err, sc->errlen, "%s: field '%s': appears more than once",
+               sc->what, path);
       goto cleanup;
     }
   r = 0;
@@ -322,8 +330,8 @@ jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
                const char *what, char *err, size_t errlen)
 {
   if (len == 0) {
-    snprintf(err, errlen, "%s: empty; expected a JSON %s", what,
-             flags & JSONUTIL_OBJECT ? "object" : "value");
+    snprintf(err, errlen, "%s: not JSON: document ends early at offset 0 (empty; expected a JSON %s)",
+             what, flags & JSONUTIL_OBJECT ? "object" : "value");
     return NULL;
   }
   const char *nul = memchr(text, '\0', len);
@@ -338,7 +346,7 @@ jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
   }
   size_t bad;
   if (!utf8_valid((const unsigned char *)text, len, &bad)) {
-    snprintf(err, errlen, "%s: not JSON: invalid UTF-8 at offset %zu (the %s is not valid JSON)",
+    snprintf(err, errlen, "%s: not JSON: invalid utf-8 at offset %zu (the %s is not valid JSON)",
              what, bad, what);
     return NULL;
   }
@@ -361,13 +369,15 @@ jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
 
   if (root == NULL) {
     if (je == json_tokener_success && (flags & JSONUTIL_OBJECT))
-      snprintf(err, errlen, "%s: expected a JSON object, not null", what);
+      snprintf(err, errlen, "%s: not a JSON object but null; expected a JSON object",
+               what);
     else if (je == json_tokener_success)
       snprintf(err, errlen, "%s: the JSON value is null", what);
     else if (je == json_tokener_error_depth)
-      snprintf(err, errlen, "%s: nested deeper than %d levels", what, depth);
+      snprintf(err, errlen, "%s: nesting too deep: nested deeper than %d levels",
+               what, depth);
     else if (je == json_tokener_continue || je == json_tokener_error_parse_eof)
-      snprintf(err, errlen, "%s: not JSON: ends early at offset %zu (the %s is not valid JSON)",
+      snprintf(err, errlen, "%s: not JSON: document ends early at offset %zu (the %s is not valid JSON)",
                what, len, what);
     else
       snprintf(err, errlen, "%s: not JSON: %s at offset %zu (the %s is not valid JSON)",
@@ -382,8 +392,8 @@ jsonutil_parse(const char *text, size_t len, int depth, unsigned flags,
       return NULL;
     }
   if ((flags & JSONUTIL_OBJECT) && !json_object_is_type(root, json_type_object)) {
-    snprintf(err, errlen, "%s: expected a JSON object, not %s", what,
-             json_type_to_name(json_object_get_type(root)));
+    snprintf(err, errlen, "%s: not a JSON object but %s; expected a JSON object",
+             what, json_type_to_name(json_object_get_type(root)));
     json_object_put(root);
     return NULL;
   }

@@ -33,10 +33,14 @@ enum {
 
 /* Parses text[0..len) as exactly one JSON value nested at most depth
  * levels.  what names the text in messages ("body").  Returns a new
- * value, or NULL with a message in err: "body: empty; expected a JSON
- * object", "body: nested deeper than 8 levels", "body: not JSON: ...
- * (the body is not valid JSON)", "body: expected a JSON object, not
- * array", "field 'a.b': appears more than once". */
+ * value, or NULL with a message in err: "body: not JSON: document ends
+ * early at offset 0 (empty; expected a JSON object)", "body: nesting too
+ * deep: nested deeper than 8 levels", "body: not JSON: ... (the body is
+ * not valid JSON)" (also ill-formed UTF-8, a single-quoted string),
+ * "body: not a JSON object but array; expected a JSON object", "field
+ * 'a.b': appears more than once", "body: a key at offset 9 holds a NUL
+ * byte".  The wording keeps the phrases the services' documents and tests
+ * name. */
 struct json_object *jsonutil_parse(const char *text, size_t len, int depth,
                                    unsigned flags, const char *what,
                                    char *err, size_t errlen);
