@@ -51,6 +51,7 @@
 #include "converge.h"
 #include "metrics.h"
 #include "cleanup.h"
+#include "clock.h"
 #include "log.h"
 #include "nodecall.h"
 
@@ -185,14 +186,6 @@ converger_origin_bytes(struct converger *cv, const char *id)
       b = cv->memos[i]->origin_bytes;
   pthread_mutex_unlock(&cv->lock);
   return b;
-}
-
-static int64_t
-mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- copies of store rows (the callbacks' strings are borrowed) ---------- */
@@ -517,7 +510,7 @@ static void
 step_bytes(struct converger *cv, const struct store_cluster *c,
            struct memo *m, const struct row_vec *rows)
 {
-  int64_t now = mono_ms();
+  int64_t now = clock_mono_ms();
   if (now - m->bytes_at < BYTES_EVERY_MS)
     return;
   m->bytes_at = now;

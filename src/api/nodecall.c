@@ -14,6 +14,7 @@
 #include <json-c/json.h>
 
 #include "curlbuf.h"
+#include "clock.h"
 #include "jsonutil.h"
 #include "log.h"
 #include "nodecall.h"
@@ -30,14 +31,6 @@ struct slot {
   int64_t not_before;   /* ms; a retry waits until then */
   bool active, done;
 };
-
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int
 nodecall_global_init(void)
@@ -215,7 +208,7 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
   size_t left = n;
   unsigned active = 0;
   while (left > 0) {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     int64_t next_wake = INT64_MAX;
     for (size_t i = 0; i < n && active < parallel; i++) {
       struct slot *s = &slots[i];
@@ -257,7 +250,7 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
       if (retryable(c->status) && c->attempts <= o->retries) {
         char why[NODECALL_ERR_MAX + 128];
         log_debug(COMPONENT, "retrying %s", nodecall_describe(c, why, sizeof why));
-        s->not_before = now_ms() + ((int64_t)BACKOFF_MS << (c->attempts - 1 < 6 ? c->attempts - 1 : 6));
+        s->not_before = clock_mono_ms() + ((int64_t)BACKOFF_MS << (c->attempts - 1 < 6 ? c->attempts - 1 : 6));
       } else {
         s->done = true;
         left--;
@@ -267,7 +260,7 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
       break;
     int timeout = 100;
     if (next_wake != INT64_MAX) {
-      int64_t d = next_wake - now_ms();
+      int64_t d = next_wake - clock_mono_ms();
       if (d < timeout)
         timeout = d < 0 ? 0 : (int)d;
     }

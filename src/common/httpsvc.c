@@ -19,12 +19,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <json-c/json.h>
 #include <microhttpd.h>
 
 #include "cleanup.h"
+#include "clock.h"
 #include "digest.h"
 #include "jsonutil.h"
 #include "log.h"
@@ -63,14 +63,6 @@ struct httpsvc_req {
   bool too_large;
   size_t dropped;
 };
-
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- replies ------------------------------------------------------------- */
 
@@ -414,14 +406,14 @@ request_begins(void *cls, const char *uri, struct MHD_Connection *conn)
   rq->s = s;
   rq->conn = conn;
   if (s->cfg.request_timeout_s)
-    rq->deadline_ms = now_ms() + (int64_t)s->cfg.request_timeout_s * 1000;
+    rq->deadline_ms = clock_mono_ms() + (int64_t)s->cfg.request_timeout_s * 1000;
   return rq;
 }
 
 static bool
 past_deadline(const struct httpsvc_req *rq)
 {
-  return rq->deadline_ms != 0 && now_ms() > rq->deadline_ms;
+  return rq->deadline_ms != 0 && clock_mono_ms() > rq->deadline_ms;
 }
 
 /* The first call: the headers are in. */

@@ -16,21 +16,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <libnbd.h>
 
+#include "clock.h"
 #include "manifest.h"
 
 #define MANCLIENT_CHUNK (4u * 1024 * 1024)
-
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Runs h until *flag (or, without a flag, the end of the handshake or of
  * option mode's first stop).  0, or -1 with *why. */
@@ -48,7 +40,7 @@ run_until(struct nbd_handle *h, const bool *flag, int64_t deadline,
         *why = "connection closed";
       return -1;
     }
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - clock_mono_ms();
     if (left <= 0) {
       *why = "timed out";
       return -1;
@@ -90,7 +82,7 @@ open_export(struct nbd_handle *h, const char *uri, const char *export,
     *why = nbd_get_error();
     return MANCLIENT_FAILED;
   }
-  if (run_until(h, NULL, now_ms() + timeout_ms, why) == -1)
+  if (run_until(h, NULL, clock_mono_ms() + timeout_ms, why) == -1)
     return MANCLIENT_FAILED;
   struct op_result go = { 0 };
   if (nbd_set_export_name(h, export) == -1 ||
@@ -99,7 +91,7 @@ open_export(struct nbd_handle *h, const char *uri, const char *export,
     *why = nbd_get_error();
     return MANCLIENT_FAILED;
   }
-  if (run_until(h, &go.done, now_ms() + timeout_ms, why) == -1)
+  if (run_until(h, &go.done, clock_mono_ms() + timeout_ms, why) == -1)
     return MANCLIENT_FAILED;
   if (go.err != 0 || nbd_aio_is_ready(h) != 1) {
     snprintf(msg, msglen, "%s", go.err ? strerror(go.err) : "not available");
@@ -127,7 +119,7 @@ read_all(struct nbd_handle *h, char *buf, uint64_t size, unsigned timeout_ms,
       *why = nbd_get_error();
       return -1;
     }
-    if (run_until(h, &rd.done, now_ms() + timeout_ms, why) == -1)
+    if (run_until(h, &rd.done, clock_mono_ms() + timeout_ms, why) == -1)
       return -1;
     if (rd.err) {
       snprintf(msg, msglen, "read: %s", strerror(rd.err));
