@@ -31,7 +31,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
-#include <libnbd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,11 +44,15 @@
 #include "cluster.h"
 #include "digest.h"
 #include "log.h"
+#include "manclient.h"
 #include "manifest.h"
 #include "nodeclient.h"
 #include "pkicmd.h"
 #include "pool.h"
 #include "thunder-build.h"
+
+/* How long each step of reading a manifest may take. */
+#define RESOLVE_TIMEOUT_MS 30000
 
 /* Prints the usage of a command group: path is "thunderctl image". */
 static void
@@ -333,77 +336,19 @@ usage_image_attach(FILE *fp)
 }
 
 /* Reads the manifest of image name from the NBD server at uri (export
- * NAME@manifest) and writes its SHA-256, the image version, into hex.
- * -1 with a message. */
+ * NAME@manifest, common/manclient.h) and writes its SHA-256, the image
+ * version, into hex.  -1 with a message. */
 static int
 resolve_version(const char *name, const char *uri, char hex[DIGEST_HEX_LEN + 1])
 {
-  char export[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-  snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
-
-  struct nbd_handle *h = nbd_create();
-  if (h == NULL) {
-    fprintf(stderr, PROG ": nbd_create: %s\n", nbd_get_error());
+  char err[1024];
+  uint64_t size;
+  if (manclient_version(uri, name, RESOLVE_TIMEOUT_MS, 0, hex, &size, err,
+                        sizeof err) != MANCLIENT_OK) {
+    fprintf(stderr, PROG ": manifest of '%s': %s\n", name, err);
     return -1;
   }
-  CLEANUP_FREE char *buf = NULL;
-  int r = -1;
-  int64_t size;
-
-  if (nbd_set_opt_mode(h, true) == -1 || nbd_connect_uri(h, uri) == -1) {
-    fprintf(stderr, PROG ": manifest of '%s': cannot connect to %s: %s\n",
-            name, uri, nbd_get_error());
-    goto out;
-  }
-  if (nbd_set_export_name(h, export) == -1 || nbd_opt_go(h) == -1) {
-    fprintf(stderr, PROG ": manifest of '%s': %s has no export %s: %s\n",
-            name, uri, export, nbd_get_error());
-    goto out;
-  }
-  size = nbd_get_size(h);
-  if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
-    fprintf(stderr, PROG ": manifest of '%s': export %s at %s has size %" PRId64 "; expected 1 to %zu bytes\n",
-            name, export, uri, size, MANIFEST_FILE_MAX);
-    goto out;
-  }
-  buf = malloc((size_t)size);
-  if (buf == NULL) {
-    fprintf(stderr, PROG ": manifest of '%s': malloc: %s\n", name,
-            strerror(errno));
-    goto out;
-  }
-  for (int64_t off = 0; off < size;) {
-    size_t n = (size_t)(size - off) < 4u * 1024 * 1024
-                   ? (size_t)(size - off) : 4u * 1024 * 1024;
-    if (nbd_pread(h, buf + off, n, (uint64_t)off, 0) == -1) {
-      fprintf(stderr, PROG ": manifest of '%s': reading %s from %s: %s\n",
-              name, export, uri, nbd_get_error());
-      goto out;
-    }
-    off += (int64_t)n;
-  }
-  nbd_shutdown(h, 0);
-
-  /* It must be a manifest, and of this image. */
-  char origin[512];
-  snprintf(origin, sizeof origin, "%.200s export %s", uri, export);
-  struct manifest *m = manifest_parse(buf, (size_t)size, origin);
-  if (m == NULL)
-    goto out;
-  if (strcmp(m->name, name) != 0) {
-    fprintf(stderr, PROG ": manifest of '%s': %s is the manifest of image '%s'\n",
-            name, origin, m->name);
-    manifest_free(m);
-    goto out;
-  }
-  manifest_free(m);
-  uint8_t d[DIGEST_LEN];
-  digest_sha256(buf, (size_t)size, d);
-  digest_to_hex(d, hex);
-  r = 0;
-out:
-  nbd_close(h);
-  return r;
+  return 0;
 }
 
 static int

@@ -10,7 +10,7 @@
  *
  * A version's cache directory is open in at most one node_image at a time
  * (two committers on one bitmap would race); an attach of a version still
- * held open by connections to a detached image is refused with 409.
+ * held open by connections to a detached image is refused (NODE_CONFLICT).
  *
  * Locks: node->lock serialises attach, detach and the open-version set.
  * img->flock guards img->f and img->uris: a read shares it while it
@@ -41,6 +41,7 @@
 #include "cachemgr.h"
 #include "cleanup.h"
 #include "digest.h"
+#include "jsonutil.h"
 #include "log.h"
 #include "manifest.h"
 
@@ -612,7 +613,7 @@ callbacks(struct node_image *img)
 }
 
 /* Replaces the upstreams of an attached image; the caller holds n->lock. */
-static int
+static enum node_result
 update_upstreams(struct node *n, struct node_image *img,
                  const char *const *uris, size_t nuris, char *err,
                  size_t errlen)
@@ -624,7 +625,7 @@ update_upstreams(struct node *n, struct node_image *img,
   if (f == NULL) {
     uris_free(copy, nuris);
     snprintf(err, errlen, "cannot start fetching from the new upstreams");
-    return 500;
+    return NODE_INTERNAL;
   }
   pthread_rwlock_wrlock(&img->flock);
   struct fetcher *old = img->f;
@@ -638,7 +639,7 @@ update_upstreams(struct node *n, struct node_image *img,
   uris_free(old_uris, old_n);
   log_info(COMPONENT, "image '%s': upstreams updated (%zu, parent %s)",
            img->name, nuris, uris[0]);
-  return 200;
+  return NODE_OK;
 }
 
 void
@@ -648,40 +649,41 @@ node_set_hooks(struct node *n, const struct node_hooks *h)
   n->hooks = *h;
 }
 
-/* Runs the attach hook: 0 or the HTTP status to fail with.  Under lock. */
-static int
+/* Runs the attach hook: NODE_OK or the failure to fail with.  Under
+ * lock. */
+static enum node_result
 run_attach_hook(struct node *n, const char *name, const struct manifest *m,
                 bool replacing, char *err, size_t errlen)
 {
   if (n->hooks.attach == NULL)
-    return 0;
-  int status = n->hooks.attach(n->hooks.opaque, name, m, replacing, err,
+    return NODE_OK;
+  enum node_result status = n->hooks.attach(n->hooks.opaque, name, m, replacing, err,
                                errlen);
-  if (status != 0 && n->restoring) {
+  if (status != NODE_OK && n->restoring) {
     log_warn(COMPONENT, "'%s': %s (serving it anyway)", name, err);
-    return 0;
+    return NODE_OK;
   }
   return status;
 }
 
-static int attach_new(struct node *n, const char *name, struct manifest *m,
+static enum node_result attach_new(struct node *n, const char *name, struct manifest *m,
                       const char *mbytes, size_t mlen,
                       const char *const *uris, size_t nuris,
                       struct json_object **reply, char *err, size_t errlen);
 
-int
+enum node_result
 node_attach(struct node *n, const char *name, const char *version,
             const char *const *uris, size_t nuris, struct json_object **reply,
             char *err, size_t errlen)
 {
   if (!manifest_name_valid(name)) {
     snprintf(err, errlen, "invalid image name");
-    return 400;
+    return NODE_INVALID;
   }
   uint8_t vd[DIGEST_LEN];
   if (digest_from_hex(version, vd) == -1 || nuris == 0) {
     snprintf(err, errlen, nuris ? "invalid version" : "no upstream");
-    return 400;
+    return NODE_INVALID;
   }
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
@@ -693,21 +695,20 @@ node_attach(struct node *n, const char *name, const char *version,
     export_put(cur);
     snprintf(err, errlen, "an export named '%s' exists and is not a node image",
              name);
-    return 409;
+    return NODE_CONFLICT;
   }
   if (cimg && strcmp(cimg->m->version_hex, version) == 0) {
-    int status = run_attach_hook(n, name, cimg->m, false, err, errlen);
-    if (status != 0) {
+    enum node_result status = run_attach_hook(n, name, cimg->m, false, err, errlen);
+    if (status != NODE_OK) {
       export_put(cur);
       return status;
     }
-    status = 200;
     pthread_rwlock_rdlock(&cimg->flock);
     bool same = uris_equal(cimg->uris, cimg->nuris, uris, nuris);
     pthread_rwlock_unlock(&cimg->flock);
     if (!same)
       status = update_upstreams(n, cimg, uris, nuris, err, errlen);
-    if (status == 200) {
+    if (status == NODE_OK) {
       record_attachment(n, name, version, (char *const *)uris, nuris);
       if (reply)
         *reply = image_json(cimg, cur);
@@ -721,7 +722,7 @@ node_attach(struct node *n, const char *name, const char *version,
   if (version_open(n, version)) {
     snprintf(err, errlen, "version %.16s of '%s' is still open by connections"
              " to a detached image; retry when they end", version, name);
-    return 409;
+    return NODE_CONFLICT;
   }
 
   /* The manifest: from the cache when it is there, else from upstream. */
@@ -732,17 +733,17 @@ node_attach(struct node *n, const char *name, const char *version,
                             n->p.fetch.timeout_ms, &mbytes, &mlen);
     if (fr == FETCH_MANIFEST_UNKNOWN) {
       snprintf(err, errlen, "no upstream has an image '%s'", name);
-      return 404;
+      return NODE_NOT_FOUND;
     }
     if (fr == FETCH_MANIFEST_OTHER_VERSION) {
       snprintf(err, errlen, "the upstreams serve another version of '%s'"
                " than %.16s", name, version);
-      return 409;
+      return NODE_CONFLICT;
     }
     if (fr != 0) {
       snprintf(err, errlen, "no upstream gave the manifest of '%s' version"
                " %.16s (unreachable or failing)", name, version);
-      return 502;
+      return NODE_UPSTREAM;
     }
   }
   char origin[128];
@@ -750,25 +751,26 @@ node_attach(struct node *n, const char *name, const char *version,
   struct manifest *m = manifest_parse(mbytes, mlen, origin);
   if (m == NULL) {
     snprintf(err, errlen, "the manifest of '%s' is invalid", name);
-    return 502;
+    return NODE_UPSTREAM;
   }
   if (strcmp(m->name, name) != 0) {
     snprintf(err, errlen, "the manifest of version %.16s names image '%s'",
              version, m->name);
     manifest_free(m);
-    return 409;
+    return NODE_CONFLICT;
   }
-  int hs = run_attach_hook(n, name, m, replacing, err, errlen);
-  if (hs != 0) {
+  enum node_result hs = run_attach_hook(n, name, m, replacing, err, errlen);
+  if (hs != NODE_OK) {
     manifest_free(m);
     return hs;
   }
   /* From here a failure undoes the hook of a new attachment. */
-  int status = attach_new(n, name, m, mbytes, mlen, uris, nuris, reply, err,
-                          errlen);
-  if (status >= 300 && !replacing && n->hooks.detach) {
+  enum node_result status = attach_new(n, name, m, mbytes, mlen, uris, nuris, reply,
+                                      err, errlen);
+  if (status != NODE_ATTACHED && !replacing && n->hooks.detach) {
     char uerr[256];
-    if (n->hooks.detach(n->hooks.opaque, name, true, uerr, sizeof uerr))
+    if (n->hooks.detach(n->hooks.opaque, name, true, uerr, sizeof uerr) !=
+        NODE_OK)
       log_warn(COMPONENT, "'%s': undoing the attach: %s", name, uerr);
   }
   return status;
@@ -776,13 +778,13 @@ node_attach(struct node *n, const char *name, const char *version,
 
 /* The second half of node_attach: a new image (or a new version) with its
  * manifest m (taken over), cache, fetcher and exports.  Under n->lock. */
-static int
+static enum node_result
 attach_new(struct node *n, const char *name, struct manifest *m,
            const char *mbytes, size_t mlen, const char *const *uris,
            size_t nuris, struct json_object **reply, char *err, size_t errlen)
 {
   const char *version = m->version_hex;
-  int fail_status = 500;
+  enum node_result fail_status = NODE_INTERNAL;
   struct node_image *img = calloc(1, sizeof *img);
   if (img == NULL || (img->name = strdup(name)) == NULL ||
       (img->uris = uris_dup(uris, nuris)) == NULL) {
@@ -791,7 +793,7 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     free(img);
     manifest_free(m);
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return NODE_INTERNAL;
   }
   img->node = n;
   img->nuris = nuris;
@@ -802,13 +804,13 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     manifest_free(m);
     image_free(img);
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return NODE_INTERNAL;
   }
   enum cachemgr_result cres;
   img->cv = cachemgr_acquire(n->cm, mbytes, mlen, &cres, err, errlen);
   if (img->cv == NULL) {
-    /* 507: the cache cannot hold even the manifest (docs/control.md). */
-    fail_status = cres == CACHEMGR_NO_ROOM ? 507 : 500;
+    /* NODE_NO_SPACE (507): the cache cannot hold even the manifest (docs/control.md). */
+    fail_status = cres == CACHEMGR_NO_ROOM ? NODE_NO_SPACE : NODE_INTERNAL;
     goto fail_unlocked_image;
   }
   img->bc = cachemgr_blkcache(img->cv);
@@ -819,10 +821,10 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     goto fail_unlocked_image;
   }
 
-  char desc[128], mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  char desc[128], mname[MANIFEST_EXPORT_NAME_MAX];
   snprintf(desc, sizeof desc, "thunder image (%s, version %.16s, node cache)",
            image_format_name(m->format), m->version_hex);
-  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  manifest_export_name(name, mname);
   struct export *exp = export_new(name, m->size, m->block_size, desc,
                                   &node_ops, img);
   if (exp == NULL) {
@@ -872,7 +874,7 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     export_put(old);
     pthread_mutex_lock(&n->lock);
   }
-  return 201;
+  return NODE_ATTACHED;
 
 fail_export:
   /* The export owns img now; dropping it closes img (which takes
@@ -880,7 +882,7 @@ fail_export:
   pthread_mutex_unlock(&n->lock);
   export_put(exp);
   pthread_mutex_lock(&n->lock);
-  return 500;
+  return NODE_INTERNAL;
 
 fail_unlocked_image:
   pthread_mutex_unlock(&n->lock);
@@ -889,7 +891,7 @@ fail_unlocked_image:
   return fail_status;
 }
 
-int
+enum node_result
 node_detach(struct node *n, const char *name, char *err, size_t errlen)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
@@ -899,17 +901,18 @@ node_detach(struct node *n, const char *name, char *err, size_t errlen)
     if (cur)
       export_put(cur);
     snprintf(err, errlen, "image '%s' is not attached", name);
-    return 404;
+    return NODE_NOT_FOUND;
   }
   if (n->hooks.detach) {
-    int status = n->hooks.detach(n->hooks.opaque, name, false, err, errlen);
-    if (status != 0) {
+    enum node_result status =
+        n->hooks.detach(n->hooks.opaque, name, false, err, errlen);
+    if (status != NODE_OK) {
       export_put(cur);
       return status;
     }
   }
-  char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  char mname[MANIFEST_EXPORT_NAME_MAX];
+  manifest_export_name(name, mname);
   exports_remove(n->reg, mname);
   exports_remove(n->reg, name);
   forget_attachment(n, name);
@@ -918,7 +921,7 @@ node_detach(struct node *n, const char *name, char *err, size_t errlen)
   pthread_mutex_unlock(&n->lock);
   export_put(cur);
   pthread_mutex_lock(&n->lock);
-  return 200;
+  return NODE_OK;
 }
 
 /* ---- restore, new, free ----------------------------------------------------- */
@@ -931,15 +934,11 @@ restore_one(struct node *n, const char *path)
   CLEANUP_FREE char *text = read_small_file(path, ATTACH_FILE_MAX, &len);
   if (text == NULL)
     return;
-  struct json_tokener *tok = json_tokener_new_ex(4);
-  if (tok == NULL)
-    return;
+  char perr[256];
   CLEANUP_JSON_PUT struct json_object *o =
-      json_tokener_parse_ex(tok, text, (int)len);
-  bool parsed = json_tokener_get_error(tok) == json_tokener_success;
-  json_tokener_free(tok);
+      jsonutil_parse(text, len, 4, JSONUTIL_OBJECT, path, perr, sizeof perr);
   struct json_object *jn, *jv, *ju;
-  if (!parsed || !json_object_is_type(o, json_type_object) ||
+  if (o == NULL ||
       !json_object_object_get_ex(o, "name", &jn) ||
       !json_object_is_type(jn, json_type_string) ||
       !json_object_object_get_ex(o, "version", &jv) ||
@@ -962,10 +961,10 @@ restore_one(struct node *n, const char *path)
     uris[i] = json_object_get_string(e);
   }
   char err[512];
-  int status = node_attach(n, json_object_get_string(jn),
-                           json_object_get_string(jv), uris, nu, NULL, err,
-                           sizeof err);
-  if (status >= 300)
+  enum node_result status = node_attach(n, json_object_get_string(jn),
+                                       json_object_get_string(jv), uris, nu,
+                                       NULL, err, sizeof err);
+  if (status != NODE_OK && status != NODE_ATTACHED)
     log_error(COMPONENT, "%s: cannot re-attach: %s", path, err);
 }
 
@@ -1094,8 +1093,8 @@ node_free(struct node *n)
     for (size_t i = 0; i < json_object_array_length(names); i++) {
       const char *name = json_object_get_string(
           json_object_array_get_idx(names, i));
-      char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-      snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+      char mname[MANIFEST_EXPORT_NAME_MAX];
+      manifest_export_name(name, mname);
       exports_remove(n->reg, mname);
       exports_remove(n->reg, name);
     }

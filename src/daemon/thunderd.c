@@ -265,21 +265,26 @@ struct ctl_ctx {
   struct vms *vms;
 };
 
-static const char *
-status_code(int status)
+/* The control result and error code of a node result. */
+static enum control_result
+control_of(enum node_result r, const char **code)
 {
-  switch (status) {
-  case 400: return "invalid";
-  case 404: return "not_found";
-  case 409: return "conflict";
-  case 507: return "insufficient_storage";
-  case 502: return "bad_gateway";
-  case 503: return "unavailable";
-  default: return "internal";
+  switch (r) {
+  case NODE_OK: return CONTROL_OK;
+  case NODE_ATTACHED: return CONTROL_CREATED;
+  case NODE_INVALID: *code = "invalid"; return CONTROL_INVALID;
+  case NODE_NOT_FOUND: *code = "not_found"; return CONTROL_NOT_FOUND;
+  case NODE_CONFLICT: *code = "conflict"; return CONTROL_CONFLICT;
+  case NODE_UPSTREAM: *code = "bad_gateway"; return CONTROL_UPSTREAM;
+  case NODE_UNAVAILABLE: *code = "unavailable"; return CONTROL_UNAVAILABLE;
+  case NODE_NO_SPACE: *code = "insufficient_storage"; return CONTROL_NO_SPACE;
+  case NODE_INTERNAL: break;
   }
+  *code = "internal";
+  return CONTROL_INTERNAL;
 }
 
-static int
+static enum control_result
 ctl_attach(void *opaque, const struct control_attach *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -287,39 +292,34 @@ ctl_attach(void *opaque, const struct control_attach *req,
   struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
-    snprintf(err, errlen, "this thunderd is an origin: it serves its image"
-             " directory and attaches nothing");
-    return 409;
+    snprintf(err, errlen, "this thunderd is an origin: it serves its image directory and attaches nothing");
+    return CONTROL_CONFLICT;
   }
-  int status = node_attach(node, req->name, req->version, req->upstreams,
-                           req->nupstreams, reply, err, errlen);
-  if (status >= 400)
-    *code = status_code(status);
-  return status;
+  return control_of(node_attach(node, req->name, req->version, req->upstreams,
+                                req->nupstreams, reply, err, errlen),
+                    code);
 }
 
-static int
+static enum control_result
 ctl_detach(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
   struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
-    snprintf(err, errlen, "this thunderd is an origin: remove the image's"
-             " manifest and send SIGHUP instead");
-    return 409;
+    snprintf(err, errlen, "this thunderd is an origin: remove the image's manifest and send SIGHUP instead");
+    return CONTROL_CONFLICT;
   }
-  int status = node_detach(node, name, err, errlen);
-  if (status >= 400)
-    *code = status_code(status);
-  else
+  enum control_result r = control_of(node_detach(node, name, err, errlen),
+                                     code);
+  if (r == CONTROL_OK)
     *reply = json_object_new_object();
-  return status;
+  return r;
 }
 
 static struct exports *the_reg;
 
-static int
+static enum control_result
 ctl_get(void *opaque, const char *name, struct json_object **reply,
         const char **code, char *err, size_t errlen)
 {
@@ -328,12 +328,12 @@ ctl_get(void *opaque, const char *name, struct json_object **reply,
   if (*reply == NULL) {
     *code = "not_found";
     snprintf(err, errlen, "no image '%s' here", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 ctl_list(void *opaque, struct json_object **reply, const char **code,
          char *err, size_t errlen)
 {
@@ -342,13 +342,13 @@ ctl_list(void *opaque, struct json_object **reply, const char **code,
   if (*reply == NULL) {
     *code = "internal";
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return CONTROL_INTERNAL;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
 /* The VM requests and /v1/node: vms.c (an origin's are refused there). */
-static int
+static enum control_result
 ctl_vm_put(void *opaque, const struct control_vm *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -357,7 +357,7 @@ ctl_vm_put(void *opaque, const struct control_vm *req,
                  errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
@@ -365,7 +365,7 @@ ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
                  errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
               const char **code, char *err, size_t errlen)
 {
@@ -373,7 +373,7 @@ ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
                     errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
             char *err, size_t errlen)
 {
@@ -381,7 +381,7 @@ ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
 }
 
 /* GET /v1/cache and POST /v1/cache/gc: node mode only. */
-static int
+static enum control_result
 ctl_cache(void *opaque, bool gc, struct json_object **reply,
           const char **code, char *err, size_t errlen)
 {
@@ -389,7 +389,7 @@ ctl_cache(void *opaque, bool gc, struct json_object **reply,
   if (node == NULL) {
     *code = "origin_mode";
     snprintf(err, errlen, "this thunderd is an origin: it has no cache");
-    return 409;
+    return CONTROL_CONFLICT;
   }
   if (gc) {
     uint64_t freed = node_cache_gc(node);
@@ -402,26 +402,26 @@ ctl_cache(void *opaque, bool gc, struct json_object **reply,
   }
   if (*reply == NULL) {
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return CONTROL_INTERNAL;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 ctl_cache_get(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen)
 {
   return ctl_cache(opaque, false, reply, code, err, errlen);
 }
 
-static int
+static enum control_result
 ctl_cache_gc(void *opaque, struct json_object **reply, const char **code,
              char *err, size_t errlen)
 {
   return ctl_cache(opaque, true, reply, code, err, errlen);
 }
 
-static int
+static enum control_result
 ctl_node_info(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen)
 {
