@@ -601,6 +601,15 @@ main(int argc, char **argv)
   if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
     goto out;
 
+  /* Blocked before any thread starts (node_new starts the cache's
+   * reclaimer), so that every thread inherits the mask and only the
+   * signal thread takes them. */
+  struct sigaction sa = { .sa_handler = SIG_IGN };
+  sigaction(SIGPIPE, &sa, NULL);
+  sigset_t set;
+  handled_signals(&set);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
   reg = the_reg = exports_new();
   if (reg == NULL)
     goto out;
@@ -640,12 +649,6 @@ main(int argc, char **argv)
     if (node == NULL)
       goto out;
   }
-
-  struct sigaction sa = { .sa_handler = SIG_IGN };
-  sigaction(SIGPIPE, &sa, NULL);
-  sigset_t set;
-  handled_signals(&set);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
 
   struct server_config sc = {
     .socket_path = is_none(opt.socket) ? NULL
