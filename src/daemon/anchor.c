@@ -97,9 +97,10 @@ on_attach(void *opaque, const char *name, const struct manifest *m,
     if (pool_anchor_ensure(p, &spec, &pe) == -1)
       status = fail(&pe, err, errlen);
     else
-      log_info(COMPONENT, "%s/%s" POOL_ANCHOR_SUFFIX " backed by"
-               " nbd+unix:///%s?socket=%s (%s)",
-               pool_path(p), name, name, a->socket_path, spec.format);
+      log_info(COMPONENT, "%s/%s" POOL_ANCHOR_SUFFIX " backed by export"
+               " %s on %s (%s, reconnect-delay %d s)", pool_path(p), name,
+               name, a->socket_path, spec.format,
+               POOL_ANCHOR_RECONNECT_DELAY);
   }
   pool_close(p);
   return status;

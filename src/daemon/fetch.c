@@ -30,18 +30,34 @@
  *            the bytes are in, the thread verifies them and calls deliver
  *            with the lock dropped, the request still in the table
  *   DONE     buf holds the verified block; out of the table; waiters woken
- *   FAILED   err is EIO (every upstream failed this block; out of the
- *            table) or ESHUTDOWN (fetcher_free; left in the table, which
- *            fetcher_free empties after joining the threads)
+ *   STALLED  every upstream failed it this round and someone waits for
+ *            it: on f->stalled (linked through qnext) until retry_at,
+ *            when the retry thread clears tried and dispatches it again
+ *            (or fails it with EIO once stall_timeout_ms have passed
+ *            since stall_since)
+ *   FAILED   err is EIO (every upstream failed this block and it may not
+ *            stall, or its stall ran out; out of the table) or ESHUTDOWN
+ *            (fetcher_free; left in the table, which fetcher_free empties
+ *            after joining the threads)
  *
  *   QUEUED/ISSUED --failure on upstream u--> tried |= u, u held off,
- *            dispatch_locked again: QUEUED elsewhere, or FAILED(EIO)
+ *            dispatch_locked again: QUEUED elsewhere, STALLED, or
+ *            FAILED(EIO)
+ *   STALLED --retry_at--> QUEUED (tried = 0), or FAILED(EIO) at the bound
  *
  * A failure is a SHA-256 mismatch or an error reply (that request only),
  * or a lost connection, a failed connect or a timeout (the connection is
  * closed and every request on it, issued or queued, fails over).  Each
- * upstream is tried at most once per block, so a block ends within
- * nupstreams attempts.
+ * upstream is tried at most once per round, so a round ends within
+ * nupstreams attempts; a block stalls for at most stall_timeout_ms (plus
+ * the round in flight at the bound, at most nupstreams timeouts).
+ *
+ * Outage.  f->outage_since is set when a block stalls and no outage is
+ * going on, and cleared when a block arrives: one warning at each end,
+ * and while it lasts conn_fail and req_failed log at debug level (every
+ * retry round would otherwise log a line per connection).  The retry
+ * thread (one per fetcher, only with stall_timeout_ms) sleeps on
+ * f->retry_cond (CLOCK_MONOTONIC) until the nearest retry_at.
  *
  * Noticing a dead connection.  Every libnbd call that runs the state
  * machine (aio_connect_uri, aio_pread, aio_notify_read/write) may leave
@@ -94,6 +110,7 @@
 enum req_state {
   REQ_QUEUED,
   REQ_ISSUED,
+  REQ_STALLED,
   REQ_DONE,
   REQ_FAILED,
 };
@@ -110,9 +127,12 @@ struct fetch_req {
   unsigned refs;           /* 1 for the table + 1 per waiter */
   uint64_t tried;          /* bit i: upstream i failed this block */
   bool failed_over;        /* counted in f->failovers */
+  int64_t stall_since;     /* ms: first stalled (0: never) */
+  int64_t retry_at;        /* ms, while STALLED */
+  unsigned backoff_ms;     /* the last stall's wait */
   struct conn *conn;       /* QUEUED or ISSUED on this connection */
   struct fetch_req *hnext; /* table chain */
-  struct fetch_req *qnext; /* connection queue */
+  struct fetch_req *qnext; /* connection queue, or f->stalled */
   pthread_cond_t cond;     /* broadcast at DONE / FAILED */
   /* The owning I/O thread's, while ISSUED: */
   int64_t deadline;        /* ms, monotonic */
@@ -168,6 +188,16 @@ struct fetcher {
   pthread_cond_t drained; /* nwaiters reached 0 while stopping */
   bool stopping;
   uint64_t fetches, joined, prefetches, failovers, failed;
+  /* Stalls (under lock): */
+  struct fetch_req *stalled; /* STALLED requests, linked through qnext */
+  size_t nstalled;
+  pthread_cond_t retry_cond; /* CLOCK_MONOTONIC; wakes the retry thread */
+  pthread_t retry_thread;
+  bool retry_started;
+  bool no_stall;             /* fetch_stop_stalling was called */
+  int64_t outage_since;      /* ms; 0: no outage */
+  bool outage_failed_logged; /* a stall ran out in this outage */
+  uint64_t stalls, stall_failures, outages, outage_ms;
 };
 
 static int64_t
@@ -317,9 +347,66 @@ kick_locked(struct conn *c)
     log_error(COMPONENT, "upstream %s: eventfd write: %m", c->up->uri);
 }
 
+/* Stall backoff: the first wait, and the longest. */
+#define STALL_BACKOFF_MIN_MS 100
+#define STALL_BACKOFF_MAX_MS 1000
+
+/* Every upstream failed r this round: parks it on f->stalled until its
+ * next round, if someone waits for it and its stall has time left.
+ * true if parked. */
+static bool
+stall_locked(struct fetcher *f, struct fetch_req *r)
+{
+  if (f->p.stall_timeout_ms == 0 || f->no_stall || r->refs < 2)
+    return false;
+  int64_t now = now_ms();
+  if (r->stall_since == 0) {
+    r->stall_since = now;
+    r->backoff_ms = STALL_BACKOFF_MIN_MS;
+    f->stalls++;
+  } else if ((r->backoff_ms *= 2) > STALL_BACKOFF_MAX_MS) {
+    r->backoff_ms = STALL_BACKOFF_MAX_MS;
+  }
+  int64_t end = r->stall_since + f->p.stall_timeout_ms;
+  if (now >= end)
+    return false;
+  if (f->outage_since == 0) {
+    f->outage_since = now;
+    f->outage_failed_logged = false;
+    f->outages++;
+    log_warn(COMPONENT, "no upstream of %zu can deliver block %" PRIu64
+             " (last tried %s); holding reads up to %u ms while they"
+             " are retried", f->nups, r->idx, f->ups[f->nups - 1].uri,
+             f->p.stall_timeout_ms);
+  }
+  r->retry_at = now + r->backoff_ms < end ? now + r->backoff_ms : end;
+  r->state = REQ_STALLED;
+  r->conn = NULL;
+  r->qnext = f->stalled;
+  f->stalled = r;
+  f->nstalled++;
+  pthread_cond_signal(&f->retry_cond);
+  return true;
+}
+
+/* Fails r, whose stall ran out, with EIO. */
+static void
+stall_expired_locked(struct fetcher *f, struct fetch_req *r)
+{
+  f->failed++;
+  f->stall_failures++;
+  if (!f->outage_failed_logged) {
+    f->outage_failed_logged = true;
+    log_error(COMPONENT, "block %" PRIu64 ": no upstream delivered it for"
+              " %u ms (stall-timeout); failing it and every read that"
+              " waits as long (EIO)", r->idx, f->p.stall_timeout_ms);
+  }
+  req_finish_locked(f, r, EIO);
+}
+
 /* Queues r on the first upstream it has not failed on, preferring those
- * out of hold-off, or fails it with EIO when there is none (the caller
- * logs that).  true if queued. */
+ * out of hold-off; when there is none, stalls it (stall_locked) or fails
+ * it with EIO (the caller logs that).  true if queued or stalled. */
 static bool
 dispatch_locked(struct fetcher *f, struct fetch_req *r)
 {
@@ -336,6 +423,12 @@ dispatch_locked(struct fetcher *f, struct fetch_req *r)
   if (up == NULL)
     up = fallback;
   if (up == NULL) {
+    if (stall_locked(f, r))
+      return true;
+    if (r->stall_since != 0 && !f->no_stall) {
+      stall_expired_locked(f, r);
+      return false;
+    }
     f->failed++;
     req_finish_locked(f, r, EIO);
     return false;
@@ -411,8 +504,10 @@ req_failed(struct conn *c, struct fetch_req *r, bool mismatch,
     up->errors++;
   hold_off_locked(f, up);
   bool over = redispatch_locked(f, r, up);
+  bool quiet = f->outage_since != 0;
   unlock(f);
-  log_msg(over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR, COMPONENT,
+  log_msg(quiet ? LOG_LEVEL_DEBUG : over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR,
+          COMPONENT,
           "upstream %s: block %" PRIu64 ": %s; %s", up->uri, idx, reason,
           over ? "failing over" : "no upstream left, failing it (EIO)");
 }
@@ -469,9 +564,12 @@ conn_fail(struct conn *c, const char *fmt, ...)
     if (redispatch_locked(f, r, up))
       over++;
   }
+  bool quiet = f->outage_since != 0;
   unlock(f);
 
-  if (n == 0)
+  if (quiet)
+    log_debug(COMPONENT, "upstream %s: %s (%u blocks)", up->uri, reason, n);
+  else if (n == 0)
     log_warn(COMPONENT, "upstream %s: %s", up->uri, reason);
   else if (n == 1)
     log_msg(over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR, COMPONENT,
@@ -555,6 +653,14 @@ req_arrived(struct conn *c, struct fetch_req *r)
   lock(f);
   c->up->blocks++;
   c->up->bytes += r->len;
+  if (f->outage_since != 0) {
+    int64_t took = now_ms() - f->outage_since;
+    f->outage_ms += (uint64_t)took;
+    f->outage_since = 0;
+    log_warn(COMPONENT, "upstream %s delivers again: the outage lasted %"
+             PRId64 " ms; %zu blocks still waiting are retried", c->up->uri,
+             took, f->nstalled);
+  }
   bool wake = false;
   if (!f->stopping) {
     c->load--;
@@ -798,6 +904,46 @@ conn_thread(void *arg)
   return NULL;
 }
 
+/* ---- The retry thread (stalled blocks) --------------------------------- */
+
+static void *
+retry_thread(void *arg)
+{
+  struct fetcher *f = arg;
+
+  lock(f);
+  while (!f->stopping) {
+    int64_t now = now_ms(), next = INT64_MAX;
+    for (struct fetch_req **pp = &f->stalled; *pp;) {
+      struct fetch_req *r = *pp;
+      if (r->retry_at > now) {
+        if (r->retry_at < next)
+          next = r->retry_at;
+        pp = &r->qnext;
+        continue;
+      }
+      *pp = r->qnext;
+      r->qnext = NULL;
+      f->nstalled--;
+      if (now >= r->stall_since + (int64_t)f->p.stall_timeout_ms) {
+        stall_expired_locked(f, r);
+      } else {
+        r->tried = 0;
+        dispatch_locked(f, r); /* queues it: no upstream is tried yet */
+      }
+    }
+    if (next == INT64_MAX) {
+      pthread_cond_wait(&f->retry_cond, &f->lock);
+    } else {
+      struct timespec ts = { .tv_sec = next / 1000,
+                             .tv_nsec = (long)(next % 1000) * 1000000 };
+      pthread_cond_timedwait(&f->retry_cond, &f->lock, &ts);
+    }
+  }
+  unlock(f);
+  return NULL;
+}
+
 /* ---- Public ------------------------------------------------------------ */
 
 static void
@@ -810,7 +956,10 @@ fetcher_destroy(struct fetcher *f)
     for (unsigned j = 0; f->ups[i].conns && j < f->p.conns_per_upstream; j++)
       if (f->ups[i].conns[j].started)
         kick_locked(&f->ups[i].conns[j]);
+  pthread_cond_signal(&f->retry_cond);
   unlock(f);
+  if (f->retry_started)
+    pthread_join(f->retry_thread, NULL);
   for (size_t i = 0; i < f->nups; i++)
     for (unsigned j = 0; f->ups[i].conns && j < f->p.conns_per_upstream; j++)
       if (f->ups[i].conns[j].started)
@@ -819,6 +968,7 @@ fetcher_destroy(struct fetcher *f)
   lock(f);
   while (f->nwaiters > 0)
     pthread_cond_wait(&f->drained, &f->lock);
+  f->stalled = NULL; /* each is in the table too */
   for (size_t b = 0; b < f->nbuckets; b++) {
     while (f->table[b]) {
       struct fetch_req *r = f->table[b];
@@ -840,6 +990,7 @@ fetcher_destroy(struct fetcher *f)
   }
   free(f->ups);
   free(f->table);
+  pthread_cond_destroy(&f->retry_cond);
   pthread_cond_destroy(&f->drained);
   pthread_mutex_destroy(&f->lock);
   free(f);
@@ -887,6 +1038,11 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
     return NULL;
   }
   pthread_cond_init(&f->drained, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&f->retry_cond, &ca);
+  pthread_condattr_destroy(&ca);
   f->table = calloc(256, sizeof *f->table);
   if (f->table) {
     f->nbuckets = 256;
@@ -932,7 +1088,31 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
       c->started = true;
     }
   }
+  if (p->stall_timeout_ms > 0) {
+    int e = pthread_create(&f->retry_thread, NULL, retry_thread, f);
+    if (e != 0) {
+      errno = e;
+      log_error(COMPONENT, "retry thread: pthread_create: %m");
+      fetcher_destroy(f);
+      return NULL;
+    }
+    f->retry_started = true;
+  }
   return f;
+}
+
+void
+fetch_stop_stalling(struct fetcher *f)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  f->no_stall = true;
+  while (f->stalled) {
+    struct fetch_req *r = f->stalled;
+    f->stalled = r->qnext;
+    r->qnext = NULL;
+    f->nstalled--;
+    req_finish_locked(f, r, ESHUTDOWN);
+  }
 }
 
 void
@@ -1048,6 +1228,13 @@ fetch_get_stats(struct fetcher *f, struct fetch_stats *st)
   st->prefetches = f->prefetches;
   st->failovers = f->failovers;
   st->failed = f->failed;
+  st->stalls = f->stalls;
+  st->stall_failures = f->stall_failures;
+  st->outages = f->outages;
+  st->outage_ms = f->outage_ms +
+                  (f->outage_since ? (uint64_t)(now - f->outage_since) : 0);
+  st->stalled_now = f->nstalled;
+  st->in_outage = f->outage_since != 0;
   st->nupstreams = u ? f->nups : 0;
   st->upstreams = u;
   for (size_t i = 0; u && i < f->nups; i++) {

@@ -13,8 +13,13 @@
  * held open by connections to a detached image is refused with 409.
  *
  * Locks: node->lock serialises attach, detach and the open-version set.
- * img->flock guards img->f and img->uris: readers (reads in progress)
- * share it, an upstream update takes it exclusively to swap the fetcher.
+ * img->flock guards img->f and img->uris: a read shares it while it
+ * starts its fetches, an upstream update takes it exclusively to swap the
+ * fetcher.  A read waits for its fetches without it: a block may stall
+ * for minutes while no upstream delivers (fetch.h), and an upstream
+ * update must not wait for that.  fetcher_free fails the old fetcher's
+ * requests with ESHUTDOWN and waits until their readers let go of them;
+ * those readers then start their read again on the new fetcher.
  */
 #include "node.h"
 
@@ -181,10 +186,37 @@ block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
   return (struct part){ (uint32_t)(s - bstart), (uint32_t)(e - s), s - off };
 }
 
+/* A read whose fetches were failed by an upstream update (ESHUTDOWN)
+ * starts again on the new fetcher, at most this many times. */
+#define READ_RESTARTS 3
+
+static int
+read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
+          int *err);
+
 static int
 node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
 {
   struct node_image *img = handle;
+  for (int i = 0;; i++) {
+    int r = read_once(img, buf, len, off, err);
+    if (r == 0 || *err != ESHUTDOWN || i == READ_RESTARTS) {
+      if (r == -1 && *err == ESHUTDOWN)
+        *err = EIO;
+      return r;
+    }
+    log_debug(COMPONENT, "image '%s': read at %" PRIu64 " restarted: its"
+              " upstreams changed while it waited", img->name, off);
+  }
+}
+
+/* One attempt of node_pread: the cached parts are copied, the missing
+ * blocks fetched.  0, or -1 with *err (ESHUTDOWN: the fetcher was
+ * replaced meanwhile). */
+static int
+read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
+          int *err)
+{
   const struct manifest *m = img->m;
   uint64_t first = off / m->block_size;
   uint64_t last = (off + len - 1) / m->block_size;
@@ -241,8 +273,10 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
          b <= last + img->node->p.readahead && b < m->nblocks; b++)
       fetch_prefetch(img->f, b);
   }
+  pthread_rwlock_unlock(&img->flock);
 
-  /* Pass 2: wait for the fetches (each releases its request). */
+  /* Pass 2: wait for the fetches (each releases its request), without
+   * the lock: see the note at the top. */
   for (uint64_t b = first; b <= last; b++) {
     struct fetch_req *q = reqs[b - first];
     if (q == NULL)
@@ -255,7 +289,6 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
       r = -1;
     }
   }
-  pthread_rwlock_unlock(&img->flock);
   if (reqs != small)
     free(reqs);
   return r;
@@ -509,6 +542,11 @@ image_json(struct node_image *img, struct export *exp)
   add_u64(c, "verify_failures", verify_failures);
   add_u64(c, "failovers", fs.failovers);
   add_u64(c, "fetch_failures", fs.failed);
+  add_u64(c, "stalls", fs.stalls);
+  add_u64(c, "stall_failures", fs.stall_failures);
+  add_u64(c, "outages", fs.outages);
+  add_u64(c, "outage_ms", fs.outage_ms);
+  add_u64(c, "stalled_now", fs.stalled_now);
   add_u64(c, "cache_corrupt_evicted", bs.corrupt_evicted);
   add_u64(c, "valid_cache_bytes", bs.valid_bytes);
   add_u64(c, "present_cache_bytes", bs.present_bytes);
@@ -788,7 +826,10 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     snprintf(err, errlen, "out of memory");
     goto fail_export;
   }
-  if (record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
+  /* At restore the record is what was just read: rewriting it (two
+   * fsyncs) would only slow the restart down. */
+  if (!n->restoring &&
+      record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
     exports_remove(n->reg, mname);
     snprintf(err, errlen, "cannot record the attachment under %s", n->root);
     goto fail_export;
@@ -982,6 +1023,25 @@ collect_names(struct export *exp, void *opaque)
   if (export_handle_if(exp, &node_ops))
     json_object_array_add(arr, json_object_new_string(export_name(exp)));
   return 0;
+}
+
+static int
+stop_stalling_one(struct export *exp, void *opaque)
+{
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  (void)opaque;
+  if (img) {
+    pthread_rwlock_rdlock(&img->flock);
+    fetch_stop_stalling(img->f);
+    pthread_rwlock_unlock(&img->flock);
+  }
+  return 0;
+}
+
+void
+node_stop_stalling(struct node *n)
+{
+  exports_foreach(n->reg, stop_stalling_one, NULL);
 }
 
 void

@@ -93,6 +93,11 @@ struct json_object *node_image_json(struct node *n, const char *name);
 /* {"images": [state of each attached image]}. */
 struct json_object *node_list_json(struct node *n);
 
+/* The daemon is stopping: reads waiting out an upstream outage fail now,
+ * and no read waits for one any more (fetch_stop_stalling), so that none
+ * holds the shutdown up for a stall timeout. */
+void node_stop_stalling(struct node *n);
+
 /* Detaches everything (keeping attachments recorded) and frees n. */
 void node_free(struct node *n);
 

@@ -28,6 +28,7 @@
 #include "origin.h"
 #include "pool.h"
 #include "register.h"
+#include "resumer.h"
 #include "server.h"
 #include "vms.h"
 
@@ -48,6 +49,7 @@ static struct {
   uint64_t fetch_depth;
   uint64_t fetch_timeout;
   uint64_t fault_holdoff;
+  uint64_t stall_timeout;
   uint64_t commit_interval;
   char *listen;
   char *socket;
@@ -61,6 +63,7 @@ static struct {
   char *pool;
   char *pool_path;
   char *libvirt_uri;
+  uint64_t resume_interval;
   char *log;
   char *log_level;
   char *debug;
@@ -85,6 +88,8 @@ static struct {
   .fetch_depth = 16,
   .fetch_timeout = 1500,
   .fault_holdoff = 5000,
+  .stall_timeout = 120,
+  .resume_interval = 200,
   .commit_interval = 20,
   .heartbeat_interval = REGISTER_DEFAULT_INTERVAL_MS,
 };
@@ -113,6 +118,10 @@ static const struct config_opt options[] = {
     " this long, fails over (default 1500)" },
   { "fault-holdoff", CONFIG_TYPE_UINT, &opt.fault_holdoff, 0, 3600000, "MS",
     "node: a faulty upstream is skipped this long (default 5000)" },
+  { "stall-timeout", CONFIG_TYPE_UINT, &opt.stall_timeout, 0, 86400,
+    "SECONDS", "node: how long a read waits while no upstream can deliver"
+    " its block (retried, origin last) before it fails; 0 fails at once"
+    " (default 120)" },
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
     "node: how long a fetched block may wait to be marked valid on disk"
     " (default 20)" },
@@ -144,6 +153,9 @@ static const struct config_opt options[] = {
     "directory of that pool (default " POOL_DEFAULT_PATH ")" },
   { "libvirt-uri", CONFIG_TYPE_STRING, &opt.libvirt_uri, 0, 0, "URI",
     "libvirt connection (default " POOL_DEFAULT_URI ")" },
+  { "resume-interval", CONFIG_TYPE_UINT, &opt.resume_interval, 0, 60000,
+    "MS", "node with a pool: how often to look for VMs of the pool that"
+    " QEMU paused on an I/O error, to resume them; 0: never (default 200)" },
   { "log", CONFIG_TYPE_STRING, &opt.log, 0, 0, "stderr|syslog",
     "log target (default stderr)" },
   { "log-level", CONFIG_TYPE_STRING, &opt.log_level, 0, 0, "LEVEL",
@@ -184,6 +196,7 @@ static const struct config_opt options[] = {
  * ordinary thread context: every other thread blocks them. */
 struct signal_ctx {
   struct server *server;
+  struct node *node;           /* NULL: origin mode */
   struct registrar *registrar; /* NULL: no --api */
   struct exports *reg;
   enum log_level level; /* the configured level, restored by SIGUSR1 */
@@ -226,6 +239,10 @@ signal_main(void *arg)
     default:
       log_info(COMPONENT, "%s: stopping", strsignal(sig));
       register_cancel(ctx->registrar);
+      /* Reads waiting out an upstream outage end now: their connections
+       * are shut down anyway (QEMU retries them after a reconnect). */
+      if (ctx->node)
+        node_stop_stalling(ctx->node);
       server_stop(ctx->server);
       return NULL;
     }
@@ -492,6 +509,7 @@ main(int argc, char **argv)
   struct anchors *anchors = NULL;
   struct vms *vms = NULL;
   struct registrar *registrar = NULL;
+  struct resumer *resumer = NULL;
   struct ctl_ctx ctx = { NULL, NULL };
   char *token = NULL;
   int nimages = 0;
@@ -549,6 +567,7 @@ main(int argc, char **argv)
         .depth = (unsigned)opt.fetch_depth,
         .timeout_ms = (unsigned)opt.fetch_timeout,
         .holdoff_ms = (unsigned)opt.fault_holdoff,
+        .stall_timeout_ms = (unsigned)opt.stall_timeout * 1000,
       },
       .readahead = (unsigned)opt.readahead,
       .commit_interval_ms = (unsigned)opt.commit_interval,
@@ -602,6 +621,15 @@ main(int argc, char **argv)
   }
   if (node)
     node_restore(node);
+  /* Serving again: guests paused on I/O errors while this node was away
+   * (a restart) can go on. */
+  if (anchors && opt.resume_interval > 0) {
+    struct pool_config pc = { .uri = opt.libvirt_uri, .name = opt.pool,
+                              .path = opt.pool_path };
+    resumer = resumer_start(&pc, (unsigned)opt.resume_interval);
+    if (resumer == NULL)
+      goto out;
+  }
   if (opt.control) {
     vms = vms_new(opt.libvirt_uri, opt.pool, opt.pool_path, anchors != NULL,
                   node, reg);
@@ -627,7 +655,8 @@ main(int argc, char **argv)
       goto out;
   }
 
-  struct signal_ctx sctx = { .server = server, .registrar = registrar,
+  struct signal_ctx sctx = { .server = server, .node = node,
+                             .registrar = registrar,
                              .reg = reg, .level = level };
   pthread_t sig_thread;
   if ((errno = pthread_create(&sig_thread, NULL, signal_main, &sctx)) != 0) {
@@ -653,6 +682,7 @@ main(int argc, char **argv)
   log_info(COMPONENT, "stopped");
 
 out:
+  resumer_stop(resumer);
   register_stop(registrar);
   control_free(control);
   vms_free(vms);

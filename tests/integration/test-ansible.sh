@@ -9,7 +9,8 @@
 #    is made (0600), the origin, the node (and thunder-api when it is built)
 #    run as the right users, the pool exists, the origin serves the test
 #    guest image with a manifest;
-#  - a second run reports changed=0, and so does a run with --check;
+#  - a second run (nodes one at a time, -e thunder_node_serial=1, as a
+#    rolling upgrade runs) reports changed=0, and so does a run with --check;
 #  - with thunder-api built: the node registered itself, the image is
 #    registered, and POST /v1/clusters with count=2 reaches "running"; the
 #    cluster is then deleted.  Without thunder-api (build/src/api/thunder-api)
@@ -275,6 +276,8 @@ out=$(curl -sf -H "Authorization: Bearer $node_token" \
     "http://127.0.0.1:$node_control_port/v1/node") || fail "GET /v1/node of the node failed"
 jq -e --arg p "$pool" '.mode == "node" and .pool == $p' <<<"$out" >/dev/null ||
     fail "GET /v1/node: $out"
+grep -qx 'stall-timeout = 120' "$etc/thunderd-node.conf" ||
+    fail "$etc/thunderd-node.conf: no stall-timeout = 120"
 
 # The systemd units the roles install where systemd runs (not here): render
 # them for the programs just installed and let systemd-analyze check them.
@@ -318,7 +321,8 @@ fi
 
 # ---- idempotence -------------------------------------------------------------
 
-play "$tmpdir/run2.log"
+# (As a rolling upgrade runs it: the nodes one at a time.)
+play "$tmpdir/run2.log" -e thunder_node_serial=1
 [ "$changed" -eq 0 ] ||
     fail "second run: changed=$changed: $(changed_tasks "$tmpdir/run2.log" | tr '\n' ' ')"
 
