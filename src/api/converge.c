@@ -47,7 +47,11 @@
 #include <json-c/json.h>
 
 #include "api.h"
+#include "apiutil.h"
+#include "converge.h"
+#include "metrics.h"
 #include "cleanup.h"
+#include "clock.h"
 #include "log.h"
 #include "nodecall.h"
 
@@ -184,14 +188,6 @@ converger_origin_bytes(struct converger *cv, const char *id)
   return b;
 }
 
-static int64_t
-mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- copies of store rows (the callbacks' strings are borrowed) ---------- */
 
 struct vm_copy {
@@ -258,14 +254,10 @@ copy_row(const struct store_tree_row *r, void *opaque)
   c->node = strdup(r->node_id);
   c->parent = r->parent ? strdup(r->parent) : NULL;
   c->depth = r->depth;
-  struct json_object *arr = json_tokener_parse(r->upstreams_json);
-  size_t n = arr && json_object_is_type(arr, json_type_array)
-                 ? json_object_array_length(arr) : 0;
+  size_t n = r->n_upstreams;
   c->ups = calloc(n ? n : 1, sizeof *c->ups);
   for (size_t i = 0; c->ups && i < n; i++)
-    c->ups[c->n_ups++] =
-        strdup(json_object_get_string(json_object_array_get_idx(arr, i)));
-  json_object_put(arr);
+    c->ups[c->n_ups++] = strdup(r->upstreams[i]);
   return 0;
 }
 
@@ -518,7 +510,7 @@ static void
 step_bytes(struct converger *cv, const struct store_cluster *c,
            struct memo *m, const struct row_vec *rows)
 {
-  int64_t now = mono_ms();
+  int64_t now = clock_mono_ms();
   if (now - m->bytes_at < BYTES_EVERY_MS)
     return;
   m->bytes_at = now;
@@ -526,7 +518,7 @@ step_bytes(struct converger *cv, const struct store_cluster *c,
   CLEANUP_FREE struct store_image *im = store_image_get(cv->st, c->image, &err);
   if (im == NULL)
     return;
-  CLEANUP_FREE char *origin = api_export_uri(im->origin_nbd, c->image);
+  CLEANUP_FREE char *origin = apiutil_export_uri(im->origin_nbd, c->image);
   CLEANUP_FREE char *path = NULL;
   if (origin == NULL || asprintf(&path, "/v1/images/%s", c->image) == -1)
     return;
@@ -611,7 +603,7 @@ step_provision(struct converger *cv, const struct store_cluster *c,
     if (store_cluster_set_state(cv->st, c->id,
                                 STORE_MASK(STORE_CLUSTER_PROVISIONING), to,
                                 running ? NULL : msg, &err) == STORE_OK) {
-      double secs = (double)(api_now_ms() - c->created_at) / 1000.0;
+      double secs = (double)(apiutil_now_ms() - c->created_at) / 1000.0;
       metrics_provisioned(secs);
       log_info(COMPONENT, "cluster %s (%s): %s after %.1f s: %zu running, %zu failed",
                c->id, c->name, store_cluster_state_name(to), secs, running,
@@ -899,7 +891,7 @@ round_once(struct converger *cv)
 {
   struct store_err err;
   struct id_vec down = { 0 };
-  int64_t before = api_now_ms() - (int64_t)cv->cfg->node_timeout_s * 1000;
+  int64_t before = apiutil_now_ms() - (int64_t)cv->cfg->node_timeout_s * 1000;
   if (store_nodes_expire(cv->st, before, copy_id, &down, NULL, &err) != STORE_OK)
     log_warn(COMPONENT, "%s", err.msg);
   for (size_t i = 0; i < down.n; i++)

@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "metrics.h"
+#include "store.h"
 
 #define N_METHODS 6
 #define STATUS_MAX 600

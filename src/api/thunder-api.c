@@ -1,7 +1,7 @@
 /* thunder-api — thunder's central REST service (docs/api.md).
  *
  * Wiring only: options, logging, tokens, signals; the HTTP side is
- * server.c, the background work converge.c, the state store.c.
+ * apiserver.c, the background work converge.c, the state store.c.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "api.h"
+#include "converge.h"
+#include "apiserver.h"
 #include "config.h"
 #include "log.h"
 #include "nodecall.h"

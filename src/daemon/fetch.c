@@ -101,11 +101,9 @@
 #include "cleanup.h"
 #include "digest.h"
 #include "log.h"
+#include "manclient.h"
 
 #define COMPONENT "fetch"
-
-/* Manifest exports are read in requests of this size. */
-#define MANIFEST_CHUNK (4u * 1024 * 1024)
 
 enum req_state {
   REQ_QUEUED,
@@ -1250,155 +1248,37 @@ fetch_get_stats(struct fetcher *f, struct fetch_stats *st)
 
 /* ---- Manifest ---------------------------------------------------------- */
 
-/* Runs h until *flag (or, without a flag, the end of the handshake or of
- * option mode's first stop).  0, or -1 with *why. */
-static int
-run_until(struct nbd_handle *h, const bool *flag, int64_t deadline,
-          const char **why)
-{
-  for (;;) {
-    if (flag ? *flag
-             : nbd_aio_is_negotiating(h) == 1 || nbd_aio_is_ready(h) == 1)
-      return 0;
-    if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
-      *why = nbd_get_error();
-      if (*why == NULL)
-        *why = "connection closed";
-      return -1;
-    }
-    int64_t left = deadline - now_ms();
-    if (left <= 0) {
-      *why = "timed out";
-      return -1;
-    }
-    if (nbd_poll(h, left > INT_MAX ? INT_MAX : (int)left) == -1) {
-      *why = nbd_get_error();
-      return -1;
-    }
-  }
-}
-
-struct op_result {
-  bool done;
-  int err;
-};
-
-static int
-op_done(void *user_data, int *error)
-{
-  struct op_result *o = user_data;
-  o->done = true;
-  o->err = *error;
-  return 1;
-}
-
-/* Fetches and checks the manifest from one upstream.  0, or with a logged
- * warning FETCH_MANIFEST_UNKNOWN (the upstream has no such export),
+/* Fetches and checks the manifest from one upstream (common/manclient.h:
+ * bounded by timeout_ms per step).  0, or with a logged warning
+ * FETCH_MANIFEST_UNKNOWN (the upstream has no such export),
  * FETCH_MANIFEST_OTHER_VERSION (it has another version) or -1 (any
  * other failure). */
 static int
-manifest_from(const char *uri, const char *export, const char *version_hex,
+manifest_from(const char *uri, const char *name, const char *version_hex,
               unsigned timeout_ms, char **bytes, size_t *len)
 {
-  struct nbd_handle *h = nbd_create();
+  char err[1024];
   char *buf = NULL;
-  const char *why = NULL;
-  char msg[640];
-  int r = -1;
-
-  if (h == NULL) {
-    log_warn(COMPONENT, "upstream %s: nbd_create: %s", uri, nbd_get_error());
-    return -1;
+  size_t size = 0;
+  enum manclient_result mr = manclient_fetch(uri, name, timeout_ms, 0, &buf,
+                                             &size, err, sizeof err);
+  if (mr != MANCLIENT_OK) {
+    log_warn(COMPONENT, "upstream %s: manifest: %s", uri, err);
+    return mr == MANCLIENT_UNKNOWN ? FETCH_MANIFEST_UNKNOWN : -1;
   }
-
-  /* Connect: option mode stops once the server's greeting is in. */
-  if (nbd_set_opt_mode(h, true) == -1 ||
-      nbd_set_request_structured_replies(h, false) == -1 ||
-      nbd_aio_connect_uri(h, uri) == -1) {
-    why = nbd_get_error();
-    goto out;
-  }
-  if (run_until(h, NULL, now_ms() + timeout_ms, &why) == -1)
-    goto out;
-
-  /* Ask for the manifest export. */
-  struct op_result go = { 0 };
-  if (nbd_set_export_name(h, export) == -1 ||
-      nbd_aio_opt_go(h, (nbd_completion_callback){ .callback = op_done,
-                                                   .user_data = &go }) == -1) {
-    why = nbd_get_error();
-    goto out;
-  }
-  if (run_until(h, &go.done, now_ms() + timeout_ms, &why) == -1)
-    goto out;
-  if (go.err != 0 || nbd_aio_is_ready(h) != 1) {
-    snprintf(msg, sizeof msg, "export %s: %s", export,
-             go.err ? strerror(go.err) : "not available");
-    why = msg;
-    if (go.err == ENOENT) /* NBD_REP_ERR_UNKNOWN */
-      r = FETCH_MANIFEST_UNKNOWN;
-    goto out;
-  }
-  int64_t size = nbd_get_size(h);
-  if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
-    snprintf(msg, sizeof msg,
-             "export %s: size %" PRId64 " is not that of a manifest", export,
-             size);
-    why = msg;
-    goto out;
-  }
-
-  /* Read it, a chunk at a time, each under the deadline. */
-  buf = malloc((size_t)size);
-  if (buf == NULL) {
-    snprintf(msg, sizeof msg, "malloc: %s", strerror(errno));
-    why = msg;
-    goto out;
-  }
-  for (uint64_t off = 0; off < (uint64_t)size;) {
-    uint64_t left = (uint64_t)size - off;
-    size_t n = left < MANIFEST_CHUNK ? (size_t)left : MANIFEST_CHUNK;
-    struct op_result rd = { 0 };
-    if (nbd_aio_pread(h, buf + off, n, off,
-                      (nbd_completion_callback){ .callback = op_done,
-                                                 .user_data = &rd },
-                      0) == -1) {
-      why = nbd_get_error();
-      goto out;
-    }
-    if (run_until(h, &rd.done, now_ms() + timeout_ms, &why) == -1)
-      goto out;
-    if (rd.err) {
-      snprintf(msg, sizeof msg, "read: %s", strerror(rd.err));
-      why = msg;
-      goto out;
-    }
-    off += n;
-  }
-
   uint8_t d[DIGEST_LEN];
   char hex[DIGEST_HEX_LEN + 1];
-  digest_sha256(buf, (size_t)size, d);
+  digest_sha256(buf, size, d);
   digest_to_hex(d, hex);
   if (strcasecmp(hex, version_hex) != 0) {
-    snprintf(msg, sizeof msg, "export %s: version %.16s, expected %.16s",
-             export, hex, version_hex);
-    why = msg;
-    r = FETCH_MANIFEST_OTHER_VERSION;
-    goto out;
+    log_warn(COMPONENT, "upstream %s: manifest: version %.16s, expected %.16s",
+             uri, hex, version_hex);
+    free(buf);
+    return FETCH_MANIFEST_OTHER_VERSION;
   }
   *bytes = buf;
-  *len = (size_t)size;
-  buf = NULL;
-  r = 0;
-
-out:
-  if (r != 0)
-    log_warn(COMPONENT, "upstream %s: manifest: %s", uri,
-             why ? why : "unknown error");
-  free(buf);
-  nbd_close(h);
-  return r;
+  *len = size;
+  return 0;
 }
 
 int
@@ -1406,21 +1286,17 @@ fetch_manifest(const char *const *uris, size_t n, const char *name,
                const char *version_hex, unsigned timeout_ms, char **bytes,
                size_t *len)
 {
-  char export[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-
   if (!manifest_name_valid(name)) {
     log_error(COMPONENT, "manifest: '%s' is not an image name", name);
     return -1;
   }
-  snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
   if (timeout_ms == 0)
     timeout_ms = 1;
   /* The verdict: UNKNOWN if every upstream said so, OTHER_VERSION if
    * every one answered and one had another version, else -1. */
   int verdict = FETCH_MANIFEST_UNKNOWN;
   for (size_t i = 0; i < n; i++) {
-    int r = manifest_from(uris[i], export, version_hex, timeout_ms, bytes,
-                          len);
+    int r = manifest_from(uris[i], name, version_hex, timeout_ms, bytes, len);
     if (r == 0)
       return 0;
     if (r == -1)

@@ -51,6 +51,8 @@ static struct {
   uint64_t fault_holdoff;
   uint64_t stall_timeout;
   uint64_t commit_interval;
+  char *cache_max;
+  char *cache_min_free;
   char *listen;
   char *socket;
   char *socket_group;
@@ -125,6 +127,12 @@ static const struct config_opt options[] = {
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
     "node: how long a fetched block may wait to be marked valid on disk"
     " (default 20)" },
+  { "cache-max", CONFIG_TYPE_STRING, &opt.cache_max, 0, 0, "SIZE",
+    "node: most the cache may hold, bytes (K/M/G/T suffixes) or N% of its"
+    " filesystem (default " CACHEMGR_DEFAULT_MAX ")" },
+  { "cache-min-free", CONFIG_TYPE_STRING, &opt.cache_min_free, 0, 0, "SIZE",
+    "node: free space the cache leaves on its filesystem, bytes or N%"
+    " (default " CACHEMGR_DEFAULT_MIN_FREE ")" },
   { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
     "NBD over TCP for peers, or 'none' (default 0.0.0.0:10809)" },
   { "socket", CONFIG_TYPE_STRING, &opt.socket, 0, 0, "PATH",
@@ -257,20 +265,26 @@ struct ctl_ctx {
   struct vms *vms;
 };
 
-static const char *
-status_code(int status)
+/* The control result and error code of a node result. */
+static enum control_result
+control_of(enum node_result r, const char **code)
 {
-  switch (status) {
-  case 400: return "invalid";
-  case 404: return "not_found";
-  case 409: return "conflict";
-  case 502: return "bad_gateway";
-  case 503: return "unavailable";
-  default: return "internal";
+  switch (r) {
+  case NODE_OK: return CONTROL_OK;
+  case NODE_ATTACHED: return CONTROL_CREATED;
+  case NODE_INVALID: *code = "invalid"; return CONTROL_INVALID;
+  case NODE_NOT_FOUND: *code = "not_found"; return CONTROL_NOT_FOUND;
+  case NODE_CONFLICT: *code = "conflict"; return CONTROL_CONFLICT;
+  case NODE_UPSTREAM: *code = "bad_gateway"; return CONTROL_UPSTREAM;
+  case NODE_UNAVAILABLE: *code = "unavailable"; return CONTROL_UNAVAILABLE;
+  case NODE_NO_SPACE: *code = "insufficient_storage"; return CONTROL_NO_SPACE;
+  case NODE_INTERNAL: break;
   }
+  *code = "internal";
+  return CONTROL_INTERNAL;
 }
 
-static int
+static enum control_result
 ctl_attach(void *opaque, const struct control_attach *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -278,39 +292,34 @@ ctl_attach(void *opaque, const struct control_attach *req,
   struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
-    snprintf(err, errlen, "this thunderd is an origin: it serves its image"
-             " directory and attaches nothing");
-    return 409;
+    snprintf(err, errlen, "this thunderd is an origin: it serves its image directory and attaches nothing");
+    return CONTROL_CONFLICT;
   }
-  int status = node_attach(node, req->name, req->version, req->upstreams,
-                           req->nupstreams, reply, err, errlen);
-  if (status >= 400)
-    *code = status_code(status);
-  return status;
+  return control_of(node_attach(node, req->name, req->version, req->upstreams,
+                                req->nupstreams, reply, err, errlen),
+                    code);
 }
 
-static int
+static enum control_result
 ctl_detach(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
   struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
-    snprintf(err, errlen, "this thunderd is an origin: remove the image's"
-             " manifest and send SIGHUP instead");
-    return 409;
+    snprintf(err, errlen, "this thunderd is an origin: remove the image's manifest and send SIGHUP instead");
+    return CONTROL_CONFLICT;
   }
-  int status = node_detach(node, name, err, errlen);
-  if (status >= 400)
-    *code = status_code(status);
-  else
+  enum control_result r = control_of(node_detach(node, name, err, errlen),
+                                     code);
+  if (r == CONTROL_OK)
     *reply = json_object_new_object();
-  return status;
+  return r;
 }
 
 static struct exports *the_reg;
 
-static int
+static enum control_result
 ctl_get(void *opaque, const char *name, struct json_object **reply,
         const char **code, char *err, size_t errlen)
 {
@@ -319,12 +328,12 @@ ctl_get(void *opaque, const char *name, struct json_object **reply,
   if (*reply == NULL) {
     *code = "not_found";
     snprintf(err, errlen, "no image '%s' here", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 ctl_list(void *opaque, struct json_object **reply, const char **code,
          char *err, size_t errlen)
 {
@@ -333,13 +342,13 @@ ctl_list(void *opaque, struct json_object **reply, const char **code,
   if (*reply == NULL) {
     *code = "internal";
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return CONTROL_INTERNAL;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
 /* The VM requests and /v1/node: vms.c (an origin's are refused there). */
-static int
+static enum control_result
 ctl_vm_put(void *opaque, const struct control_vm *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -348,7 +357,7 @@ ctl_vm_put(void *opaque, const struct control_vm *req,
                  errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
@@ -356,7 +365,7 @@ ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
                  errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
               const char **code, char *err, size_t errlen)
 {
@@ -364,14 +373,55 @@ ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
                     errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
             char *err, size_t errlen)
 {
   return vms_list(((struct ctl_ctx *)opaque)->vms, reply, code, err, errlen);
 }
 
-static int
+/* GET /v1/cache and POST /v1/cache/gc: node mode only. */
+static enum control_result
+ctl_cache(void *opaque, bool gc, struct json_object **reply,
+          const char **code, char *err, size_t errlen)
+{
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  if (node == NULL) {
+    *code = "origin_mode";
+    snprintf(err, errlen, "this thunderd is an origin: it has no cache");
+    return CONTROL_CONFLICT;
+  }
+  if (gc) {
+    uint64_t freed = node_cache_gc(node);
+    *reply = json_object_new_object();
+    if (*reply)
+      json_object_object_add(*reply, "freed_bytes",
+                             json_object_new_uint64(freed));
+  } else {
+    *reply = node_cache_json(node);
+  }
+  if (*reply == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return CONTROL_INTERNAL;
+  }
+  return CONTROL_OK;
+}
+
+static enum control_result
+ctl_cache_get(void *opaque, struct json_object **reply, const char **code,
+              char *err, size_t errlen)
+{
+  return ctl_cache(opaque, false, reply, code, err, errlen);
+}
+
+static enum control_result
+ctl_cache_gc(void *opaque, struct json_object **reply, const char **code,
+             char *err, size_t errlen)
+{
+  return ctl_cache(opaque, true, reply, code, err, errlen);
+}
+
+static enum control_result
 ctl_node_info(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen)
 {
@@ -551,6 +601,15 @@ main(int argc, char **argv)
   if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
     goto out;
 
+  /* Blocked before any thread starts (node_new starts the cache's
+   * reclaimer), so that every thread inherits the mask and only the
+   * signal thread takes them. */
+  struct sigaction sa = { .sa_handler = SIG_IGN };
+  sigaction(SIGPIPE, &sa, NULL);
+  sigset_t set;
+  handled_signals(&set);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
   reg = the_reg = exports_new();
   if (reg == NULL)
     goto out;
@@ -572,16 +631,24 @@ main(int argc, char **argv)
       .readahead = (unsigned)opt.readahead,
       .commit_interval_ms = (unsigned)opt.commit_interval,
     };
+    const char *cmax = opt.cache_max ? opt.cache_max : CACHEMGR_DEFAULT_MAX;
+    const char *cfree = opt.cache_min_free ? opt.cache_min_free
+                                           : CACHEMGR_DEFAULT_MIN_FREE;
+    if (cachemgr_parse_size(cmax, &np.cache.max_bytes, &np.cache.max_pct) ||
+        cachemgr_parse_size(cfree, &np.cache.min_free_bytes,
+                            &np.cache.min_free_pct)) {
+      log_error(COMPONENT, "--cache-max %s, --cache-min-free %s: want bytes"
+                " (K/M/G/T/P suffixes) or N%%", cmax, cfree);
+      goto out;
+    }
+    if (np.cache.max_bytes == 0 && np.cache.max_pct == 0) {
+      log_error(COMPONENT, "--cache-max: must be more than 0");
+      goto out;
+    }
     node = node_new(reg, opt.cache, &np);
     if (node == NULL)
       goto out;
   }
-
-  struct sigaction sa = { .sa_handler = SIG_IGN };
-  sigaction(SIGPIPE, &sa, NULL);
-  sigset_t set;
-  handled_signals(&set);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
 
   struct server_config sc = {
     .socket_path = is_none(opt.socket) ? NULL
@@ -640,7 +707,8 @@ main(int argc, char **argv)
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
       .vm_delete = ctl_vm_delete, .vm_list = ctl_vm_list,
-      .node_info = ctl_node_info, .opaque = &ctx,
+      .node_info = ctl_node_info, .cache_get = ctl_cache_get,
+      .cache_gc = ctl_cache_gc, .opaque = &ctx,
     };
     control = control_new(opt.control, token, &ops);
     if (control == NULL)
