@@ -33,6 +33,7 @@
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
+#include "promtext.h"
 #include "thunder-build.h"
 #include "ui.h"
 #include "originman.h"
@@ -578,7 +579,7 @@ metrics(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
     return;
   }
   rep->status = 200;
-  rep->content_type = "text/plain; version=0.0.4";
+  rep->content_type = PROMTEXT_CONTENT_TYPE;
 }
 
 /* The status page (ui.h): /ui redirects to /ui/, which is index.html;

@@ -433,7 +433,7 @@ step_attach(struct converger *cv, const struct store_cluster *c,
                  c->id, r->node, c->image, r->ups[0]);
         continue;
       }
-      metrics_push_error();
+      metrics_push_error(r->node);
       nodecall_describe(&calls[k], why, sizeof why);
       if (st == 0) {
         node_failed(cv, r->node, why);
@@ -532,7 +532,7 @@ step_vms(struct converger *cv, const struct store_cluster *c, struct memo *m,
         continue; /* still starting */
       }
     } else if (st == 0) {
-      metrics_push_error();
+      metrics_push_error(v->node);
       node_failed(cv, v->node, why);
       continue;
     } else if (st == 404 && v->state == STORE_VM_PENDING) {
@@ -544,11 +544,11 @@ step_vms(struct converger *cv, const struct store_cluster *c, struct memo *m,
     } else if (st == 404) {
       snprintf(reason, sizeof reason, "it vanished from node %s", v->node);
     } else if (st >= 500 && memo_vm_failed(m, v->name) < VM_TRIES) {
-      metrics_push_error();
+      metrics_push_error(v->node);
       log_warn(COMPONENT, "VM %s: will retry: %s", v->name, why);
       continue;
     } else {
-      metrics_push_error();
+      metrics_push_error(v->node);
       snprintf(reason, sizeof reason, "%s on node %s: %s",
                v->state == STORE_VM_PENDING ? "creating it" : "following it",
                v->node, why);
@@ -756,7 +756,7 @@ step_delete(struct converger *cv, const struct store_cluster *c,
       store_vm_set_state(cv->st, v->id, 0, STORE_VM_DELETED, reason, &err);
       log_warn(COMPONENT, "VM %s: %s", v->name, reason);
     } else {
-      metrics_push_error();
+      metrics_push_error(v->node);
       log_warn(COMPONENT, "VM %s: %s", v->name,
                nodecall_describe(&calls[k], why, sizeof why));
       if (calls[k].status == 0)
@@ -983,10 +983,13 @@ round_once(struct converger *cv)
     if (m == NULL)
       continue;
     m->seen = true;
+    int64_t t0 = clock_mono_ms();
     if (c->state == STORE_CLUSTER_DELETING)
       step_delete(cv, c, m);
     else
       step_provision(cv, c, m);
+    metrics_step(c->state == STORE_CLUSTER_DELETING ? "delete" : "provision",
+                 (double)(clock_mono_ms() - t0) / 1000);
   }
   id_vec_free(&ids);
 }
