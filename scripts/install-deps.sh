@@ -21,6 +21,9 @@ packages=(
   iperf3 gnuplot-nox wrk python3-jsonschema python3-yaml
   # the Ansible rollout (deploy/ansible) and its test
   ansible ansible-lint
+  # observability tests: a real Prometheus (and promtool), the status page
+  # in headless Chromium driven by Selenium
+  prometheus chromium chromium-driver python3-selenium
 )
 
 # The test guest's kernel: Debian's cloud kernel package, downloaded (not

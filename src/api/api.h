@@ -51,6 +51,8 @@ struct api_config {
   unsigned origin_cap;        /* planner: most children of the origin */
   unsigned origin_copies;     /* planner: most image copies the origin sends */
   uint64_t working_set;       /* planner: W, bytes */
+  const char *ui_dir;         /* the status page's files; NULL: the
+                                 installed ones, "none": no page */
 };
 
 #endif

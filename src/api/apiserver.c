@@ -33,6 +33,9 @@
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
+#include "promtext.h"
+#include "thunder-build.h"
+#include "ui.h"
 #include "originman.h"
 #include "provision.h"
 #include "render.h"
@@ -48,6 +51,7 @@ struct api_server {
   struct httpsvc *svc;
   pthread_mutex_t lock;      /* st */
   struct store *st;
+  struct ui *ui;             /* the status page; NULL: not served */
 };
 
 /* The API's error codes (docs/api.md). */
@@ -492,10 +496,23 @@ cluster_delete(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
   pthread_mutex_unlock(&s->lock);
 }
 
+struct tree_ctx {
+  struct api_server *s;
+  const char *id;
+  struct json_object *arr;
+};
+
+/* One row of the tree, with what the node fetched from each upstream. */
 static int
 add_row(const struct store_tree_row *row, void *opaque)
 {
-  return json_object_array_add(opaque, render_tree_row(row)) == 0 ? 0 : -1;
+  struct tree_ctx *x = opaque;
+  uint64_t bytes[STORE_UPSTREAMS_MAX] = { 0 };
+  for (size_t i = 0; i < row->n_upstreams && i < STORE_UPSTREAMS_MAX; i++)
+    bytes[i] = converger_upstream_bytes(x->s->cv, x->id, row->node_id,
+                                        row->upstreams[i]);
+  return json_object_array_add(x->arr, render_tree_row(row, bytes)) == 0 ? 0
+                                                                         : -1;
 }
 
 static void
@@ -511,7 +528,8 @@ cluster_tree(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
   CLEANUP_FREE struct store_image *im =
       c ? store_image_get(s->st, c->image, &err) : NULL;
   struct json_object *arr = json_object_new_array();
-  int rc = c ? store_tree_list(s->st, id, add_row, arr, &err) : STORE_ERROR;
+  struct tree_ctx x = { s, id, arr };
+  int rc = c ? store_tree_list(s->st, id, add_row, &x, &err) : STORE_ERROR;
   pthread_mutex_unlock(&s->lock);
   if (c == NULL || rc != STORE_OK) {
     json_object_put(arr);
@@ -561,7 +579,42 @@ metrics(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
     return;
   }
   rep->status = 200;
-  rep->content_type = "text/plain; version=0.0.4";
+  rep->content_type = PROMTEXT_CONTENT_TYPE;
+}
+
+/* The status page (ui.h): /ui redirects to /ui/, which is index.html;
+ * /ui/FILE is one of its files. */
+static void
+ui_page(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  struct api_server *s = app;
+  const char *name = httpsvc_param(rq, 0), *type = NULL;
+  size_t len = 0;
+  const char *data = s->ui ? ui_file(s->ui, name, &len, &type) : NULL;
+
+  if (s->ui == NULL) {
+    httpsvc_fail(rep, 404, NULL, "the status page is not served here (thunder-api --ui-dir none)");
+    return;
+  }
+  if (data == NULL) {
+    httpsvc_fail(rep, 404, NULL, "no such file of the status page; see /ui/");
+    return;
+  }
+  if ((rep->text = malloc(len ? len : 1)) == NULL) {
+    httpsvc_fail(rep, 500, NULL, "out of memory");
+    return;
+  }
+  memcpy(rep->text, data, len);
+  rep->text_len = len;
+  rep->content_type = type;
+  rep->status = 200;
+}
+
+static void
+ui_redirect(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  snprintf(rep->location, sizeof rep->location, "/ui/");
+  rep->status = 301;
 }
 
 static void
@@ -576,6 +629,9 @@ count_reply(void *app, const char *method, unsigned status)
 static const struct httpsvc_route routes[] = {
   { "GET", "/healthz", N, false, healthz },
   { "GET", "/metrics", N, false, metrics },
+  { "GET", "/ui", N, false, ui_redirect },
+  { "GET", "/ui/", N, false, ui_page },
+  { "GET", "/ui/{FILE}", N, false, ui_page },
   { "GET", "/v1/nodes", T, false, node_list },
   { "POST", "/v1/nodes", E, true, node_register },
   { "GET", "/v1/nodes/{NAME}", T, false, node_get },
@@ -610,6 +666,15 @@ api_server_new(const struct api_config *cfg, struct converger *cv)
   s->st = store_open(cfg->db, &err);
   if (s->st == NULL) {
     log_error(COMPONENT, "%s", err.msg);
+    goto cleanup;
+  }
+  /* The status page: a --ui-dir given must load; the installed default
+   * may be missing (a build tree), and then /ui/ says so. */
+  if (cfg->ui_dir == NULL) {
+    if ((s->ui = ui_load(THUNDER_UI_DIR)) == NULL)
+      log_warn(COMPONENT, "no status page at /ui/ (its files are not in " THUNDER_UI_DIR "; see --ui-dir)");
+  } else if (strcmp(cfg->ui_dir, "none") != 0 &&
+             (s->ui = ui_load(cfg->ui_dir)) == NULL) {
     goto cleanup;
   }
   struct httpsvc_config hc = {
@@ -658,6 +723,7 @@ api_server_free(struct api_server *s)
     return;
   httpsvc_stop(s->svc);
   store_close(s->st);
+  ui_free(s->ui);
   pthread_mutex_destroy(&s->lock);
   free(s);
 }

@@ -19,5 +19,9 @@ void converger_free(struct converger *cv);
 /* Bytes the nodes of cluster id last reported fetching from the origin;
  * 0 if none reported. */
 uint64_t converger_origin_bytes(struct converger *cv, const char *id);
+/* Bytes node (an id) of cluster id last reported fetching from upstream
+ * uri (the status page draws them on the tree's edges); 0 if none. */
+uint64_t converger_upstream_bytes(struct converger *cv, const char *id,
+                                  const char *node, const char *uri);
 
 #endif

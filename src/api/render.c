@@ -129,7 +129,7 @@ render_cluster(const struct store_cluster *c, uint64_t origin_bytes)
 
 
 struct json_object *
-render_tree_row(const struct store_tree_row *row)
+render_tree_row(const struct store_tree_row *row, const uint64_t *bytes)
 {
   struct json_object *o = json_object_new_object();
   if (o == NULL)
@@ -141,6 +141,11 @@ render_tree_row(const struct store_tree_row *row)
   for (size_t i = 0; ups && i < row->n_upstreams; i++)
     json_object_array_add(ups, json_object_new_string(row->upstreams[i]));
   json_object_object_add(o, "upstreams", ups);
+  struct json_object *b = json_object_new_array();
+  for (size_t i = 0; b && i < row->n_upstreams; i++)
+    json_object_array_add(b, json_object_new_int64(
+                                 bytes ? (int64_t)bytes[i] : 0));
+  json_object_object_add(o, "upstream_bytes", b);
   return o;
 }
 

@@ -25,7 +25,8 @@ struct json_object *render_cluster(const struct store_cluster *c,
                                    uint64_t origin_bytes);
 
 /* One node of a cluster's relay tree. */
-struct json_object *render_tree_row(const struct store_tree_row *row);
+struct json_object *render_tree_row(const struct store_tree_row *row,
+                                    const uint64_t *bytes);
 
 /* The tree of cluster id (schemas/api-cluster-tree.schema.json) from its
  * rows (an array of render_tree_row, taken): depth, fan-out and the

@@ -34,6 +34,7 @@
 #include "httpsvc.h"
 #include "jsonutil.h"
 #include "log.h"
+#include "promtext.h"
 #include "manifest.h"
 #include "token.h"
 
@@ -520,6 +521,28 @@ route_cache_gc(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
     reply_op(rep, "cache gc", c->ops.cache_gc(c->ops.opaque, OUT), &o);
 }
 
+/* GET /metrics: text, not JSON (dmetrics.h). */
+static void
+route_metrics(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  struct control *c = app;
+  const char *code = NULL;
+  char err[256] = "";
+  if (!have_op(c->ops.metrics, rep, "metrics are"))
+    return;
+  enum control_result r = c->ops.metrics(c->ops.opaque, &rep->text,
+                                         &rep->text_len, &code, err,
+                                         sizeof err);
+  if (r != CONTROL_OK) {
+    free(rep->text);
+    rep->text = NULL;
+    httpsvc_fail(rep, status_of(r), code, "%s", err[0] ? err : "metrics failed");
+    return;
+  }
+  rep->status = MHD_HTTP_OK;
+  rep->content_type = PROMTEXT_CONTENT_TYPE;
+}
+
 #define T HTTPSVC_AUTH_TOKEN
 static const struct httpsvc_route routes[] = {
   { "GET", "/healthz", HTTPSVC_AUTH_NONE, false, route_health },
@@ -534,6 +557,7 @@ static const struct httpsvc_route routes[] = {
   { "GET", "/v1/node", T, false, route_node },
   { "GET", "/v1/cache", T, false, route_cache },
   { "POST", "/v1/cache/gc", T, false, route_cache_gc },
+  { "GET", "/metrics", T, false, route_metrics },
 };
 #undef T
 
@@ -563,7 +587,7 @@ control_new(const char *listen_spec, const char *token,
     .n_routes = sizeof routes / sizeof routes[0],
     .token = token,
     .code_of = code_of,
-    .not_found_hint = "see /v1/images[/NAME], /v1/vms[/NAME], /v1/node and /v1/cache[/gc]",
+    .not_found_hint = "see /v1/images[/NAME], /v1/vms[/NAME], /v1/node, /v1/cache[/gc] and /metrics",
     .body_max = CONTROL_BODY_MAX,
     .drain_max = CONTROL_DRAIN_MAX,
     .json_depth = CONTROL_JSON_DEPTH,

@@ -120,6 +120,11 @@ struct control_ops {
   enum control_result (*cache_gc)(void *opaque, struct json_object **reply,
                                   const char **code, char *err,
                                   size_t errlen);
+  /* GET /metrics: the Prometheus text exposition into *text (heap) and
+   * *len.  NULL: 501. */
+  enum control_result (*metrics)(void *opaque, char **text, size_t *len,
+                                 const char **code, char *err,
+                                 size_t errlen);
   void *opaque;
 };
 

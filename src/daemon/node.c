@@ -42,6 +42,7 @@
 #include "cleanup.h"
 #include "digest.h"
 #include "jsonutil.h"
+#include "histogram.h"
 #include "log.h"
 #include "manifest.h"
 
@@ -75,6 +76,9 @@ struct node_image {
   char **uris;         /* under flock */
   size_t nuris;
   _Atomic uint64_t hits, misses;
+  /* Reads served whole from the cache, and reads that waited for at
+   * least one fetch (node_image_histograms, /metrics). */
+  struct histogram read_hit, read_miss;
 };
 
 /* ---- the set of open cache versions (node->lock held) ---------------- */
@@ -196,17 +200,22 @@ block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
 
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          int *err);
+          bool *missed, int *err);
 
 static int
 node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
 {
   struct node_image *img = handle;
+  uint64_t t0 = histogram_now_ns();
+  bool missed = false;
   for (int i = 0;; i++) {
-    int r = read_once(img, buf, len, off, err);
+    int r = read_once(img, buf, len, off, &missed, err);
     if (r == 0 || *err != ESHUTDOWN || i == READ_RESTARTS) {
       if (r == -1 && *err == ESHUTDOWN)
         *err = EIO;
+      if (r == 0)
+        histogram_observe_ns(missed ? &img->read_miss : &img->read_hit,
+                             histogram_now_ns() - t0);
       return r;
     }
     log_debug(COMPONENT, "image '%s': read at %" PRIu64 " restarted: its"
@@ -215,11 +224,11 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
 }
 
 /* One attempt of node_pread: the cached parts are copied, the missing
- * blocks fetched.  0, or -1 with *err (ESHUTDOWN: the fetcher was
- * replaced meanwhile). */
+ * blocks fetched (then *missed is set).  0, or -1 with *err (ESHUTDOWN:
+ * the fetcher was replaced meanwhile). */
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          int *err)
+          bool *missed_out, int *err)
 {
   const struct manifest *m = img->m;
   uint64_t first = off / m->block_size;
@@ -295,6 +304,8 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
   }
   if (reqs != small)
     free(reqs);
+  if (missed)
+    *missed_out = true;
   return r;
 }
 
@@ -571,6 +582,22 @@ node_image_json(struct node *n, const char *name)
   return o;
 }
 
+int
+node_image_histograms(struct node *n, const char *name, struct histogram *hit,
+                      struct histogram *miss)
+{
+  struct export *exp = exports_lookup(n->reg, name, strlen(name));
+  if (exp == NULL)
+    return -1;
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  if (img) {
+    histogram_add(hit, &img->read_hit);
+    histogram_add(miss, &img->read_miss);
+  }
+  export_put(exp);
+  return img ? 0 : -1;
+}
+
 struct list_ctx {
   struct json_object *arr;
 };
@@ -797,6 +824,8 @@ attach_new(struct node *n, const char *name, struct manifest *m,
   }
   img->node = n;
   img->nuris = nuris;
+  histogram_init(&img->read_hit, histogram_io_bounds, histogram_io_nbounds);
+  histogram_init(&img->read_miss, histogram_io_bounds, histogram_io_nbounds);
   pthread_rwlock_init(&img->flock, NULL);
   img->m = m;
   if (version_add(n, version) == -1) {

@@ -116,6 +116,13 @@ enum node_result node_detach(struct node *n, const char *name, char *err,
  * or NULL if it is not attached. */
 struct json_object *node_image_json(struct node *n, const char *name);
 
+/* Adds the latency histograms of attached image name's reads to hit
+ * (served whole from the cache) and miss (waited for a fetch), which the
+ * caller set up with histogram_io_bounds.  -1 if it is not attached. */
+struct histogram;
+int node_image_histograms(struct node *n, const char *name,
+                          struct histogram *hit, struct histogram *miss);
+
 /* {"images": [state of each attached image]}. */
 struct json_object *node_list_json(struct node *n);
 

@@ -22,6 +22,7 @@
 #include "cleanup.h"
 #include "config.h"
 #include "control.h"
+#include "dmetrics.h"
 #include "export.h"
 #include "log.h"
 #include "node.h"
@@ -407,6 +408,25 @@ ctl_cache(void *opaque, bool gc, struct json_object **reply,
   return CONTROL_OK;
 }
 
+/* GET /metrics (dmetrics.h). */
+static enum control_result
+ctl_metrics(void *opaque, char **text, size_t *len, const char **code,
+            char *err, size_t errlen)
+{
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  CLEANUP_JSON_PUT struct json_object *images =
+      node ? node_list_json(node) : origin_list_json(the_reg);
+  CLEANUP_JSON_PUT struct json_object *cache =
+      node ? node_cache_json(node) : NULL;
+  *text = images ? dmetrics_render(images, node, cache, len) : NULL;
+  if (*text == NULL) {
+    *code = "internal";
+    snprintf(err, errlen, "out of memory");
+    return CONTROL_INTERNAL;
+  }
+  return CONTROL_OK;
+}
+
 static enum control_result
 ctl_cache_get(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen)
@@ -708,7 +728,7 @@ main(int argc, char **argv)
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
       .vm_delete = ctl_vm_delete, .vm_list = ctl_vm_list,
       .node_info = ctl_node_info, .cache_get = ctl_cache_get,
-      .cache_gc = ctl_cache_gc, .opaque = &ctx,
+      .cache_gc = ctl_cache_gc, .metrics = ctl_metrics, .opaque = &ctx,
     };
     control = control_new(opt.control, token, &ops);
     if (control == NULL)

@@ -172,6 +172,7 @@ thunder_node_name: ansible-node
 thunder_node_zone: z1
 thunder_pool_name: $pool
 thunder_log_level: debug
+thunder_prometheus_scrape_dir: $tmpdir/prometheus
 thunder_origin_images:
   - name: guest
     file: guest.img
@@ -223,6 +224,18 @@ prefix=$root/usr/local
 for f in "$prefix/sbin/thunderd" "$prefix/bin/thunderctl"; do
     [ -x "$f" ] || fail "not installed: $f"
 done
+# The status page is installed with thunder-api; the scrape jobs the api
+# role wrote name the node and the origin with the node token, and
+# promtool accepts them.
+for f in index.html app.js app.css; do
+    [ -s "$prefix/share/thunder/ui/$f" ] || fail "status page not installed: $prefix/share/thunder/ui/$f"
+done
+if command -v promtool >/dev/null; then
+    out=$(promtool check config "$tmpdir/prometheus/thunder.yml" 2>&1) ||
+        fail "promtool check config of the role's scrape jobs: $out"
+    grep -q "127.0.0.1:$node_control_port" "$tmpdir/prometheus/thunder.yml" ||
+        fail "scrape jobs without the node: $(cat "$tmpdir/prometheus/thunder.yml")"
+fi
 $api_built && { [ -x "$prefix/bin/thunder-api" ] || fail "not installed: $prefix/bin/thunder-api"; }
 [ -f "$prefix/share/thunder/installed-source" ] || fail "no install stamp"
 
