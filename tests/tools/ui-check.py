@@ -85,7 +85,7 @@ def api_get(api, token, path):
 
 
 def run(drv, By, api, token, cname, want_vms, shot, timeout):
-    drv.get(api + "/ui/?refresh=500")
+    drv.get(api + "/ui/?refresh=1000")
     login = wait_for("the token form", lambda: drv.find_element(By.ID, "token"), 20)
 
     # A wrong token: a clear message, the form again.

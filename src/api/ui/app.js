@@ -13,6 +13,7 @@ const TOKEN_KEY = "thunder-api-token";
 const params = new URLSearchParams(location.search);
 const REFRESH_MS = Math.max(200, Number(params.get("refresh")) || 1000);
 const BOX_W = 170, BOX_H = 58, GAP_X = 30, GAP_Y = 90, MARGIN = 20;
+const LABEL_W = 170;   // room right of the last column for edge labels
 
 const $ = (id) => document.getElementById(id);
 let selected = params.get("cluster");   // a cluster id
@@ -202,7 +203,7 @@ function renderTree(cluster, tree) {
   const pos = layout(tree);
   let w = 0, h = 0;
   for (const p of pos.values()) {
-    w = Math.max(w, p.x + BOX_W + MARGIN);
+    w = Math.max(w, p.x + BOX_W + MARGIN, p.x + BOX_W / 2 + LABEL_W);
     h = Math.max(h, p.y + BOX_H + MARGIN);
   }
   svg.setAttribute("width", w);
