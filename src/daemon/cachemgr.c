@@ -276,6 +276,8 @@ cachemgr_new(const char *root, const struct cachemgr_params *p)
     return NULL;
   }
   cm->p = *p;
+  if (cm->p.local_recent_ms == 0)
+    cm->p.local_recent_ms = CACHEMGR_DEFAULT_LOCAL_RECENT_MS;
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init(&ra);
   pthread_rwlockattr_setkind_np(&ra,
@@ -508,7 +510,7 @@ reuse(struct cachever *cv, uint64_t idx, uint8_t *buf, bool may_wait)
 
 int
 cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
-              uint32_t len, int *err)
+              uint32_t len, bool local, int *err)
 {
   if (is_zero(cv, idx)) {
     memset(buf, 0, len);
@@ -517,19 +519,34 @@ cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
   }
   int r = blkcache_read(cv->bc, idx, buf, off, len, err);
   if (r == 1) {
-    lru_touch(cv->lru, idx);
+    if (local)
+      lru_touch_local(cv->lru, idx);
+    else
+      lru_touch(cv->lru, idx);
     return 1;
   }
   if (r < 0)
     return r;
   uint32_t blen = manifest_block_len(cv->m, idx);
-  if (off == 0 && len == blen)
-    return reuse(cv, idx, buf, true) ? 1 : 0;
-  CLEANUP_FREE uint8_t *tmp = malloc(blen);
-  if (tmp == NULL || !reuse(cv, idx, tmp, true))
-    return 0;
-  memcpy(buf, tmp + off, len);
+  CLEANUP_FREE uint8_t *tmp = NULL;
+  if (off == 0 && len == blen) {
+    if (!reuse(cv, idx, buf, true))
+      return 0;
+  } else {
+    if ((tmp = malloc(blen)) == NULL || !reuse(cv, idx, tmp, true))
+      return 0;
+    memcpy(buf, tmp + off, len);
+  }
+  if (local)
+    lru_touch_local(cv->lru, idx);
   return 1;
+}
+
+void
+cachemgr_touch_local(struct cachever *cv, uint64_t idx)
+{
+  if (idx < cv->m->nblocks)
+    lru_touch_local(cv->lru, idx);
 }
 
 bool

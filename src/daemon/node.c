@@ -200,16 +200,17 @@ block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
 
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          bool *missed, int *err);
+          bool local, bool *missed, int *err);
 
 static int
-node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
+node_pread(void *handle, void *buf, uint32_t len, uint64_t off, bool local,
+           int *err)
 {
   struct node_image *img = handle;
   uint64_t t0 = histogram_now_ns();
   bool missed = false;
   for (int i = 0;; i++) {
-    int r = read_once(img, buf, len, off, &missed, err);
+    int r = read_once(img, buf, len, off, local, &missed, err);
     if (r == 0 || *err != ESHUTDOWN || i == READ_RESTARTS) {
       if (r == -1 && *err == ESHUTDOWN)
         *err = EIO;
@@ -224,11 +225,12 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
 }
 
 /* One attempt of node_pread: the cached parts are copied, the missing
- * blocks fetched (then *missed is set).  0, or -1 with *err (ESHUTDOWN:
- * the fetcher was replaced meanwhile). */
+ * blocks fetched (then *missed is set); a local reader's blocks are
+ * marked read locally (cachemgr.h).  0, or -1 with *err (ESHUTDOWN: the
+ * fetcher was replaced meanwhile). */
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          bool *missed_out, int *err)
+          bool local, bool *missed_out, int *err)
 {
   const struct manifest *m = img->m;
   uint64_t first = off / m->block_size;
@@ -253,7 +255,7 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
     struct part pt = block_part(m, b, off, len);
     char *dst = (char *)buf + pt.in_buf;
     for (int tries = 0;; tries++) {
-      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, err);
+      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, local, err);
       if (c == 1) {
         atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
         break;
@@ -296,10 +298,13 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
       continue;
     struct part pt = block_part(m, b, off, len);
     int e2 = 0;
-    if (fetch_wait(q, (char *)buf + pt.in_buf, pt.in_block, pt.n, &e2) == -1 &&
-        r == 0) {
-      *err = e2;
-      r = -1;
+    if (fetch_wait(q, (char *)buf + pt.in_buf, pt.in_block, pt.n, &e2) == -1) {
+      if (r == 0) {
+        *err = e2;
+        r = -1;
+      }
+    } else if (local) {
+      cachemgr_touch_local(img->cv, b);
     }
   }
   if (reqs != small)
@@ -352,7 +357,7 @@ node_close(void *handle)
 }
 
 static const struct export_ops node_ops = {
-  .pread = node_pread,
+  .pread_from = node_pread,
   .cache = node_cache,
   .close = node_close,
 };
