@@ -268,9 +268,12 @@ cachemgr_new(const char *root, const struct cachemgr_params *p)
   }
   struct cachemgr *cm = calloc(1, sizeof *cm);
   if (cm == NULL || (cm->root = strdup(root)) == NULL ||
-      (cm->index = blkindex_new()) == NULL) {
-    if (cm)
+      (cm->index = blkindex_new()) == NULL ||
+      (cm->flights = flights_new()) == NULL) {
+    if (cm) {
       free(cm->root);
+      blkindex_free(cm->index);
+    }
     free(cm);
     log_error(COMP, "calloc: %m");
     return NULL;
@@ -328,6 +331,7 @@ cachemgr_free(struct cachemgr *cm)
     version_free(cv);
   }
   blkindex_free(cm->index);
+  flights_free(cm->flights);
   pthread_rwlock_destroy(&cm->lock);
   pthread_cond_destroy(&cm->qwake);
   pthread_mutex_destroy(&cm->qlock);
@@ -542,6 +546,36 @@ cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
   return 1;
 }
 
+struct flight *
+cachemgr_flight_begin(struct cachever *cv, uint64_t idx, bool *own)
+{
+  *own = false;
+  if (idx >= cv->m->nblocks)
+    return NULL;
+  return flight_begin(cv->cm->flights, cv->m->digests[idx], cv, idx, own);
+}
+
+void
+cachemgr_flight_done(struct cachever *cv, uint64_t idx)
+{
+  if (idx < cv->m->nblocks)
+    flight_done(cv->cm->flights, cv->m->digests[idx], cv, idx);
+}
+
+void
+cachemgr_flight_put(struct cachever *cv, struct flight *fl)
+{
+  flight_put(cv->cm->flights, fl);
+}
+
+void
+cachemgr_flight_wait(struct cachever *cv, struct flight *fl)
+{
+  atomic_fetch_add_explicit(&cv->shared_fetches, 1, memory_order_relaxed);
+  flight_wait(cv->cm->flights, fl);
+  flight_put(cv->cm->flights, fl);
+}
+
 void
 cachemgr_touch_local(struct cachever *cv, uint64_t idx)
 {
@@ -650,6 +684,7 @@ cachemgr_version_json(struct cachever *cv)
   pthread_mutex_unlock(&cv->from_lock);
   json_object_object_add(o, "reused_from", from);
   add_u64(o, "zero_blocks_skipped", atomic_load(&cv->zero_reads));
+  add_u64(o, "shared_fetch_blocks", atomic_load(&cv->shared_fetches));
   add_u64(o, "uncached_blocks", atomic_load(&cv->uncached));
   return o;
 }

@@ -99,6 +99,20 @@ void cachemgr_release(struct cachever *cv);
 int cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
                   uint32_t len, bool local, int *err);
 
+/* Single flight across versions (flight.h): before fetching block idx,
+ * begin its flight.  *own: fetch it, then cachemgr_flight_done and
+ * cachemgr_flight_put once the fetch ended; NULL: fetch it (the same
+ * block is in flight, the fetcher joins it); else another block of the
+ * same digest is being fetched: cachemgr_flight_wait (it drops the
+ * reference), then cachemgr_read copies the block, or fetch it if that
+ * fetch failed. */
+struct flight;
+struct flight *cachemgr_flight_begin(struct cachever *cv, uint64_t idx,
+                                     bool *own);
+void cachemgr_flight_done(struct cachever *cv, uint64_t idx);
+void cachemgr_flight_put(struct cachever *cv, struct flight *fl);
+void cachemgr_flight_wait(struct cachever *cv, struct flight *fl);
+
 /* A local VM read block idx now (one it waited for a fetch of). */
 void cachemgr_touch_local(struct cachever *cv, uint64_t idx);
 
@@ -117,7 +131,8 @@ struct blkcache *cachemgr_blkcache(struct cachever *cv);
 /* {"cap_bytes", "min_free_bytes", "limit_bytes", "used_bytes",
  *  "version_bytes", "evicted_blocks", "evicted_bytes", "reused_blocks",
  *  "reused_bytes", "reused_from": [{"version", "blocks", "bytes"}],
- *  "zero_blocks_skipped", "uncached_blocks"}: the version's cache and the
+ *  "zero_blocks_skipped", "shared_fetch_blocks", "uncached_blocks"}: the
+ * version's cache and the
  * node's capacity.  NULL on allocation failure. */
 struct json_object *cachemgr_version_json(struct cachever *cv);
 

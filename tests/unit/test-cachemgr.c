@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include "blkcache.h"
 #include "blkindex.h"
 #include "cachemgr.h"
+#include "flight.h"
 #include "log.h"
 #include "lru.h"
 #include "manifest.h"
@@ -163,6 +166,64 @@ test_lru(void)
   CU_ASSERT(lru_local_stamp(l, 3) >= 1 && lru_stamp(l, 3) >= 1);
   CU_ASSERT(lru_local_stamp(l, 2) == 0);
   lru_free(l);
+}
+
+struct flight_waiter {
+  struct flights *t;
+  struct flight *fl;
+  _Atomic int woke;
+};
+
+static void *
+flight_waiter_main(void *arg)
+{
+  struct flight_waiter *w = arg;
+  flight_wait(w->t, w->fl);
+  atomic_store(&w->woke, 1);
+  flight_put(w->t, w->fl);
+  return NULL;
+}
+
+/* One flight per digest: the first key owns it, the same key again is
+ * told to fetch (NULL), another key waits until the owner is done. */
+static void
+test_flight(void)
+{
+  struct flights *t = flights_new();
+  CU_ASSERT_FATAL(t != NULL);
+  uint8_t d1[32], d2[32];
+  memset(d1, 1, sizeof d1);
+  memset(d2, 2, sizeof d2);
+  int a, b; /* two owners (versions) */
+  bool own;
+  struct flight *f = flight_begin(t, d1, &a, 5, &own);
+  CU_ASSERT_FATAL(f != NULL);
+  CU_ASSERT(own);
+  CU_ASSERT(flight_begin(t, d1, &a, 5, &own) == NULL && !own);
+  struct flight *g = flight_begin(t, d2, &a, 6, &own); /* another digest */
+  CU_ASSERT(g != NULL && own);
+  struct flight_waiter w = { t, flight_begin(t, d1, &b, 9, &own), 0 };
+  CU_ASSERT_FATAL(w.fl == f);
+  CU_ASSERT(!own);
+  pthread_t th;
+  CU_ASSERT_FATAL(pthread_create(&th, NULL, flight_waiter_main, &w) == 0);
+  usleep(50000);
+  CU_ASSERT(atomic_load(&w.woke) == 0);
+  flight_done(t, d1, &b, 9); /* not the owner: nothing */
+  flight_done(t, d2, &a, 6);
+  usleep(50000);
+  CU_ASSERT(atomic_load(&w.woke) == 0);
+  flight_done(t, d1, &a, 5);
+  pthread_join(th, NULL);
+  CU_ASSERT(atomic_load(&w.woke) == 1);
+  flight_put(t, f);
+  flight_put(t, g);
+  /* Done flights left the table: the digest starts a new one. */
+  f = flight_begin(t, d1, &b, 9, &own);
+  CU_ASSERT(f != NULL && own);
+  flight_done(t, d1, &b, 9);
+  flight_put(t, f);
+  flights_free(t);
 }
 
 /* blkcache_evict: absent at once, bit clear on disk, space released,
@@ -488,6 +549,7 @@ main(void)
     { "cachemgr_parse_size", test_parse_size },
     { "blkindex add, find, remove", test_blkindex },
     { "lru stamps", test_lru },
+    { "single flight across identical blocks", test_flight },
     { "blkcache_evict: absent, hole, quota, reopen", test_evict },
     { "reuse across versions, zero blocks, gc", test_reuse_and_zero },
     { "attach with no room", test_no_room },
