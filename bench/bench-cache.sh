@@ -86,7 +86,7 @@ cpu_busy() {   # cpu_busy "TOTAL IDLE" (from cpu_ticks): % busy since
     local t0 i0 t1 i1
     read -r t0 i0 <<<"$1"
     read -r t1 i1 < <(cpu_ticks)
-    awk -v t="$((t1 - t0))" -v i="$((i1 - i0))" 'BEGIN { printf "%.0f", t > 0 ? 100 * (1 - i / t) : 0 }'
+    awk -v t="$((t1 - t0))" -v i="$((i1 - i0))" 'BEGIN { printf "%.0f", (t > 0 ? 100 * (1 - i / t) : 0) }'
 }
 wait_ready() {   # wait_ready LOG PID
     local i
