@@ -119,3 +119,25 @@ tlsdir_server_free(struct tlsdir_server *s)
   }
   memset(s, 0, sizeof *s);
 }
+
+int
+tlsdir_load_client(const char *dir, struct tlsdir_client *out, char *err,
+                   size_t errlen)
+{
+  memset(out, 0, sizeof *out);
+  if (tlsdir_path(dir, PKI_CA_CERT, out->cacert, sizeof out->cacert, err,
+                  errlen) == -1)
+    return -1;
+  char probe[4096];
+  int n = snprintf(probe, sizeof probe, "%s/%s", dir, PKI_CLIENT_CERT);
+  if (n < 0 || (size_t)n >= sizeof probe || access(probe, F_OK) == -1)
+    return 0;
+  if (tlsdir_path(dir, PKI_CLIENT_CERT, out->cert, sizeof out->cert, err,
+                  errlen) == -1 ||
+      tlsdir_path(dir, PKI_CLIENT_KEY, out->key, sizeof out->key, err,
+                  errlen) == -1) {
+    out->cert[0] = out->key[0] = '\0';
+    return -1;
+  }
+  return 0;
+}

@@ -50,6 +50,19 @@ int tlsdir_load_server(const char *dir, struct tlsdir_server *out, char *err,
 /* Frees what s holds. */
 void tlsdir_server_free(struct tlsdir_server *s);
 
+/* A client's files of dir, as paths. */
+struct tlsdir_client {
+  char cacert[4096];  /* ca-cert.pem */
+  char cert[4096];    /* client-cert.pem; "" when dir has none */
+  char key[4096];     /* client-key.pem; "" when dir has no certificate */
+};
+
+/* The client's files of dir: ca-cert.pem must be readable; client-cert.pem
+ * and client-key.pem are taken when client-cert.pem exists (then the key
+ * must be readable too).  0, or -1 with a message naming the file. */
+int tlsdir_load_client(const char *dir, struct tlsdir_client *out, char *err,
+                       size_t errlen);
+
 /* The path of file in dir, written to buf; -1 (err names it) if it does
  * not fit or the file is not readable. */
 int tlsdir_path(const char *dir, const char *file, char *buf, size_t len,
