@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# thunder — HTTPS and node identity (issue 15), with certificates made by
+# thunderctl pki:
+#  - thunder-api --tls require and a node's control endpoint
+#    (--control-tls require): thunderctl reaches both with --cacert and a
+#    client certificate; a wrong CA fails naming the URL and the
+#    verification; no client certificate is refused (403);
+#  - the node registers and heartbeats over HTTPS as the CN of its client
+#    certificate, and thunder-api's converger pushes an attach to the
+#    node's HTTPS control endpoint with its own client certificate;
+#  - node1's certificate claiming node2 (registration or heartbeat) is
+#    refused (403), and a thunderd started so says why in its log;
+#  - another node advertising node1's NBD address is refused (409).
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/node-functions.sh"
+source "$(dirname "$0")/api-functions.sh"
+
+pki=$tmpdir/pki
+mkdir "$pki"
+"$THUNDERCTL" pki init "$pki/ca" >/dev/null
+for h in api node1 node2 op; do
+    "$THUNDERCTL" pki issue "$h" --ca "$pki/ca" --out "$pki/$h" \
+        --ip 127.0.0.1 --dns localhost >/dev/null
+done
+"$THUNDERCTL" pki init "$pki/other" >/dev/null
+
+# Every curl of the helpers (call, stats) verifies with the fleet CA and
+# presents the operator's client certificate.
+mkdir "$tmpdir/curlhome"
+printf 'cacert = "%s"\ncert = "%s"\nkey = "%s"\n' "$pki/ca/ca-cert.pem" \
+    "$pki/op/client-cert.pem" "$pki/op/client-key.pem" > "$tmpdir/curlhome/.curlrc"
+export CURL_HOME=$tmpdir/curlhome
+
+mkdir "$tmpdir/images"
+make_image "$tmpdir/images/img.raw" 2
+image_add img "$tmpdir/images/img.raw" >/dev/null
+start_origin "$tmpdir/images"
+
+start_api --tls require --tls-certificates "$pki/api" --node-timeout 5 \
+    --poll-interval 200 --push-timeout 5000 --push-retries 1
+api_url=https://127.0.0.1:$api_port
+grep -q "ready: https://.*tls require" "$api_log" || fail "thunder-api: not HTTPS: $(cat "$api_log")"
+
+tctl () { "$THUNDERCTL" --token-file "$token_file" "$@"; }
+op_tls=(--cacert "$pki/ca/ca-cert.pem" --cert "$pki/op/client-cert.pem"
+        --key "$pki/op/client-key.pem")
+
+# ---- thunderctl against thunder-api ----------------------------------------------
+
+out=$(tctl --api "$api_url" "${op_tls[@]}" api node list 2>&1) ||
+    fail "thunderctl api node list over HTTPS: $out"
+grep -q "no nodes" <<<"$out" || fail "api node list: $out"
+set +e
+out=$(tctl --api "$api_url" --cacert "$pki/other/ca-cert.pem" \
+      --cert "$pki/op/client-cert.pem" --key "$pki/op/client-key.pem" api node list 2>&1)
+rc=$?
+set -e
+[ $rc -ne 0 ] && grep -qF "$api_url/v1/nodes" <<<"$out" &&
+    grep -q "certificate verification failed" <<<"$out" &&
+    grep -q "not signed by the CA file given" <<<"$out" ||
+    fail "a wrong CA: exit $rc: $out"
+set +e
+out=$(tctl --api "$api_url" --cacert "$pki/ca/ca-cert.pem" api node list 2>&1)
+rc=$?
+set -e
+[ $rc -ne 0 ] && grep -q "403.*client certificate of the fleet CA is required" <<<"$out" ||
+    fail "no client certificate under require: exit $rc: $out"
+code=$(curl -q -s -o "$tmpdir/body" -w '%{http_code}' "$api_url/healthz") && false
+[ "${code:-000}" = 000 ] || fail "curl without the fleet CA got HTTP $code"
+
+# ---- node1 registers as its certificate's CN ------------------------------------
+
+start_api_node 1 --control-tls require --tls-certificates "$pki/node1"
+node_ctl[1]=https://127.0.0.1:${node_ctl[1]##*:}
+grep -q "control endpoint on .* (https, tls require)" "${node_log[1]}" ||
+    fail "node1's control endpoint is not HTTPS: $(cat "${node_log[1]}")"
+wait_nodes_ready 1
+call GET /v1/nodes/node1
+expect 200 ".control_url == \"${node_ctl[1]}\" and .nbd_uri == \"${node_nbd[1]}\""
+
+# thunderctl against the node's control endpoint.
+out=$(tctl --node "${node_ctl[1]}" "${op_tls[@]}" node show 2>&1) ||
+    fail "thunderctl node show over HTTPS: $out"
+set +e
+out=$(tctl --node "${node_ctl[1]}" --cacert "$pki/other/ca-cert.pem" \
+      --cert "$pki/op/client-cert.pem" --key "$pki/op/client-key.pem" node show 2>&1)
+rc=$?
+set -e
+[ $rc -ne 0 ] && grep -qF "${node_ctl[1]}" <<<"$out" &&
+    grep -q "certificate verification failed" <<<"$out" ||
+    fail "node show with a wrong CA: exit $rc: $out"
+set +e
+out=$(tctl --node "${node_ctl[1]}" --cacert "$pki/ca/ca-cert.pem" node show 2>&1)
+rc=$?
+set -e
+[ $rc -ne 0 ] && grep -q "client certificate of the fleet CA is required" <<<"$out" ||
+    fail "node show without a client certificate: exit $rc: $out"
+
+# ---- node1's certificate claiming node2 ----------------------------------------------
+
+n1_curl=(curl -q -s --cacert "$pki/ca/ca-cert.pem" --cert "$pki/node1/client-cert.pem"
+         --key "$pki/node1/client-key.pem" -o "$tmpdir/body" -w '%{http_code}'
+         -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json')
+reg='{"name":"node2","nbd_uri":"nbd://127.0.0.1:1","control_url":"https://127.0.0.1:1","capacity":{"vcpus":1,"memory_mib":64,"disk_gib":1}}'
+code=$("${n1_curl[@]}" --data-binary "$reg" "$api_url/v1/nodes")
+expect 403 '.error.code == "forbidden" and (.error.message | test("names .node1.; a node may only speak for itself"))'
+code=$("${n1_curl[@]}" --data-binary '{}' "$api_url/v1/nodes/node2/heartbeat")
+expect 403 '.error.message | test("heartbeat of node .node2.")'
+# Its own heartbeat passes.
+code=$("${n1_curl[@]}" --data-binary '{}' "$api_url/v1/nodes/node1/heartbeat")
+expect 200
+# A thunderd with node1's certificate and --node-name node2 is refused.
+start_api_node 9 --tls-certificates "$pki/node1" --node-name node2
+for (( i = 0; i < 50; ++i )); do
+    grep -q "HTTP 403 .*a node may only speak for itself" "${node_log[9]}" && break
+    sleep 0.1
+done
+grep -q "HTTP 403 .*a node may only speak for itself" "${node_log[9]}" ||
+    fail "thunderd claiming node2 with node1's certificate: $(cat "${node_log[9]}")"
+call GET /v1/nodes/node2
+expect 404
+
+# ---- one NBD address, two nodes -------------------------------------------------------
+
+n2_curl=(curl -q -s --cacert "$pki/ca/ca-cert.pem" --cert "$pki/node2/client-cert.pem"
+         --key "$pki/node2/client-key.pem" -o "$tmpdir/body" -w '%{http_code}'
+         -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json')
+reg=$(jq -c --arg u "${node_nbd[1]}" '.nbd_uri = $u' <<<"$reg")
+code=$("${n2_curl[@]}" --data-binary "$reg" "$api_url/v1/nodes")
+expect 409 ".error.message | test(\"already advertised by node .node1.\")"
+reg=$(jq -c '.nbd_uri = "nbd://127.0.0.1:2"' <<<"$reg")
+code=$("${n2_curl[@]}" --data-binary "$reg" "$api_url/v1/nodes")
+expect 201 '.name == "node2"'
+
+# ---- thunder-api calls the node over HTTPS ----------------------------------------------
+
+call POST /v1/images "{\"name\":\"img\",\"origin\":\"$origin_nbd\"}"
+expect 201
+call POST /v1/clusters '{"name":"web","image":"img","count":1,"vcpus":1,"memory_mib":128,"placement":{"nodes":["node1"]}}'
+expect 202
+id=$(jq -r .id "$tmpdir/body")
+wait_cluster "$id" failed 30
+# The attach reached node1 (its VM is refused: no pool on it).
+curl -q -sf --cacert "$pki/ca/ca-cert.pem" --cert "$pki/api/client-cert.pem" \
+    --key "$pki/api/client-key.pem" -H "Authorization: Bearer $(cat "$token_file")" \
+    "${node_ctl[1]}/v1/images/img" -o "$tmpdir/img.json" ||
+    fail "node1 has no image img: the API's attach did not arrive: $(jq -c . "$tmpdir/body")"
+jq -e ".upstreams[-1].uri == \"$origin_nbd/img\"" "$tmpdir/img.json" >/dev/null ||
+    fail "node1's img: $(cat "$tmpdir/img.json")"
+jq -e '.vms[0].reason | test("pool")' "$tmpdir/body" >/dev/null ||
+    fail "the VM failed for another reason than the missing pool: $(jq -c . "$tmpdir/body")"
+
+echo "tls: ok"
