@@ -28,6 +28,7 @@
 #include "log.h"
 #include "node.h"
 #include "origin.h"
+#include "pki.h"
 #include "pool.h"
 #include "register.h"
 #include "resumer.h"
@@ -577,6 +578,22 @@ load_tls(enum tlsdir_mode *mode, struct tlsdir_server *pem,
       return -1;
     }
     *client = true;
+    /* The API takes a node only under its certificate's CN: that is the
+     * default name, and another is refused here rather than there. */
+    char cn[REGISTER_NAME_MAX + 1];
+    if (cl->cert[0] &&
+        pki_cert_name(dir, PKI_CLIENT_CERT, cn, sizeof cn) == -1)
+      return -1;
+    if (cl->cert[0] && opt.node_name && strcmp(opt.node_name, cn) != 0) {
+      log_error(COMPONENT, "node-name: '%s', but the client certificate %s names '%s': thunder-api accepts a node only under its certificate's name",
+                opt.node_name, cl->cert, cn);
+      return -1;
+    }
+    if (cl->cert[0] && opt.node_name == NULL &&
+        (opt.node_name = strdup(cn)) == NULL) {
+      log_error(COMPONENT, "out of memory");
+      return -1;
+    }
   }
   return 0;
 }
