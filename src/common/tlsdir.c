@@ -47,9 +47,11 @@ tlsdir_path(const char *dir, const char *file, char *buf, size_t len,
   return 0;
 }
 
-/* Reads dir/file whole (a PEM block).  NULL with err. */
+/* Reads dir/file whole (a PEM block); a secret (a key) must not be
+ * readable or writable by others, as token files.  NULL with err. */
 static char *
-read_pem(const char *dir, const char *file, char *err, size_t errlen)
+read_pem(const char *dir, const char *file, bool secret, char *err,
+         size_t errlen)
 {
   char path[4096];
   if (tlsdir_path(dir, file, path, sizeof path, err, errlen) == -1)
@@ -60,6 +62,12 @@ read_pem(const char *dir, const char *file, char *err, size_t errlen)
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
     if (fd != -1)
       close(fd);
+    return NULL;
+  }
+  if (secret && (st.st_mode & 0007) != 0) {
+    snprintf(err, errlen, "%s: a key readable or writable by others (mode %04o): chmod o-rwx it",
+             path, (unsigned)(st.st_mode & 07777));
+    close(fd);
     return NULL;
   }
   if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > TLSDIR_PEM_MAX) {
@@ -99,9 +107,9 @@ tlsdir_load_server(const char *dir, struct tlsdir_server *out, char *err,
                    size_t errlen)
 {
   memset(out, 0, sizeof *out);
-  if ((out->ca = read_pem(dir, PKI_CA_CERT, err, errlen)) == NULL ||
-      (out->cert = read_pem(dir, PKI_SERVER_CERT, err, errlen)) == NULL ||
-      (out->key = read_pem(dir, PKI_SERVER_KEY, err, errlen)) == NULL) {
+  if ((out->ca = read_pem(dir, PKI_CA_CERT, false, err, errlen)) == NULL ||
+      (out->cert = read_pem(dir, PKI_SERVER_CERT, false, err, errlen)) == NULL ||
+      (out->key = read_pem(dir, PKI_SERVER_KEY, true, err, errlen)) == NULL) {
     tlsdir_server_free(out);
     return -1;
   }

@@ -43,7 +43,7 @@ struct tlsdir_server {
 
 /* Reads dir's ca-cert.pem, server-cert.pem and server-key.pem into *out
  * (each a regular file of at most TLSDIR_PEM_MAX bytes holding a PEM
- * block).  0, or -1 with a message naming the file in err. */
+ * block; the key without access for others, as thunderctl pki writes it).  0, or -1 with a message naming the file in err. */
 int tlsdir_load_server(const char *dir, struct tlsdir_server *out, char *err,
                        size_t errlen);
 

@@ -26,6 +26,29 @@ for h in api node1 node2 op; do
 done
 "$THUNDERCTL" pki init "$pki/other" >/dev/null
 
+# Bad settings stop the services at start, naming the option or the file.
+bad_start ()
+{
+    local want=$1 out rc
+    shift
+    set +e
+    out=$("$@" --token-file "$token_file" 2>&1 </dev/null)
+    rc=$?
+    set -e
+    [ $rc -eq 1 ] && grep -q -- "$want" <<<"$out" || fail "$*: exit $rc: $out"
+}
+bad_start "tls: 'maybe': expected off, on or require" \
+    "$THUNDER_API" --listen 127.0.0.1:0 --db "$tmpdir/bad.db" --tls maybe
+bad_start "tls: $tmpdir/nodir/ca-cert.pem: No such file" \
+    "$THUNDER_API" --listen 127.0.0.1:0 --db "$tmpdir/bad.db" --tls on --tls-certificates "$tmpdir/nodir"
+cp -a "$pki/api" "$pki/loose"
+chmod 0644 "$pki/loose/server-key.pem"
+bad_start "loose/server-key.pem: a key readable or writable by others (mode 0644)" \
+    "$THUNDER_API" --listen 127.0.0.1:0 --db "$tmpdir/bad.db" --tls require --tls-certificates "$pki/loose"
+bad_start "control-tls: 'yes': expected off, on or require" \
+    "$THUNDERD" --cache "$tmpdir/bad" --socket none --pool none --listen none \
+    --control 127.0.0.1:0 --control-tls yes
+
 # Every curl of the helpers (call, stats) verifies with the fleet CA and
 # presents the operator's client certificate.
 mkdir "$tmpdir/curlhome"
