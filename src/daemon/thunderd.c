@@ -26,6 +26,7 @@
 #include "dmetrics.h"
 #include "export.h"
 #include "log.h"
+#include "manclient.h"
 #include "node.h"
 #include "origin.h"
 #include "pki.h"
@@ -739,6 +740,9 @@ main(int argc, char **argv)
       log_error(COMPONENT, "--cache-max: must be more than 0");
       goto out;
     }
+    /* nbds:// upstreams (TLS) use the node's certificates. */
+    manclient_set_tls_certificates(opt.tls_certificates ? opt.tls_certificates
+                                                        : TLS_DEFAULT_DIR);
     node = node_new(reg, opt.cache, &np);
     if (node == NULL)
       goto out;

@@ -11,7 +11,12 @@
 #  - the node takes its certificate's CN as its name; node1's certificate
 #    claiming node2 (registration or heartbeat) is refused (403), and a
 #    thunderd started so refuses to start;
-#  - another node advertising node1's NBD address is refused (409).
+#  - another node advertising node1's NBD address is refused (409);
+#  - NBD over TLS, the fetcher's side: node1 attaches an image from
+#    nbdkit --tls=require --tls-verify-peer (nbds:// upstream, its
+#    --tls-certificates) and serves its exact bytes; plaintext gets
+#    nothing from nbdkit; a node whose certificates are of another CA
+#    cannot attach, and its log says why.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
@@ -181,5 +186,52 @@ jq -e ".upstreams[-1].uri == \"$origin_nbd/img\"" "$tmpdir/img.json" >/dev/null 
     fail "node1's img: $(cat "$tmpdir/img.json")"
 jq -e '.vms[0].reason | test("pool")' "$tmpdir/body" >/dev/null ||
     fail "the VM failed for another reason than the missing pool: $(jq -c . "$tmpdir/body")"
+
+# ---- NBD over TLS: node1 fetches from nbdkit --tls=require -------------------------
+
+if nbdkit --tls=require --dump-config >/dev/null 2>&1 && nbdkit file --version >/dev/null 2>&1; then
+    mkdir "$tmpdir/tlsexports"
+    cp "$tmpdir/images/img.raw" "$tmpdir/tlsexports/tlsimg"
+    # The manifest export of image tlsimg (docs/manifest.md), for the same
+    # bytes under another name.
+    sed 's/"name": *"img"/"name":"tlsimg"/' "$tmpdir/images/img.manifest.json" \
+        > "$tmpdir/tlsexports/tlsimg@manifest"
+    grep -q '"tlsimg"' "$tmpdir/tlsexports/tlsimg@manifest" ||
+        fail "could not rename the manifest: $(head -c 300 "$tmpdir/tlsexports/tlsimg@manifest")"
+    tlsver=$(sha256sum "$tmpdir/tlsexports/tlsimg@manifest" | cut -d' ' -f1)
+    kport=$(free_port)
+    nbdkit --exit-with-parent -f -r --tls=require --tls-certificates="$pki/api" \
+        --tls-verify-peer -i 127.0.0.1 -p "$kport" file dir="$tmpdir/tlsexports" \
+        2>"$tmpdir/nbdkit.log" &
+    cleanup_fn kill $!
+    for (( i = 0; i < 50; ++i )); do
+        nbdinfo --size "nbds://127.0.0.1:$kport/tlsimg?tls-certificates=$pki/op" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    # Plaintext gets nothing from it.
+    if nbdinfo --size "nbd://127.0.0.1:$kport/tlsimg" >/dev/null 2>&1; then
+        fail "nbdkit --tls=require served a plaintext client"
+    fi
+    out=$(tctl --node "${node_ctl[1]}" "${op_tls[@]}" image attach tlsimg \
+          --upstream "nbds://127.0.0.1:$kport/tlsimg" --version "$tlsver" 2>&1) ||
+        fail "attach tlsimg from nbdkit over TLS: $out"
+    nbdcopy "nbd+unix:///tlsimg?socket=${node_sock[1]}" "$tmpdir/tlsimg.copy" ||
+        fail "nbdcopy of tlsimg from node1"
+    cmp "$tmpdir/tlsimg.copy" "$tmpdir/images/img.raw" ||
+        fail "tlsimg through node1 differs from the image"
+    # node9's directory has another CA: its attach finds no upstream.
+    "$THUNDERCTL" pki issue node9 --ca "$pki/other" --out "$pki/node9" --ip 127.0.0.1 >/dev/null
+    start_node 9 --tls-certificates "$pki/node9"
+    set +e
+    out=$(tctl --node "${node_ctl[9]}" image attach tlsimg \
+          --upstream "nbds://127.0.0.1:$kport/tlsimg" --version "$tlsver" 2>&1)
+    rc=$?
+    set -e
+    [ $rc -ne 0 ] || fail "node9 attached over TLS with another CA's certificates: $out"
+    grep -q "nbds://127.0.0.1:$kport/tlsimg: manifest: .*certificate" "${node_log[9]}" ||
+        fail "node9's log does not say why: $(grep -i tlsimg "${node_log[9]}" | tail -n 3)"
+else
+    echo "$0: SKIPPED NBD over TLS: nbdkit without --tls or its file plugin" >&2
+fi
 
 echo "tls: ok"
