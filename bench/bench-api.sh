@@ -11,7 +11,9 @@
 #      run.  Target ≥ 2,000/s.
 #
 # The 1,000 nodes are registrations (POST /v1/nodes, as thunderd --api
-# makes them) that all name one real thunderd node (--pool none): the
+# makes them) that all name one real thunderd node (--pool none; each by
+# its own loopback address 127.1.X.Y, as the API refuses two ready nodes
+# of one NBD address): the
 # attaches the API pushes land there for real, and its VM creates are
 # refused (no pool), so the clusters end "failed" without booting VMs —
 # this measures the API, not QEMU.
@@ -63,7 +65,7 @@ start "$work/origin.log" "$THUNDERD" --origin --images "$work/images" --socket n
     --listen "127.0.0.1:$oport"
 nport=$(free_port) cport=$(free_port) aport=$(free_port)
 start "$work/node.log" "$THUNDERD" --cache "$work/cache" --socket none --pool none \
-    --listen "127.0.0.1:$nport" --control "127.0.0.1:$cport" --token-file "$token"
+    --listen "0.0.0.0:$nport" --control "127.0.0.1:$cport" --token-file "$token"
 start "$work/api.log" "$THUNDER_API" --listen "127.0.0.1:$aport" --db "$work/api.db" \
     --token-file "$token" --node-timeout 86400 --push-retries 0
 api=http://127.0.0.1:$aport
@@ -75,7 +77,10 @@ api, token, n, nport, cport = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.ar
 host, port = api[len("http://"):].split(":")
 c = http.client.HTTPConnection(host, int(port))
 for i in range(n):
-    body = json.dumps({"name": "n%05d" % i, "nbd_uri": "nbd://127.0.0.1:" + nport,
+    # One loopback address each: the API refuses two ready nodes of one
+    # NBD address; thunderd listens on 0.0.0.0, so all reach it.
+    body = json.dumps({"name": "n%05d" % i,
+                       "nbd_uri": "nbd://127.1.%d.%d:%s" % (i // 250, i % 250 + 1, nport),
                        "control_url": "http://127.0.0.1:" + cport,
                        "capacity": {"vcpus": 64, "memory_mib": 262144, "disk_gib": 4096},
                        "labels": {"rack": "r%03d" % (i // 40), "zone": "z%d" % (i // 400)}})

@@ -29,6 +29,9 @@
 #include <stdint.h>
 
 #include "store.h"
+#include "tlsdir.h"
+
+struct curlbuf_tls;
 
 struct api_config {
   const char *listen;         /* HOST:PORT */
@@ -54,6 +57,10 @@ struct api_config {
   uint64_t working_set;       /* planner: W, bytes */
   const char *ui_dir;         /* the status page's files; NULL: the
                                  installed ones, "none": no page */
+  enum tlsdir_mode tls;       /* HTTPS of the REST endpoint */
+  const struct tlsdir_server *tls_pem; /* its certificates, with tls */
+  const struct curlbuf_tls *node_tls;  /* calls to nodes' control
+                                          endpoints; NULL: defaults */
 };
 
 #endif

@@ -61,6 +61,7 @@ code_of(unsigned status)
   switch (status) {
   case 400: return "bad_request";
   case 401: return "unauthorized";
+  case 403: return "forbidden";
   case 404: return "not_found";
   case 405: return "method_not_allowed";
   case 408: return "request_timeout";
@@ -133,6 +134,23 @@ finish_list(struct httpsvc_reply *rep, const char *key,
 
 /* ---- nodes ---------------------------------------------------------------- */
 
+/* Whether the request may speak for node name: always without a client
+ * certificate (tls off, or on without one: the token is all there is);
+ * with one, only for the node its CN names.  false with rep failed (403). */
+static bool
+speaks_for(struct httpsvc_req *rq, const char *name, const char *what,
+           struct httpsvc_reply *rep)
+{
+  const char *peer = httpsvc_peer_name(rq);
+  if (peer == NULL || strcmp(peer, name) == 0)
+    return true;
+  log_warn(COMPONENT, "%s of node %s refused: the client certificate is %s's",
+           what, name, peer);
+  httpsvc_fail(rep, 403, NULL, "%s of node '%s': the client certificate names '%s'; a node may only speak for itself",
+               what, name, peer);
+  return false;
+}
+
 static void
 node_register(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
 {
@@ -146,6 +164,8 @@ node_register(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
     httpsvc_fail(rep, 400, NULL, "%s", msg);
     return;
   }
+  if (!speaks_for(rq, n.id, "registration", rep))
+    return;
   struct store_err err;
   bool created;
   pthread_mutex_lock(&s->lock);
@@ -184,7 +204,7 @@ node_heartbeat(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
 {
   struct api_server *s = app;
   const char *name = node_param(rq, rep);
-  if (name == NULL)
+  if (name == NULL || !speaks_for(rq, name, "heartbeat", rep))
     return;
   CLEANUP_JSON_PUT struct json_object *body = httpsvc_body_json(rq, true, rep);
   if (body == NULL)
@@ -699,6 +719,10 @@ api_server_new(const struct api_config *cfg, struct converger *cv)
     .connection_memory = 128 * 1024,
     .on_reply = count_reply,
     .app = s,
+    .tls = cfg->tls,
+    .tls_cert = cfg->tls_pem ? cfg->tls_pem->cert : NULL,
+    .tls_key = cfg->tls_pem ? cfg->tls_pem->key : NULL,
+    .tls_ca = cfg->tls_pem ? cfg->tls_pem->ca : NULL,
   };
   s->svc = httpsvc_start(&hc);
   if (s->svc != NULL)

@@ -1102,6 +1102,7 @@ converger_new(const struct api_config *cfg)
     .timeout_ms = cfg->push_timeout_ms,
     .retries = cfg->push_retries,
     .parallel = cfg->push_parallel,
+    .tls = cfg->node_tls,
   };
   struct store_err err;
   cv->st = store_open(cfg->db, &err);

@@ -30,6 +30,8 @@ struct slot {
   struct curlbuf reply;  /* at most NODECALL_REPLY_MAX bytes */
   int64_t not_before;   /* ms; a retry waits until then */
   bool active, done;
+  const struct curlbuf_tls *tls;
+  char errbuf[CURL_ERROR_SIZE]; /* libcurl's message */
 };
 
 int
@@ -127,6 +129,11 @@ slot_start(CURLM *multi, struct slot *s, const struct nodecall_opts *o)
                    (long)(o->timeout_ms < 5000 ? o->timeout_ms : 5000));
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  s->errbuf[0] = '\0';
+  s->tls = o->tls;
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->errbuf);
+  if (curlbuf_tls(e, o->tls) != CURLE_OK)
+    return -1;
   curlbuf_init(&s->reply, NODECALL_REPLY_MAX, false);
   curlbuf_attach(e, &s->reply);
   curl_easy_setopt(e, CURLOPT_PRIVATE, s);
@@ -163,8 +170,11 @@ slot_finish(struct slot *s, CURLcode rc)
   c->err[0] = '\0';
   c->status = 0;
   if (rc != CURLE_OK) {
-    snprintf(c->err, sizeof c->err, "%s",
-             s->reply.too_large ? "reply larger than 4 MiB" : curl_easy_strerror(rc));
+    snprintf(c->err, sizeof c->err, "%s%s",
+             s->reply.too_large ? "reply larger than 4 MiB"
+             : s->errbuf[0]     ? s->errbuf
+                                : curl_easy_strerror(rc),
+             curlbuf_tls_hint(rc, s->tls));
     return;
   }
   curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &c->status);

@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 struct json_object;
+struct curlbuf_tls;
 
 #define NODECALL_REPLY_MAX (4 * 1024 * 1024)
 #define NODECALL_ERR_MAX 512
@@ -41,6 +42,8 @@ struct nodecall_opts {
   unsigned timeout_ms;         /* per attempt */
   unsigned retries;            /* more attempts after the first */
   unsigned parallel;           /* requests in flight at once, >= 1 */
+  const struct curlbuf_tls *tls; /* the fleet CA, thunder-api's client
+                                    certificate; NULL: libcurl's defaults */
 };
 
 /* Initialises libcurl for the process.  0 or -1 (logged). */

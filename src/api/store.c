@@ -285,6 +285,7 @@ enum stmt_id {
   S_RELEASE,
   S_ROLLBACK_TO,
   S_NODE_EXISTS,
+  S_NODE_NBD_HOLDER,
   S_NODE_UPSERT,
   S_NODE_HEARTBEAT,
   S_NODE_DOWN,
@@ -330,6 +331,8 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_RELEASE] = "RELEASE store_call",
   [S_ROLLBACK_TO] = "ROLLBACK TO store_call",
   [S_NODE_EXISTS] = "SELECT 1 FROM nodes WHERE id = ?1",
+  [S_NODE_NBD_HOLDER] = "SELECT id FROM nodes WHERE nbd_uri = ?2 COLLATE NOCASE"
+                        " AND id <> ?1 AND state = 'ready' LIMIT 1",
   [S_NODE_UPSERT] =
       "INSERT INTO nodes (id, nbd_uri, control_url, rack, zone, vcpus, "
       "memory_mib, disk_bytes, registered_at, last_heartbeat_at, state) "
@@ -1011,6 +1014,27 @@ node_exists(struct store *st, const char *id, struct store_err *err)
   return fail_db(st, err, "look up node \"%s\"", id);
 }
 
+/* STORE_OK unless another node that is ready advertises n's NBD address
+ * (STORE_CONFLICT naming it): two nodes of one address would let one
+ * serve, or refuse, the other's children. */
+static int
+nbd_uri_free(struct store *st, const struct store_node *n,
+             struct store_err *err)
+{
+  CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_NODE_NBD_HOLDER, err);
+  if (s == NULL)
+    return STORE_ERROR;
+  sqlite3_bind_text(s, 1, n->id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, n->nbd_uri, -1, SQLITE_STATIC);
+  int r = sqlite3_step(s);
+  if (r == SQLITE_ROW)
+    return fail(err, STORE_CONFLICT, "register node \"%s\": nbd_uri %s is already advertised by node \"%s\", which is ready",
+                n->id, n->nbd_uri, (const char *)sqlite3_column_text(s, 0));
+  if (r == SQLITE_DONE)
+    return STORE_OK;
+  return fail_db(st, err, "look up the nodes of %s", n->nbd_uri);
+}
+
 int
 store_node_register(struct store *st, const struct store_node *n,
                     bool *created, struct store_err *err)
@@ -1024,7 +1048,9 @@ store_node_register(struct store *st, const struct store_node *n,
                 "large", st->path, n->id);
   if (tx_begin(st, true, err) < 0)
     return STORE_ERROR;
-  int rc = node_exists(st, n->id, err);
+  int rc = nbd_uri_free(st, n, err);
+  if (rc == STORE_OK)
+    rc = node_exists(st, n->id, err);
   bool is_new = rc == 0;
   if (rc >= 0) {
     CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_NODE_UPSERT, err);

@@ -14,13 +14,16 @@
 #include "converge.h"
 #include "apiserver.h"
 #include "config.h"
+#include "curlbuf.h"
 #include "log.h"
 #include "thunder-build.h"
 #include "nodecall.h"
+#include "tlsdir.h"
 #include "token.h"
 
 #define COMPONENT "thunder-api"
 #define DEFAULT_CONFIG "/etc/thunder/thunder-api.conf"
+#define TLS_DEFAULT_DIR "/etc/thunder/pki"
 
 static struct {
   char *config;
@@ -49,6 +52,8 @@ static struct {
   char *log;
   char *log_level;
   char *debug;
+  char *tls;
+  char *tls_certificates;
 } opt = {
   .node_timeout = 15,
   .poll_interval = 500,
@@ -126,6 +131,14 @@ static const struct config_opt options[] = {
     "error, warn, info or debug (default info)" },
   { "debug", CONFIG_TYPE_STRING, &opt.debug, 0, 0, "COMPONENTS",
     "debug logging for these components (comma separated)" },
+  { "tls", CONFIG_TYPE_STRING, &opt.tls, 0, 0, "off|on|require",
+    "HTTPS with --tls-certificates; a client certificate of the fleet CA"
+    " is the node's identity; require: clients without one are refused"
+    " (default off)" },
+  { "tls-certificates", CONFIG_TYPE_STRING, &opt.tls_certificates, 0, 0,
+    "DIR", "certificates (thunderctl pki issue): this server's, and the"
+    " CA and client certificate used to call https:// nodes (default "
+    TLS_DEFAULT_DIR ")" },
   { NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 
@@ -142,7 +155,11 @@ main(int argc, char **argv)
   struct converger *cv = NULL;
   struct api_server *srv = NULL;
   enum log_level level = LOG_LEVEL_INFO;
-  char err[512];
+  char err[1024];
+  enum tlsdir_mode tls;
+  struct tlsdir_server pem = { 0 };
+  struct tlsdir_client cl = { 0 };
+  bool client_tls = false;
 
   if (log_init("thunder-api", opt.log) == -1) {
     fprintf(stderr, "log: '%s': expected stderr or syslog\n", opt.log);
@@ -171,6 +188,29 @@ main(int argc, char **argv)
     log_error(COMPONENT, "%s", err);
     goto out;
   }
+  const char *tls_dir = opt.tls_certificates ? opt.tls_certificates
+                                             : TLS_DEFAULT_DIR;
+  if (tlsdir_mode_parse(opt.tls, &tls) == -1) {
+    log_error(COMPONENT, "tls: '%s': expected off, on or require", opt.tls);
+    goto out;
+  }
+  if (tls != TLSDIR_OFF &&
+      tlsdir_load_server(tls_dir, &pem, err, sizeof err) == -1) {
+    log_error(COMPONENT, "tls: %s (tls-certificates)", err);
+    goto out;
+  }
+  /* Calls to the nodes verify them with the fleet CA whenever one is
+   * configured. */
+  if (tls != TLSDIR_OFF || opt.tls_certificates) {
+    if (tlsdir_load_client(tls_dir, &cl, err, sizeof err) == -1) {
+      log_error(COMPONENT, "tls-certificates: %s", err);
+      goto out;
+    }
+    client_tls = true;
+  }
+  struct curlbuf_tls node_tls = {
+    cl.cacert, cl.cert[0] ? cl.cert : NULL, cl.key[0] ? cl.key : NULL,
+  };
   if (nodecall_global_init() == -1)
     goto out;
 
@@ -197,6 +237,9 @@ main(int argc, char **argv)
     .origin_copies = (unsigned)opt.origin_copies,
     .working_set = opt.working_set_mib << 20,
     .ui_dir = opt.ui_dir,
+    .tls = tls,
+    .tls_pem = &pem,
+    .node_tls = client_tls ? &node_tls : NULL,
   };
 
   /* Every thread but this one blocks the signals; this one waits. */
@@ -212,8 +255,9 @@ main(int argc, char **argv)
     goto out;
   if ((srv = api_server_new(&cfg, cv)) == NULL)
     goto out;
-  log_info(COMPONENT, "ready: http://%s (port %u), database %s", cfg.listen,
-           api_server_port(srv), cfg.db);
+  log_info(COMPONENT, "ready: %s://%s (port %u, tls %s), database %s",
+           tls ? "https" : "http", cfg.listen, api_server_port(srv),
+           tlsdir_mode_name(tls), cfg.db);
   for (;;) {
     int sig;
     if (sigwait(&set, &sig) != 0)
@@ -231,6 +275,7 @@ out:
   converger_free(cv);
   free(token);
   free(node_token);
+  tlsdir_server_free(&pem);
   config_free(options);
   return status;
 }

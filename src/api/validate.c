@@ -55,14 +55,18 @@ validate_nbd_base(const char *s)
          port >= 1 && port <= 65535;
 }
 
-/* "http://HOST:PORT". */
+/* "http://HOST:PORT" or "https://HOST:PORT" (a node with
+ * --control-tls). */
 static bool
 http_base_ok(const char *s)
 {
   char tmp[VALIDATE_URL_MAX + 8];
-  if (strncmp(s, "http://", 7) != 0 || strlen(s) >= VALIDATE_URL_MAX)
+  size_t skip = strncmp(s, "http://", 7) == 0    ? 7
+                : strncmp(s, "https://", 8) == 0 ? 8
+                                                 : 0;
+  if (skip == 0 || strlen(s) >= VALIDATE_URL_MAX)
     return false;
-  snprintf(tmp, sizeof tmp, "nbd://%s", s + 7);
+  snprintf(tmp, sizeof tmp, "nbd://%s", s + skip);
   return validate_nbd_base(tmp);
 }
 
@@ -143,7 +147,7 @@ validate_node(struct json_object *body, struct store_node *n, char *err,
                           &n->control_url, err, errlen) < 0)
     return -1;
   if (!http_base_ok(n->control_url)) {
-    snprintf(err, errlen, "field 'control_url': '%s' is not http://HOST:PORT",
+    snprintf(err, errlen, "field 'control_url': '%s' is not http(s)://HOST:PORT",
              n->control_url);
     return -1;
   }

@@ -244,7 +244,9 @@ attempt(struct apiclient *ac, const char *method, const char *url,
   case CURLE_SSL_CACERT_BADFILE:
   case CURLE_PEER_FAILED_VERIFICATION:
   case CURLE_SSL_CONNECT_ERROR:
-    set_error(ac, what, "%s %s: %s", method, url, why);
+  case CURLE_SSL_CERTPROBLEM:
+    set_error(ac, what, "%s %s: %s%s", method, url, why,
+              httpjson_tls_hint(rc));
     return APICLIENT_FAILED;
   default:
     /* Sent or received part way: the same request is safe to send again

@@ -10,7 +10,7 @@
 #include "manifest.h"
 #include "pool.h"
 
-struct cli_global cli_global = { NULL, NULL, NULL };
+struct cli_global cli_global = { NULL, NULL, NULL, NULL, NULL, NULL };
 
 /* ---- options ---------------------------------------------------------------- */
 

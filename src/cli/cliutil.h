@@ -42,6 +42,10 @@ struct cli_global {
   const char *node;
   const char *api;
   const char *token_file;
+  /* HTTPS: the CA that signed the server's certificate, this client's
+   * certificate and key (NULL: $THUNDER_CACERT, $THUNDER_CERT,
+   * $THUNDER_KEY, else libcurl's defaults and no client certificate). */
+  const char *cacert, *cert, *key;
 };
 extern struct cli_global cli_global;
 

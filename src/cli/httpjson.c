@@ -103,6 +103,20 @@ httpjson_fini(struct httpjson *h)
 
 /* ---- one request --------------------------------------------------------------- */
 
+static struct curlbuf_tls tls;  /* all NULL: libcurl's defaults */
+
+void
+httpjson_set_tls(const struct curlbuf_tls *t)
+{
+  tls = t ? *t : (struct curlbuf_tls){ NULL, NULL, NULL };
+}
+
+const char *
+httpjson_tls_hint(CURLcode rc)
+{
+  return curlbuf_tls_hint(rc, &tls);
+}
+
 int
 httpjson_setup(struct httpjson *h, const char *method, const char *url,
                struct curl_slist *headers, long connect_timeout, long timeout,
@@ -119,6 +133,7 @@ httpjson_setup(struct httpjson *h, const char *method, const char *url,
       curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout) != CURLE_OK ||
       curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
       curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
+      curlbuf_tls(c, &tls) != CURLE_OK ||
       curlbuf_attach(c, b) != CURLE_OK ||
       (text && (curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE,
                                  (long)strlen(text)) != CURLE_OK ||

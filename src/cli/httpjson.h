@@ -40,6 +40,13 @@ struct httpjson {
 char *httpjson_token(const char *env_name, const char *token_file,
                      const char *hint_var);
 
+/* The TLS files of every request from now on (copied pointers: the
+ * strings must outlive the requests); NULL: libcurl's defaults. */
+void httpjson_set_tls(const struct curlbuf_tls *t);
+
+/* A hint naming the file to check for a TLS failure rc ("" otherwise). */
+const char *httpjson_tls_hint(CURLcode rc);
+
 /* Sets up h for the server at url (its trailing '/' dropped) with the
  * bearer token.  -1 with a message printed, h then empty (httpjson_fini
  * may still be called).  Every successful call is paired with one
@@ -52,8 +59,8 @@ void httpjson_fini(struct httpjson *h);
 /* Resets h->curl and sets it up for method on url (the whole URL) with
  * headers, the timeouts in seconds, curl's message into errbuf
  * (CURL_ERROR_SIZE bytes), the reply into b (emptied, at most
- * HTTPJSON_REPLY_MAX bytes; the caller frees b->data), and text as the
- * body (NULL: none).  -1 if libcurl refused an option. */
+ * HTTPJSON_REPLY_MAX bytes; the caller frees b->data), text as the body
+ * (NULL: none), and the TLS files of httpjson_set_tls.  -1 if libcurl refused an option. */
 int httpjson_setup(struct httpjson *h, const char *method, const char *url,
                    struct curl_slist *headers, long connect_timeout,
                    long timeout, char *errbuf, struct curlbuf *b,

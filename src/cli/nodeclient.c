@@ -121,7 +121,8 @@ nodeclient_call(struct nodeclient *nc, const char *method, const char *path,
       fprintf(stderr, PROG ": %s: %s %s: reply larger than %d bytes\n", what,
               method, url, HTTPJSON_REPLY_MAX);
     else
-      fprintf(stderr, PROG ": %s: %s %s: %s\n", what, method, url, why);
+      fprintf(stderr, PROG ": %s: %s %s: %s%s\n", what, method, url, why,
+              httpjson_tls_hint(rc));
     return -1;
   }
 

@@ -19,6 +19,13 @@
  * --token-file names the token of whichever service the command talks to.
  * They exit 2 on a usage error and 3 when --wait times out.
  *
+ * HTTPS: the global --cacert FILE (else $THUNDER_CACERT) is the CA the
+ * server's certificate must chain to (else the system's CAs), --cert FILE
+ * and --key FILE (else $THUNDER_CERT, $THUNDER_KEY) a client certificate
+ * (a fleet host's client-cert.pem, client-key.pem), for services that
+ * require one (--tls require).  They apply to every command that talks to
+ * a node or to thunder-api.
+ *
  * The pki commands (pki init, pki issue; pkicmd.c) make the fleet's CA and
  * the hosts' certificates in local directories.
  *
@@ -41,6 +48,8 @@
 #include "apiclient.h"
 #include "cleanup.h"
 #include "cliutil.h"
+#include "curlbuf.h"
+#include "httpjson.h"
 #include "cluster.h"
 #include "digest.h"
 #include "log.h"
@@ -322,7 +331,8 @@ usage_image_attach(FILE *fp)
           "its blocks on demand from the upstreams, in order: parent first, origin\n"
           "last (PUT /v1/images/NAME).\n"
           "\n"
-          "  --upstream URI    an NBD URI: nbd://HOST:PORT/NAME or\n"
+          "  --upstream URI    an NBD URI: nbd://HOST:PORT/NAME, nbds://HOST:PORT/NAME\n"
+          "                    (TLS, with the node's --tls-certificates) or\n"
           "                    nbd+unix:///NAME?socket=PATH; 1 to %d of them\n"
           "  --version HEX     the image version (64 hex digits, as printed by\n"
           "                    'image add'); without it the manifest is read from\n"
@@ -1393,6 +1403,31 @@ dispatch(const char *path, const struct command *table, int argc,
   return 1;
 }
 
+/* The HTTPS files from the options or the environment, for every client;
+ * -1 with a message when a client certificate lacks its key or a file is
+ * not readable. */
+static int
+set_tls(void)
+{
+  static struct curlbuf_tls t;
+  t.cacert = cli_global.cacert ? cli_global.cacert : cli_env("THUNDER_CACERT");
+  t.cert = cli_global.cert ? cli_global.cert : cli_env("THUNDER_CERT");
+  t.key = cli_global.key ? cli_global.key : cli_env("THUNDER_KEY");
+  if ((t.cert == NULL) != (t.key == NULL)) {
+    fprintf(stderr, PROG ": --cert FILE and --key FILE go together ($THUNDER_CERT, $THUNDER_KEY)\n");
+    return -1;
+  }
+  const char *const files[] = { t.cacert, t.cert, t.key };
+  const char *const names[] = { "--cacert", "--cert", "--key" };
+  for (size_t i = 0; i < 3; i++)
+    if (files[i] && access(files[i], R_OK) == -1) {
+      fprintf(stderr, PROG ": %s '%s': %m\n", names[i], files[i]);
+      return -1;
+    }
+  httpjson_set_tls(&t);
+  return 0;
+}
+
 /* Prints the top-level usage. */
 static void
 usage_top(FILE *fp)
@@ -1408,6 +1443,10 @@ usage_top(FILE *fp)
           "                     e.g. http://127.0.0.1:7000\n"
           "  --api URL          thunder-api, for the cluster and api commands\n"
           "                     (default $" APICLIENT_URL_ENV ", else " APICLIENT_URL_DEFAULT ")\n"
+          "  --cacert FILE      HTTPS: the CA the server's certificate must chain to\n"
+          "                     (default $THUNDER_CACERT, else the system's CAs)\n"
+          "  --cert FILE, --key FILE  HTTPS: a client certificate and its key\n"
+          "                     (default $THUNDER_CERT, $THUNDER_KEY; none)\n"
           "  --token-file FILE  the token of the node or of the API: for a node\n"
           "                     default " NODECLIENT_TOKEN_FILE ", and $" NODECLIENT_TOKEN_ENV ",\n"
           "                     when set, is used instead; for the API default\n"
@@ -1445,6 +1484,15 @@ main(int argc, char **argv)
                (a[12] == '\0' || a[12] == '=')) {
       dst = &cli_global.token_file;
       opt = "--token-file";
+    } else if (strncmp(a, "--cacert", 8) == 0 && (a[8] == '\0' || a[8] == '=')) {
+      dst = &cli_global.cacert;
+      opt = "--cacert";
+    } else if (strncmp(a, "--cert", 6) == 0 && (a[6] == '\0' || a[6] == '=')) {
+      dst = &cli_global.cert;
+      opt = "--cert";
+    } else if (strncmp(a, "--key", 5) == 0 && (a[5] == '\0' || a[5] == '=')) {
+      dst = &cli_global.key;
+      opt = "--key";
     }
     if (dst == NULL) {
       fprintf(stderr, PROG ": unknown option '%s'; see '" PROG " --help'\n", a);
@@ -1460,5 +1508,7 @@ main(int argc, char **argv)
       return 1;
     }
   }
+  if (set_tls() == -1)
+    return 1;
   return dispatch(PROG, top_commands, argc - i, argv + i);
 }

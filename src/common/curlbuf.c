@@ -51,3 +51,39 @@ curlbuf_attach(CURL *c, struct curlbuf *b)
     rc = curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
   return rc;
 }
+
+CURLcode
+curlbuf_tls(CURL *c, const struct curlbuf_tls *t)
+{
+  CURLcode rc = CURLE_OK;
+  if (t == NULL)
+    return rc;
+  if (t->cacert &&
+      ((rc = curl_easy_setopt(c, CURLOPT_CAINFO, t->cacert)) != CURLE_OK ||
+       (rc = curl_easy_setopt(c, CURLOPT_CAPATH, NULL)) != CURLE_OK))
+    return rc;
+  if (t->cert &&
+      ((rc = curl_easy_setopt(c, CURLOPT_SSLCERT, t->cert)) != CURLE_OK ||
+       (rc = curl_easy_setopt(c, CURLOPT_SSLKEY, t->key)) != CURLE_OK))
+    return rc;
+  return rc;
+}
+
+const char *
+curlbuf_tls_hint(CURLcode rc, const struct curlbuf_tls *t)
+{
+  switch (rc) {
+  case CURLE_PEER_FAILED_VERIFICATION:
+    return t && t->cacert
+               ? " (the server's certificate is not signed by the CA file given, or does not name the URL's host)"
+               : " (the server's certificate is not signed by a CA of the system: give the fleet's CA file)";
+  case CURLE_SSL_CACERT_BADFILE:
+    return " (the CA file cannot be read)";
+  case CURLE_SSL_CERTPROBLEM:
+    return " (the client certificate or key cannot be used)";
+  case CURLE_SSL_CONNECT_ERROR:
+    return " (the TLS handshake failed: is the server speaking HTTPS?)";
+  default:
+    return "";
+  }
+}

@@ -20,6 +20,8 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
 
@@ -53,6 +55,8 @@ struct httpsvc_req {
   char *param_buf;
   const char *params[PARAMS_MAX];
   bool by_token2;
+  bool has_peer;
+  char peer[HTTPSVC_PEER_MAX + 1]; /* the client certificate's CN */
   /* An error decided before the body (status 0: none). */
   struct httpsvc_reply early;
   bool token_given;
@@ -416,6 +420,61 @@ past_deadline(const struct httpsvc_req *rq)
   return rq->deadline_ms != 0 && clock_mono_ms() > rq->deadline_ms;
 }
 
+/* The client certificate of rq's connection: its CN into rq->peer when
+ * one was presented and verifies against the service's CA with the TLS
+ * client purpose.  -1 with rq's early error (403) when one was presented
+ * and does not verify, or none was with TLSDIR_REQUIRE. */
+static int
+check_peer(struct httpsvc_req *rq)
+{
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  gnutls_session_t session = ci ? ci->tls_session : NULL;
+  unsigned n = 0;
+  const gnutls_datum_t *certs =
+      session ? gnutls_certificate_get_peers(session, &n) : NULL;
+  if (certs == NULL || n == 0) {
+    if (rq->s->cfg.tls != TLSDIR_REQUIRE)
+      return 0;
+    early_error(rq, MHD_HTTP_FORBIDDEN, "a client certificate of the fleet CA is required (this service runs with tls = require)");
+    return -1;
+  }
+  gnutls_typed_vdata_st purpose = {
+    .type = GNUTLS_DT_KEY_PURPOSE_OID,
+    .data = (void *)GNUTLS_KP_TLS_WWW_CLIENT,
+  };
+  unsigned status = 0;
+  int r = gnutls_certificate_verify_peers(session, &purpose, 1, &status);
+  if (r < 0 || status != 0) {
+    gnutls_datum_t why = { NULL, 0 };
+    if (r >= 0)
+      gnutls_certificate_verification_status_print(
+          status, GNUTLS_CRT_X509, &why, 0);
+    early_error(rq, MHD_HTTP_FORBIDDEN, "client certificate refused: %s",
+                r < 0 ? gnutls_strerror(r)
+                      : why.data ? (const char *)why.data : "not valid");
+    gnutls_free(why.data);
+    return -1;
+  }
+  gnutls_x509_crt_t crt;
+  size_t len = sizeof rq->peer;
+  if (gnutls_x509_crt_init(&crt) < 0)
+    goto no_name;
+  r = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER);
+  if (r >= 0)
+    r = gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0,
+                                      rq->peer, &len);
+  gnutls_x509_crt_deinit(crt);
+  if (r < 0 || len == 0 || strlen(rq->peer) != len)
+    goto no_name;
+  rq->has_peer = true;
+  return 0;
+no_name:
+  early_error(rq, MHD_HTTP_FORBIDDEN, "client certificate refused: no usable common name (CN) of at most %d bytes",
+              HTTPSVC_PEER_MAX);
+  return -1;
+}
+
 /* The first call: the headers are in. */
 static enum MHD_Result
 first_call(struct httpsvc_req *rq, const char *url, const char *method)
@@ -434,6 +493,8 @@ first_call(struct httpsvc_req *rq, const char *url, const char *method)
                 s->cfg.request_timeout_s);
     return finish_request(rq);
   }
+  if (s->cfg.tls != TLSDIR_OFF && check_peer(rq) == -1)
+    return finish_request(rq);
   start_request(rq);
 
   /* A declared body too large to read through: reply now, and
@@ -530,6 +591,12 @@ httpsvc_query(const struct httpsvc_req *rq, const char *name)
   return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+const char *
+httpsvc_peer_name(const struct httpsvc_req *rq)
+{
+  return rq->has_peer ? rq->peer : NULL;
+}
+
 bool
 httpsvc_by_token2(const struct httpsvc_req *rq)
 {
@@ -624,10 +691,18 @@ httpsvc_start(const struct httpsvc_config *cfg)
     return NULL;
   }
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+  if (cfg->tls != TLSDIR_OFF) {
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+      log_error(cfg->name, "tls: this libmicrohttpd was built without TLS");
+      free(s);
+      return NULL;
+    }
+    flags |= MHD_USE_TLS;
+  }
   flags |= cfg->threads == 0
                ? MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ITC
                : MHD_USE_EPOLL;
-  struct MHD_OptionItem opts[16];
+  struct MHD_OptionItem opts[20];
   size_t n = 0;
 #define OPT(o, v, p) (opts[n++] = (struct MHD_OptionItem){ o, (intptr_t)(v), p })
   OPT(MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, (void *)cfg->name);
@@ -643,6 +718,11 @@ httpsvc_start(const struct httpsvc_config *cfg)
     OPT(MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->per_ip_connections, NULL);
   if (cfg->connection_memory > 0)
     OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->connection_memory, NULL);
+  if (cfg->tls != TLSDIR_OFF) {
+    OPT(MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert);
+    OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)cfg->tls_key);
+    OPT(MHD_OPTION_HTTPS_MEM_TRUST, 0, (void *)cfg->tls_ca);
+  }
   OPT(MHD_OPTION_END, 0, NULL);
 #undef OPT
   s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, s,

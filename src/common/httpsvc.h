@@ -29,6 +29,14 @@
  * httpsvc_fail; every error is {"error":{"code":C,"message":M}}, C from
  * the service's code_of when the handler gives none.
  *
+ * TLS (tls != TLSDIR_OFF): HTTPS with GnuTLS, the server's certificate
+ * and key given as PEM text; tls_ca is the CA whose client certificates
+ * are accepted (asked for on every connection).  At the first call, a
+ * presented client certificate must verify against tls_ca with the TLS
+ * client purpose, else 403; its subject's CN is the peer's name
+ * (httpsvc_peer_name).  With TLSDIR_REQUIRE a request without one is
+ * answered 403 too, before routing and tokens.
+ *
  * Threads: handlers run on libmicrohttpd's threads, several at once.
  */
 #ifndef THUNDER_HTTPSVC_H
@@ -36,6 +44,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "tlsdir.h"
 
 struct json_object;
 struct httpsvc;
@@ -103,7 +113,14 @@ struct httpsvc_config {
   /* Called after every reply (metrics); may be NULL. */
   void (*on_reply)(void *app, const char *method, unsigned status);
   void *app;                   /* handlers' first argument */
+  enum tlsdir_mode tls;        /* TLSDIR_OFF: plain HTTP */
+  const char *tls_cert;        /* with tls: the server certificate (PEM) */
+  const char *tls_key;         /* its key (PEM) */
+  const char *tls_ca;          /* the CA of client certificates (PEM) */
 };
+
+/* The longest peer name (a certificate's CN) kept. */
+#define HTTPSVC_PEER_MAX 64
 
 /* Binds, listens and starts serving cfg (copied; the strings and the
  * route table must outlive the service).  NULL with a logged error. */
@@ -128,6 +145,10 @@ const char *httpsvc_param(const struct httpsvc_req *rq, unsigned i);
 /* A request header or query argument, or NULL. */
 const char *httpsvc_header(const struct httpsvc_req *rq, const char *name);
 const char *httpsvc_query(const struct httpsvc_req *rq, const char *name);
+
+/* The CN of the request's verified client certificate, or NULL when none
+ * was presented (or the service is plain HTTP). */
+const char *httpsvc_peer_name(const struct httpsvc_req *rq);
 
 /* Whether a token2 (not the token) authenticated the request. */
 bool httpsvc_by_token2(const struct httpsvc_req *rq);

@@ -66,6 +66,22 @@ op_done(void *user_data, int *error)
   return 1;
 }
 
+static const char *tls_certificates;
+
+void
+manclient_set_tls_certificates(const char *dir)
+{
+  tls_certificates = dir;
+}
+
+int
+manclient_tls(struct nbd_handle *h, const char *uri)
+{
+  if (tls_certificates == NULL || strncmp(uri, "nbds", 4) != 0)
+    return 0;
+  return nbd_set_tls_certificates(h, tls_certificates);
+}
+
 /* Connects h to uri and opens export; MANCLIENT_OK, or a failure with
  * *why (msg holds it when it is ours). */
 static enum manclient_result
@@ -78,6 +94,7 @@ open_export(struct nbd_handle *h, const char *uri, const char *export,
         nbd_set_uri_allow_transports(h, LIBNBD_ALLOW_TRANSPORT_TCP) == -1)) ||
       nbd_set_opt_mode(h, true) == -1 ||
       nbd_set_request_structured_replies(h, false) == -1 ||
+      manclient_tls(h, uri) == -1 ||
       nbd_aio_connect_uri(h, uri) == -1) {
     *why = nbd_get_error();
     return MANCLIENT_FAILED;

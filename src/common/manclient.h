@@ -22,6 +22,8 @@
 
 #include "digest.h"
 
+struct nbd_handle;
+
 enum manclient_result {
   MANCLIENT_OK,
   MANCLIENT_UNKNOWN, /* the server has no such export (no such image) */
@@ -32,6 +34,16 @@ enum manclient_result {
 enum {
   MANCLIENT_REMOTE = 1, /* TCP only, no local files named by the URI */
 };
+
+/* For a daemon (thunderd): the certificate directory (common/tlsdir.h's
+ * layout) of every nbds:// connection made from now on; NULL: libnbd's
+ * default.  Call it before any thread uses this module (the string must
+ * outlive them). */
+void manclient_set_tls_certificates(const char *dir);
+
+/* Sets h's certificate directory for uri when uri is nbds:// (TLS) and a
+ * directory was set; -1 with libnbd's error. */
+int manclient_tls(struct nbd_handle *h, const char *uri);
 
 /* Reads image name's manifest from the NBD server at uri (any export in
  * the URI is replaced by NAME@manifest) into *bytes (malloc'ed) and *len.

@@ -117,7 +117,7 @@ netaddr_listen_tcp(const char *spec, const char *component, unsigned *port_out)
       *port_out = ntohs(ss.ss_family == AF_INET6
                             ? ((struct sockaddr_in6 *)&ss)->sin6_port
                             : ((struct sockaddr_in *)&ss)->sin_port);
-      log_info(component, "listening on http://%s%s%s:%u",
+      log_info(component, "listening on %s%s%s:%u",
                ai->ai_family == AF_INET6 ? "[" : "", h,
                ai->ai_family == AF_INET6 ? "]" : "", *port_out);
       fd = s;

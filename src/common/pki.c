@@ -329,6 +329,32 @@ load(const char *dir, const char *name, gnutls_datum_t *out)
   return 0;
 }
 
+int
+pki_cert_name(const char *dir, const char *file, char *name, size_t len)
+{
+  CLEANUP_DATUM gnutls_datum_t pem = { NULL, 0 };
+  CLEANUP_CRT gnutls_x509_crt_t crt = NULL;
+  size_t n = len;
+  int r;
+
+  if (load(dir, file, &pem) == -1)
+    return -1;
+  if ((r = gnutls_x509_crt_init(&crt)) < 0 ||
+      (r = gnutls_x509_crt_import(crt, &pem, GNUTLS_X509_FMT_PEM)) < 0) {
+    log_error("pki", "%s/%s: not a PEM certificate: %s", dir, file,
+              gnutls_strerror(r));
+    return -1;
+  }
+  r = gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0,
+                                    name, &n);
+  if (r < 0 || n == 0 || strlen(name) != n) {
+    log_error("pki", "%s/%s: no common name (CN) of at most %zu bytes", dir,
+              file, len - 1);
+    return -1;
+  }
+  return 0;
+}
+
 /* Loads the CA of dir and checks that its key is the certificate's and
  * that the certificate is a CA. */
 static int

@@ -63,6 +63,11 @@ int pki_init_ca(const char *dir, const char *cn, unsigned days, bool force);
 int pki_issue(const char *ca_dir, const char *out_dir,
               const struct pki_host *host, bool force);
 
+/* The subject CN of the certificate dir/file (PEM) into name (len
+ * bytes): a host's identity.  0, or -1 with a logged error naming the
+ * file. */
+int pki_cert_name(const char *dir, const char *file, char *name, size_t len);
+
 /* True if s is a DNS name: dot-separated labels of 1-63 letters, digits
  * and '-', not starting or ending with '-', 253 bytes at most. */
 bool pki_dns_name_valid(const char *s);

@@ -350,6 +350,14 @@ struct control *
 control_new(const char *listen_spec, const char *token,
             const struct control_ops *ops)
 {
+  return control_new_tls(listen_spec, token, ops, TLSDIR_OFF, NULL);
+}
+
+struct control *
+control_new_tls(const char *listen_spec, const char *token,
+                const struct control_ops *ops, enum tlsdir_mode tls,
+                const struct tlsdir_server *pem)
+{
   size_t tlen = token ? strlen(token) : 0;
   if (tlen < TOKEN_MIN || tlen > TOKEN_MAX) {
     log_error(COMPONENT, "token: must be %d to %d characters", TOKEN_MIN,
@@ -380,6 +388,10 @@ control_new(const char *listen_spec, const char *token,
     .timeout_s = CONTROL_IDLE_TIMEOUT,
     .request_timeout_s = CONTROL_REQUEST_TIMEOUT,
     .app = c,
+    .tls = tls,
+    .tls_cert = pem ? pem->cert : NULL,
+    .tls_key = pem ? pem->key : NULL,
+    .tls_ca = pem ? pem->ca : NULL,
   };
   c->svc = httpsvc_start(&cfg);
   if (c->svc == NULL) {

@@ -27,6 +27,8 @@
 
 #include <stddef.h>
 
+#include "tlsdir.h"
+
 struct json_object;
 
 #define CONTROL_BODY_MAX (64 * 1024)
@@ -134,6 +136,14 @@ struct control;
  * one, see control_port) requiring token.  NULL with a logged error. */
 struct control *control_new(const char *listen, const char *token,
                             const struct control_ops *ops);
+
+/* control_new over HTTPS with tls (TLSDIR_ON or TLSDIR_REQUIRE; see
+ * common/tlsdir.h) and the certificates of pem (which must outlive
+ * the endpoint); TLSDIR_OFF is control_new. */
+struct control *control_new_tls(const char *listen, const char *token,
+                                const struct control_ops *ops,
+                                enum tlsdir_mode tls,
+                                const struct tlsdir_server *pem);
 
 /* The TCP port it listens on. */
 unsigned control_port(const struct control *c);

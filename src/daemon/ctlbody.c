@@ -26,7 +26,7 @@ check_upstream(const char *field, const char *uri, size_t len, char *err,
                size_t errlen)
 {
   static const char form[] =
-      "expected nbd://HOST:PORT/NAME or nbd+unix:///NAME?socket=PATH";
+      "expected nbd://HOST:PORT/NAME, nbds://HOST:PORT/NAME (TLS) or nbd+unix:///NAME?socket=PATH";
   char s[80];
 
   if (len > CONTROL_URI_MAX) {
@@ -42,8 +42,11 @@ check_upstream(const char *field, const char *uri, size_t len, char *err,
       return -1;
     }
   }
-  if (strncmp(uri, "nbd://", 6) == 0) {
-    if (uri[6] == '\0' || uri[6] == '/' || uri[6] == '?') {
+  size_t scheme = strncmp(uri, "nbd://", 6) == 0    ? 6
+                  : strncmp(uri, "nbds://", 7) == 0 ? 7
+                                                    : 0;
+  if (scheme > 0) {
+    if (uri[scheme] == '\0' || uri[scheme] == '/' || uri[scheme] == '?') {
       snprintf(err, errlen, "field '%s': '%s' has no host; %s", field,
                jsonutil_shown(uri, len, s, sizeof s), form);
       return -1;

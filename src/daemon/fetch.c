@@ -600,6 +600,7 @@ conn_start(struct conn *c)
   c->last_rx = now_ms();
   if (nbd_set_request_structured_replies(c->h, false) == -1 ||
       nbd_set_pread_initialize(c->h, false) == -1 ||
+      manclient_tls(c->h, c->up->uri) == -1 ||
       nbd_aio_connect_uri(c->h, c->up->uri) == -1) {
     conn_fail(c, "%s", nbd_get_error());
     return -1;

@@ -69,6 +69,8 @@ struct register_config {
   char *rack, *zone;   /* NULL: none */
   uint64_t vcpus, memory_mib, disk_gib;
   unsigned interval_ms;
+  char *cacert, *cert, *key; /* TLS files; NULL: none */
+  struct curlbuf_tls tls;    /* pointing at them */
 };
 
 /* ---- checks -------------------------------------------------------------- */
@@ -275,6 +277,9 @@ register_config_free(struct register_config *c)
   free(c->control_url);
   free(c->rack);
   free(c->zone);
+  free(c->cacert);
+  free(c->cert);
+  free(c->key);
   free(c);
 }
 
@@ -344,8 +349,9 @@ register_config_new(const struct register_options *o, char *err,
     c->nbd_uri = strdup(buf);
   }
 
+  const char *cscheme = o->control_https ? "https" : "http";
   if (o->advertise_control) {
-    if (register_check_url(o->advertise_control, "http", false,
+    if (register_check_url(o->advertise_control, cscheme, false,
                            "--advertise-control", err, errlen) == -1)
       goto fail;
     c->control_url = strdup(o->advertise_control);
@@ -353,12 +359,22 @@ register_config_new(const struct register_options *o, char *err,
     snprintf(err, errlen, "--api: needs --control HOST:PORT");
     goto fail;
   } else {
-    if (register_advertise("http", o->control, o->control_port,
+    if (register_advertise(cscheme, o->control, o->control_port,
                            "--advertise-control", buf, sizeof buf, err,
                            errlen) == -1)
       goto fail;
     c->control_url = strdup(buf);
   }
+
+  if (o->tls) {
+    if ((o->tls->cacert && (c->cacert = strdup(o->tls->cacert)) == NULL) ||
+        (o->tls->cert && (c->cert = strdup(o->tls->cert)) == NULL) ||
+        (o->tls->key && (c->key = strdup(o->tls->key)) == NULL)) {
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+  }
+  c->tls = (struct curlbuf_tls){ c->cacert, c->cert, c->key };
 
   if (o->rack) {
     if (register_check_name(o->rack, "--rack", err, errlen) == -1)
@@ -554,6 +570,7 @@ post(struct registrar *r, const char *url, const char *body, char *msg,
           CURLE_OK ||
       curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
       curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
+      curlbuf_tls(h, &r->cfg->tls) != CURLE_OK ||
       curlbuf_attach(h, &r->reply) != CURLE_OK) {
     snprintf(msg, msglen, "curl_easy_setopt failed");
     return RESULT_TRANSPORT;
@@ -589,9 +606,10 @@ post(struct registrar *r, const char *url, const char *body, char *msg,
     return RESULT_TRANSPORT;
   }
   if (!done || res != CURLE_OK) {
-    snprintf(msg, msglen, "%s", errbuf[0] ? errbuf
-                                : curl_easy_strerror(done ? res
-                                                          : CURLE_FAILED_INIT));
+    snprintf(msg, msglen, "%s%s", errbuf[0] ? errbuf
+                                  : curl_easy_strerror(done ? res
+                                                            : CURLE_FAILED_INIT),
+             curlbuf_tls_hint(res, &r->cfg->tls));
     return RESULT_TRANSPORT;
   }
   long status = 0;

@@ -15,10 +15,12 @@
 #ifndef THUNDER_REGISTER_H
 #define THUNDER_REGISTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct json_object;
+struct curlbuf_tls;
 
 /* Longest node name (the planner's limit), and of a label. */
 #define REGISTER_NAME_MAX 64
@@ -45,6 +47,11 @@ struct register_options {
   unsigned control_port;         /* the port control listens on */
   const char *disk_path;         /* the pool's directory; NULL: no pool,
                                     0 GiB of disk unless disk_gib */
+  bool control_https;            /* the control endpoint speaks HTTPS: the
+                                    advertised URL is https:// */
+  const struct curlbuf_tls *tls; /* the API's CA and this node's client
+                                    certificate (copied); NULL: libcurl's
+                                    defaults */
 };
 
 struct register_config;

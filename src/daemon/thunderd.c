@@ -22,16 +22,21 @@
 #include "cleanup.h"
 #include "config.h"
 #include "control.h"
+#include "curlbuf.h"
 #include "dmetrics.h"
 #include "export.h"
 #include "log.h"
+#include "manclient.h"
 #include "node.h"
 #include "origin.h"
+#include "pki.h"
 #include "pool.h"
 #include "register.h"
 #include "resumer.h"
 #include "server.h"
 #include "vms.h"
+
+#define TLS_DEFAULT_DIR "/etc/thunder/pki"
 
 #define COMPONENT "thunderd"
 #define DEFAULT_CONFIG "/etc/thunder/thunderd.conf"
@@ -80,6 +85,8 @@ static struct {
   uint64_t capacity_memory_mib;
   uint64_t capacity_disk_gib;
   uint64_t heartbeat_interval;
+  char *control_tls;
+  char *tls_certificates;
 } opt = {
   .socket_mode = 0660,
   .threads = 16,
@@ -198,6 +205,13 @@ static const struct config_opt options[] = {
     " the free space of the pool's directory; 0 with --pool none)" },
   { "heartbeat-interval", CONFIG_TYPE_UINT, &opt.heartbeat_interval, 100,
     3600000, "MS", "node: time between heartbeats to the API (default 5000)" },
+  { "control-tls", CONFIG_TYPE_STRING, &opt.control_tls, 0, 0,
+    "off|on|require", "HTTPS on --control with --tls-certificates; require:"
+    " only clients with a certificate of the fleet CA (default off)" },
+  { "tls-certificates", CONFIG_TYPE_STRING, &opt.tls_certificates, 0, 0,
+    "DIR", "certificates (thunderctl pki issue): the control endpoint's,"
+    " and the CA and client certificate used with an https:// --api"
+    " (default " TLS_DEFAULT_DIR ")" },
   { NULL },
 };
 
@@ -532,10 +546,64 @@ vm_disk_path(void)
   return path;
 }
 
+/* The TLS settings: --control-tls into *mode and, unless off, the
+ * control endpoint's certificates into *pem; with an https:// --api the
+ * client's files into *cl.  -1 with a logged error naming the option or
+ * the file. */
+static int
+load_tls(enum tlsdir_mode *mode, struct tlsdir_server *pem,
+         struct tlsdir_client *cl, bool *client)
+{
+  const char *dir = opt.tls_certificates ? opt.tls_certificates
+                                         : TLS_DEFAULT_DIR;
+  char err[1024];
+  *client = false;
+  if (tlsdir_mode_parse(opt.control_tls, mode) == -1) {
+    log_error(COMPONENT, "control-tls: '%s': expected off, on or require",
+              opt.control_tls);
+    return -1;
+  }
+  if (*mode != TLSDIR_OFF && opt.control == NULL) {
+    log_error(COMPONENT, "control-tls: %s needs --control HOST:PORT",
+              opt.control_tls);
+    return -1;
+  }
+  if (*mode != TLSDIR_OFF &&
+      tlsdir_load_server(dir, pem, err, sizeof err) == -1) {
+    log_error(COMPONENT, "control-tls: %s (tls-certificates)", err);
+    return -1;
+  }
+  if (opt.api && strncmp(opt.api, "https://", 8) == 0) {
+    if (tlsdir_load_client(dir, cl, err, sizeof err) == -1) {
+      log_error(COMPONENT, "api: %s (tls-certificates)", err);
+      return -1;
+    }
+    *client = true;
+    /* The API takes a node only under its certificate's CN: that is the
+     * default name, and another is refused here rather than there. */
+    char cn[REGISTER_NAME_MAX + 1];
+    if (cl->cert[0] &&
+        pki_cert_name(dir, PKI_CLIENT_CERT, cn, sizeof cn) == -1)
+      return -1;
+    if (cl->cert[0] && opt.node_name && strcmp(opt.node_name, cn) != 0) {
+      log_error(COMPONENT, "node-name: '%s', but the client certificate %s names '%s': thunder-api accepts a node only under its certificate's name",
+                opt.node_name, cl->cert, cn);
+      return -1;
+    }
+    if (cl->cert[0] && opt.node_name == NULL &&
+        (opt.node_name = strdup(cn)) == NULL) {
+      log_error(COMPONENT, "out of memory");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* Starts registering with thunder-api (--api); NULL with a logged error. */
 static struct registrar *
 start_registration(const char *token, const char *tcp_listen,
-                   unsigned control_port, bool pool)
+                   unsigned control_port, bool pool, bool control_https,
+                   const struct curlbuf_tls *tls)
 {
   CLEANUP_FREE char *disk_path = NULL;
   if (pool && opt.capacity_disk_gib == 0 &&
@@ -552,6 +620,7 @@ start_registration(const char *token, const char *tcp_listen,
     .disk_gib = opt.capacity_disk_gib, .interval_ms = opt.heartbeat_interval,
     .listen = tcp_listen, .control = opt.control,
     .control_port = control_port, .disk_path = disk_path,
+    .control_https = control_https, .tls = tls,
   };
   char err[1024];
   struct register_config *rc = register_config_new(&ro, err, sizeof err);
@@ -583,6 +652,10 @@ main(int argc, char **argv)
   struct ctl_ctx ctx = { NULL, NULL };
   char *token = NULL;
   int nimages = 0;
+  enum tlsdir_mode control_tls = TLSDIR_OFF;
+  struct tlsdir_server tls_pem = { 0 };
+  struct tlsdir_client tls_client = { 0 };
+  bool tls_api = false;
   enum log_level level = LOG_LEVEL_INFO;
 
   if (log_init("thunderd", opt.log) == -1) {
@@ -619,6 +692,8 @@ main(int argc, char **argv)
     goto out;
   }
   if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
+    goto out;
+  if (load_tls(&control_tls, &tls_pem, &tls_client, &tls_api) == -1)
     goto out;
 
   /* Blocked before any thread starts (node_new starts the cache's
@@ -665,6 +740,9 @@ main(int argc, char **argv)
       log_error(COMPONENT, "--cache-max: must be more than 0");
       goto out;
     }
+    /* nbds:// upstreams (TLS) use the node's certificates. */
+    manclient_set_tls_certificates(opt.tls_certificates ? opt.tls_certificates
+                                                        : TLS_DEFAULT_DIR);
     node = node_new(reg, opt.cache, &np);
     if (node == NULL)
       goto out;
@@ -730,15 +808,23 @@ main(int argc, char **argv)
       .node_info = ctl_node_info, .cache_get = ctl_cache_get,
       .cache_gc = ctl_cache_gc, .metrics = ctl_metrics, .opaque = &ctx,
     };
-    control = control_new(opt.control, token, &ops);
+    control = control_new_tls(opt.control, token, &ops, control_tls,
+                              &tls_pem);
     if (control == NULL)
       goto out;
-    log_info(COMPONENT, "control endpoint on %s port %u", opt.control,
-             control_port(control));
+    log_info(COMPONENT, "control endpoint on %s port %u (%s, tls %s)",
+             opt.control, control_port(control),
+             control_tls ? "https" : "http", tlsdir_mode_name(control_tls));
   }
   if (opt.api) {
+    struct curlbuf_tls ct = {
+      tls_client.cacert, tls_client.cert[0] ? tls_client.cert : NULL,
+      tls_client.key[0] ? tls_client.key : NULL,
+    };
     registrar = start_registration(token, sc.tcp_listen,
-                                   control_port(control), anchors != NULL);
+                                   control_port(control), anchors != NULL,
+                                   control_tls != TLSDIR_OFF,
+                                   tls_api ? &ct : NULL);
     if (registrar == NULL)
       goto out;
   }
@@ -779,6 +865,7 @@ out:
   anchors_free(anchors);
   exports_free(reg);
   free(token);
+  tlsdir_server_free(&tls_pem);
   config_free(options);
   return status;
 }

@@ -11,6 +11,9 @@
 #    guest image with a manifest;
 #  - a second run (nodes one at a time, -e thunder_node_serial=1, as a
 #    rolling upgrade runs) reports changed=0, and so does a run with --check;
+#  - with thunder-api built, TLS is on (require): the API host made the CA,
+#    every host has its certificates, the API and the node's control
+#    endpoint speak HTTPS and refuse a client without a certificate;
 #  - with thunder-api built: the node registered itself, the image is
 #    registered, and POST /v1/clusters with count=2 reaches "running"; the
 #    cluster is then deleted.  Without thunder-api (build/src/api/thunder-api)
@@ -26,7 +29,7 @@ requires_root
 requires_program ansible-playbook ansible-lint
 requires ansible-playbook --version
 requires ansible-lint --version
-requires_program virsh libvirtd virtlogd qemu-img qemu-system-x86_64 jq curl \
+requires_program openssl virsh libvirtd virtlogd qemu-img qemu-system-x86_64 jq curl \
     start-stop-daemon meson ninja nbdinfo
 getent passwd libvirt-qemu >/dev/null ||
     skip "no user libvirt-qemu (install libvirt-daemon-system)"
@@ -253,6 +256,36 @@ if $api_built; then
     [ "$(stat -c %U:%a "$etc/api.token")" = "$user:600" ] ||
         fail "$etc/api.token: $(stat -c %U:%a "$etc/api.token"), want $user:600"
 fi
+# With an API host, TLS is on (require): the API host keeps the CA, every
+# host has its certificates (CN the node name) with the key 0640
+# root:group; curl below verifies with them and presents the client
+# certificate (a curlrc: -q turns it off).
+scheme=http
+if $api_built; then
+    scheme=https
+    pki=$etc/pki
+    for f in ca-cert.pem server-cert.pem client-cert.pem; do
+        [ "$(stat -c %U:%G:%a "$pki/$f")" = "root:$user:644" ] ||
+            fail "$pki/$f: $(stat -c %U:%G:%a "$pki/$f" 2>&1), want root:$user:644"
+    done
+    for f in server-key.pem client-key.pem; do
+        [ "$(stat -c %U:%G:%a "$pki/$f")" = "root:$user:640" ] ||
+            fail "$pki/$f: $(stat -c %U:%G:%a "$pki/$f" 2>&1), want root:$user:640"
+    done
+    [ "$(stat -c %a "$etc/pki-ca")" = 700 ] && [ -f "$etc/pki-ca/ca-key.pem" ] ||
+        fail "no CA directory 0700 at $etc/pki-ca"
+    openssl x509 -in "$pki/client-cert.pem" -noout -subject | grep -q "CN *= *ansible-node" ||
+        fail "the node's certificate: $(openssl x509 -in "$pki/client-cert.pem" -noout -subject)"
+    grep -qx 'tls = require' "$etc/thunder-api.conf" || fail "thunder-api.conf: no tls = require"
+    grep -qx 'control-tls = require' "$etc/thunderd-node.conf" || fail "thunderd-node.conf: no control-tls = require"
+    mkdir "$tmpdir/curlhome"
+    printf 'cacert = "%s"\ncert = "%s"\nkey = "%s"\n' "$pki/ca-cert.pem" \
+        "$pki/client-cert.pem" "$pki/client-key.pem" > "$tmpdir/curlhome/.curlrc"
+    export CURL_HOME=$tmpdir/curlhome
+    code=$(curl -q -s -o /dev/null -w '%{http_code}' --cacert "$pki/ca-cert.pem" \
+           "https://127.0.0.1:$api_port/healthz") || true
+    [ "$code" = 403 ] || fail "thunder-api answered $code to a client without a certificate, want 403"
+fi
 if grep -rlsq -- "$root" /etc/systemd/system; then
     fail "a systemd unit was installed with thunder_systemd false"
 fi
@@ -286,7 +319,7 @@ grep -Eq '^Autostart: +yes$' "$tmpdir/pool-info" || fail "pool $pool does not au
 vsh pool-dumpxml "$pool" | grep -q "<path>$root/var/lib/thunder/pool</path>" ||
     fail "pool $pool is not at $root/var/lib/thunder/pool"
 out=$(curl -sf -H "Authorization: Bearer $node_token" \
-    "http://127.0.0.1:$node_control_port/v1/node") || fail "GET /v1/node of the node failed"
+    "$scheme://127.0.0.1:$node_control_port/v1/node") || fail "GET /v1/node of the node failed"
 jq -e --arg p "$pool" '.mode == "node" and .pool == $p' <<<"$out" >/dev/null ||
     fail "GET /v1/node: $out"
 grep -qx 'stall-timeout = 120' "$etc/thunderd-node.conf" ||
@@ -350,7 +383,7 @@ if ! $api_built; then
     exit 0
 fi
 
-api=http://127.0.0.1:$api_port
+api=https://127.0.0.1:$api_port
 auth="Authorization: Bearer $api_token"
 out=$(curl -sf -H "$auth" "$api/v1/nodes/ansible-node") || fail "GET /v1/nodes/ansible-node failed"
 jq -e '.state == "ready" and .labels.zone == "z1"' <<<"$out" >/dev/null ||

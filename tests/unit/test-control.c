@@ -1166,7 +1166,8 @@ test_bad_upstreams(void)
   BAD_UPS("[\"" UP0 "\", 7]", "field 'upstreams[1]'", "expected a string");
   BAD_UPS("[\"" UP0 "\", \"" UP1 "\", \"http://origin/img\"]",
           "field 'upstreams[2]'", "not an NBD URI");
-  BAD_UPS("[\"nbds://h:1/img\"]", "field 'upstreams[0]'", "not an NBD URI");
+  BAD_UPS("[\"nbdx://h:1/img\"]", "field 'upstreams[0]'", "not an NBD URI");
+  BAD_UPS("[\"nbds:///img\"]", "field 'upstreams[0]'", "no host");
   BAD_UPS("[\"NBD://h:1/img\"]", "field 'upstreams[0]'", "not an NBD URI");
   BAD_UPS("[\"\"]", "field 'upstreams[0]'", "not an NBD URI");
   BAD_UPS("[\"nbd://\"]", "field 'upstreams[0]'", "no host");

@@ -8,6 +8,13 @@
  * trailing data, 415), and that every error is the service's JSON
  * envelope with its codes.  The jsonutil getters are tested directly for
  * the field names in their messages.
+ *
+ * HTTPS: a fleet CA and a second CA made with common/pki.h in a temporary
+ * directory; a service with tls on (a thread pool, as thunder-api) and one
+ * with tls require (a thread per connection, as thunderd's control
+ * endpoint).  The right CA verifies, a wrong one fails the handshake, a
+ * client certificate's CN is the peer's name, one of another CA is
+ * refused (403), and require refuses a client without one (403).
  */
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -27,6 +34,7 @@
 #include "cunit-run.h"
 #include "httpsvc.h"
 #include "jsonutil.h"
+#include "pki.h"
 
 #define TOKEN "unit-test-token-0123456789"
 #define TOKEN2 "unit-test-second-token-abcdef"
@@ -43,6 +51,7 @@ code_of(unsigned status)
   switch (status) {
   case 400: return "bad_request";
   case 401: return "unauthorized";
+  case 403: return "forbidden";
   case 404: return "not_found";
   case 405: return "method_not_allowed";
   case 408: return "request_timeout";
@@ -88,8 +97,20 @@ health(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
   rep->status = 200;
 }
 
+/* GET /whoami: {"peer": the client certificate's CN or null}. */
+static void
+whoami(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  const char *peer = httpsvc_peer_name(rq);
+  rep->status = 200;
+  rep->json = json_object_new_object();
+  json_object_object_add(rep->json, "peer",
+                         peer ? json_object_new_string(peer) : NULL);
+}
+
 static const struct httpsvc_route routes[] = {
   { "GET", "/healthz", HTTPSVC_AUTH_NONE, false, health },
+  { "GET", "/whoami", HTTPSVC_AUTH_NONE, false, whoami },
   { "POST", "/v1/echo", HTTPSVC_AUTH_TOKEN, true, echo },
   { "GET", "/v1/things/{ID}/sub", HTTPSVC_AUTH_EITHER, false, thing },
   { "DELETE", "/v1/things/{ID}/sub", HTTPSVC_AUTH_TOKEN, false, thing },
@@ -223,6 +244,85 @@ check_error(const struct reply *r, long status, const char *code,
   json_object_put(o);
 }
 
+/* ---- HTTPS over libcurl --------------------------------------------------- */
+
+static char t_pki[64];              /* the temporary directory */
+static struct httpsvc *t_tls_on, *t_tls_req;
+static struct tlsdir_server t_srv;  /* the services' PEM texts */
+
+/* GET path on port over HTTPS; the CA file, client cert and key are
+ * files of t_pki's subdirectories ("fleet/ca-cert.pem"), NULL: none.
+ * curl's result, with the reply in r and curl's message in msg. */
+static CURLcode
+https_get(unsigned port, const char *path, const char *ca, const char *cert,
+          const char *key, struct reply *r, char msg[CURL_ERROR_SIZE])
+{
+  char url[256], caf[256], certf[256], keyf[256];
+  memset(r, 0, sizeof *r);
+  msg[0] = '\0';
+  snprintf(url, sizeof url, "https://localhost:%u%s", port, path);
+  CURL *h = curl_easy_init();
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, msg);
+  if (ca) {
+    snprintf(caf, sizeof caf, "%s/%s", t_pki, ca);
+    curl_easy_setopt(h, CURLOPT_CAINFO, caf);
+    curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
+  }
+  if (cert) {
+    snprintf(certf, sizeof certf, "%s/%s", t_pki, cert);
+    snprintf(keyf, sizeof keyf, "%s/%s", t_pki, key);
+    curl_easy_setopt(h, CURLOPT_SSLCERT, certf);
+    curl_easy_setopt(h, CURLOPT_SSLKEY, keyf);
+  }
+  CURLcode rc = curl_easy_perform(h);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+  curl_easy_cleanup(h);
+  return rc;
+}
+
+/* The fleet CA with host "node1" (server and client, SAN localhost and
+ * 127.0.0.1), and another CA with a client "node1" of its own. */
+static int
+make_pki(void)
+{
+  char d[128], h[128];
+  static const char *const dns[] = { "localhost" };
+  static const char *const ips[] = { "127.0.0.1" };
+  struct pki_host host = { .name = "node1", .dns = dns, .n_dns = 1,
+                           .ips = ips, .n_ips = 1, .days = 1,
+                           .role = PKI_ROLE_BOTH };
+  snprintf(t_pki, sizeof t_pki, "/tmp/test-httpsvc-XXXXXX");
+  if (mkdtemp(t_pki) == NULL)
+    return -1;
+  snprintf(d, sizeof d, "%s/fleet-ca", t_pki);
+  snprintf(h, sizeof h, "%s/fleet", t_pki);
+  if (pki_init_ca(d, "fleet", 1, false) || pki_issue(d, h, &host, false))
+    return -1;
+  snprintf(d, sizeof d, "%s/other-ca", t_pki);
+  snprintf(h, sizeof h, "%s/other", t_pki);
+  host.role = PKI_ROLE_CLIENT;
+  if (pki_init_ca(d, "other", 1, false) || pki_issue(d, h, &host, false))
+    return -1;
+  char err[512];
+  if (tlsdir_load_server(h, &t_srv, err, sizeof err) == 0) {
+    fprintf(stderr, "a client-only directory has no server certificate\n");
+    return -1;
+  }
+  snprintf(h, sizeof h, "%s/fleet", t_pki);
+  if (tlsdir_load_server(h, &t_srv, err, sizeof err) == -1) {
+    fprintf(stderr, "%s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
 /* ---- fixture ------------------------------------------------------------ */
 
 static int
@@ -255,12 +355,34 @@ suite_init(void)
   if (t_svc == NULL || httpsvc_port(t_svc) == 0)
     return -1;
   snprintf(t_base, sizeof t_base, "http://127.0.0.1:%u", httpsvc_port(t_svc));
+
+  if (make_pki() == -1)
+    return -1;
+  cfg.tls_cert = t_srv.cert;
+  cfg.tls_key = t_srv.key;
+  cfg.tls_ca = t_srv.ca;
+  cfg.tls = TLSDIR_REQUIRE;
+  if ((t_tls_req = httpsvc_start(&cfg)) == NULL)
+    return -1;
+  cfg.tls = TLSDIR_ON;
+  cfg.threads = 2; /* a pool, as thunder-api */
+  if ((t_tls_on = httpsvc_start(&cfg)) == NULL)
+    return -1;
   return 0;
 }
 
 static int
 suite_clean(void)
 {
+  httpsvc_stop(t_tls_on);
+  httpsvc_stop(t_tls_req);
+  tlsdir_server_free(&t_srv);
+  if (t_pki[0]) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", t_pki);
+    if (system(cmd) != 0)
+      fprintf(stderr, "could not remove %s\n", t_pki);
+  }
   httpsvc_stop(t_svc);
   curl_global_cleanup();
   return 0;
@@ -692,6 +814,121 @@ test_parse(void)
   json_object_put(o);
 }
 
+/* ---- HTTPS ------------------------------------------------------------------ */
+
+/* Checks r is 200 {"peer": want} (want NULL: null). */
+static void
+check_peer(const struct reply *r, const char *want)
+{
+  CU_ASSERT_EQUAL(r->status, 200);
+  struct json_object *o = json_tokener_parse(r->body), *p = NULL;
+  CU_ASSERT_FATAL(o != NULL);
+  CU_ASSERT_FATAL(json_object_object_get_ex(o, "peer", &p));
+  if (want) {
+    CU_ASSERT_STRING_EQUAL(json_object_get_string(p), want);
+  } else {
+    CU_ASSERT_PTR_NULL(p);
+  }
+  json_object_put(o);
+}
+
+static void
+test_https_right_ca(void)
+{
+  struct reply r;
+  char msg[CURL_ERROR_SIZE];
+  CU_ASSERT_EQUAL(https_get(httpsvc_port(t_tls_on), "/whoami",
+                            "fleet/ca-cert.pem", NULL, NULL, &r, msg),
+                  CURLE_OK);
+  check_peer(&r, NULL);
+  /* Tokens work over it as over HTTP. */
+  CU_ASSERT_EQUAL(https_get(httpsvc_port(t_tls_on), "/v1/things/7/sub",
+                            "fleet/ca-cert.pem", NULL, NULL, &r, msg),
+                  CURLE_OK);
+  check_error(&r, 401, "unauthorized", "Authorization");
+}
+
+static void
+test_https_wrong_ca(void)
+{
+  struct reply r;
+  char msg[CURL_ERROR_SIZE];
+  CURLcode rc = https_get(httpsvc_port(t_tls_on), "/whoami",
+                          "other/ca-cert.pem", NULL, NULL, &r, msg);
+  CU_ASSERT_EQUAL(rc, CURLE_PEER_FAILED_VERIFICATION);
+  CU_ASSERT_EQUAL(r.status, 0);
+  CU_ASSERT_EQUAL(r.len, 0);
+}
+
+static void
+test_https_plain_client(void)
+{
+  /* Plain HTTP to the HTTPS port gets no reply. */
+  struct reply r;
+  char base[64];
+  memcpy(base, t_base, sizeof base);
+  snprintf(t_base, sizeof t_base, "http://127.0.0.1:%u",
+           httpsvc_port(t_tls_on));
+  CURL *h = curl_easy_init();
+  char url[128];
+  snprintf(url, sizeof url, "%s/healthz", t_base);
+  memset(&r, 0, sizeof r);
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
+  CU_ASSERT_NOT_EQUAL(curl_easy_perform(h), CURLE_OK);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
+  CU_ASSERT_NOT_EQUAL(r.status, 200);
+  curl_easy_cleanup(h);
+  memcpy(t_base, base, sizeof base);
+}
+
+static void
+test_https_client_cert(void)
+{
+  struct reply r;
+  char msg[CURL_ERROR_SIZE];
+  for (int i = 0; i < 2; i++) {
+    unsigned port = httpsvc_port(i ? t_tls_req : t_tls_on);
+    CU_ASSERT_EQUAL(https_get(port, "/whoami", "fleet/ca-cert.pem",
+                              "fleet/client-cert.pem", "fleet/client-key.pem",
+                              &r, msg), CURLE_OK);
+    check_peer(&r, "node1");
+    /* Another CA's certificate with the same CN is refused. */
+    CU_ASSERT_EQUAL(https_get(port, "/whoami", "fleet/ca-cert.pem",
+                              "other/client-cert.pem", "other/client-key.pem",
+                              &r, msg), CURLE_OK);
+    check_error(&r, 403, "forbidden", "client certificate refused");
+    /* A server certificate is no client certificate. */
+    CU_ASSERT_EQUAL(https_get(port, "/whoami", "fleet/ca-cert.pem",
+                              "fleet/server-cert.pem", "fleet/server-key.pem",
+                              &r, msg), CURLE_OK);
+    check_error(&r, 403, "forbidden", "client certificate refused");
+  }
+}
+
+static void
+test_https_require(void)
+{
+  struct reply r;
+  char msg[CURL_ERROR_SIZE];
+  /* No client certificate: 403 before routing and tokens. */
+  CU_ASSERT_EQUAL(https_get(httpsvc_port(t_tls_req), "/healthz",
+                            "fleet/ca-cert.pem", NULL, NULL, &r, msg),
+                  CURLE_OK);
+  check_error(&r, 403, "forbidden", "client certificate of the fleet CA is required");
+  CU_ASSERT_EQUAL(https_get(httpsvc_port(t_tls_req), "/v1/things/1/sub",
+                            "fleet/ca-cert.pem", NULL, NULL, &r, msg),
+                  CURLE_OK);
+  check_error(&r, 403, "forbidden", "required");
+  /* With one, tokens are still checked. */
+  CU_ASSERT_EQUAL(https_get(httpsvc_port(t_tls_req), "/v1/things/1/sub",
+                            "fleet/ca-cert.pem", "fleet/client-cert.pem",
+                            "fleet/client-key.pem", &r, msg), CURLE_OK);
+  check_error(&r, 401, "unauthorized", "Authorization");
+}
+
 #define TEST(fn) { #fn, fn }
 static const struct cunit_test tests[] = {
   TEST(test_public),
@@ -711,6 +948,11 @@ static const struct cunit_test tests[] = {
   TEST(test_per_address),
   TEST(test_getters),
   TEST(test_parse),
+  TEST(test_https_right_ca),
+  TEST(test_https_wrong_ca),
+  TEST(test_https_plain_client),
+  TEST(test_https_client_cert),
+  TEST(test_https_require),
 };
 
 int

@@ -502,6 +502,25 @@ test_nodes(void)
   CU_ASSERT_EQUAL(g->state, STORE_NODE_READY);
   free(g);
 
+  /* Another node may not advertise a's NBD address (any case of its
+   * host) while a is ready; once a is down it may. */
+  struct store_node b = n;
+  b.id = "b";
+  b.nbd_uri = "nbd://10.0.0.6:10809";
+  CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_CONFLICT);
+  CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "already advertised by node \"a\""));
+  b.nbd_uri = "NBD://10.0.0.6:10809";
+  CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_CONFLICT);
+  CU_ASSERT_PTR_NULL(store_node_get(st, "b", &e));
+  CU_ASSERT_EQUAL(store_node_mark_down(st, "a", &e), STORE_OK);
+  CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_OK);
+  CU_ASSERT_TRUE(created);
+  /* a, back with b's address, is refused now. */
+  CU_ASSERT_EQUAL(store_node_register(st, &n, &created, &e), STORE_CONFLICT);
+  b.nbd_uri = "nbd://10.0.0.7:10809";
+  CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_OK);
+  CU_ASSERT_EQUAL(store_node_register(st, &n, &created, &e), STORE_OK);
+
   /* Heartbeat; unknown nodes. */
   CU_ASSERT_EQUAL(store_node_heartbeat(st, "a", &e), STORE_OK);
   CU_ASSERT_EQUAL(store_node_heartbeat(st, "zz", &e), STORE_NOT_FOUND);
