@@ -70,6 +70,15 @@
  * upstream is slow, not dead); the connect's runs from
  * nbd_aio_connect_uri.  Poll sleeps until the nearest one.
  *
+ * Waking.  A reader waiting for one block sleeps on the request's cond
+ * (fetch_wait); a reader waiting for several (fetch_wait_ready, a node
+ * read spanning blocks) sleeps once on a group of its own that every one
+ * of those requests links to, and is woken only by the thread finishing
+ * the last of them: one wake-up per read instead of one per block
+ * (issue 17; a wake-up is a futex call and a context switch).  The I/O
+ * thread signals after dropping the lock, holding a reference on the
+ * group as on the request.
+ *
  * Ownership.  A request holds one reference for the table (dropped when
  * it leaves the table) and one per waiter (dropped by fetch_wait).  The
  * I/O thread works under the table's reference, and a request leaves the
@@ -114,6 +123,26 @@ enum req_state {
 };
 
 struct conn;
+struct fetch_group;
+
+/* A group's entry on one of its requests' lists. */
+struct fetch_link {
+  struct fetch_group *g;
+  struct fetch_link *next;
+};
+
+/* One fetch_wait_ready call: its caller sleeps on cond until pending
+ * reaches 0, woken once by whichever thread finishes its last request.
+ * Allocated with its links (one per request it waits for).  refs: the
+ * caller's, plus one per thread that signals it with the lock dropped
+ * (req_arrived), so cond outlives the signal.  Under f->lock. */
+struct fetch_group {
+  pthread_cond_t cond;
+  size_t pending;            /* its requests not yet DONE or FAILED */
+  unsigned refs;
+  struct fetch_group *wnext; /* on a waker's list (groups_wake) */
+  struct fetch_link links[];
+};
 
 struct fetch_req {
   struct fetcher *f;
@@ -132,6 +161,8 @@ struct fetch_req {
   struct fetch_req *hnext; /* table chain */
   struct fetch_req *qnext; /* connection queue, or f->stalled */
   pthread_cond_t cond;     /* broadcast at DONE / FAILED */
+  struct fetch_link *links; /* groups waiting for it (fetch_wait_ready) */
+  unsigned sleepers;        /* fetch_wait callers asleep on cond */
   /* The owning I/O thread's, while ISSUED: */
   int64_t deadline;        /* ms, monotonic */
   bool io_done;            /* set by the libnbd completion callback */
@@ -312,6 +343,12 @@ req_new_locked(struct fetcher *f, uint64_t idx)
   return r;
 }
 
+static bool
+req_finished(const struct fetch_req *r)
+{
+  return r->state == REQ_DONE || r->state == REQ_FAILED;
+}
+
 static void
 req_put_locked(struct fetch_req *r)
 {
@@ -319,6 +356,55 @@ req_put_locked(struct fetch_req *r)
     return;
   pthread_cond_destroy(&r->cond);
   free(r);
+}
+
+static void
+group_put_locked(struct fetch_group *g)
+{
+  if (--g->refs > 0)
+    return;
+  pthread_cond_destroy(&g->cond);
+  free(g);
+}
+
+/* r reached DONE or FAILED: counts it off every group waiting for it.
+ * A group whose last request it was is signalled now (wake NULL: the
+ * caller keeps the lock) or chained on *wake with a reference, for
+ * groups_wake to signal once the lock is dropped. */
+static void
+req_groups_locked(struct fetch_req *r, struct fetch_group **wake)
+{
+  for (struct fetch_link *l = r->links; l; l = l->next) {
+    struct fetch_group *g = l->g;
+    if (--g->pending > 0)
+      continue;
+    if (wake == NULL) {
+      pthread_cond_signal(&g->cond);
+      continue;
+    }
+    g->refs++;
+    g->wnext = *wake;
+    *wake = g;
+  }
+  r->links = NULL;
+}
+
+/* Signals the groups req_groups_locked chained (lock not held), then
+ * drops their references. */
+static void
+groups_wake(struct fetcher *f, struct fetch_group *wake)
+{
+  for (struct fetch_group *g = wake; g; g = g->wnext)
+    pthread_cond_signal(&g->cond);
+  if (wake == NULL)
+    return;
+  lock(f);
+  while (wake) {
+    struct fetch_group *next = wake->wnext;
+    group_put_locked(wake);
+    wake = next;
+  }
+  unlock(f);
 }
 
 /* Ends r with err (0: DONE), takes it out of the table and wakes its
@@ -331,6 +417,7 @@ req_finish_locked(struct fetcher *f, struct fetch_req *r, int err)
   r->conn = NULL;
   table_remove(f, r);
   pthread_cond_broadcast(&r->cond);
+  req_groups_locked(r, NULL);
   req_put_locked(r);
 }
 
@@ -660,13 +747,17 @@ req_arrived(struct conn *c, struct fetch_req *r)
              took, f->nstalled);
   }
   bool wake = false;
+  struct fetch_group *groups = NULL;
   if (!f->stopping) {
     c->load--;
     /* Waiters hold every reference but the table's.  Wake them after the
      * lock is dropped, so they do not wake only to block on it; an extra
      * reference keeps r (and its condition) alive until then.  State is
-     * set under the lock, so no waiter can miss the broadcast. */
-    wake = r->refs > 1;
+     * set under the lock, so no waiter can miss the broadcast.  A reader
+     * waiting for several blocks (fetch_wait_ready) sleeps on its group
+     * instead, woken only by its last block. */
+    req_groups_locked(r, &groups);
+    wake = r->refs > 1 && r->sleepers > 0;
     if (wake)
       r->refs++;
     r->state = REQ_DONE;
@@ -676,6 +767,7 @@ req_arrived(struct conn *c, struct fetch_req *r)
     req_put_locked(r);
   }
   unlock(f);
+  groups_wake(f, groups);
   if (wake) {
     pthread_cond_broadcast(&r->cond);
     lock(f);
@@ -1126,6 +1218,7 @@ fetcher_free(struct fetcher *f)
         r->state = REQ_FAILED;
         r->err = ESHUTDOWN;
         pthread_cond_broadcast(&r->cond);
+        req_groups_locked(r, NULL);
       }
   unlock(f);
   fetcher_destroy(f);
@@ -1170,8 +1263,11 @@ fetch_wait(struct fetch_req *r, void *buf, uint32_t off, uint32_t len,
   int e;
 
   lock(f);
-  while (r->state != REQ_DONE && r->state != REQ_FAILED)
+  while (!req_finished(r)) {
+    r->sleepers++;
     pthread_cond_wait(&r->cond, &f->lock);
+    r->sleepers--;
+  }
   e = r->state == REQ_FAILED ? r->err : 0;
   unlock(f);
 
@@ -1194,6 +1290,46 @@ fetch_wait(struct fetch_req *r, void *buf, uint32_t off, uint32_t len,
     return -1;
   }
   return 0;
+}
+
+void
+fetch_wait_ready(struct fetch_req *const *reqs, size_t n)
+{
+  struct fetcher *f = NULL;
+  for (size_t i = 0; i < n && f == NULL; i++)
+    if (reqs[i])
+      f = reqs[i]->f;
+  if (f == NULL)
+    return;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  size_t pending = 0;
+  for (size_t i = 0; i < n; i++)
+    if (reqs[i] && !req_finished(reqs[i]))
+      pending++;
+  if (pending == 0)
+    return;
+  struct fetch_group *g =
+      malloc(sizeof *g + pending * sizeof(struct fetch_link));
+  if (g == NULL)
+    return; /* fetch_wait then waits for each in turn */
+  if (pthread_cond_init(&g->cond, NULL) != 0) {
+    free(g);
+    return;
+  }
+  g->pending = pending;
+  g->refs = 1;
+  g->wnext = NULL;
+  struct fetch_link *l = g->links;
+  for (size_t i = 0; i < n; i++)
+    if (reqs[i] && !req_finished(reqs[i])) {
+      l->g = g;
+      l->next = reqs[i]->links;
+      reqs[i]->links = l++;
+    }
+  /* Every link is gone from its request once pending is 0. */
+  while (g->pending > 0)
+    pthread_cond_wait(&g->cond, &f->lock);
+  group_put_locked(g);
 }
 
 void

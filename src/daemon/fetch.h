@@ -146,6 +146,14 @@ struct fetch_req *fetch_start(struct fetcher *f, uint64_t idx, bool *cached);
 int fetch_wait(struct fetch_req *req, void *buf, uint32_t off, uint32_t len,
                int *err);
 
+/* Waits until every request in reqs[0..n) (NULL entries are skipped) is
+ * done or failed, sleeping at most once: the thread that finishes the
+ * last of them wakes the caller (one wake-up per read, not one per
+ * block).  Releases nothing: pass each to fetch_wait afterwards, which
+ * then copies without waiting.  On allocation failure it returns at once
+ * and fetch_wait waits for each in turn. */
+void fetch_wait_ready(struct fetch_req *const *reqs, size_t n);
+
 /* Starts fetching block idx unless it is cached or in flight, without
  * waiting (readahead).  Dropped when the fetcher is busy: nupstreams *
  * conns_per_upstream * depth blocks in flight. */

@@ -289,7 +289,10 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
   pthread_rwlock_unlock(&img->flock);
 
   /* Pass 2: wait for the fetches (each releases its request), without
-   * the lock: see the note at the top. */
+   * the lock: see the note at the top.  One wake-up for all of them
+   * (issue 17: a wake-up per block cost ~6% of a cold relay's CPU). */
+  if (missed)
+    fetch_wait_ready(reqs, nb);
   for (uint64_t b = first; b <= last; b++) {
     struct fetch_req *q = reqs[b - first];
     if (q == NULL)
