@@ -32,6 +32,11 @@
 #   BENCH_COPY_ARGS  nbdcopy arguments of every full read
 #                    (default "--connections=1 --requests=16 --request-size=1048576")
 #   BENCH_NODE_ARGS  extra thunderd arguments for the node
+#   THUNDERD_BEFORE  another thunderd (e.g. built from the commit before a
+#                    change): its node is measured too, alternating with
+#                    THUNDERD's run by run, and the table adds its rows and
+#                    the ratios after / before (a loaded machine moves both
+#                    alike)
 #   BENCH_PERF       a file: `perf record -g` the node during the last cold
 #                    relay into it (perf must be installed)
 #   BENCH_TMPDIR     where the temporary directory goes (default /var/tmp)
@@ -65,6 +70,11 @@ for prog in "$nbdcopy" "$nbdkit" openssl curl jq; do
 done
 [[ -z $perf_out ]] || command -v perf >/dev/null || die "BENCH_PERF: perf not found"
 thunderd=$(readlink -f -- "$thunderd")
+before_bin=${THUNDERD_BEFORE:-}
+if [[ -n $before_bin ]]; then
+    [[ -x $before_bin ]] || die "THUNDERD_BEFORE $before_bin: not executable"
+    before_bin=$(readlink -f -- "$before_bin")
+fi
 thunderctl=$(readlink -f -- "$thunderctl")
 shacost=$(readlink -f -- "$shacost")
 
@@ -144,7 +154,7 @@ declare -A nbd_of=() ctl_of=()
 start_thunderd() {
     local tag=$1 log=$tmp/$1.log sock=$tmp/$1.sock p
     shift
-    "$thunderd" --socket "$sock" --socket-group root --listen 127.0.0.1:0 \
+    "${bin:-$thunderd}" --socket "$sock" --socket-group root --listen 127.0.0.1:0 \
         --control 127.0.0.1:0 --token-file "$token_file" "$@" > "$log" 2>&1 &
     p=$!
     pid_of[$tag]=$p
@@ -198,8 +208,11 @@ note "SHA-256 CPU-s/GiB: nettle ${nettle[*]}; openssl ${ssl[*]}"
 
 # ---- cold relay and cached serving ----------------------------------------------
 
-declare -a cold=() cold_origin=() cold_s=() cached=() cached_s=()
-for ((i = 0; i < runs; i++)); do
+declare -A cold=() cold_origin=() cold_s=() cached=() cached_s=()   # "SIDE" -> list
+# relay SIDE BIN I: one cold relay and one cached read through a fresh node
+# running BIN, appended to the lists of SIDE.
+relay() {
+    local side=$1 bin=$2 i=$3 out c o s perf_pid=
     stop n1
     rm -rf "$tmp/cache-n1"
     sync -f "$tmp"
@@ -207,25 +220,37 @@ for ((i = 0; i < runs; i++)); do
     start_thunderd n1 --cache "$tmp/cache-n1" --pool none ${BENCH_NODE_ARGS:-}
     out=$(env -u THUNDER_TOKEN "$thunderctl" --node "${ctl_of[n1]}" --token-file "$token_file" \
           image attach "$name" --upstream "${nbd_of[origin]}/$name" 2>&1) || die "attach: $out"
-    perf_pid=
-    if [[ -n $perf_out ]] && (( i == runs - 1 )); then
+    if [[ -n $perf_out && $side == after ]] && (( i == runs - 1 )); then
         perf record -g -o "$perf_out" -p "${pid_of[n1]}" > "$tmp/perf.log" 2>&1 &
         perf_pid=$!
         sleep 0.5
     fi
     read -r c o s <<< "$(read_cpu n1 origin)"
     if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
-    cold+=("$c"); cold_origin+=("$o"); cold_s+=("$s")
-    read -r c _ s <<< "$(read_cpu n1)"
-    cached+=("$c"); cached_s+=("$s")
-    note "  run $((i + 1))/$runs: cold relay ${cold[-1]} CPU-s/GiB in ${cold_s[-1]} s (origin ${cold_origin[-1]}), cached ${cached[-1]} in ${cached_s[-1]} s"
+    cold[$side]+=" $c"; cold_origin[$side]+=" $o"; cold_s[$side]+=" $s"
+    local cc cs
+    read -r cc _ cs <<< "$(read_cpu n1)"
+    cached[$side]+=" $cc"; cached_s[$side]+=" $cs"
+    note "  run $((i + 1))/$runs ($side): cold relay $c CPU-s/GiB in $s s (origin $o), cached $cc in $cs s"
+    local f got
+    f=$(curl -sf -H "Authorization: Bearer $(cat "$token_file")" "${ctl_of[n1]}/v1/images/$name" |
+        jq -r .counters.fetch_failures) || die "counters of n1"
+    [[ $f == 0 ]] || die "n1: $f blocks could not be fetched"
+    if (( i == 0 )); then
+        got=$("$nbdcopy" -- "$(uri_of n1)" - | sha256sum | cut -d' ' -f1) || die "nbdcopy from n1 failed"
+        [[ $got == "$want_sum" ]] || die "the image read through n1 ($side) differs from the file"
+    fi
+    stop n1
+}
+for ((i = 0; i < runs; i++)); do
+    if [[ -z $before_bin ]]; then
+        relay after "$thunderd" "$i"
+    elif (( i % 2 == 0 )); then
+        relay before "$before_bin" "$i"; relay after "$thunderd" "$i"
+    else
+        relay after "$thunderd" "$i"; relay before "$before_bin" "$i"
+    fi
 done
-f=$(curl -sf -H "Authorization: Bearer $(cat "$token_file")" "${ctl_of[n1]}/v1/images/$name" |
-    jq -r .counters.fetch_failures) || die "counters of n1"
-[[ $f == 0 ]] || die "n1: $f blocks could not be fetched"
-got=$("$nbdcopy" -- "$(uri_of n1)" - | sha256sum | cut -d' ' -f1) || die "nbdcopy from n1 failed"
-[[ $got == "$want_sum" ]] || die "the image read through n1 differs from the file"
-stop n1
 
 # ---- nbdkit file ------------------------------------------------------------------
 
@@ -246,8 +271,10 @@ busy_after=$(cpu_busy_pct)
 # ---- the table ----------------------------------------------------------------------
 
 m_nettle=$(median "${nettle[@]}"); m_ssl=$(median "${ssl[@]}")
-m_cold=$(median "${cold[@]}"); m_origin=$(median "${cold_origin[@]}")
-m_cached=$(median "${cached[@]}"); m_kit=$(median "${kit[@]}")
+# shellcheck disable=SC2086  # the lists are words
+m_cold=$(median ${cold[after]}); m_origin=$(median ${cold_origin[after]})
+# shellcheck disable=SC2086
+m_cached=$(median ${cached[after]}); m_kit=$(median "${kit[@]}")
 echo
 echo "thunder relay CPU benchmark ($(date -u +%Y-%m-%dT%H:%MZ)); image $image_mb MiB, blocks of $block_size bytes; $(nproc) CPUs"
 echo "other load: load average $load_before before; CPUs ${busy_before}% busy in the second before the runs, ${busy_after}% after"
@@ -256,9 +283,20 @@ echo
 printf '%-46s %10s %8s\n' measurement CPU-s/GiB seconds
 printf '%-46s %10.3f %8s\n' "SHA-256, nettle (hash only)" "$m_nettle" -
 printf '%-46s %10.3f %8s\n' "SHA-256, openssl dgst (with reading)" "$m_ssl" -
-printf '%-46s %10.3f %8.2f\n' "node, cold relay (origin -> node -> nbdcopy)" "$m_cold" "$(median "${cold_s[@]}")"
+# shellcheck disable=SC2086
+printf '%-46s %10.3f %8.2f\n' "node, cold relay (origin -> node -> nbdcopy)" "$m_cold" "$(median ${cold_s[after]})"
 printf '%-46s %10.3f %8s\n' "  origin during the cold relay" "$m_origin" -
-printf '%-46s %10.3f %8.2f\n' "node, cached serving" "$m_cached" "$(median "${cached_s[@]}")"
+# shellcheck disable=SC2086
+printf '%-46s %10.3f %8.2f\n' "node, cached serving" "$m_cached" "$(median ${cached_s[after]})"
+if [[ -n $before_bin ]]; then
+    # shellcheck disable=SC2086
+    b_cold=$(median ${cold[before]}); b_origin=$(median ${cold_origin[before]}); b_cached=$(median ${cached[before]})
+    # shellcheck disable=SC2086
+    printf '%-46s %10.3f %8.2f\n' "THUNDERD_BEFORE node, cold relay" "$b_cold" "$(median ${cold_s[before]})"
+    printf '%-46s %10.3f %8s\n' "  origin during its cold relay" "$b_origin" -
+    # shellcheck disable=SC2086
+    printf '%-46s %10.3f %8.2f\n' "THUNDERD_BEFORE node, cached serving" "$b_cached" "$(median ${cached_s[before]})"
+fi
 printf '%-46s %10.3f %8.2f\n' "nbdkit file" "$m_kit" "$(median "${kit_s[@]}")"
 echo
 printf '%-46s %7s  %6s  %s\n' ratio value target result
@@ -275,5 +313,11 @@ ratio() {   # LABEL NUM DEN TARGET ("-": information only)
 ratio "cold relay / SHA-256 (nettle)" "$m_cold" "$m_nettle" 1.5
 ratio "cold relay / SHA-256 (openssl)" "$m_cold" "$m_ssl" -
 ratio "cached / nbdkit file" "$m_cached" "$m_kit" 1.0
+if [[ -n $before_bin ]]; then
+    ratio "cold relay: after / before" "$m_cold" "$b_cold" -
+    ratio "  origin's CPU: after / before" "$m_origin" "$b_origin" -
+    ratio "cached: after / before" "$m_cached" "$b_cached" -
+    ratio "before: cold relay / SHA-256 (nettle)" "$b_cold" "$m_nettle" -
+fi
 echo
 if (( fails == 0 )); then echo "targets: all met"; else echo "targets: NOT met on $fails rows"; fi
