@@ -1260,6 +1260,64 @@ test_wait_ready(void)
   server_stop(&slow);
 }
 
+/* Counts the lines of path that contain needle. */
+static unsigned
+count_lines(const char *path, const char *needle)
+{
+  FILE *fp = fopen(path, "r");
+  if (fp == NULL)
+    return 0;
+  char line[1024];
+  unsigned n = 0;
+  while (fgets(line, sizeof line, fp))
+    if (strstr(line, needle))
+      n++;
+  fclose(fp);
+  return n;
+}
+
+/* Consecutive blocks go upstream as fewer, larger NBD reads, each block
+ * still verified on its own: the tampered blocks of a merged read fail
+ * over to the next upstream, the others come from the parent; a run
+ * that ends with the short last block too. */
+static void
+test_batched_reads(void)
+{
+  struct server parent;
+  char logfile[PATH_MAX + 16], logarg[PATH_MAX + 32];
+  snprintf(logfile, sizeof logfile, "%s/batch.log", tmpdir);
+  snprintf(logarg, sizeof logarg, "logfile=%s", logfile);
+  CU_ASSERT_FATAL(serve_file(&parent, "img", "--filter=log", tamp_path,
+                             logarg, NULL));
+  struct sink *k = sink_new();
+  const char *uris[] = { parent.uri, s_good.uri };
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 16, 1500, 0);
+  struct group_reader g = { f, k, 0, 16, 0, 0, 0 };
+  group_reader_thread(&g);
+  CU_ASSERT_EQUAL(g.rc, 0);
+  struct group_reader t = { f, k, IMG_BLOCKS - 10, 10, 0, 0, 0 };
+  group_reader_thread(&t);
+  CU_ASSERT_EQUAL(t.rc, 0);
+  for (uint64_t b = 0; b < IMG_BLOCKS; b++) {
+    if (b >= 16 && b < IMG_BLOCKS - 10)
+      continue;
+    bool bad = false;
+    for (size_t i = 0; i < NTAMPERED; i++)
+      bad |= tampered[i] == b;
+    CU_ASSERT_EQUAL(k->delivered[b], 1);
+    CU_ASSERT_EQUAL(k->from[b], bad ? 1u : 0u);
+    CU_ASSERT(memcmp(k->data + b * BS, image + b * BS,
+                     manifest_block_len(man, b)) == 0);
+  }
+  fetcher_free(f);
+  server_stop(&parent);
+  /* 26 blocks asked of the parent in fewer reads. */
+  unsigned reads = count_lines(logfile, "Read id=");
+  fprintf(stderr, "%u reads for 26 blocks ", reads);
+  CU_ASSERT(reads >= 2 && reads < 26);
+  sink_free(k);
+}
+
 /* Bad arguments to fetcher_new. */
 static void
 test_new_errors(void)
@@ -1505,6 +1563,7 @@ main(void)
     { "prefetch limit", test_prefetch_limit },
     { "free with fetches in flight", test_free_in_flight },
     { "fetch_wait_ready: one wake-up per group", test_wait_ready },
+    { "consecutive blocks in one NBD read", test_batched_reads },
     { "fetcher_new errors", test_new_errors },
     { "manifest", test_manifest_ok },
     { "manifest wrong version", test_manifest_wrong_version },
