@@ -115,7 +115,9 @@ cpu_busy_pct() {
         printf "%.0f", (tot > 0 ? (tot - idle) * 100 / tot : 0)
     }'
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# median WORD...: the median of the numbers (a list in one string too).
+# shellcheck disable=SC2048,SC2086  # split on purpose
+median() { printf '%s\n' $* | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # ---- the image (as bench-node.sh: no two 4 KiB blocks alike) ---------------
 
@@ -271,10 +273,8 @@ busy_after=$(cpu_busy_pct)
 # ---- the table ----------------------------------------------------------------------
 
 m_nettle=$(median "${nettle[@]}"); m_ssl=$(median "${ssl[@]}")
-# shellcheck disable=SC2086  # the lists are words
-m_cold=$(median ${cold[after]}); m_origin=$(median ${cold_origin[after]})
-# shellcheck disable=SC2086
-m_cached=$(median ${cached[after]}); m_kit=$(median "${kit[@]}")
+m_cold=$(median "${cold[after]}"); m_origin=$(median "${cold_origin[after]}")
+m_cached=$(median "${cached[after]}"); m_kit=$(median "${kit[@]}")
 echo
 echo "thunder relay CPU benchmark ($(date -u +%Y-%m-%dT%H:%MZ)); image $image_mb MiB, blocks of $block_size bytes; $(nproc) CPUs"
 echo "other load: load average $load_before before; CPUs ${busy_before}% busy in the second before the runs, ${busy_after}% after"
@@ -283,19 +283,14 @@ echo
 printf '%-46s %10s %8s\n' measurement CPU-s/GiB seconds
 printf '%-46s %10.3f %8s\n' "SHA-256, nettle (hash only)" "$m_nettle" -
 printf '%-46s %10.3f %8s\n' "SHA-256, openssl dgst (with reading)" "$m_ssl" -
-# shellcheck disable=SC2086
-printf '%-46s %10.3f %8.2f\n' "node, cold relay (origin -> node -> nbdcopy)" "$m_cold" "$(median ${cold_s[after]})"
+printf '%-46s %10.3f %8.2f\n' "node, cold relay (origin -> node -> nbdcopy)" "$m_cold" "$(median "${cold_s[after]}")"
 printf '%-46s %10.3f %8s\n' "  origin during the cold relay" "$m_origin" -
-# shellcheck disable=SC2086
-printf '%-46s %10.3f %8.2f\n' "node, cached serving" "$m_cached" "$(median ${cached_s[after]})"
+printf '%-46s %10.3f %8.2f\n' "node, cached serving" "$m_cached" "$(median "${cached_s[after]}")"
 if [[ -n $before_bin ]]; then
-    # shellcheck disable=SC2086
-    b_cold=$(median ${cold[before]}); b_origin=$(median ${cold_origin[before]}); b_cached=$(median ${cached[before]})
-    # shellcheck disable=SC2086
-    printf '%-46s %10.3f %8.2f\n' "THUNDERD_BEFORE node, cold relay" "$b_cold" "$(median ${cold_s[before]})"
+    b_cold=$(median "${cold[before]}"); b_origin=$(median "${cold_origin[before]}"); b_cached=$(median "${cached[before]}")
+    printf '%-46s %10.3f %8.2f\n' "THUNDERD_BEFORE node, cold relay" "$b_cold" "$(median "${cold_s[before]}")"
     printf '%-46s %10.3f %8s\n' "  origin during its cold relay" "$b_origin" -
-    # shellcheck disable=SC2086
-    printf '%-46s %10.3f %8.2f\n' "THUNDERD_BEFORE node, cached serving" "$b_cached" "$(median ${cached_s[before]})"
+    printf '%-46s %10.3f %8.2f\n' "THUNDERD_BEFORE node, cached serving" "$b_cached" "$(median "${cached_s[before]}")"
 fi
 printf '%-46s %10.3f %8.2f\n' "nbdkit file" "$m_kit" "$(median "${kit_s[@]}")"
 echo
