@@ -1315,6 +1315,7 @@ test_batched_reads(void)
   unsigned reads = count_lines(logfile, "Read id=");
   fprintf(stderr, "%u reads for 26 blocks ", reads);
   CU_ASSERT(reads >= 2 && reads < 26);
+  unlink(logfile);
   sink_free(k);
 }
 
