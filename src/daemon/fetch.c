@@ -25,8 +25,11 @@
  *            first upstream this block has not failed on and that is not
  *            in hold-off, else the first it has not failed on; within the
  *            upstream the least loaded connection)
- *   ISSUED   taken by c's thread into c->issued[] (at most depth) and
- *            handed to libnbd with a deadline of now + timeout_ms; when
+ *   ISSUED   taken by c's thread into c->issued[] (at most depth),
+ *            consecutive blocks chained (bnext) into runs that are one
+ *            NBD read into one shared buffer (conn_take_locked), and
+ *            handed to libnbd with a deadline of now + timeout_ms per
+ *            block of the run; when
  *            the bytes are in, the thread verifies them and calls deliver
  *            with the lock dropped, the request still in the table
  *   DONE     buf holds the verified block; out of the table; waiters woken

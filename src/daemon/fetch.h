@@ -10,6 +10,11 @@
  * resolved (getaddrinfo, inside libnbd) on the connection's I/O thread
  * and outside the connect deadline: prefer addresses to names.
  *
+ * Consecutive blocks queued on one connection are asked for in one NBD
+ * read of up to 256 KiB (blocks with waiters only with each other,
+ * prefetches with prefetches); each block is still verified on its own
+ * and fails over alone.
+ *
  * A block is asked of the first healthy upstream.  Its bytes are checked
  * against the manifest (manifest_block_ok) before anyone sees them.  A
  * mismatch, error reply, short read, lost connection or timeout marks that
