@@ -25,8 +25,11 @@
  *            first upstream this block has not failed on and that is not
  *            in hold-off, else the first it has not failed on; within the
  *            upstream the least loaded connection)
- *   ISSUED   taken by c's thread into c->issued[] (at most depth) and
- *            handed to libnbd with a deadline of now + timeout_ms; when
+ *   ISSUED   taken by c's thread into c->issued[] (at most depth),
+ *            consecutive blocks chained (bnext) into runs that are one
+ *            NBD read into one shared buffer (conn_take_locked), and
+ *            handed to libnbd with a deadline of now + timeout_ms per
+ *            block of the run; when
  *            the bytes are in, the thread verifies them and calls deliver
  *            with the lock dropped, the request still in the table
  *   DONE     buf holds the verified block; out of the table; waiters woken
@@ -69,6 +72,15 @@
  * while its connection keeps receiving (req_deadline: a congested
  * upstream is slow, not dead); the connect's runs from
  * nbd_aio_connect_uri.  Poll sleeps until the nearest one.
+ *
+ * Waking.  A reader waiting for one block sleeps on the request's cond
+ * (fetch_wait); a reader waiting for several (fetch_wait_ready, a node
+ * read spanning blocks) sleeps once on a group of its own that every one
+ * of those requests links to, and is woken only by the thread finishing
+ * the last of them: one wake-up per read instead of one per block
+ * (issue 17; a wake-up is a futex call and a context switch).  The I/O
+ * thread signals after dropping the lock, holding a reference on the
+ * group as on the request.
  *
  * Ownership.  A request holds one reference for the table (dropped when
  * it leaves the table) and one per waiter (dropped by fetch_wait).  The
@@ -114,6 +126,47 @@ enum req_state {
 };
 
 struct conn;
+struct fetch_group;
+
+/* Consecutive blocks queued on one connection are asked for in one NBD
+ * read of at most this many bytes (at least one block), received into
+ * one buffer they share (issue 17: a request sent upstream cost ~14 us
+ * of the node's CPU on loopback TCP, a reply's receive as much again;
+ * per 64 KiB block that was ~15% of a cold relay).  Only blocks someone
+ * waits for are merged with each other, and prefetches with prefetches,
+ * so a read never waits for a readahead block's bytes. */
+#define BATCH_BYTES (256u * 1024)
+/* Spare batch buffers a fetcher keeps (beyond that they are freed). */
+#define SPARE_BUFS_MAX 16
+
+/* A buffer one NBD read fills: requests point into it, one reference
+ * each (under f->lock).  Reused through f->spare (no page faults and no
+ * malloc of 256 KiB per read). */
+struct fetch_buf {
+  unsigned refs;
+  bool full;              /* batch_blocks blocks long: may be a spare */
+  struct fetch_buf *next; /* on f->spare */
+  char data[];
+};
+
+/* A group's entry on one of its requests' lists. */
+struct fetch_link {
+  struct fetch_group *g;
+  struct fetch_link *next;
+};
+
+/* One fetch_wait_ready call: its caller sleeps on cond until pending
+ * reaches 0, woken once by whichever thread finishes its last request.
+ * Allocated with its links (one per request it waits for).  refs: the
+ * caller's, plus one per thread that signals it with the lock dropped
+ * (req_arrived), so cond outlives the signal.  Under f->lock. */
+struct fetch_group {
+  pthread_cond_t cond;
+  size_t pending;            /* its requests not yet DONE or FAILED */
+  unsigned refs;
+  struct fetch_group *wnext; /* on a waker's list (groups_wake) */
+  struct fetch_link links[];
+};
 
 struct fetch_req {
   struct fetcher *f;
@@ -132,11 +185,16 @@ struct fetch_req {
   struct fetch_req *hnext; /* table chain */
   struct fetch_req *qnext; /* connection queue, or f->stalled */
   pthread_cond_t cond;     /* broadcast at DONE / FAILED */
+  struct fetch_link *links; /* groups waiting for it (fetch_wait_ready) */
+  unsigned sleepers;        /* fetch_wait callers asleep on cond */
+  struct fetch_buf *fb;    /* holds buf (from its last issue), or NULL */
+  char *buf;               /* len bytes in fb, once issued */
   /* The owning I/O thread's, while ISSUED: */
+  struct fetch_req *bnext; /* the next block of the same NBD read */
+  bool bhead;              /* the first block of its NBD read */
   int64_t deadline;        /* ms, monotonic */
   bool io_done;            /* set by the libnbd completion callback */
   int io_err;
-  char buf[];              /* len bytes */
 };
 
 struct upstream;
@@ -158,6 +216,7 @@ struct conn {
   int64_t last_rx;          /* ms: h last received bytes (or connected) */
   struct fetch_req **issued; /* depth slots */
   unsigned nissued;
+  struct fetch_req **heads;  /* depth slots: conn_issue's scratch */
 };
 
 struct upstream {
@@ -176,8 +235,11 @@ struct fetcher {
   struct upstream *ups;
   size_t nups;
   size_t prefetch_limit; /* prefetches are dropped at this many in flight */
+  uint32_t batch_blocks;  /* blocks per NBD read at most (BATCH_BYTES) */
   pthread_mutex_t lock;
   /* Under lock: */
+  struct fetch_buf *spare; /* batch buffers to reuse */
+  size_t nspare;
   struct fetch_req **table;
   size_t nbuckets; /* power of two */
   unsigned shift;  /* 64 - log2(nbuckets) */
@@ -293,7 +355,7 @@ static struct fetch_req *
 req_new_locked(struct fetcher *f, uint64_t idx)
 {
   uint32_t len = manifest_block_len(f->m, idx);
-  struct fetch_req *r = malloc(sizeof *r + len);
+  struct fetch_req *r = malloc(sizeof *r);
   if (r == NULL) {
     log_error(COMPONENT, "block %" PRIu64 ": malloc: %m", idx);
     return NULL;
@@ -312,13 +374,87 @@ req_new_locked(struct fetcher *f, uint64_t idx)
   return r;
 }
 
+static bool
+req_finished(const struct fetch_req *r)
+{
+  return r->state == REQ_DONE || r->state == REQ_FAILED;
+}
+
+/* Drops r's hold on its buffer (a spare is kept for the next batch). */
+static void
+req_unbuf_locked(struct fetcher *f, struct fetch_req *r)
+{
+  struct fetch_buf *b = r->fb;
+  r->fb = NULL;
+  r->buf = NULL;
+  if (b == NULL || --b->refs > 0)
+    return;
+  if (b->full && f->nspare < SPARE_BUFS_MAX) {
+    b->next = f->spare;
+    f->spare = b;
+    f->nspare++;
+  } else {
+    free(b);
+  }
+}
+
 static void
 req_put_locked(struct fetch_req *r)
 {
   if (--r->refs > 0)
     return;
+  req_unbuf_locked(r->f, r);
   pthread_cond_destroy(&r->cond);
   free(r);
+}
+
+static void
+group_put_locked(struct fetch_group *g)
+{
+  if (--g->refs > 0)
+    return;
+  pthread_cond_destroy(&g->cond);
+  free(g);
+}
+
+/* r reached DONE or FAILED: counts it off every group waiting for it.
+ * A group whose last request it was is signalled now (wake NULL: the
+ * caller keeps the lock) or chained on *wake with a reference, for
+ * groups_wake to signal once the lock is dropped. */
+static void
+req_groups_locked(struct fetch_req *r, struct fetch_group **wake)
+{
+  for (struct fetch_link *l = r->links; l; l = l->next) {
+    struct fetch_group *g = l->g;
+    if (--g->pending > 0)
+      continue;
+    if (wake == NULL) {
+      pthread_cond_signal(&g->cond);
+      continue;
+    }
+    g->refs++;
+    g->wnext = *wake;
+    *wake = g;
+  }
+  r->links = NULL;
+}
+
+/* Signals the groups req_groups_locked chained (lock not held), then
+ * drops their references. */
+static void
+groups_wake(struct fetcher *f, struct fetch_group *wake)
+{
+  for (struct fetch_group *g = wake; g; g = g->wnext)
+    pthread_cond_signal(&g->cond);
+  if (wake == NULL)
+    return;
+  lock(f);
+  while (wake) {
+    struct fetch_group *next = wake->wnext;
+    group_put_locked(wake);
+    wake = next;
+  }
+  unlock(f);
 }
 
 /* Ends r with err (0: DONE), takes it out of the table and wakes its
@@ -331,6 +467,7 @@ req_finish_locked(struct fetcher *f, struct fetch_req *r, int err)
   r->conn = NULL;
   table_remove(f, r);
   pthread_cond_broadcast(&r->cond);
+  req_groups_locked(r, NULL);
   req_put_locked(r);
 }
 
@@ -431,10 +568,18 @@ dispatch_locked(struct fetcher *f, struct fetch_req *r)
     req_finish_locked(f, r, EIO);
     return false;
   }
-  struct conn *c = &up->conns[0];
-  for (unsigned i = 1; i < f->p.conns_per_upstream; i++)
-    if (up->conns[i].load < c->load)
+  /* The block after one still queued joins it (one NBD read, conn_take);
+   * else the least loaded connection. */
+  struct conn *c = NULL;
+  for (unsigned i = 0; i < f->p.conns_per_upstream && c == NULL; i++)
+    if (up->conns[i].qtail && up->conns[i].qtail->idx + 1 == r->idx)
       c = &up->conns[i];
+  if (c == NULL) {
+    c = &up->conns[0];
+    for (unsigned i = 1; i < f->p.conns_per_upstream; i++)
+      if (up->conns[i].load < c->load)
+        c = &up->conns[i];
+  }
   r->state = REQ_QUEUED;
   r->conn = c;
   r->qnext = NULL;
@@ -626,12 +771,14 @@ conn_ready(struct conn *c)
   return 0;
 }
 
+/* An NBD read finished: every block it carried is in (or failed). */
 static int
 pread_done(void *user_data, int *error)
 {
-  struct fetch_req *r = user_data;
-  r->io_done = true;
-  r->io_err = *error;
+  for (struct fetch_req *r = user_data; r; r = r->bnext) {
+    r->io_done = true;
+    r->io_err = *error;
+  }
   return 1; /* retire the command */
 }
 
@@ -661,13 +808,17 @@ req_arrived(struct conn *c, struct fetch_req *r)
              took, f->nstalled);
   }
   bool wake = false;
+  struct fetch_group *groups = NULL;
   if (!f->stopping) {
     c->load--;
     /* Waiters hold every reference but the table's.  Wake them after the
      * lock is dropped, so they do not wake only to block on it; an extra
      * reference keeps r (and its condition) alive until then.  State is
-     * set under the lock, so no waiter can miss the broadcast. */
-    wake = r->refs > 1;
+     * set under the lock, so no waiter can miss the broadcast.  A reader
+     * waiting for several blocks (fetch_wait_ready) sleeps on its group
+     * instead, woken only by its last block. */
+    req_groups_locked(r, &groups);
+    wake = r->refs > 1 && r->sleepers > 0;
     if (wake)
       r->refs++;
     r->state = REQ_DONE;
@@ -677,6 +828,7 @@ req_arrived(struct conn *c, struct fetch_req *r)
     req_put_locked(r);
   }
   unlock(f);
+  groups_wake(f, groups);
   if (wake) {
     pthread_cond_broadcast(&r->cond);
     lock(f);
@@ -721,32 +873,148 @@ conn_reap(struct conn *c, const char *why)
   return 0;
 }
 
-/* Hands the requests in c->issued[from..] to libnbd.  0, or -1 after
+/* Takes r out of c->issued, wherever it is. */
+static struct fetch_req *
+issued_remove(struct conn *c, struct fetch_req *r)
+{
+  for (unsigned i = 0; i < c->nissued; i++)
+    if (c->issued[i] == r)
+      return issued_take(c, i);
+  abort(); /* an issued request is in c->issued */
+}
+
+/* Hands the requests in c->issued[from..] to libnbd, one NBD read per
+ * run of blocks (conn_take), into their shared buffer.  0, or -1 after
  * conn_fail. */
 static int
 conn_issue(struct conn *c, unsigned from)
 {
   struct fetcher *f = c->f;
-  int64_t deadline = now_ms() + f->p.timeout_ms;
+  int64_t now = now_ms();
+  unsigned nheads = 0;
 
-  for (unsigned i = from; i < c->nissued;) {
-    struct fetch_req *r = c->issued[i];
-    r->io_done = false;
-    r->io_err = 0;
-    r->deadline = deadline;
-    nbd_completion_callback cb = { .callback = pread_done, .user_data = r };
-    if (nbd_aio_pread(c->h, r->buf, r->len, r->idx * f->m->block_size, cb,
-                      0) != -1) {
-      i++;
-      continue;
+  /* Failures below reorder c->issued: the runs first. */
+  for (unsigned i = from; i < c->nissued; i++)
+    if (c->issued[i]->bhead)
+      c->heads[nheads++] = c->issued[i];
+  for (unsigned k = 0; k < nheads; k++) {
+    struct fetch_req *h = c->heads[k];
+    uint64_t bytes = 0;
+    unsigned n = 0;
+    for (struct fetch_req *r = h; r; r = r->bnext) {
+      bytes += r->len;
+      n++;
     }
+    /* timeout_ms per block: an upstream (an nbdkit rate filter, a node
+     * fetching the run itself) may send nothing until the whole run is
+     * there. */
+    for (struct fetch_req *r = h; r; r = r->bnext) {
+      r->io_done = false;
+      r->io_err = 0;
+      r->deadline = now + (int64_t)f->p.timeout_ms * n;
+    }
+    nbd_completion_callback cb = { .callback = pread_done, .user_data = h };
+    if (nbd_aio_pread(c->h, h->buf, bytes, h->idx * f->m->block_size, cb,
+                      0) != -1)
+      continue;
     if (nbd_aio_is_dead(c->h) == 1 || nbd_aio_is_closed(c->h) == 1)
       return conn_reap(c, nbd_get_error());
     char reason[256];
     snprintf(reason, sizeof reason, "read: %s", nbd_get_error());
-    req_failed(c, issued_take(c, i), false, reason);
+    for (struct fetch_req *r = h, *next; r; r = next) {
+      next = r->bnext;
+      req_failed(c, issued_remove(c, r), false, reason);
+    }
   }
   return 0;
+}
+
+/* A buffer for a run of n blocks: a spare if the run is a whole batch,
+ * else malloc'ed to size.  NULL if out of memory. */
+static struct fetch_buf *
+buf_get_locked(struct fetcher *f, unsigned n)
+{
+  bool full = n == f->batch_blocks;
+  struct fetch_buf *b = full ? f->spare : NULL;
+  if (b) {
+    f->spare = b->next;
+    f->nspare--;
+  } else if ((b = malloc(sizeof *b + (size_t)(full ? f->batch_blocks : n) *
+                                        f->m->block_size)) == NULL) {
+    return NULL;
+  }
+  b->full = full;
+  b->refs = 0;
+  b->next = NULL;
+  return b;
+}
+
+/* Moves up to depth requests from c's queue into c->issued, chaining
+ * consecutive blocks into runs of at most batch_blocks (blocks with
+ * waiters with each other, prefetches with prefetches), and gives each
+ * run a buffer.  A run with no buffer fails (EIO).  Lock held. */
+static void
+conn_take_locked(struct conn *c)
+{
+  struct fetcher *f = c->f;
+  unsigned from = c->nissued, run = 0;
+  struct fetch_req *prev = NULL;
+
+  while (c->ready && c->qhead && c->nissued < f->p.depth) {
+    struct fetch_req *r = c->qhead;
+    c->qhead = r->qnext;
+    if (c->qhead == NULL)
+      c->qtail = NULL;
+    r->qnext = NULL;
+    r->state = REQ_ISSUED;
+    r->bnext = NULL;
+    if (prev && prev->idx + 1 == r->idx && run < f->batch_blocks &&
+        (prev->refs > 1) == (r->refs > 1)) {
+      prev->bnext = r;
+      r->bhead = false;
+      run++;
+    } else {
+      r->bhead = true;
+      run = 1;
+    }
+    prev = r;
+    c->issued[c->nissued++] = r;
+  }
+  bool failed = false;
+  for (unsigned i = from; i < c->nissued; i++) {
+    struct fetch_req *h = c->issued[i];
+    if (!h->bhead)
+      continue;
+    unsigned n = 0;
+    for (struct fetch_req *r = h; r; r = r->bnext)
+      n++;
+    struct fetch_buf *b = buf_get_locked(f, n);
+    size_t off = 0;
+    for (struct fetch_req *r = h; r; r = r->bnext) {
+      req_unbuf_locked(f, r); /* its last issue's, if it failed over */
+      if (b) {
+        r->fb = b;
+        r->buf = b->data + off;
+        b->refs++;
+        off += r->len;
+      }
+    }
+    failed |= b == NULL;
+  }
+  if (!failed)
+    return;
+  /* From the end down: issued_take moves the last slot into i. */
+  for (unsigned i = c->nissued; i-- > from;) {
+    struct fetch_req *r = c->issued[i];
+    if (r->buf)
+      continue;
+    issued_take(c, i);
+    c->load--;
+    f->failed++;
+    req_finish_locked(f, r, EIO);
+  }
+  log_error(COMPONENT, "upstream %s: no memory for a read buffer: failing"
+            " blocks (EIO)", c->up->uri);
 }
 
 /* Runs the state machine after poll said which way the socket is ready,
@@ -804,15 +1072,7 @@ conn_thread(void *arg)
     c->kicked = false;
     bool want = c->qhead != NULL;
     unsigned from = c->nissued;
-    while (c->ready && c->qhead && c->nissued < f->p.depth) {
-      struct fetch_req *r = c->qhead;
-      c->qhead = r->qnext;
-      if (c->qhead == NULL)
-        c->qtail = NULL;
-      r->qnext = NULL;
-      r->state = REQ_ISSUED;
-      c->issued[c->nissued++] = r;
-    }
+    conn_take_locked(c);
     unlock(f);
 
     if (want && c->h == NULL && conn_start(c) == -1)
@@ -983,9 +1243,15 @@ fetcher_destroy(struct fetcher *f)
       if (up->conns[j].wake_fd >= 0)
         close(up->conns[j].wake_fd);
       free(up->conns[j].issued);
+      free(up->conns[j].heads);
     }
     free(up->conns);
     free(up->uri);
+  }
+  while (f->spare) {
+    struct fetch_buf *b = f->spare;
+    f->spare = b->next;
+    free(b);
   }
   free(f->ups);
   free(f->table);
@@ -1032,6 +1298,8 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
   if (cb)
     f->cb = *cb;
   f->prefetch_limit = n * p->conns_per_upstream * p->depth;
+  f->batch_blocks = m->block_size >= BATCH_BYTES ? 1
+                                                 : BATCH_BYTES / m->block_size;
   if (pthread_mutex_init(&f->lock, NULL) != 0) {
     free(f);
     return NULL;
@@ -1071,8 +1339,9 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
       c->f = f;
       c->up = up;
       c->issued = calloc(p->depth, sizeof *c->issued);
+      c->heads = calloc(p->depth, sizeof *c->heads);
       c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (c->issued == NULL || c->wake_fd == -1) {
+      if (c->issued == NULL || c->heads == NULL || c->wake_fd == -1) {
         log_error(COMPONENT, "upstream %s: connection %u: %m", up->uri, j);
         fetcher_destroy(f);
         return NULL;
@@ -1127,6 +1396,7 @@ fetcher_free(struct fetcher *f)
         r->state = REQ_FAILED;
         r->err = ESHUTDOWN;
         pthread_cond_broadcast(&r->cond);
+        req_groups_locked(r, NULL);
       }
   unlock(f);
   fetcher_destroy(f);
@@ -1171,8 +1441,11 @@ fetch_wait(struct fetch_req *r, void *buf, uint32_t off, uint32_t len,
   int e;
 
   lock(f);
-  while (r->state != REQ_DONE && r->state != REQ_FAILED)
+  while (!req_finished(r)) {
+    r->sleepers++;
     pthread_cond_wait(&r->cond, &f->lock);
+    r->sleepers--;
+  }
   e = r->state == REQ_FAILED ? r->err : 0;
   unlock(f);
 
@@ -1195,6 +1468,46 @@ fetch_wait(struct fetch_req *r, void *buf, uint32_t off, uint32_t len,
     return -1;
   }
   return 0;
+}
+
+void
+fetch_wait_ready(struct fetch_req *const *reqs, size_t n)
+{
+  struct fetcher *f = NULL;
+  for (size_t i = 0; i < n && f == NULL; i++)
+    if (reqs[i])
+      f = reqs[i]->f;
+  if (f == NULL)
+    return;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  size_t pending = 0;
+  for (size_t i = 0; i < n; i++)
+    if (reqs[i] && !req_finished(reqs[i]))
+      pending++;
+  if (pending == 0)
+    return;
+  struct fetch_group *g =
+      malloc(sizeof *g + pending * sizeof(struct fetch_link));
+  if (g == NULL)
+    return; /* fetch_wait then waits for each in turn */
+  if (pthread_cond_init(&g->cond, NULL) != 0) {
+    free(g);
+    return;
+  }
+  g->pending = pending;
+  g->refs = 1;
+  g->wnext = NULL;
+  struct fetch_link *l = g->links;
+  for (size_t i = 0; i < n; i++)
+    if (reqs[i] && !req_finished(reqs[i])) {
+      l->g = g;
+      l->next = reqs[i]->links;
+      reqs[i]->links = l++;
+    }
+  /* Every link is gone from its request once pending is 0. */
+  while (g->pending > 0)
+    pthread_cond_wait(&g->cond, &f->lock);
+  group_put_locked(g);
 }
 
 void

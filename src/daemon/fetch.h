@@ -10,6 +10,11 @@
  * resolved (getaddrinfo, inside libnbd) on the connection's I/O thread
  * and outside the connect deadline: prefer addresses to names.
  *
+ * Consecutive blocks queued on one connection are asked for in one NBD
+ * read of up to 256 KiB (blocks with waiters only with each other,
+ * prefetches with prefetches); each block is still verified on its own
+ * and fails over alone.
+ *
  * A block is asked of the first healthy upstream.  Its bytes are checked
  * against the manifest (manifest_block_ok) before anyone sees them.  A
  * mismatch, error reply, short read, lost connection or timeout marks that
@@ -145,6 +150,14 @@ struct fetch_req *fetch_start(struct fetcher *f, uint64_t idx, bool *cached);
  * off + len exceeds the block). */
 int fetch_wait(struct fetch_req *req, void *buf, uint32_t off, uint32_t len,
                int *err);
+
+/* Waits until every request in reqs[0..n) (NULL entries are skipped) is
+ * done or failed, sleeping at most once: the thread that finishes the
+ * last of them wakes the caller (one wake-up per read, not one per
+ * block).  Releases nothing: pass each to fetch_wait afterwards, which
+ * then copies without waiting.  On allocation failure it returns at once
+ * and fetch_wait waits for each in turn. */
+void fetch_wait_ready(struct fetch_req *const *reqs, size_t n);
 
 /* Starts fetching block idx unless it is cached or in flight, without
  * waiting (readahead).  Dropped when the fetcher is busy: nupstreams *

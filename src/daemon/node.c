@@ -233,6 +233,22 @@ struct slot {
   struct flight *own, *other;
 };
 
+/* fetch_wait_ready over the slots' requests (a copy of their pointers;
+ * without memory for it, fetch_wait waits for each in turn). */
+static void
+wait_ready(const struct slot *slots, size_t nb)
+{
+  struct fetch_req *small[64];
+  struct fetch_req **reqs = nb <= 64 ? small : malloc(nb * sizeof *reqs);
+  if (reqs == NULL)
+    return;
+  for (size_t i = 0; i < nb; i++)
+    reqs[i] = slots[i].req;
+  fetch_wait_ready(reqs, nb);
+  if (reqs != small)
+    free(reqs);
+}
+
 /* Fetches block b for a read whose other version's flight came to
  * nothing (failed, or its store was refused): the part pt into dst. */
 static int
@@ -338,7 +354,10 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
 
   /* Pass 2: wait for the fetches (each releases its request), without
    * the lock: see the note at the top; the flights this read owns end
-   * before it waits for any other (flight.h). */
+   * before it waits for any other (flight.h).  One wake-up for all of
+   * them (issue 17: a wake-up per block cost ~6% of a cold relay's CPU). */
+  if (missed)
+    wait_ready(slots, nb);
   for (uint64_t b = first; b <= last; b++) {
     struct slot *sl = &slots[b - first];
     if (sl->req == NULL)

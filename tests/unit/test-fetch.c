@@ -1157,6 +1157,168 @@ test_free_in_flight(void)
   server_stop(&hung);
 }
 
+/* A reader waiting for its own fetches and, on a block it shares,
+ * another reader's (fetch_wait_ready then fetch_wait on each). */
+struct group_reader {
+  struct fetcher *f;
+  struct sink *k;
+  uint64_t first;
+  unsigned n;
+  unsigned early; /* blocks not yet delivered when fetch_wait_ready returned */
+  int rc, err;
+};
+
+static void *
+group_reader_thread(void *arg)
+{
+  struct group_reader *g = arg;
+  struct fetch_req *reqs[16] = { 0 };
+  unsigned char buf[BS];
+  bool cached;
+  g->rc = 0;
+  for (unsigned i = 0; i < g->n; i++)
+    reqs[i] = fetch_start(g->f, g->first + i, &cached);
+  fetch_wait_ready(reqs, g->n);
+  for (unsigned i = 0; i < g->n; i++)
+    if (reqs[i] && atomic_load(&g->k->delivered[g->first + i]) == 0)
+      g->early++;
+  for (unsigned i = 0; i < g->n; i++) {
+    if (reqs[i] == NULL)
+      continue;
+    uint64_t b = g->first + i;
+    int err = 0;
+    if (fetch_wait(reqs[i], buf, 0, manifest_block_len(man, b), &err) == -1) {
+      g->rc = -1;
+      g->err = err;
+    } else if (!block_is_image(b, buf)) {
+      g->rc = -2;
+    }
+  }
+  return NULL;
+}
+
+/* fetch_wait_ready returns only when every request of the group is
+ * done (delivered) or failed, also when two groups share blocks and with
+ * NULL entries (cached blocks); a group on an upstream that fails every
+ * read ends with EIO; a group whose fetcher is freed ends with
+ * ESHUTDOWN, promptly. */
+static void
+test_wait_ready(void)
+{
+  struct server slow, erring;
+  CU_ASSERT_FATAL(serve_file(&slow, "img", "--filter=delay", img_path,
+                             "rdelay=20ms", NULL));
+  struct sink *k = sink_new();
+  const char *uris[] = { slow.uri };
+  struct fetcher *f = new_fetcher(k, uris, 1, 2, 4, 1500, 5000);
+  /* Block 20 cached: its request is NULL. */
+  unsigned char buf[BS];
+  int err = 0;
+  CU_ASSERT_EQUAL_FATAL(read_block(f, k, 20, buf, &err), 0);
+  struct group_reader g[2] = { { f, k, 10, 16, 0, 0, 0 },
+                               { f, k, 18, 12, 0, 0, 0 } };
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++)
+    CU_ASSERT_FATAL(pthread_create(&th[i], NULL, group_reader_thread,
+                                   &g[i]) == 0);
+  for (int i = 0; i < 2; i++) {
+    pthread_join(th[i], NULL);
+    CU_ASSERT_EQUAL(g[i].rc, 0);
+    CU_ASSERT_EQUAL(g[i].early, 0);
+  }
+  for (uint64_t b = 10; b < 30; b++)
+    CU_ASSERT_EQUAL(k->delivered[b], 1);
+  fetcher_free(f);
+
+  CU_ASSERT_FATAL(serve_file(&erring, "img", "--filter=error", img_path,
+                             "error-pread=EIO", "error-pread-rate=1"));
+  const char *bad[] = { erring.uri };
+  f = new_fetcher(k, bad, 1, 2, 4, 1500, 5000);
+  struct group_reader e = { f, k, 40, 8, 0, 0, 0 };
+  group_reader_thread(&e);
+  CU_ASSERT_EQUAL(e.rc, -1);
+  CU_ASSERT_EQUAL(e.err, EIO);
+  fetcher_free(f);
+  server_stop(&erring);
+
+  struct server hung;
+  CU_ASSERT_FATAL(serve_file(&hung, "img", "--filter=delay", img_path,
+                             "rdelay=20", NULL));
+  const char *hu[] = { hung.uri };
+  f = new_fetcher(k, hu, 1, 1, 2, 30000, 5000);
+  struct group_reader h = { f, k, 60, 6, 0, 0, 0 };
+  CU_ASSERT_FATAL(pthread_create(&th[0], NULL, group_reader_thread, &h) == 0);
+  sleep_ms(200); /* issued and queued, the reader asleep */
+  int64_t t0 = now_ms();
+  fetcher_free(f);
+  pthread_join(th[0], NULL);
+  CU_ASSERT(now_ms() - t0 < 1000);
+  CU_ASSERT_EQUAL(h.rc, -1);
+  CU_ASSERT_EQUAL(h.err, ESHUTDOWN);
+  sink_free(k);
+  server_stop(&hung);
+  server_stop(&slow);
+}
+
+/* Counts the lines of path that contain needle. */
+static unsigned
+count_lines(const char *path, const char *needle)
+{
+  FILE *fp = fopen(path, "r");
+  if (fp == NULL)
+    return 0;
+  char line[1024];
+  unsigned n = 0;
+  while (fgets(line, sizeof line, fp))
+    if (strstr(line, needle))
+      n++;
+  fclose(fp);
+  return n;
+}
+
+/* Consecutive blocks go upstream as fewer, larger NBD reads, each block
+ * still verified on its own: the tampered blocks of a merged read fail
+ * over to the next upstream, the others come from the parent; a run
+ * that ends with the short last block too. */
+static void
+test_batched_reads(void)
+{
+  struct server parent;
+  char logfile[PATH_MAX + 16], logarg[PATH_MAX + 32];
+  snprintf(logfile, sizeof logfile, "%s/batch.log", tmpdir);
+  snprintf(logarg, sizeof logarg, "logfile=%s", logfile);
+  CU_ASSERT_FATAL(serve_file(&parent, "img", "--filter=log", tamp_path,
+                             logarg, NULL));
+  struct sink *k = sink_new();
+  const char *uris[] = { parent.uri, s_good.uri };
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 16, 1500, 0);
+  struct group_reader g = { f, k, 0, 16, 0, 0, 0 };
+  group_reader_thread(&g);
+  CU_ASSERT_EQUAL(g.rc, 0);
+  struct group_reader t = { f, k, IMG_BLOCKS - 10, 10, 0, 0, 0 };
+  group_reader_thread(&t);
+  CU_ASSERT_EQUAL(t.rc, 0);
+  for (uint64_t b = 0; b < IMG_BLOCKS; b++) {
+    if (b >= 16 && b < IMG_BLOCKS - 10)
+      continue;
+    bool bad = false;
+    for (size_t i = 0; i < NTAMPERED; i++)
+      bad |= tampered[i] == b;
+    CU_ASSERT_EQUAL(k->delivered[b], 1);
+    CU_ASSERT_EQUAL(k->from[b], bad ? 1u : 0u);
+    CU_ASSERT(memcmp(k->data + b * BS, image + b * BS,
+                     manifest_block_len(man, b)) == 0);
+  }
+  fetcher_free(f);
+  server_stop(&parent);
+  /* 26 blocks asked of the parent in fewer reads. */
+  unsigned reads = count_lines(logfile, "Read id=");
+  fprintf(stderr, "%u reads for 26 blocks ", reads);
+  CU_ASSERT(reads >= 2 && reads < 26);
+  unlink(logfile);
+  sink_free(k);
+}
+
 /* Bad arguments to fetcher_new. */
 static void
 test_new_errors(void)
@@ -1401,6 +1563,8 @@ main(void)
     { "prefetch joined", test_prefetch_join },
     { "prefetch limit", test_prefetch_limit },
     { "free with fetches in flight", test_free_in_flight },
+    { "fetch_wait_ready: one wake-up per group", test_wait_ready },
+    { "consecutive blocks in one NBD read", test_batched_reads },
     { "fetcher_new errors", test_new_errors },
     { "manifest", test_manifest_ok },
     { "manifest wrong version", test_manifest_wrong_version },
