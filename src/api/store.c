@@ -222,7 +222,14 @@ static const char *const migrations[] = {
   "  attached_at INTEGER NOT NULL,\n"
   "  idle_since INTEGER,\n"
   "  PRIMARY KEY (node_id, image)\n"
-  ") STRICT, WITHOUT ROWID;\n",
+  ") STRICT, WITHOUT ROWID;\n"
+  /* What schema 2 attached for clusters still there, so that a database
+   * upgraded with live clusters ages those attachments too. */
+  "INSERT OR IGNORE INTO attachments\n"
+  "  SELECT t.node_id, c.image, c.image_version,\n"
+  "         CAST(strftime('%s', 'now') AS INTEGER) * 1000, NULL\n"
+  "  FROM tree t JOIN clusters c ON c.id = t.cluster_id\n"
+  "  WHERE c.state <> 'deleted';\n",
 };
 
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
@@ -434,9 +441,12 @@ static const char *const stmt_sql[S_COUNT] = {
       "attachments.node_id AND c.image = attachments.image AND "
       "c.image_version = attachments.version AND c.state <> 'deleted') "
       "THEN NULL ELSE coalesce(idle_since, ?1) END",
-  [S_ATT_DUE] = "SELECT node_id, image, version, attached_at, idle_since "
-                "FROM attachments WHERE idle_since <= ?1 "
-                "ORDER BY node_id, image",
+  /* Nodes that are down are left out (they cannot be asked), so that
+   * they cannot fill the batch the converger takes. */
+  [S_ATT_DUE] = "SELECT a.node_id, a.image, a.version, a.attached_at, "
+                "a.idle_since FROM attachments a JOIN nodes n ON "
+                "n.id = a.node_id AND n.state = 'ready' "
+                "WHERE a.idle_since <= ?1 ORDER BY a.node_id, a.image",
   [S_ATT_FORGET] = "DELETE FROM attachments WHERE node_id = ?1 AND "
                    "image = ?2 AND version = ?3 AND idle_since IS NOT NULL",
   [S_ATT_RETRY] = "UPDATE attachments SET idle_since = ?4 WHERE node_id = ?1 "

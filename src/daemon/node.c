@@ -316,6 +316,15 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
       }
       bool own, cached;
       struct flight *fl = cachemgr_flight_begin(img->cv, b, &own);
+      if (fl && !own && !local) {
+        /* A child's read never waits for another version's fetch: two
+         * nodes relaying two versions to each other (a rolling update
+         * whose trees cross) would each wait for the other's, a cycle
+         * broken only by the fetch timeout.  It fetches for its own
+         * version instead (still one fetch per block of the version). */
+        cachemgr_flight_put(img->cv, fl);
+        fl = NULL;
+      }
       if (fl && !own) {
         sl->other = fl;
         atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);

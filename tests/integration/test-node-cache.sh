@@ -13,6 +13,8 @@
 #   zeros     zero blocks move no bytes upstream and take no cache space
 #   twins     two images of equal blocks read at once: the origin sends
 #             each block once (single flight across images)
+#   crossed   two nodes relaying those two images to each other at once: no
+#             wait cycle (no failover, no upstream error)
 #   cache     thunderctl cache show lists v1 unattached; cache gc removes it
 #   errors    attach with no room: 507 insufficient_storage; a full cache
 #             while serving: exact bytes, one log line per interval
@@ -173,6 +175,29 @@ shared=$(( $(stats 9 twin1 | jq .cache.shared_fetch_blocks) + $(stats 9 twin2 | 
 reused=$(( $(stats 9 twin1 | jq .cache.reused_blocks) + $(stats 9 twin2 | jq .cache.reused_blocks) ))
 echo "twins: origin sent $sent bytes for two 8 MiB images of equal blocks read at once; $shared blocks waited for the other image's fetch, $reused copied"
 [ "$sent" -eq $((8 * MiB)) ] || fail "twins: the origin sent $sent bytes, want $((8 * MiB)) (each block once)"
+
+# ---- crossed: two nodes relay two versions of equal blocks to each other ----
+# (a rolling update whose relay trees cross): node 10 reads twin2 through
+# node 11 while node 11 reads twin1 through node 10, at once.  A child's
+# read waiting for the other version's fetch would close a cycle that only
+# the fetch timeout breaks (failovers, upstream errors, seconds of stall).
+start_node 10 --readahead 0
+start_node 11 --readahead 0
+attach 10 twin1 "$origin_nbd"
+attach 11 twin2 "$origin_nbd"
+attach 10 twin2 "${node_nbd[11]}" "$origin_nbd"
+attach 11 twin1 "${node_nbd[10]}" "$origin_nbd"
+copy_and_check "nbd+unix:///twin2?socket=${node_sock[10]}" "$images/twin2.raw" &
+p1=$!
+copy_and_check "nbd+unix:///twin1?socket=${node_sock[11]}" "$images/twin1.raw" &
+p2=$!
+wait "$p1" || fail "crossed: twin2 through node 10 read wrong"
+wait "$p2" || fail "crossed: twin1 through node 11 read wrong"
+for s in "$(stats 10 twin2)" "$(stats 11 twin1)"; do
+    jq -e '.counters.failovers == 0 and .upstreams[0].errors == 0' <<<"$s" >/dev/null ||
+        fail "crossed: a parent timed out or failed (a wait cycle between the nodes?): $s"
+done
+echo "crossed: both nodes read through each other without a failover"
 stop_thunderd
 
 # ---- errors ------------------------------------------------------------------

@@ -1378,6 +1378,33 @@ test_attachments(void)
   store_close(st);
 }
 
+/* A schema-2 database (before attachments were recorded) with a live
+ * cluster: the upgrade records its tree's nodes as attached, so they age;
+ * a node that is down is not in the due batch. */
+static void
+test_attachments_upgrade(void)
+{
+  struct store *st = open_ok();
+  struct store_err e;
+  world(st, 3);
+  char id[STORE_ID_LEN + 1];
+  CU_ASSERT_EQUAL_FATAL(create(st, "a", 3, 3, NULL, NULL, id, NULL, &e),
+                        STORE_OK);
+  store_close(st);
+  raw_exec("DROP TABLE attachments; PRAGMA user_version = 2;");
+  st = open_ok();
+  CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM attachments"), 3);
+  CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM attachments WHERE "
+                          "idle_since IS NULL AND version = '" VERSION_A "'"),
+                  3);
+  CU_ASSERT_EQUAL(store_cluster_set_state(st, id, 0, STORE_CLUSTER_DELETED,
+                                          NULL, &e), STORE_OK);
+  raw_exec("UPDATE nodes SET state = 'down' WHERE id = 'n1'");
+  struct due_seen d = age(st, 5000, 0);
+  CU_ASSERT_EQUAL(d.n, 2);
+  store_close(st);
+}
+
 static void
 test_batch(void)
 {
@@ -1735,6 +1762,7 @@ main(void)
     { "delete cascades; events", test_delete_cascade_events },
     { "tree update", test_tree_update },
     { "attachments in use and idle", test_attachments },
+    { "attachments recorded by the upgrade", test_attachments_upgrade },
     { "batches", test_batch },
     { "SIGKILL while creating clusters", test_crash },
     { "a writer and a reader on two handles", test_concurrent },
