@@ -29,7 +29,8 @@
  *            consecutive blocks chained (bnext) into runs that are one
  *            NBD read into one shared buffer (conn_take_locked), and
  *            handed to libnbd with a deadline of now + timeout_ms per
- *            block of the run; when
+ *            block of the run (runs within the server's maximum block
+ *            size, conn_ready); when
  *            the bytes are in, the thread verifies them and calls deliver
  *            with the lock dropped, the request still in the table
  *   DONE     buf holds the verified block; out of the table; waiters woken
@@ -46,9 +47,13 @@
  *   QUEUED/ISSUED --failure on upstream u--> tried |= u, u held off,
  *            dispatch_locked again: QUEUED elsewhere, STALLED, or
  *            FAILED(EIO)
+ *   ISSUED --error reply to a read of several blocks--> QUEUED on the
+ *            same connection, solo (req_split): asked for alone, so
+ *            only a block that fails on its own fails over
  *   STALLED --retry_at--> QUEUED (tried = 0), or FAILED(EIO) at the bound
  *
- * A failure is a SHA-256 mismatch or an error reply (that request only),
+ * A failure is a SHA-256 mismatch or an error reply to a read of that
+ * block alone (that request only; a read of several is split first),
  * or a lost connection, a failed connect or a timeout (the connection is
  * closed and every request on it, issued or queued, fails over).  Each
  * upstream is tried at most once per round, so a round ends within
@@ -178,6 +183,8 @@ struct fetch_req {
   unsigned refs;           /* 1 for the table + 1 per waiter */
   uint64_t tried;          /* bit i: upstream i failed this block */
   bool failed_over;        /* counted in f->failovers */
+  bool solo;               /* its merged read failed: the next one is
+                            * its own (req_split_locked) */
   int64_t stall_since;     /* ms: first stalled (0: never) */
   int64_t retry_at;        /* ms, while STALLED */
   unsigned backoff_ms;     /* the last stall's wait */
@@ -212,6 +219,9 @@ struct conn {
   /* The I/O thread's own: */
   struct nbd_handle *h;
   bool ready;               /* h finished its handshake */
+  uint32_t batch_blocks;    /* blocks per NBD read at most on h: the
+                             * fetcher's, capped by the server's maximum
+                             * block size (conn_ready) */
   int64_t connect_deadline; /* while h is connecting */
   int64_t last_rx;          /* ms: h last received bytes (or connected) */
   struct fetch_req **issued; /* depth slots */
@@ -767,6 +777,17 @@ conn_ready(struct conn *c)
               c->f->m->size);
     return -1;
   }
+  /* A server that advertises a maximum block size may reject (or
+   * split) a larger read: runs stay within it, but never below one
+   * block (a server whose maximum is smaller gets single blocks, as it
+   * did before reads were merged). */
+  c->batch_blocks = c->f->batch_blocks;
+  int64_t max = nbd_get_block_size(c->h, LIBNBD_SIZE_MAXIMUM);
+  if (max > 0) {
+    uint64_t n = (uint64_t)max / c->f->m->block_size;
+    if (n < c->batch_blocks)
+      c->batch_blocks = n > 0 ? (uint32_t)n : 1;
+  }
   c->ready = true;
   return 0;
 }
@@ -837,6 +858,41 @@ req_arrived(struct conn *c, struct fetch_req *r)
   }
 }
 
+/* r (taken out of c->issued) came in a read of several blocks that
+ * failed without the connection: puts it back at the head of c's queue
+ * to be asked for alone (solo), on the same upstream and without
+ * marking it tried, so that only a block that fails on its own fails
+ * over (one bad block must not send its whole run to the next upstream
+ * and hold the parent off).  A solo read that fails again fails over as
+ * any other.  The error is counted then, not now. */
+static void
+req_split(struct conn *c, struct fetch_req *r)
+{
+  struct fetcher *f = c->f;
+
+  lock(f);
+  if (f->stopping) {
+    unlock(f);
+    return;
+  }
+  r->solo = true;
+  r->state = REQ_QUEUED;
+  r->conn = c;
+  r->qnext = c->qhead;
+  c->qhead = r;
+  if (c->qtail == NULL)
+    c->qtail = r;
+  kick_locked(c); /* the thread takes it on its next round */
+  unlock(f);
+}
+
+/* True if r was issued as part of a read of several blocks. */
+static bool
+req_merged(const struct fetch_req *r)
+{
+  return !r->bhead || r->bnext != NULL;
+}
+
 /* Collects what libnbd finished on c after a call that ran its state
  * machine (why: that call's error, or NULL if it succeeded): completed
  * reads are verified and delivered, failed ones fail over; if the handle
@@ -860,6 +916,12 @@ conn_reap(struct conn *c, const char *why)
     issued_take(c, i);
     if (r->io_err == 0) {
       req_arrived(c, r);
+    } else if (req_merged(r)) {
+      if (r->bhead)
+        log_debug(COMPONENT, "upstream %s: read from block %" PRIu64
+                  ": %s; asking for its blocks one by one", c->up->uri,
+                  r->idx, strerror(r->io_err));
+      req_split(c, r);
     } else {
       char msg[128];
       snprintf(msg, sizeof msg, "read: %s", strerror(r->io_err));
@@ -923,7 +985,10 @@ conn_issue(struct conn *c, unsigned from)
     snprintf(reason, sizeof reason, "read: %s", nbd_get_error());
     for (struct fetch_req *r = h, *next; r; r = next) {
       next = r->bnext;
-      req_failed(c, issued_remove(c, r), false, reason);
+      if (req_merged(r))
+        req_split(c, issued_remove(c, r));
+      else
+        req_failed(c, issued_remove(c, r), false, reason);
     }
   }
   return 0;
@@ -950,15 +1015,16 @@ buf_get_locked(struct fetcher *f, unsigned n)
 }
 
 /* Moves up to depth requests from c's queue into c->issued, chaining
- * consecutive blocks into runs of at most batch_blocks (blocks with
- * waiters with each other, prefetches with prefetches), and gives each
- * run a buffer.  A run with no buffer fails (EIO).  Lock held. */
+ * consecutive blocks into runs of at most c->batch_blocks (blocks with
+ * waiters with each other, prefetches with prefetches; a solo block
+ * alone), and gives each run a buffer.  A run with no buffer fails (EIO).  Lock held. */
 static void
 conn_take_locked(struct conn *c)
 {
   struct fetcher *f = c->f;
   unsigned from = c->nissued, run = 0;
   struct fetch_req *prev = NULL;
+  bool prev_solo = false;
 
   while (c->ready && c->qhead && c->nissued < f->p.depth) {
     struct fetch_req *r = c->qhead;
@@ -968,8 +1034,10 @@ conn_take_locked(struct conn *c)
     r->qnext = NULL;
     r->state = REQ_ISSUED;
     r->bnext = NULL;
-    if (prev && prev->idx + 1 == r->idx && run < f->batch_blocks &&
-        (prev->refs > 1) == (r->refs > 1)) {
+    bool solo = r->solo;
+    r->solo = false;
+    if (prev && !prev_solo && !solo && prev->idx + 1 == r->idx &&
+        run < c->batch_blocks && (prev->refs > 1) == (r->refs > 1)) {
       prev->bnext = r;
       r->bhead = false;
       run++;
@@ -978,6 +1046,7 @@ conn_take_locked(struct conn *c)
       run = 1;
     }
     prev = r;
+    prev_solo = solo;
     c->issued[c->nissued++] = r;
   }
   bool failed = false;
