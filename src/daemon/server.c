@@ -1,11 +1,73 @@
-/* thunder — NBD listeners, connection threads and limits; see server.h.
+/* thunder — NBD listeners, the event loop, workers and limits; see server.h.
  *
- * Threads: the thread in server_run() polls the listeners and a wake-up
- * pipe and accepts.  Each connection has a detached thread that owns it:
- * handshake (under a deadline), then it starts threads - 1 helpers and
- * serves requests itself; it joins the helpers, closes the socket and
- * unlinks the connection.  s->lock guards the connection list and the
- * counters; s->cond signals a connection's end to server_run().
+ * Design note.
+ *
+ * Why not a thread per connection: a connection that finished the
+ * handshake and idles must cost a few hundred bytes and an fd, not
+ * threads; and a client that pipelines large reads and never reads the
+ * replies must stop being read from rather than make the server allocate.
+ * So the work is split by what it waits for:
+ *
+ *   handshake   one short-lived thread per negotiating connection, blocking
+ *               I/O under the handshake deadline (nbdsrv_handshake).  At
+ *               most max_handshakes per class and max_handshakes_per_addr
+ *               per TCP address at once, so these threads are bounded.
+ *   loop        one thread (server_run): epoll over the listeners, a
+ *               wake-up eventfd and every connection past the handshake.
+ *               It accepts, reads request headers without blocking (28
+ *               bytes; a write's payload is read and dropped), charges
+ *               each request to the budgets, queues it for a worker, and
+ *               writes replies that a worker could not finish.  Once a
+ *               second it closes idle TCP connections and those whose
+ *               replies made no progress for send_timeout.
+ *   workers     a fixed pool per class (TCP, local): carry out a request
+ *               (nbdsrv_execute: pread from the cache or the image; in node
+ *               mode this may wait for a fetch), then send the reply with
+ *               non-blocking writes.  A worker waits at most WRITE_WAIT_MS
+ *               in total for a slow reader; then the rest of the reply is
+ *               parked on the connection's queue and the loop finishes it,
+ *               so a client that does not read cannot hold a worker.
+ *
+ * Budgets (struct server_config): a request costs the data its reply
+ * carries (a read's length, else 0).  It is taken from the connection's
+ * budget (conn_inflight_bytes, >= the largest read, so one request always
+ * fits an idle connection) and its class's (inflight_bytes); it is given
+ * back when the last byte of the reply is sent, or the connection fails.
+ * A request that does not fit waits on its connection ("pending"), and
+ * the loop stops reading that connection until it fits; a connection
+ * waiting for its class's budget is queued (FIFO) and retried when any
+ * reply of the class completes.  At most conn_requests requests of one
+ * connection are in flight.  Memory for reply data is therefore bounded
+ * by the two classes' inflight_bytes plus NBDSRV_BUF_KEEP per worker
+ * (scratch buffers kept between requests); larger buffers are mapped per
+ * request and unmapped after it.
+ *
+ * Connection states (struct conn):
+ *
+ *   HANDSHAKE   owned by its handshake thread; on s->conns for shutdown.
+ *   OPEN        in epoll (EPOLLONESHOT; the interest is recomputed under
+ *               cn->lock each time: IN while reading is allowed, OUT while
+ *               parked replies wait and no one is writing).
+ *   CLOSING     no more requests are read (DISC, end of stream, error,
+ *               timeout, shutdown); what was accepted finishes.  On an
+ *               error the socket is shut down and unsent replies dropped
+ *               ("broken").  The loop frees the connection once no request
+ *               is in flight, no one is writing and it is not on the kick
+ *               list.
+ *
+ * Locking: s->lock guards the connection list, the counters and the
+ * per-address table.  cn->lock guards a connection's shared state (jobs,
+ * inflight, the reply queue, writing, the flags the interest depends on);
+ * fields marked "loop" are the loop thread's alone.  A pool's lock guards
+ * its job queue.  Order: cn->lock before s->kick_lock; s->lock is never
+ * held with another.  Only the loop frees a connection; a worker that
+ * finishes the last job of a connection needing attention puts it on the
+ * kick list (under cn->lock) and touches it no more.
+ *
+ * Shutdown (server_stop): listeners close, handshakes are cut, every open
+ * connection goes CLOSING without error replies: requests taken finish
+ * and their replies are sent; requests read but not yet started are
+ * dropped unanswered (a client may resend them after reconnecting).
  */
 #include "server.h"
 
@@ -13,6 +75,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -23,6 +86,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -36,17 +101,101 @@
 
 #define COMPONENT "server"
 #define LISTENERS_MAX 16
-#define CONN_STACK_SIZE (1024 * 1024)
+/* epoll data of the listeners are their index; of the eventfd this. */
+#define EV_WAKE LISTENERS_MAX
+#define HANDSHAKE_STACK_SIZE (256 * 1024)
+#define WORKER_STACK_SIZE (1024 * 1024)
 /* How long server_run() waits for connections to end at shutdown. */
 #define SHUTDOWN_WAIT_MS 5000
+/* Total time a worker waits for a client to make room for a reply. */
+#define WRITE_WAIT_MS 20
+/* Accepts per listener and loop iteration, so a flood cannot starve
+ * the connections' events. */
+#define ACCEPT_BATCH 64
+/* Requests read from one connection per event, for fairness. */
+#define READ_BATCH 64
+#define ADDR_BUCKETS 1024
+#define LOG_INTERVAL_MS 10000
+
+enum class_id { CLASS_TCP, CLASS_LOCAL, CLASS_N };
+static const char *const class_names[CLASS_N] = { "tcp", "local" };
+
+struct server;
+struct conn;
+
+/* A request from reading to its reply's last byte. */
+struct job {
+  struct job *next;
+  struct conn *cn;
+  struct nbdsrv_request req;
+  uint64_t cost;             /* budget taken */
+  struct nbdsrv_buf buf;     /* owned once parked */
+  uint8_t hdr[NBDSRV_REPLY_LEN];
+  const uint8_t *data;
+  size_t len, off;           /* reply: hdr then data[0..len); bytes sent */
+};
+
+/* The workers of one class and their queue. */
+struct pool {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct job *head, *tail;   /* under lock */
+  bool stop;                 /* under lock */
+  pthread_t *threads;
+  unsigned nthreads;
+};
+
+struct class {
+  enum class_id id;
+  struct server_class_limits lim;
+  unsigned nconns, nhandshakes;     /* under s->lock */
+  _Atomic uint64_t inflight;        /* taken by the loop, given back by any */
+  _Atomic unsigned nwaiting;        /* connections on the wait list */
+  struct conn *wait_head, *wait_tail; /* loop */
+  struct pool pool;
+  unsigned long refused;            /* under s->lock */
+};
+
+/* Connections and negotiations of one remote address (TCP). */
+struct addr_entry {
+  struct addr_entry *next;
+  uint8_t key[17];           /* family byte + address */
+  unsigned nconns, nhandshakes;
+};
+
+enum conn_state { CONN_HANDSHAKE, CONN_OPEN };
 
 struct conn {
-  struct conn *prev, *next;
+  struct conn *prev, *next;  /* s->conns; under s->lock */
   struct server *s;
+  struct class *cl;
+  struct addr_entry *addr;   /* TCP; under s->lock */
   int fd;
-  _Atomic int64_t deadline_ms; /* monotonic; 0: none */
+  enum conn_state state;     /* set under s->lock */
+  _Atomic int64_t deadline_ms; /* the handshake's; monotonic */
   char peer[INET6_ADDRSTRLEN + 16];
   struct nbdsrv_conn *nc;
+
+  /* loop */
+  uint8_t hdr[NBDSRV_REQUEST_LEN];
+  unsigned hdr_got;
+  uint32_t discard;          /* write payload bytes still to drop */
+  struct job *pending;       /* read, waiting for budget */
+  bool waiting;              /* on cl's wait list */
+  struct conn *wait_next;
+  int64_t last_active_ms;    /* last request read or reply completed */
+
+  pthread_mutex_t lock;
+  unsigned jobs;             /* requests taken, reply not fully sent */
+  uint64_t inflight;         /* their cost */
+  struct job *outq, *outq_tail; /* parked replies, in order */
+  bool writing;              /* a thread is sending on fd */
+  bool want_read;            /* the loop wants EPOLLIN */
+  bool need_kick;            /* the loop wants to hear when a job ends */
+  bool kicked;               /* on s->kick list */
+  bool closing, broken;
+  int64_t out_progress_ms;   /* last progress of a parked reply */
+  struct conn *kick_next;
 };
 
 struct server {
@@ -56,13 +205,17 @@ struct server {
   int lfds[LISTENERS_MAX];
   bool lunix[LISTENERS_MAX];
   size_t nl;
-  int wake[2];
+  int epfd, efd;
+  _Atomic bool stopping;
 
   pthread_mutex_t lock;
-  pthread_cond_t cond;
+  pthread_cond_t cond;       /* a handshake thread ended */
   struct conn *conns;
-  unsigned nconns, nhandshakes;
-  unsigned long refused;
+  struct class classes[CLASS_N];
+  struct addr_entry *addrs[ADDR_BUCKETS];
+
+  pthread_mutex_t kick_lock;
+  struct conn *kick_head;    /* under kick_lock */
 };
 
 static int64_t
@@ -73,17 +226,88 @@ now_ms(void)
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Wakes the loop. */
+static void
+wake_loop(struct server *s)
+{
+  uint64_t one = 1;
+  ssize_t r = write(s->efd, &one, sizeof one);
+  (void)r;
+}
+
+/* ---- per-address table (under s->lock) ----------------------------- */
+
+static void
+addr_key(const struct sockaddr_storage *ss, uint8_t key[17])
+{
+  memset(key, 0, 17);
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    /* A v4-mapped address counts as the v4 address. */
+    if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr)) {
+      key[0] = AF_INET;
+      memcpy(key + 1, a->sin6_addr.s6_addr + 12, 4);
+    } else {
+      key[0] = AF_INET6;
+      memcpy(key + 1, a->sin6_addr.s6_addr, 16);
+    }
+  } else if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    key[0] = AF_INET;
+    memcpy(key + 1, &a->sin_addr, 4);
+  }
+}
+
+static unsigned
+addr_hash(const uint8_t key[17])
+{
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (int i = 0; i < 17; i++)
+    h = (h ^ key[i]) * 16777619u;
+  return h % ADDR_BUCKETS;
+}
+
+/* The entry of key, made if absent (NULL when out of memory). */
+static struct addr_entry *
+addr_get(struct server *s, const uint8_t key[17])
+{
+  unsigned h = addr_hash(key);
+  for (struct addr_entry *e = s->addrs[h]; e; e = e->next)
+    if (memcmp(e->key, key, 17) == 0)
+      return e;
+  struct addr_entry *e = calloc(1, sizeof *e);
+  if (e == NULL)
+    return NULL;
+  memcpy(e->key, key, 17);
+  e->next = s->addrs[h];
+  s->addrs[h] = e;
+  return e;
+}
+
+/* Frees e when nothing counts on it any more. */
+static void
+addr_release(struct server *s, struct addr_entry *e)
+{
+  if (e == NULL || e->nconns > 0 || e->nhandshakes > 0)
+    return;
+  struct addr_entry **pp = &s->addrs[addr_hash(e->key)];
+  while (*pp != e)
+    pp = &(*pp)->next;
+  *pp = e->next;
+  free(e);
+}
+
+/* ---- the handshake (its own thread, blocking I/O under a deadline) -- */
+
 /* Waits for fd to be ready (events) before the connection's deadline.
  * 0 when ready or no deadline; -1 with ETIMEDOUT. */
 static int
 wait_deadline(struct conn *cn, short events)
 {
   int64_t deadline = atomic_load(&cn->deadline_ms);
-  if (deadline == 0)
-    return 0;
   for (;;) {
-    int64_t left = deadline - now_ms();
-    if (left <= 0) {
+    int64_t left = deadline == 0 ? -1 : deadline - now_ms();
+    if (deadline != 0 && left <= 0) {
       errno = ETIMEDOUT;
       return -1;
     }
@@ -108,7 +332,7 @@ sock_read(void *opaque, void *buf, size_t len)
     if (n == 0)
       return got == 0 ? 0 : -1;
     if (n == -1) {
-      if (errno == EINTR)
+      if (errno == EINTR || errno == EAGAIN)
         continue;
       return -1;
     }
@@ -132,7 +356,7 @@ sock_writev(void *opaque, const struct iovec *iov_in, int iovcnt)
     struct msghdr msg = { .msg_iov = v, .msg_iovlen = (size_t)iovcnt };
     ssize_t n = sendmsg(cn->fd, &msg, MSG_NOSIGNAL);
     if (n == -1) {
-      if (errno == EINTR)
+      if (errno == EINTR || errno == EAGAIN)
         continue;
       return -1;
     }
@@ -149,24 +373,14 @@ sock_writev(void *opaque, const struct iovec *iov_in, int iovcnt)
   return 0;
 }
 
-static void *
-worker_main(void *arg)
-{
-  struct conn *cn = arg;
-  struct nbdsrv_buf buf = { 0 };
-  while (nbdsrv_serve_one(cn->nc, &buf) == 1)
-    ;
-  nbdsrv_buf_free(&buf);
-  return NULL;
-}
+/* ---- connections: lifetime ------------------------------------------ */
 
-/* Unlinks cn from the server and frees it; wakes server_run(). */
+/* Frees cn: its socket and its slots.  Called by the loop once nothing
+ * refers to cn any more, or by the handshake thread before cn opened. */
 static void
-conn_end(struct conn *cn)
+conn_destroy(struct conn *cn)
 {
   struct server *s = cn->s;
-  close(cn->fd);
-  nbdsrv_conn_free(cn->nc);
   pthread_mutex_lock(&s->lock);
   if (cn->prev)
     cn->prev->next = cn->next;
@@ -174,51 +388,671 @@ conn_end(struct conn *cn)
     s->conns = cn->next;
   if (cn->next)
     cn->next->prev = cn->prev;
-  s->nconns--;
+  cn->cl->nconns--;
+  if (cn->addr) {
+    cn->addr->nconns--;
+    addr_release(s, cn->addr);
+  }
   pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(&s->lock);
+  log_debug(COMPONENT, "%s: closed", cn->peer);
+  close(cn->fd);
+  nbdsrv_conn_free(cn->nc);
+  pthread_mutex_destroy(&cn->lock);
   free(cn);
 }
 
+static void
+job_free(struct job *j)
+{
+  nbdsrv_buf_free(&j->buf);
+  free(j);
+}
+
+static void
+job_free_list(struct job *j)
+{
+  while (j) {
+    struct job *next = j->next;
+    job_free(j);
+    j = next;
+  }
+}
+
+/* Puts cn on the kick list (the loop looks at it again soon); the caller
+ * holds cn->lock and wakes the loop after unlocking. */
+static void
+kick_locked(struct conn *cn)
+{
+  struct server *s = cn->s;
+  if (cn->kicked)
+    return;
+  cn->kicked = true;
+  pthread_mutex_lock(&s->kick_lock);
+  cn->kick_next = s->kick_head;
+  s->kick_head = cn;
+  pthread_mutex_unlock(&s->kick_lock);
+}
+
+/* Ends job j of cn: gives its budget back and moves it to *done (freed
+ * by the caller after unlocking).  The caller holds cn->lock; returns
+ * true when the loop must be woken. */
+static bool
+job_end_locked(struct conn *cn, struct job *j, struct job **done)
+{
+  cn->jobs--;
+  cn->inflight -= j->cost;
+  atomic_fetch_sub(&cn->cl->inflight, j->cost);
+  j->next = *done;
+  *done = j;
+  bool wake = atomic_load(&cn->cl->nwaiting) > 0;
+  if (cn->need_kick) {
+    kick_locked(cn);
+    wake = true;
+  }
+  return wake;
+}
+
+/* Recomputes cn's epoll interest; the caller holds cn->lock. */
+static void
+rearm_locked(struct conn *cn)
+{
+  uint32_t ev = EPOLLONESHOT;
+  if (cn->want_read)
+    ev |= EPOLLIN;
+  if (cn->outq && !cn->writing && !cn->broken)
+    ev |= EPOLLOUT;
+  struct epoll_event e = { .events = ev, .data.ptr = cn };
+  epoll_ctl(cn->s->epfd, EPOLL_CTL_MOD, cn->fd, &e);
+}
+
+/* The connection failed: no more reads or writes, unsent replies are
+ * dropped (their budget given back).  The caller holds cn->lock. */
+static bool
+break_locked(struct conn *cn, struct job **done)
+{
+  bool wake = false;
+  if (!cn->broken)
+    shutdown(cn->fd, SHUT_RDWR);
+  cn->broken = cn->closing = true;
+  cn->want_read = false;
+  cn->need_kick = true;
+  while (cn->outq) {
+    struct job *j = cn->outq;
+    cn->outq = j->next;
+    wake |= job_end_locked(cn, j, done);
+  }
+  cn->outq_tail = NULL;
+  return wake;
+}
+
+/* ---- replies ---------------------------------------------------------- */
+
+/* Sends what is left of j's reply without blocking.  With wait_left (a
+ * worker), waits for room up to *wait_left ms in all.  1: sent; 0: the
+ * client is not reading fast enough; -1: error. */
+static int
+job_send(struct conn *cn, struct job *j, int64_t *wait_left)
+{
+  size_t total = NBDSRV_REPLY_LEN + j->len;
+  while (j->off < total) {
+    struct iovec iov[2];
+    int n = 0;
+    if (j->off < NBDSRV_REPLY_LEN) {
+      iov[n++] = (struct iovec){ j->hdr + j->off, NBDSRV_REPLY_LEN - j->off };
+      if (j->len)
+        iov[n++] = (struct iovec){ (void *)j->data, j->len };
+    } else {
+      size_t o = j->off - NBDSRV_REPLY_LEN;
+      iov[n++] = (struct iovec){ (void *)(j->data + o), j->len - o };
+    }
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+    ssize_t w = sendmsg(cn->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) {
+      j->off += (size_t)w;
+      continue;
+    }
+    if (w == -1 && errno == EINTR)
+      continue;
+    if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (wait_left == NULL || *wait_left <= 0)
+        return 0;
+      int64_t t0 = now_ms();
+      struct pollfd pfd = { .fd = cn->fd, .events = POLLOUT };
+      int r = poll(&pfd, 1, (int)*wait_left);
+      int64_t spent = now_ms() - t0;
+      *wait_left -= spent > 0 ? spent : 1;
+      if (r == 0)
+        return 0;
+      continue;
+    }
+    return -1;
+  }
+  return 1;
+}
+
+/* A worker sends j's reply, and any parked behind it, while the client
+ * keeps up; what is left waits on cn's queue for the loop.  keep receives
+ * j's buffer when it is small enough to reuse. */
+static void
+worker_reply(struct job *j, struct nbdsrv_buf *keep)
+{
+  struct conn *cn = j->cn;
+  struct job *done = NULL;
+  bool wake = false;
+
+  pthread_mutex_lock(&cn->lock);
+  if (cn->broken) {
+    wake = job_end_locked(cn, j, &done);
+    goto out;
+  }
+  if (cn->writing || cn->outq) {
+    /* Replies go out whole and one at a time: park it behind them. */
+    j->next = NULL;
+    if (cn->outq_tail)
+      cn->outq_tail->next = j;
+    else {
+      cn->outq = j;
+      cn->out_progress_ms = now_ms();
+    }
+    cn->outq_tail = j;
+    if (!cn->writing)
+      rearm_locked(cn);
+    pthread_mutex_unlock(&cn->lock);
+    return;
+  }
+  cn->writing = true;
+  pthread_mutex_unlock(&cn->lock);
+
+  int64_t wait_left = WRITE_WAIT_MS;
+  struct job *cur = j;
+  for (;;) {
+    int r = job_send(cn, cur, &wait_left);
+    pthread_mutex_lock(&cn->lock);
+    if (r == 1) {
+      if (cur != j) {
+        cn->outq = cur->next;
+        if (cn->outq == NULL)
+          cn->outq_tail = NULL;
+      } else if (keep->cap == 0 && j->buf.cap <= NBDSRV_BUF_KEEP) {
+        *keep = j->buf;
+        j->buf = (struct nbdsrv_buf){ 0 };
+      }
+      wake |= job_end_locked(cn, cur, &done);
+      if (cn->outq && !cn->broken && wait_left > 0) {
+        cur = cn->outq;
+        pthread_mutex_unlock(&cn->lock);
+        continue;
+      }
+    } else if (r == 0) {
+      if (cur == j) {
+        j->next = cn->outq;
+        cn->outq = j;
+        if (cn->outq_tail == NULL)
+          cn->outq_tail = j;
+      }
+      cn->out_progress_ms = now_ms();
+    } else {
+      if (cur == j)
+        wake |= job_end_locked(cn, j, &done);
+      log_debug(COMPONENT, "%s: send: %m", cn->peer);
+      wake |= break_locked(cn, &done);
+    }
+    break;
+  }
+  cn->writing = false;
+  rearm_locked(cn);
+
+out:
+  pthread_mutex_unlock(&cn->lock);
+  job_free_list(done);
+  if (wake)
+    wake_loop(cn->s);
+}
+
+/* The loop sends parked replies of cn while the socket takes them. */
+static void
+conn_flush(struct conn *cn)
+{
+  struct job *done = NULL;
+  bool wake = false;
+  pthread_mutex_lock(&cn->lock);
+  if (cn->writing || cn->broken || cn->outq == NULL)
+    goto out;
+  cn->writing = true;
+  while (cn->outq) {
+    struct job *cur = cn->outq;
+    size_t before = cur->off;
+    pthread_mutex_unlock(&cn->lock);
+    int r = job_send(cn, cur, NULL);
+    pthread_mutex_lock(&cn->lock);
+    if (cur->off != before)
+      cn->out_progress_ms = now_ms();
+    if (r == 0)
+      break;
+    if (r == -1) {
+      log_debug(COMPONENT, "%s: send: %m", cn->peer);
+      wake |= break_locked(cn, &done);
+      break;
+    }
+    cn->outq = cur->next;
+    if (cn->outq == NULL)
+      cn->outq_tail = NULL;
+    wake |= job_end_locked(cn, cur, &done);
+  }
+  cn->writing = false;
+out:
+  rearm_locked(cn);
+  pthread_mutex_unlock(&cn->lock);
+  job_free_list(done);
+  if (wake)
+    wake_loop(cn->s);
+}
+
+/* ---- workers ------------------------------------------------------------ */
+
+static void
+pool_push(struct pool *p, struct job *j)
+{
+  j->next = NULL;
+  pthread_mutex_lock(&p->lock);
+  if (p->tail)
+    p->tail->next = j;
+  else
+    p->head = j;
+  p->tail = j;
+  pthread_cond_signal(&p->cond);
+  pthread_mutex_unlock(&p->lock);
+}
+
 static void *
-conn_main(void *arg)
+worker_main(void *arg)
+{
+  struct pool *p = arg;
+  struct nbdsrv_buf buf = { 0 };
+  for (;;) {
+    pthread_mutex_lock(&p->lock);
+    while (p->head == NULL && !p->stop)
+      pthread_cond_wait(&p->cond, &p->lock);
+    struct job *j = p->head;
+    if (j) {
+      p->head = j->next;
+      if (p->head == NULL)
+        p->tail = NULL;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (j == NULL)
+      break;
+
+    j->buf = buf;
+    buf = (struct nbdsrv_buf){ 0 };
+    struct nbdsrv_reply rep;
+    nbdsrv_execute(j->cn->nc, &j->req, &j->buf, &rep);
+    memcpy(j->hdr, rep.hdr, sizeof j->hdr);
+    j->data = rep.data;
+    j->len = rep.len;
+    j->off = 0;
+    worker_reply(j, &buf);
+  }
+  nbdsrv_buf_free(&buf);
+  return NULL;
+}
+
+static int
+pool_start(struct pool *p, unsigned n, const char *name)
+{
+  pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->cond, NULL);
+  p->threads = calloc(n, sizeof *p->threads);
+  if (p->threads == NULL) {
+    log_error(COMPONENT, "calloc: %m");
+    return -1;
+  }
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, WORKER_STACK_SIZE);
+  for (; p->nthreads < n; p->nthreads++) {
+    int r = pthread_create(&p->threads[p->nthreads], &attr, worker_main, p);
+    if (r != 0) {
+      errno = r;
+      log_error(COMPONENT, "%s workers: pthread_create: %m", name);
+      pthread_attr_destroy(&attr);
+      return -1;
+    }
+  }
+  pthread_attr_destroy(&attr);
+  return 0;
+}
+
+static void
+pool_stop(struct pool *p)
+{
+  if (p->threads == NULL)
+    return;
+  pthread_mutex_lock(&p->lock);
+  p->stop = true;
+  pthread_cond_broadcast(&p->cond);
+  pthread_mutex_unlock(&p->lock);
+  for (unsigned i = 0; i < p->nthreads; i++)
+    pthread_join(p->threads[i], NULL);
+  free(p->threads);
+  p->threads = NULL;
+  job_free_list(p->head);
+  p->head = p->tail = NULL;
+  pthread_mutex_destroy(&p->lock);
+  pthread_cond_destroy(&p->cond);
+}
+
+/* ---- the loop: requests in ---------------------------------------------- */
+
+enum start_result { START_OK, START_WAIT_CONN, START_WAIT_CLASS };
+
+/* Takes j's budget and queues it for a worker, if it fits.  head: cn is
+ * first on its class's wait list (others may not pass it). */
+static enum start_result
+try_start(struct conn *cn, struct job *j, bool head)
+{
+  struct server *s = cn->s;
+  struct class *cl = cn->cl;
+  pthread_mutex_lock(&cn->lock);
+  if (cn->jobs >= s->cfg.conn_requests ||
+      (cn->jobs > 0 && cn->inflight + j->cost > s->cfg.conn_inflight_bytes)) {
+    pthread_mutex_unlock(&cn->lock);
+    return START_WAIT_CONN;
+  }
+  uint64_t used = atomic_load(&cl->inflight);
+  if ((!head && atomic_load(&cl->nwaiting) > 0) ||
+      (used > 0 && used + j->cost > cl->lim.inflight_bytes)) {
+    pthread_mutex_unlock(&cn->lock);
+    return START_WAIT_CLASS;
+  }
+  cn->jobs++;
+  cn->inflight += j->cost;
+  atomic_fetch_add(&cl->inflight, j->cost);
+  pthread_mutex_unlock(&cn->lock);
+  pool_push(&cl->pool, j);
+  return START_OK;
+}
+
+static void
+wait_list_add(struct conn *cn)
+{
+  struct class *cl = cn->cl;
+  cn->waiting = true;
+  cn->wait_next = NULL;
+  if (cl->wait_tail)
+    cl->wait_tail->wait_next = cn;
+  else
+    cl->wait_head = cn;
+  cl->wait_tail = cn;
+  atomic_fetch_add(&cl->nwaiting, 1);
+}
+
+static void
+wait_list_remove(struct conn *cn)
+{
+  struct class *cl = cn->cl;
+  struct conn **pp = &cl->wait_head, *prev = NULL;
+  while (*pp && *pp != cn) {
+    prev = *pp;
+    pp = &(*pp)->wait_next;
+  }
+  if (*pp == NULL)
+    return;
+  *pp = cn->wait_next;
+  if (cl->wait_tail == cn)
+    cl->wait_tail = prev;
+  cn->waiting = false;
+  atomic_fetch_sub(&cl->nwaiting, 1);
+}
+
+/* Frees cn, or re-arms it, after the loop worked on it.  cn may be gone
+ * on return. */
+static void
+conn_update(struct conn *cn)
+{
+  pthread_mutex_lock(&cn->lock);
+  if (cn->closing) {
+    cn->want_read = false;
+    if (cn->jobs == 0 && !cn->writing && !cn->kicked) {
+      pthread_mutex_unlock(&cn->lock);
+      if (cn->pending) {
+        if (cn->waiting)
+          wait_list_remove(cn);
+        job_free(cn->pending);
+        cn->pending = NULL;
+      }
+      conn_destroy(cn);
+      return;
+    }
+    cn->need_kick = true;
+  } else {
+    cn->want_read = cn->pending == NULL &&
+                    cn->jobs < cn->s->cfg.conn_requests;
+    cn->need_kick = (cn->pending && !cn->waiting) || !cn->want_read;
+  }
+  rearm_locked(cn);
+  pthread_mutex_unlock(&cn->lock);
+}
+
+/* Stops reading cn; with error, also drops its unsent replies and shuts
+ * the socket down.  Requests taken finish either way.  cn may be gone on
+ * return. */
+static void
+conn_close(struct conn *cn, bool error, const char *why)
+{
+  log_debug(COMPONENT, "%s: closing: %s", cn->peer, why);
+  struct job *done = NULL;
+  bool wake = false;
+  if (cn->pending) {
+    if (cn->waiting)
+      wait_list_remove(cn);
+    job_free(cn->pending);
+    cn->pending = NULL;
+  }
+  pthread_mutex_lock(&cn->lock);
+  cn->closing = true;
+  cn->want_read = false;
+  if (error)
+    wake = break_locked(cn, &done);
+  pthread_mutex_unlock(&cn->lock);
+  job_free_list(done);
+  (void)wake; /* the loop is awake: it checks the wait lists next */
+  conn_update(cn);
+}
+
+/* Reads the requests cn has sent, as far as the socket has them and
+ * the budgets allow, and queues them.  cn may be gone on return. */
+static void
+conn_read(struct conn *cn)
+{
+  struct server *s = cn->s;
+  int64_t now = now_ms();
+  bool closing;
+  pthread_mutex_lock(&cn->lock);
+  closing = cn->closing;
+  pthread_mutex_unlock(&cn->lock);
+  if (closing || cn->pending) {
+    conn_update(cn);
+    return;
+  }
+  for (int n = 0; n < READ_BATCH;) {
+    if (cn->discard > 0) {
+      static uint8_t sink[64 * 1024]; /* the loop's alone */
+      size_t want = cn->discard < sizeof sink ? cn->discard : sizeof sink;
+      ssize_t r = recv(cn->fd, sink, want, MSG_DONTWAIT);
+      if (r > 0) {
+        cn->discard -= (uint32_t)r;
+        continue;
+      }
+      if (r == -1 && errno == EINTR)
+        continue;
+      if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        break;
+      conn_close(cn, true, r == 0 ? "end of stream in a write payload"
+                                  : "recv failed");
+      return;
+    }
+    ssize_t r = recv(cn->fd, cn->hdr + cn->hdr_got,
+                     NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      break;
+    if (r == 0 && cn->hdr_got == 0) {
+      conn_close(cn, false, "end of stream");
+      return;
+    }
+    if (r <= 0) {
+      conn_close(cn, true, r == 0 ? "end of stream in a request" :
+                                    "recv failed");
+      return;
+    }
+    cn->hdr_got += (unsigned)r;
+    if (cn->hdr_got < NBDSRV_REQUEST_LEN)
+      continue;
+    cn->hdr_got = 0;
+    n++;
+
+    struct nbdsrv_request req;
+    uint32_t payload;
+    int d = nbdsrv_decode_request(cn->nc, cn->hdr, &req, &payload);
+    if (d != 1) {
+      conn_close(cn, d == -1, d == 0 ? "NBD_CMD_DISC" : "protocol error");
+      return;
+    }
+    cn->discard = payload;
+    cn->last_active_ms = now;
+    struct job *j = calloc(1, sizeof *j);
+    if (j == NULL) {
+      log_error_rl(COMPONENT, "%s: calloc: %m", cn->peer);
+      conn_close(cn, true, "out of memory");
+      return;
+    }
+    j->cn = cn;
+    j->req = req;
+    j->cost = nbdsrv_reply_data_len(cn->nc, &req);
+    enum start_result sr = try_start(cn, j, false);
+    if (sr != START_OK) {
+      cn->pending = j;
+      if (sr == START_WAIT_CLASS)
+        wait_list_add(cn);
+      break;
+    }
+    pthread_mutex_lock(&cn->lock);
+    bool more = cn->jobs < s->cfg.conn_requests;
+    pthread_mutex_unlock(&cn->lock);
+    if (!more)
+      break;
+  }
+  conn_update(cn);
+}
+
+/* A job of cn ended and the loop asked to hear of it. */
+static void
+conn_kicked(struct conn *cn)
+{
+  if (cn->pending && !cn->waiting) {
+    enum start_result sr = try_start(cn, cn->pending, false);
+    if (sr == START_OK)
+      cn->pending = NULL;
+    else if (sr == START_WAIT_CLASS)
+      wait_list_add(cn);
+  }
+  conn_update(cn);
+}
+
+static void
+process_kicks(struct server *s)
+{
+  pthread_mutex_lock(&s->kick_lock);
+  struct conn *cn = s->kick_head;
+  s->kick_head = NULL;
+  pthread_mutex_unlock(&s->kick_lock);
+  while (cn) {
+    struct conn *next = cn->kick_next;
+    pthread_mutex_lock(&cn->lock);
+    cn->kicked = false;
+    pthread_mutex_unlock(&cn->lock);
+    conn_kicked(cn);
+    cn = next;
+  }
+}
+
+/* Starts the requests waiting for their class's budget, in order. */
+static void
+process_waiters(struct class *cl)
+{
+  while (cl->wait_head) {
+    struct conn *cn = cl->wait_head;
+    enum start_result sr = try_start(cn, cn->pending, true);
+    if (sr == START_WAIT_CLASS)
+      return;
+    wait_list_remove(cn);
+    if (sr == START_OK)
+      cn->pending = NULL;
+    conn_update(cn);
+  }
+}
+
+static void
+conn_event(struct conn *cn, uint32_t events)
+{
+  if (events & EPOLLERR) {
+    conn_close(cn, true, "socket error");
+    return;
+  }
+  if (events & EPOLLOUT)
+    conn_flush(cn);
+  if (events & EPOLLIN)
+    conn_read(cn);
+  else if (events & EPOLLHUP)
+    conn_close(cn, true, "hung up");
+  else
+    conn_update(cn);
+}
+
+/* ---- handshakes ------------------------------------------------------ */
+
+static void *
+handshake_main(void *arg)
 {
   struct conn *cn = arg;
   struct server *s = cn->s;
 
   int r = nbdsrv_handshake(cn->nc);
-  atomic_store(&cn->deadline_ms, 0);
+  int err = errno;
   pthread_mutex_lock(&s->lock);
-  s->nhandshakes--;
+  cn->cl->nhandshakes--;
+  if (cn->addr)
+    cn->addr->nhandshakes--;
+  bool open = r == 1 && !atomic_load(&s->stopping);
+  if (open) {
+    cn->state = CONN_OPEN;
+    cn->last_active_ms = now_ms();
+  }
   pthread_mutex_unlock(&s->lock);
 
-  if (r == 1) {
-    log_debug(COMPONENT, "%s: serving '%s'", cn->peer,
-              export_name(nbdsrv_conn_export(cn->nc)));
-    unsigned nhelpers = s->cfg.threads > 1 ? s->cfg.threads - 1 : 0;
-    pthread_t *helpers = calloc(nhelpers ? nhelpers : 1, sizeof *helpers);
-    unsigned started = 0;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, CONN_STACK_SIZE);
-    for (; helpers && started < nhelpers; started++) {
-      if (pthread_create(&helpers[started], &attr, worker_main, cn) != 0) {
-        log_warn(COMPONENT, "%s: pthread_create: only %u request threads",
-                 cn->peer, started + 1);
-        break;
-      }
-    }
-    pthread_attr_destroy(&attr);
-    worker_main(cn);
-    for (unsigned i = 0; i < started; i++)
-      pthread_join(helpers[i], NULL);
-    free(helpers);
-  } else if (r == -1) {
-    log_debug(COMPONENT, "%s: handshake failed: %s", cn->peer,
-              errno == ETIMEDOUT ? "timed out" : "protocol error");
+  if (!open) {
+    if (r == -1)
+      log_debug(COMPONENT, "%s: handshake failed: %s", cn->peer,
+                err == ETIMEDOUT ? "timed out" : "protocol error");
+    conn_destroy(cn);
+    return NULL;
   }
-  log_debug(COMPONENT, "%s: closed", cn->peer);
-  conn_end(cn);
+  log_debug(COMPONENT, "%s: serving '%s'", cn->peer,
+            export_name(nbdsrv_conn_export(cn->nc)));
+  pthread_mutex_lock(&cn->lock);
+  cn->want_read = true;
+  struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT, .data.ptr = cn };
+  if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, cn->fd, &e) == -1) {
+    log_warn_rl(COMPONENT, "%s: epoll_ctl: %m", cn->peer);
+    cn->closing = true;
+    kick_locked(cn);
+  }
+  pthread_mutex_unlock(&cn->lock);
+  if (cn->closing)
+    wake_loop(s);
   return NULL;
 }
 
@@ -268,35 +1102,84 @@ set_congestion(struct server *s, int fd)
              " system's default", cc);
 }
 
-static void
-accept_one(struct server *s, int lfd, bool is_unix)
-{
-  int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-  if (fd == -1) {
-    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-      log_warn(COMPONENT, "accept: %m");
-    if (errno == EMFILE || errno == ENFILE)
-      usleep(100 * 1000); /* let connections end rather than spin */
-    return;
-  }
 
-  pthread_mutex_lock(&s->lock);
-  bool full = s->nconns >= s->cfg.max_connections ||
-              s->nhandshakes >= s->cfg.max_handshakes;
-  if (full) {
-    unsigned long refused = ++s->refused;
-    unsigned nc = s->nconns, nh = s->nhandshakes;
-    pthread_mutex_unlock(&s->lock);
+/* Admits the new connection fd of class cl, or closes it when a limit is
+ * reached.  The loop. */
+static void
+admit(struct server *s, int fd, const struct sockaddr_storage *ss,
+      struct class *cl)
+{
+  bool is_unix = cl->id == CLASS_LOCAL;
+  struct conn *cn = calloc(1, sizeof *cn);
+  if (cn == NULL) {
+    log_error_rl(COMPONENT, "connection: calloc: %m");
     close(fd);
-    /* One line per power of two, so a flood cannot flood the log. */
-    if ((refused & (refused - 1)) == 0)
-      log_warn(COMPONENT, "connection refused: %u connections, %u negotiating"
-               " (limits %u, %u); %lu refused so far", nc, nh,
-               s->cfg.max_connections, s->cfg.max_handshakes, refused);
     return;
   }
-  s->nconns++;
-  s->nhandshakes++;
+  cn->s = s;
+  cn->cl = cl;
+  cn->fd = fd;
+  cn->state = CONN_HANDSHAKE;
+  pthread_mutex_init(&cn->lock, NULL);
+  atomic_init(&cn->deadline_ms, now_ms() + s->cfg.handshake_timeout_ms);
+  peer_name(fd, is_unix, cn->peer, sizeof cn->peer);
+  struct nbdsrv_io io = { .read = sock_read, .writev = sock_writev,
+                          .opaque = cn };
+  cn->nc = nbdsrv_conn_new(s->reg, &io, cn->peer);
+  if (cn->nc == NULL) {
+    log_error_rl(COMPONENT, "connection: out of memory");
+    pthread_mutex_destroy(&cn->lock);
+    free(cn);
+    close(fd);
+    return;
+  }
+  nbdsrv_conn_set_local(cn->nc, is_unix);
+
+  const char *full = NULL;
+  pthread_mutex_lock(&s->lock);
+  struct addr_entry *addr = NULL;
+  if (!is_unix) {
+    uint8_t key[17];
+    addr_key(ss, key);
+    addr = addr_get(s, key);
+    if (addr == NULL)
+      full = "out of memory";
+  }
+  if (full)
+    ;
+  else if (cl->nconns >= cl->lim.max_connections)
+    full = "max-connections";
+  else if (cl->nhandshakes >= cl->lim.max_handshakes)
+    full = "max-handshakes";
+  else if (addr && addr->nconns >= s->cfg.max_connections_per_addr)
+    full = "max-connections-per-address";
+  else if (addr && addr->nhandshakes >= s->cfg.max_handshakes_per_addr)
+    full = "max-handshakes-per-address";
+  if (full) {
+    unsigned long refused = ++cl->refused;
+    unsigned nc = cl->nconns, nh = cl->nhandshakes;
+    addr_release(s, addr);
+    pthread_mutex_unlock(&s->lock);
+    log_warn_rl(COMPONENT, "%s: connection refused (%s): %s class has %u"
+                " connections, %u negotiating; %lu refused so far", cn->peer,
+                full, class_names[cl->id], nc, nh, refused);
+    nbdsrv_conn_free(cn->nc);
+    pthread_mutex_destroy(&cn->lock);
+    free(cn);
+    close(fd);
+    return;
+  }
+  cl->nconns++;
+  cl->nhandshakes++;
+  if (addr) {
+    addr->nconns++;
+    addr->nhandshakes++;
+  }
+  cn->addr = addr;
+  cn->next = s->conns;
+  if (s->conns)
+    s->conns->prev = cn;
+  s->conns = cn;
   pthread_mutex_unlock(&s->lock);
 
   if (!is_unix) {
@@ -305,56 +1188,131 @@ accept_one(struct server *s, int lfd, bool is_unix)
     set_congestion(s, fd);
   }
 
-  struct conn *cn = calloc(1, sizeof *cn);
-  if (cn == NULL)
-    goto fail;
-  cn->s = s;
-  cn->fd = fd;
-  atomic_init(&cn->deadline_ms, now_ms() + s->cfg.handshake_timeout_ms);
-  peer_name(fd, is_unix, cn->peer, sizeof cn->peer);
-  struct nbdsrv_io io = { .read = sock_read, .writev = sock_writev,
-                          .opaque = cn };
-  cn->nc = nbdsrv_conn_new(s->reg, &io, cn->peer);
-  if (cn->nc == NULL)
-    goto fail;
-  nbdsrv_conn_set_local(cn->nc, is_unix);
-
-  pthread_mutex_lock(&s->lock);
-  cn->next = s->conns;
-  if (s->conns)
-    s->conns->prev = cn;
-  s->conns = cn;
-  pthread_mutex_unlock(&s->lock);
-
   pthread_attr_t attr;
   pthread_t tid;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, CONN_STACK_SIZE);
-  int r = pthread_create(&tid, &attr, conn_main, cn);
+  pthread_attr_setstacksize(&attr, HANDSHAKE_STACK_SIZE);
+  int r = pthread_create(&tid, &attr, handshake_main, cn);
   pthread_attr_destroy(&attr);
   if (r == 0) {
     log_debug(COMPONENT, "%s: connected", cn->peer);
     return;
   }
   errno = r;
-  log_warn(COMPONENT, "pthread_create: %m");
+  log_warn_rl(COMPONENT, "%s: pthread_create: %m", cn->peer);
   pthread_mutex_lock(&s->lock);
-  s->nhandshakes--;
+  cl->nhandshakes--;
+  if (addr)
+    addr->nhandshakes--;
   pthread_mutex_unlock(&s->lock);
-  conn_end(cn); /* closes fd, decrements nconns */
-  return;
+  conn_destroy(cn);
+}
 
-fail:
-  log_warn(COMPONENT, "connection: out of memory");
-  if (cn)
-    nbdsrv_conn_free(cn->nc);
-  free(cn);
-  close(fd);
+/* Accepts what listener i has waiting, up to ACCEPT_BATCH. */
+static void
+accept_some(struct server *s, size_t i, int64_t *paused_until)
+{
+  for (int k = 0; k < ACCEPT_BATCH; k++) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(s->lfds[i], (struct sockaddr *)&ss, &sl,
+                     SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd == -1) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+          errno == ECONNABORTED)
+        return;
+      log_warn_rl(COMPONENT, "accept: %m");
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+          errno == ENOMEM) {
+        /* Let connections end rather than spin: listeners pause. */
+        *paused_until = now_ms() + 100;
+        for (size_t l = 0; l < s->nl; l++) {
+          struct epoll_event e = { .events = 0, .data.u64 = l };
+          epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->lfds[l], &e);
+        }
+      }
+      return;
+    }
+    admit(s, fd, &ss, &s->classes[s->lunix[i] ? CLASS_LOCAL : CLASS_TCP]);
+  }
+}
+
+/* Once a second: closes TCP connections idle for idle_timeout and those
+ * whose replies made no progress for send_timeout. */
+static void
+check_timeouts(struct server *s, int64_t now)
+{
+  unsigned idle = s->cfg.idle_timeout_ms, send = s->cfg.send_timeout_ms;
+  if (idle == 0 && send == 0)
+    return;
+  struct conn **v = NULL;
+  bool *err = NULL;
+  size_t n = 0, cap = 0;
   pthread_mutex_lock(&s->lock);
-  s->nconns--;
-  s->nhandshakes--;
+  for (struct conn *cn = s->conns; cn; cn = cn->next) {
+    if (cn->state != CONN_OPEN || cn->cl->id != CLASS_TCP)
+      continue;
+    pthread_mutex_lock(&cn->lock);
+    bool idle_out = idle && !cn->closing && cn->jobs == 0 &&
+                    cn->pending == NULL && now - cn->last_active_ms >= idle;
+    bool send_out = send && cn->outq && !cn->broken &&
+                    now - cn->out_progress_ms >= send;
+    pthread_mutex_unlock(&cn->lock);
+    if (!idle_out && !send_out)
+      continue;
+    if (n == cap) {
+      size_t nc = cap ? cap * 2 : 64;
+      struct conn **nv = realloc(v, nc * sizeof *v);
+      bool *ne = nv ? realloc(err, nc * sizeof *ne) : NULL;
+      if (nv)
+        v = nv;
+      if (ne == NULL)
+        break;
+      err = ne;
+      cap = nc;
+    }
+    v[n] = cn;
+    err[n++] = send_out;
+  }
   pthread_mutex_unlock(&s->lock);
+  for (size_t i = 0; i < n; i++) {
+    if (err[i])
+      log_warn_rl(COMPONENT, "%s: a reply made no progress for %u ms:"
+                  " closing the connection", v[i]->peer, send);
+    conn_close(v[i], err[i], err[i] ? "send timeout" : "idle timeout");
+  }
+  free(v);
+  free(err);
+}
+
+/* Shutdown: every open connection stops reading (error: also drops its
+ * unsent replies); negotiating ones are cut. */
+static void
+close_all(struct server *s, bool error)
+{
+  struct conn **v = NULL;
+  size_t n = 0, cap = 0;
+  pthread_mutex_lock(&s->lock);
+  for (struct conn *cn = s->conns; cn; cn = cn->next) {
+    if (cn->state != CONN_OPEN) {
+      shutdown(cn->fd, SHUT_RDWR);
+      continue;
+    }
+    if (n == cap) {
+      size_t nc = cap ? cap * 2 : 64;
+      struct conn **nv = realloc(v, nc * sizeof *v);
+      if (nv == NULL)
+        break;
+      v = nv;
+      cap = nc;
+    }
+    v[n++] = cn;
+  }
+  pthread_mutex_unlock(&s->lock);
+  for (size_t i = 0; i < n; i++)
+    conn_close(v[i], error, "shutting down");
+  free(v);
 }
 
 /* ---- listeners ------------------------------------------------------ */
@@ -551,13 +1509,29 @@ server_new(struct exports *reg, const struct server_config *cfg)
   }
   s->reg = reg;
   s->cfg = *cfg;
-  if (s->cfg.threads == 0)
-    s->cfg.threads = 1;
-  s->wake[0] = s->wake[1] = -1;
+  if (s->cfg.conn_requests == 0)
+    s->cfg.conn_requests = 1;
+  if (s->cfg.conn_inflight_bytes < NBDSRV_REQUEST_MAX)
+    s->cfg.conn_inflight_bytes = NBDSRV_REQUEST_MAX;
+  s->epfd = s->efd = -1;
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->cond, NULL);
-  if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) == -1) {
-    log_error(COMPONENT, "pipe2: %m");
+  pthread_mutex_init(&s->kick_lock, NULL);
+  for (int i = 0; i < CLASS_N; i++) {
+    struct class *cl = &s->classes[i];
+    cl->id = (enum class_id)i;
+    cl->lim = i == CLASS_TCP ? cfg->tcp : cfg->local;
+    if (cl->lim.workers == 0)
+      cl->lim.workers = 1;
+    if (cl->lim.inflight_bytes < NBDSRV_REQUEST_MAX)
+      cl->lim.inflight_bytes = NBDSRV_REQUEST_MAX;
+    atomic_init(&cl->inflight, 0);
+    atomic_init(&cl->nwaiting, 0);
+  }
+  s->epfd = epoll_create1(EPOLL_CLOEXEC);
+  s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->epfd == -1 || s->efd == -1) {
+    log_error(COMPONENT, "epoll/eventfd: %m");
     goto fail;
   }
   /* TCP_CONGESTION takes at most 15 bytes and cuts longer names. */
@@ -575,6 +1549,14 @@ server_new(struct exports *reg, const struct server_config *cfg)
     log_error(COMPONENT, "nothing to listen on: set socket or listen");
     goto fail;
   }
+  for (int i = 0; i < CLASS_N; i++) {
+    struct class *cl = &s->classes[i];
+    bool used = false;
+    for (size_t l = 0; l < s->nl; l++)
+      used |= s->lunix[l] == (i == CLASS_LOCAL);
+    if (used && pool_start(&cl->pool, cl->lim.workers, class_names[i]) == -1)
+      goto fail;
+  }
   return s;
 
 fail:
@@ -585,59 +1567,113 @@ fail:
 void
 server_stop(struct server *s)
 {
-  char c = 1;
-  ssize_t r = write(s->wake[1], &c, 1);
-  (void)r;
+  atomic_store(&s->stopping, true);
+  wake_loop(s);
+}
+
+/* Connections and negotiations still alive. */
+static unsigned
+live_conns(struct server *s)
+{
+  pthread_mutex_lock(&s->lock);
+  unsigned n = s->classes[CLASS_TCP].nconns + s->classes[CLASS_LOCAL].nconns;
+  pthread_mutex_unlock(&s->lock);
+  return n;
 }
 
 int
 server_run(struct server *s)
 {
-  struct pollfd pfds[LISTENERS_MAX + 1];
-  for (size_t i = 0; i < s->nl; i++)
-    pfds[i] = (struct pollfd){ .fd = s->lfds[i], .events = POLLIN };
-  pfds[s->nl] = (struct pollfd){ .fd = s->wake[0], .events = POLLIN };
-
-  for (;;) {
-    int r = poll(pfds, s->nl + 1, -1);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      log_error(COMPONENT, "poll: %m");
-      break;
-    }
-    if (pfds[s->nl].revents)
-      break;
-    for (size_t i = 0; i < s->nl; i++)
-      if (pfds[i].revents & POLLIN)
-        accept_one(s, s->lfds[i], s->lunix[i]);
-  }
-
-  /* Shut down: no new connections; wake every connection's threads. */
-  for (size_t i = 0; i < s->nl; i++) {
-    close(s->lfds[i]);
-    s->lfds[i] = -1;
-  }
-  pthread_mutex_lock(&s->lock);
-  unsigned n = s->nconns;
-  for (struct conn *cn = s->conns; cn; cn = cn->next)
-    shutdown(cn->fd, SHUT_RDWR);
-  if (n)
-    log_info(COMPONENT, "closing %u connections", n);
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += SHUTDOWN_WAIT_MS / 1000;
-  int r = 0;
-  while (s->nconns > 0 && r == 0)
-    r = pthread_cond_timedwait(&s->cond, &s->lock, &until);
-  n = s->nconns;
-  pthread_mutex_unlock(&s->lock);
-  if (n > 0) {
-    log_error(COMPONENT, "%u connections did not end within %d ms", n,
-              SHUTDOWN_WAIT_MS);
+  struct epoll_event e = { .events = EPOLLIN, .data.u64 = EV_WAKE };
+  if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->efd, &e) == -1) {
+    log_error(COMPONENT, "epoll_ctl: %m");
     return -1;
   }
-  return 0;
+  for (size_t i = 0; i < s->nl; i++) {
+    e = (struct epoll_event){ .events = EPOLLIN, .data.u64 = i };
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->lfds[i], &e) == -1) {
+      log_error(COMPONENT, "epoll_ctl: %m");
+      return -1;
+    }
+  }
+
+  int64_t next_tick = now_ms() + 1000, paused_until = 0;
+  int64_t stop_at = 0; /* when the shutdown began */
+  bool forced = false;
+  int status = 0;
+  for (;;) {
+    int64_t now = now_ms();
+    int timeout = (int)(next_tick - now);
+    if (paused_until && paused_until - now < timeout)
+      timeout = (int)(paused_until - now);
+    if (stop_at)
+      timeout = 50;
+    if (timeout < 0)
+      timeout = 0;
+    struct epoll_event evs[256];
+    int n = epoll_wait(s->epfd, evs, 256, timeout);
+    if (n == -1 && errno != EINTR) {
+      log_error(COMPONENT, "epoll_wait: %m");
+      atomic_store(&s->stopping, true);
+    }
+    for (int i = 0; i < n; i++) {
+      uint64_t tag = evs[i].data.u64;
+      if (tag == EV_WAKE) {
+        uint64_t v;
+        ssize_t r = read(s->efd, &v, sizeof v);
+        (void)r;
+      } else if (tag < LISTENERS_MAX) {
+        if (!stop_at)
+          accept_some(s, (size_t)tag, &paused_until);
+      } else
+        conn_event(evs[i].data.ptr, evs[i].events);
+    }
+    process_kicks(s);
+    for (int c = 0; c < CLASS_N; c++)
+      process_waiters(&s->classes[c]);
+
+    now = now_ms();
+    if (paused_until && now >= paused_until && !stop_at) {
+      paused_until = 0;
+      for (size_t l = 0; l < s->nl; l++) {
+        e = (struct epoll_event){ .events = EPOLLIN, .data.u64 = l };
+        epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->lfds[l], &e);
+      }
+    }
+    if (now >= next_tick) {
+      next_tick = now + 1000;
+      check_timeouts(s, now);
+    }
+
+    if (atomic_load(&s->stopping) && !stop_at) {
+      stop_at = now;
+      for (size_t i = 0; i < s->nl; i++) {
+        close(s->lfds[i]);
+        s->lfds[i] = -1;
+      }
+      unsigned live = live_conns(s);
+      if (live)
+        log_info(COMPONENT, "closing %u connections", live);
+      close_all(s, false);
+    }
+    if (stop_at) {
+      if (live_conns(s) == 0)
+        break;
+      if (!forced && now - stop_at >= SHUTDOWN_WAIT_MS) {
+        /* Clients that do not take their replies: drop them. */
+        forced = true;
+        close_all(s, true);
+      }
+      if (now - stop_at >= SHUTDOWN_WAIT_MS + 1000) {
+        log_error(COMPONENT, "%u connections did not end within %d ms",
+                  live_conns(s), SHUTDOWN_WAIT_MS);
+        return -1;
+      }
+    }
+  }
+  for (int c = 0; c < CLASS_N; c++)
+    pool_stop(&s->classes[c].pool);
+  return status;
 }
 
 void
@@ -645,6 +1681,8 @@ server_free(struct server *s)
 {
   if (s == NULL)
     return;
+  for (int c = 0; c < CLASS_N; c++)
+    pool_stop(&s->classes[c].pool);
   for (size_t i = 0; i < s->nl; i++)
     if (s->lfds[i] >= 0)
       close(s->lfds[i]);
@@ -652,11 +1690,19 @@ server_free(struct server *s)
     unlink(s->socket_path);
     free(s->socket_path);
   }
-  if (s->wake[0] >= 0)
-    close(s->wake[0]);
-  if (s->wake[1] >= 0)
-    close(s->wake[1]);
+  if (s->epfd >= 0)
+    close(s->epfd);
+  if (s->efd >= 0)
+    close(s->efd);
+  for (size_t b = 0; b < ADDR_BUCKETS; b++) {
+    while (s->addrs[b]) {
+      struct addr_entry *e = s->addrs[b];
+      s->addrs[b] = e->next;
+      free(e);
+    }
+  }
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
+  pthread_mutex_destroy(&s->kick_lock);
   free(s);
 }

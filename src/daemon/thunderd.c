@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -54,9 +55,20 @@ static struct {
   char *socket_group;
   uint64_t socket_mode;
   uint64_t threads;
+  uint64_t workers;
+  uint64_t local_workers;
   uint64_t max_connections;
+  uint64_t local_max_connections;
   uint64_t max_handshakes;
+  uint64_t local_max_handshakes;
+  uint64_t max_connections_per_address;
+  uint64_t max_handshakes_per_address;
   uint64_t handshake_timeout;
+  uint64_t idle_timeout;
+  uint64_t send_timeout;
+  uint64_t inflight_per_connection;
+  uint64_t inflight_total;
+  uint64_t local_inflight_total;
   char *tcp_congestion;
   char *pool;
   char *pool_path;
@@ -77,9 +89,20 @@ static struct {
 } opt = {
   .socket_mode = 0660,
   .threads = 16,
+  .workers = 32,
+  .local_workers = 32,
   .max_connections = 1024,
+  .local_max_connections = 256,
   .max_handshakes = 64,
+  .local_max_handshakes = 16,
+  .max_connections_per_address = 128,
+  .max_handshakes_per_address = 16,
   .handshake_timeout = 10,
+  .idle_timeout = 600,
+  .send_timeout = 30,
+  .inflight_per_connection = 64,
+  .inflight_total = 256,
+  .local_inflight_total = 256,
   .readahead = 8,
   .fetch_connections = 2,
   .fetch_depth = 16,
@@ -126,14 +149,43 @@ static const struct config_opt options[] = {
   { "socket-mode", CONFIG_TYPE_OCTAL, &opt.socket_mode, 0, 0777, "MODE",
     "mode of the Unix socket (default 0660)" },
   { "threads", CONFIG_TYPE_UINT, &opt.threads, 1, 256, "N",
-    "request threads per connection (default 16)" },
-  { "max-connections", CONFIG_TYPE_UINT, &opt.max_connections, 1, 65536, "N",
-    "most connections at once (default 1024)" },
+    "requests of one connection carried out at once (default 16)" },
+  { "workers", CONFIG_TYPE_UINT, &opt.workers, 1, 1024, "N",
+    "threads carrying out the requests of TCP clients (default 32)" },
+  { "local-workers", CONFIG_TYPE_UINT, &opt.local_workers, 1, 1024, "N",
+    "threads carrying out the requests of Unix-socket clients (default 32)" },
+  { "max-connections", CONFIG_TYPE_UINT, &opt.max_connections, 1, 1000000,
+    "N", "most TCP connections at once (default 1024)" },
+  { "local-max-connections", CONFIG_TYPE_UINT, &opt.local_max_connections, 1,
+    1000000, "N", "most Unix-socket connections at once (default 256)" },
   { "max-handshakes", CONFIG_TYPE_UINT, &opt.max_handshakes, 1, 65536, "N",
-    "most connections still negotiating (default 64)" },
+    "most TCP connections still negotiating (default 64)" },
+  { "local-max-handshakes", CONFIG_TYPE_UINT, &opt.local_max_handshakes, 1,
+    65536, "N", "most Unix-socket connections still negotiating (default 16)" },
+  { "max-connections-per-address", CONFIG_TYPE_UINT,
+    &opt.max_connections_per_address, 1, 1000000, "N",
+    "most TCP connections from one remote address (default 128)" },
+  { "max-handshakes-per-address", CONFIG_TYPE_UINT,
+    &opt.max_handshakes_per_address, 1, 65536, "N",
+    "most TCP connections from one remote address still negotiating"
+    " (default 16)" },
   { "handshake-timeout", CONFIG_TYPE_UINT, &opt.handshake_timeout, 1, 3600,
     "SECONDS", "drop clients that have not chosen an export by then"
     " (default 10)" },
+  { "idle-timeout", CONFIG_TYPE_UINT, &opt.idle_timeout, 0, 2592000,
+    "SECONDS", "close TCP connections without a request for this long,"
+    " 0 for never (default 600)" },
+  { "send-timeout", CONFIG_TYPE_UINT, &opt.send_timeout, 0, 3600, "SECONDS",
+    "close TCP connections whose reply made no progress for this long,"
+    " 0 for never (default 30)" },
+  { "inflight-per-connection", CONFIG_TYPE_UINT, &opt.inflight_per_connection,
+    32, 65536, "MIB", "reply data in flight per connection; more requests"
+    " are not read until it drains (default 64)" },
+  { "inflight-total", CONFIG_TYPE_UINT, &opt.inflight_total, 32, 1048576,
+    "MIB", "reply data in flight for all TCP clients (default 256)" },
+  { "local-inflight-total", CONFIG_TYPE_UINT, &opt.local_inflight_total, 32,
+    1048576, "MIB", "reply data in flight for all Unix-socket clients"
+    " (default 256)" },
   { "tcp-congestion", CONFIG_TYPE_STRING, &opt.tcp_congestion, 0, 0, "NAME",
     "TCP congestion control of the NBD connections it serves, e.g. cubic"
     " (default: the system's)" },
@@ -362,6 +414,25 @@ ctl_node_info(void *opaque, struct json_object **reply, const char **code,
                        errlen);
 }
 
+/* Raises the soft limit on open files to the hard one: each connection
+ * is an fd, and the server's own limits (max-connections, ...) are the
+ * ones meant to refuse clients. */
+static void
+raise_nofile(void)
+{
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  rlim_t old = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+    log_warn(COMPONENT, "setrlimit RLIMIT_NOFILE %llu: %m",
+             (unsigned long long)rl.rlim_max);
+  else
+    log_debug(COMPONENT, "open files: limit raised from %llu to %llu",
+              (unsigned long long)old, (unsigned long long)rl.rlim_max);
+}
+
 /* path made absolute (its directory resolved; the file itself may be a
  * socket that comes and goes). */
 static int
@@ -558,6 +629,7 @@ main(int argc, char **argv)
       goto out;
   }
 
+  raise_nofile();
   struct sigaction sa = { .sa_handler = SIG_IGN };
   sigaction(SIGPIPE, &sa, NULL);
   sigset_t set;
@@ -572,10 +644,25 @@ main(int argc, char **argv)
     .socket_mode = (mode_t)opt.socket_mode,
     .tcp_listen = is_none(opt.listen) ? NULL
                   : opt.listen ? opt.listen : "0.0.0.0:10809",
-    .threads = (unsigned)opt.threads,
-    .max_connections = (unsigned)opt.max_connections,
-    .max_handshakes = (unsigned)opt.max_handshakes,
+    .tcp = {
+      .max_connections = (unsigned)opt.max_connections,
+      .max_handshakes = (unsigned)opt.max_handshakes,
+      .workers = (unsigned)opt.workers,
+      .inflight_bytes = opt.inflight_total << 20,
+    },
+    .local = {
+      .max_connections = (unsigned)opt.local_max_connections,
+      .max_handshakes = (unsigned)opt.local_max_handshakes,
+      .workers = (unsigned)opt.local_workers,
+      .inflight_bytes = opt.local_inflight_total << 20,
+    },
+    .conn_requests = (unsigned)opt.threads,
+    .conn_inflight_bytes = opt.inflight_per_connection << 20,
+    .max_connections_per_addr = (unsigned)opt.max_connections_per_address,
+    .max_handshakes_per_addr = (unsigned)opt.max_handshakes_per_address,
     .handshake_timeout_ms = (unsigned)opt.handshake_timeout * 1000,
+    .idle_timeout_ms = (unsigned)opt.idle_timeout * 1000,
+    .send_timeout_ms = (unsigned)opt.send_timeout * 1000,
     .tcp_congestion = opt.tcp_congestion,
   };
   server = server_new(reg, &sc);
