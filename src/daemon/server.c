@@ -31,12 +31,14 @@
  * Budgets (struct server_config): a request costs the data its reply
  * carries (a read's length, else 0).  It is taken from the connection's
  * budget (conn_inflight_bytes, >= the largest read, so one request always
- * fits an idle connection) and its class's (inflight_bytes); it is given
+ * fits an idle connection), its remote address's (addr_inflight_bytes,
+ * TCP) and its class's (inflight_bytes); it is given
  * back when the last byte of the reply is sent, or the connection fails.
  * A request that does not fit waits on its connection ("pending"), and
  * the loop stops reading that connection until it fits; a connection
- * waiting for its class's budget is queued (FIFO) and retried when any
- * reply of the class completes.  At most conn_requests requests of one
+ * waiting for its class's or address's budget is queued (FIFO) and
+ * retried when any reply of the class completes; one waiting for its
+ * address lets the others pass, so one address cannot hold the class.  At most conn_requests requests of one
  * connection are in flight.  Memory for reply data is therefore bounded
  * by the two classes' inflight_bytes plus NBDSRV_BUF_KEEP per worker
  * (scratch buffers kept between requests); larger buffers are mapped per
@@ -161,6 +163,7 @@ struct addr_entry {
   struct addr_entry *next;
   uint8_t key[17];           /* family byte + address */
   unsigned nconns, nhandshakes;
+  _Atomic uint64_t inflight; /* reply data in flight of its connections */
 };
 
 enum conn_state { CONN_HANDSHAKE, CONN_OPEN };
@@ -443,6 +446,8 @@ job_end_locked(struct conn *cn, struct job *j, struct job **done)
   cn->jobs--;
   cn->inflight -= j->cost;
   atomic_fetch_sub(&cn->cl->inflight, j->cost);
+  if (cn->addr)
+    atomic_fetch_sub(&cn->addr->inflight, j->cost);
   j->next = *done;
   *done = j;
   bool wake = atomic_load(&cn->cl->nwaiting) > 0;
@@ -745,7 +750,12 @@ pool_stop(struct pool *p)
 
 /* ---- the loop: requests in ---------------------------------------------- */
 
-enum start_result { START_OK, START_WAIT_CONN, START_WAIT_CLASS };
+enum start_result {
+  START_OK,
+  START_WAIT_CONN,   /* the connection's budget: its own replies free it */
+  START_WAIT_CLASS,  /* the class's: any reply of the class frees it */
+  START_WAIT_ADDR,   /* the address's: a reply of its connections */
+};
 
 /* Takes j's budget and queues it for a worker, if it fits.  head: cn is
  * first on its class's wait list (others may not pass it). */
@@ -766,9 +776,16 @@ try_start(struct conn *cn, struct job *j, bool head)
     pthread_mutex_unlock(&cn->lock);
     return START_WAIT_CLASS;
   }
+  uint64_t aused = cn->addr ? atomic_load(&cn->addr->inflight) : 0;
+  if (aused > 0 && aused + j->cost > s->cfg.addr_inflight_bytes) {
+    pthread_mutex_unlock(&cn->lock);
+    return START_WAIT_ADDR;
+  }
   cn->jobs++;
   cn->inflight += j->cost;
   atomic_fetch_add(&cl->inflight, j->cost);
+  if (cn->addr)
+    atomic_fetch_add(&cn->addr->inflight, j->cost);
   pthread_mutex_unlock(&cn->lock);
   pool_push(&cl->pool, j);
   return START_OK;
@@ -935,7 +952,7 @@ conn_read(struct conn *cn)
     enum start_result sr = try_start(cn, j, false);
     if (sr != START_OK) {
       cn->pending = j;
-      if (sr == START_WAIT_CLASS)
+      if (sr != START_WAIT_CONN)
         wait_list_add(cn);
       break;
     }
@@ -956,7 +973,7 @@ conn_kicked(struct conn *cn)
     enum start_result sr = try_start(cn, cn->pending, false);
     if (sr == START_OK)
       cn->pending = NULL;
-    else if (sr == START_WAIT_CLASS)
+    else if (sr != START_WAIT_CONN)
       wait_list_add(cn);
   }
   conn_update(cn);
@@ -979,19 +996,24 @@ process_kicks(struct server *s)
   }
 }
 
-/* Starts the requests waiting for their class's budget, in order. */
+/* Starts the requests waiting for their class's or address's budget, in
+ * order; one that waits for its address does not hold up the others. */
 static void
 process_waiters(struct class *cl)
 {
-  while (cl->wait_head) {
-    struct conn *cn = cl->wait_head;
+  struct conn *cn = cl->wait_head;
+  while (cn) {
+    struct conn *next = cn->wait_next;
     enum start_result sr = try_start(cn, cn->pending, true);
     if (sr == START_WAIT_CLASS)
       return;
-    wait_list_remove(cn);
-    if (sr == START_OK)
-      cn->pending = NULL;
-    conn_update(cn);
+    if (sr != START_WAIT_ADDR) {
+      wait_list_remove(cn);
+      if (sr == START_OK)
+        cn->pending = NULL;
+      conn_update(cn);
+    }
+    cn = next;
   }
 }
 
@@ -1513,6 +1535,8 @@ server_new(struct exports *reg, const struct server_config *cfg)
     s->cfg.conn_requests = 1;
   if (s->cfg.conn_inflight_bytes < NBDSRV_REQUEST_MAX)
     s->cfg.conn_inflight_bytes = NBDSRV_REQUEST_MAX;
+  if (s->cfg.addr_inflight_bytes < NBDSRV_REQUEST_MAX)
+    s->cfg.addr_inflight_bytes = NBDSRV_REQUEST_MAX;
   s->epfd = s->efd = -1;
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->cond, NULL);

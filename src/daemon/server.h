@@ -41,6 +41,8 @@ struct server_config {
   unsigned conn_requests;     /* requests of one connection in flight, >= 1 */
   uint64_t conn_inflight_bytes; /* reply data in flight per connection,
                                  * >= NBDSRV_REQUEST_MAX */
+  uint64_t addr_inflight_bytes; /* TCP: reply data in flight per remote
+                                 * address, >= NBDSRV_REQUEST_MAX */
   unsigned max_connections_per_addr; /* TCP, per remote address */
   unsigned max_handshakes_per_addr;
   unsigned handshake_timeout_ms;     /* both classes */

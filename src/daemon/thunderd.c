@@ -67,6 +67,7 @@ static struct {
   uint64_t idle_timeout;
   uint64_t send_timeout;
   uint64_t inflight_per_connection;
+  uint64_t inflight_per_address;
   uint64_t inflight_total;
   uint64_t local_inflight_total;
   char *tcp_congestion;
@@ -101,6 +102,7 @@ static struct {
   .idle_timeout = 600,
   .send_timeout = 30,
   .inflight_per_connection = 64,
+  .inflight_per_address = 64,
   .inflight_total = 256,
   .local_inflight_total = 256,
   .readahead = 8,
@@ -181,6 +183,9 @@ static const struct config_opt options[] = {
   { "inflight-per-connection", CONFIG_TYPE_UINT, &opt.inflight_per_connection,
     32, 65536, "MIB", "reply data in flight per connection; more requests"
     " are not read until it drains (default 64)" },
+  { "inflight-per-address", CONFIG_TYPE_UINT, &opt.inflight_per_address,
+    32, 1048576, "MIB", "reply data in flight for all TCP connections from"
+    " one remote address (default 64)" },
   { "inflight-total", CONFIG_TYPE_UINT, &opt.inflight_total, 32, 1048576,
     "MIB", "reply data in flight for all TCP clients (default 256)" },
   { "local-inflight-total", CONFIG_TYPE_UINT, &opt.local_inflight_total, 32,
@@ -658,6 +663,7 @@ main(int argc, char **argv)
     },
     .conn_requests = (unsigned)opt.threads,
     .conn_inflight_bytes = opt.inflight_per_connection << 20,
+    .addr_inflight_bytes = opt.inflight_per_address << 20,
     .max_connections_per_addr = (unsigned)opt.max_connections_per_address,
     .max_handshakes_per_addr = (unsigned)opt.max_handshakes_per_address,
     .handshake_timeout_ms = (unsigned)opt.handshake_timeout * 1000,

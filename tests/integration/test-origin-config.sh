@@ -59,6 +59,7 @@ local-workers = 2
 idle-timeout = 300
 send-timeout = 20
 inflight-per-connection = 40
+inflight-per-address = 50
 inflight-total = 100
 local-inflight-total = 80
 handshake-timeout = 2
