@@ -61,10 +61,11 @@
  * per-address table.  cn->lock guards a connection's shared state (jobs,
  * inflight, the reply queue, writing, the flags the interest depends on);
  * fields marked "loop" are the loop thread's alone.  A pool's lock guards
- * its job queue.  Order: cn->lock before s->kick_lock; s->lock is never
- * held with another.  Only the loop frees a connection; a worker that
- * finishes the last job of a connection needing attention puts it on the
- * kick list (under cn->lock) and touches it no more.
+ * its job queue.  Order: s->lock, cn->lock, s->kick_lock (s->lock is
+ * taken before cn->lock only to scan connections and to open one).
+ * Only the loop frees a connection; a worker that finishes the last job
+ * of a connection needing attention puts it on the kick list (under
+ * cn->lock) and touches it no more.
  *
  * Shutdown (server_stop): listeners close, handshakes are cut, every open
  * connection goes CLOSING without error replies: requests taken finish
@@ -543,6 +544,7 @@ static void
 worker_reply(struct job *j, struct nbdsrv_buf *keep)
 {
   struct conn *cn = j->cn;
+  struct server *s = cn->s; /* cn may be freed once unlocked */
   struct job *done = NULL;
   bool wake = false;
 
@@ -612,7 +614,7 @@ out:
   pthread_mutex_unlock(&cn->lock);
   job_free_list(done);
   if (wake)
-    wake_loop(cn->s);
+    wake_loop(s);
 }
 
 /* The loop sends parked replies of cn while the socket takes them. */
@@ -1044,6 +1046,12 @@ handshake_main(void *arg)
 
   int r = nbdsrv_handshake(cn->nc);
   int err = errno;
+  if (r == 1)
+    log_debug(COMPONENT, "%s: serving '%s'", cn->peer,
+              export_name(nbdsrv_conn_export(cn->nc)));
+  bool failed = false;
+  /* Under s->lock, so the loop cannot see cn open (and close it) before
+   * it is in epoll; from the unlock on the loop owns cn. */
   pthread_mutex_lock(&s->lock);
   cn->cl->nhandshakes--;
   if (cn->addr)
@@ -1052,6 +1060,18 @@ handshake_main(void *arg)
   if (open) {
     cn->state = CONN_OPEN;
     cn->last_active_ms = now_ms();
+    pthread_mutex_lock(&cn->lock);
+    cn->want_read = true;
+    struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT,
+                             .data.ptr = cn };
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, cn->fd, &e) == -1) {
+      log_warn_rl(COMPONENT, "%s: epoll_ctl: %m", cn->peer);
+      failed = true;
+      cn->closing = true;
+      cn->want_read = false;
+      kick_locked(cn);
+    }
+    pthread_mutex_unlock(&cn->lock);
   }
   pthread_mutex_unlock(&s->lock);
 
@@ -1060,20 +1080,7 @@ handshake_main(void *arg)
       log_debug(COMPONENT, "%s: handshake failed: %s", cn->peer,
                 err == ETIMEDOUT ? "timed out" : "protocol error");
     conn_destroy(cn);
-    return NULL;
-  }
-  log_debug(COMPONENT, "%s: serving '%s'", cn->peer,
-            export_name(nbdsrv_conn_export(cn->nc)));
-  pthread_mutex_lock(&cn->lock);
-  cn->want_read = true;
-  struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT, .data.ptr = cn };
-  if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, cn->fd, &e) == -1) {
-    log_warn_rl(COMPONENT, "%s: epoll_ctl: %m", cn->peer);
-    cn->closing = true;
-    kick_locked(cn);
-  }
-  pthread_mutex_unlock(&cn->lock);
-  if (cn->closing)
+  } else if (failed)
     wake_loop(s);
   return NULL;
 }

@@ -20,16 +20,11 @@ make_image "$img" 8
 image_add base "$img" >/dev/null
 raw=$TEST_TOOLS_DIR/nbd-raw
 
-threads_of ()
-{
-    awk '/^Threads:/ { print $2 }' "/proc/$1/status"
-}
-
 start_thunderd --origin --images "$images" --socket "$tmpdir/sock" \
     --listen 127.0.0.1:@PORT@ --max-connections 2000 \
     --max-connections-per-address 1200 --handshake-timeout 3
 tcp=127.0.0.1:$port
-idle_threads=$(threads_of "$thunderd_pid")
+idle_threads=$(proc_status "$thunderd_pid" Threads)
 
 NBD_RAW_SRC=127.0.0.2 timeout 120 "$raw" "$tcp" hold base 1100 25 \
     >"$tmpdir/hold.out" 2>&1 &
@@ -60,12 +55,12 @@ for round in 1 2 3 4 5; do
             fail "round $round: first read over $addr took $secs s (> 2 s) during the floods"
         echo "round $round: $addr: $out"
     done
-    t=$(threads_of "$thunderd_pid")
+    t=$(proc_status "$thunderd_pid" Threads)
     (( t > maxthreads )) && maxthreads=$t
     sleep 1
 done
 copy_and_check "$(uri_unix base)" "$img"
-echo "threads: $idle_threads idle, at most $maxthreads with 1100 idle + 300 half-open connections (bound $bound); RSS $(awk '/^VmRSS:/ { print $2 }' "/proc/$thunderd_pid/status") kB"
+echo "threads: $idle_threads idle, at most $maxthreads with 1100 idle + 300 half-open connections (bound $bound); RSS $(proc_status "$thunderd_pid" VmRSS) kB"
 (( maxthreads <= bound )) ||
     fail "thunderd ran $maxthreads threads with 1100 idle connections, want <= $bound"
 grep -q 'max-handshakes-per-address' "$thunderd_log" ||

@@ -23,7 +23,7 @@ raw=$TEST_TOOLS_DIR/nbd-raw
 # rss_mib PID  — resident set of PID in MiB.
 rss_mib ()
 {
-    awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/$1/status"
+    echo $(( $(proc_status "$1" VmRSS) / 1024 ))
 }
 
 per_addr=64
