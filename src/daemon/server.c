@@ -608,7 +608,8 @@ worker_reply(struct job *j, struct nbdsrv_buf *keep)
     break;
   }
   cn->writing = false;
-  rearm_locked(cn);
+  if (cn->outq && !cn->broken)
+    rearm_locked(cn); /* EPOLLOUT for the loop; otherwise unchanged */
 
 out:
   pthread_mutex_unlock(&cn->lock);
