@@ -1686,6 +1686,74 @@ test_read_too_long(void)
   CU_ASSERT_EQUAL(atomic_load(&t_big.preads), 0);
 }
 
+/* The steps server.c runs: decode, the cost of a request, execute; a
+ * buffer over NBDSRV_BUF_KEEP is released by nbdsrv_buf_trim, a small one
+ * kept. */
+static void
+test_steps_and_buffers(void)
+{
+  add_export("big", BIG_SIZE, 4096, NULL, &t_big);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE | W_FLAG_NO_ZEROES);
+  cl_opt(W_OPT_EXPORT_NAME, "big", 3);
+  CU_ASSERT_EQUAL_FATAL(nbdsrv_handshake(t_conn), 1);
+
+  uint8_t wire[NBDSRV_REQUEST_LEN] = { 0x25, 0x60, 0x95, 0x13 };
+  struct nbdsrv_request req;
+  uint32_t payload = 99;
+  /* READ, cookie 5, offset 0, NBDSRV_BUF_KEEP + 1 bytes */
+  wire[7] = W_CMD_READ;
+  wire[15] = 5;
+  uint32_t n = htobe32(NBDSRV_BUF_KEEP + 1);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_EQUAL(payload, 0);
+  CU_ASSERT_EQUAL(req.cookie, 5);
+  CU_ASSERT_EQUAL(nbdsrv_reply_data_len(t_conn, &req), NBDSRV_BUF_KEEP + 1);
+
+  struct nbdsrv_buf buf = { 0 };
+  struct nbdsrv_reply rep;
+  nbdsrv_execute(t_conn, &req, &buf, &rep);
+  CU_ASSERT_EQUAL(rep.len, NBDSRV_BUF_KEEP + 1);
+  CU_ASSERT_PTR_EQUAL(rep.data, buf.p);
+  CU_ASSERT_EQUAL(get_be32(rep.hdr), W_REPLY_MAGIC);
+  CU_ASSERT_EQUAL(get_be32(rep.hdr + 4), 0);
+  CU_ASSERT_EQUAL(get_be64(rep.hdr + 8), 5);
+  CU_ASSERT_TRUE(buf.mapped);
+  nbdsrv_buf_trim(&buf);
+  CU_ASSERT_PTR_NULL(buf.p);
+  CU_ASSERT_EQUAL(buf.cap, 0);
+
+  /* A small read keeps its buffer. */
+  n = htobe32(4096);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  nbdsrv_execute(t_conn, &req, &buf, &rep);
+  CU_ASSERT_FALSE(buf.mapped);
+  nbdsrv_buf_trim(&buf);
+  CU_ASSERT_PTR_NOT_NULL(buf.p);
+  nbdsrv_buf_free(&buf);
+
+  /* An invalid read costs nothing; a write's payload is announced; a bad
+   * magic and an oversized write payload are protocol errors; DISC is 0. */
+  n = htobe32(0);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_EQUAL(nbdsrv_reply_data_len(t_conn, &req), 0);
+  wire[7] = W_CMD_WRITE;
+  n = htobe32(1000);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_EQUAL(payload, 1000);
+  CU_ASSERT_EQUAL(nbdsrv_reply_data_len(t_conn, &req), 0);
+  n = htobe32(NBDSRV_REQUEST_MAX + 1);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), -1);
+  wire[7] = W_CMD_DISC;
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 0);
+  wire[0] = 0;
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), -1);
+}
+
 static void
 test_read_max_length(void)
 {
@@ -2619,6 +2687,7 @@ static const struct cunit_test tests[] = {
   T(pipelined),
   T(reply_write_error),
   T(buffer_reuse),
+  T(steps_and_buffers),
   /* nbdsrv_check_request */
   T(check_read),
   T(check_read_zero),
