@@ -97,6 +97,10 @@ log_debug_enabled(const char *component)
 
 /* Formats and emits one message; suppressed > 0 adds their count.  The
  * caller has checked the level; errno is the caller's (for %m). */
+static void log_vemit(enum log_level level, const char *component,
+                      unsigned long suppressed, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
 static void
 log_vemit(enum log_level level, const char *component, unsigned long suppressed,
           const char *fmt, va_list ap)
