@@ -2,44 +2,56 @@
  *
  * Design note.
  *
- * Why not a thread per connection: a connection that finished the
- * handshake and idles must cost a few hundred bytes and an fd, not
- * threads; and a client that pipelines large reads and never reads the
- * replies must stop being read from rather than make the server allocate.
- * So the work is split by what it waits for:
+ * A connection that finished the handshake and idles must cost a few
+ * hundred bytes and an fd, not threads; and a client that pipelines large
+ * reads and never reads the replies must stop being read from rather than
+ * make the server allocate.  So the work is split by what it waits for:
  *
  *   handshake   one short-lived thread per negotiating connection, blocking
  *               I/O under the handshake deadline (nbdsrv_handshake).  At
  *               most max_handshakes per class and max_handshakes_per_addr
  *               per TCP address at once, so these threads are bounded.
- *   loop        one thread (server_run): epoll over the listeners, a
- *               wake-up eventfd and every connection past the handshake.
- *               It accepts, reads request headers without blocking (28
- *               bytes; a write's payload is read and dropped), charges
- *               each request to the budgets, queues it for a worker, and
- *               writes replies that a worker could not finish.  Once a
- *               second it closes idle TCP connections and those whose
- *               replies made no progress for send_timeout.
- *   workers     a fixed pool per class (TCP, local): carry out a request
- *               (nbdsrv_execute: pread from the cache or the image; in node
- *               mode this may wait for a fetch), then send the reply with
- *               non-blocking writes.  A worker waits at most WRITE_WAIT_MS
- *               in total for a slow reader; then the rest of the reply is
- *               parked on the connection's queue and the loop finishes it,
- *               so a client that does not read cannot hold a worker.
+ *   workers     a fixed pool per class (TCP, local), all waiting in
+ *               epoll_wait on the class's epoll set, which holds its open
+ *               connections (EPOLLONESHOT) and an eventfd counting queued
+ *               jobs.  The worker that gets EPOLLIN of a connection reads
+ *               one request header (28 bytes, without blocking); if it is
+ *               an ordinary request that fits the budgets it re-arms the
+ *               connection (the next request may go to another worker) and
+ *               carries the request out itself (nbdsrv_execute: pread from
+ *               the cache or the image; in node mode this may wait for a
+ *               fetch): no hand-off between threads on the hot path.  Then
+ *               it sends the reply: the sockets are blocking with
+ *               SO_SNDTIMEO = WRITE_WAIT_MS (others pass MSG_DONTWAIT), so
+ *               the kernel copies a reply as the client takes it; a worker
+ *               gives up after WRITE_WAIT_MS in all, and the rest of the
+ *               reply is parked on the connection's queue for EPOLLOUT: a
+ *               client that does not read cannot hold a worker.
+ *   loop        one thread (server_run): epoll over the listeners and a
+ *               wake-up eventfd.  It accepts, admits or refuses, and takes
+ *               every slow path: a request a worker left to it (a write's
+ *               payload, DISC, a protocol error, end of stream, a request
+ *               that does not fit its budget: "pending"), hang-ups,
+ *               connections that must close, and once a second the idle and
+ *               send timeouts.  Workers tell it through the kick list.
+ *
+ * Why not one thread per connection (as before): idle connections cost
+ * 16 threads each, and buffers grew with each client's largest read.  Why
+ * not the loop alone: a read may wait for the disk or an upstream; those
+ * waits belong on threads, and the pool bounds them.
  *
  * Budgets (struct server_config): a request costs the data its reply
  * carries (a read's length, else 0).  It is taken from the connection's
  * budget (conn_inflight_bytes, >= the largest read, so one request always
  * fits an idle connection), its remote address's (addr_inflight_bytes,
- * TCP) and its class's (inflight_bytes); it is given
- * back when the last byte of the reply is sent, or the connection fails.
- * A request that does not fit waits on its connection ("pending"), and
- * the loop stops reading that connection until it fits; a connection
- * waiting for its class's or address's budget is queued (FIFO) and
- * retried when any reply of the class completes; one waiting for its
- * address lets the others pass, so one address cannot hold the class.  At most conn_requests requests of one
- * connection are in flight.  Memory for reply data is therefore bounded
+ * TCP) and its class's (inflight_bytes); it is given back when the last
+ * byte of the reply is sent, or the connection fails.  A request that
+ * does not fit waits on its connection ("pending"), and the connection is
+ * not read until it fits; a connection waiting for its class's or
+ * address's budget is queued (FIFO) and retried when any reply of the
+ * class completes; one waiting for its address lets the others pass, so
+ * one address cannot hold the class.  At most conn_requests requests of
+ * one connection are in flight.  Memory for reply data is therefore bounded
  * by the two classes' inflight_bytes plus NBDSRV_BUF_KEEP per worker
  * (scratch buffers kept between requests); larger buffers are mapped per
  * request and unmapped after it.
@@ -47,25 +59,32 @@
  * Connection states (struct conn):
  *
  *   HANDSHAKE   owned by its handshake thread; on s->conns for shutdown.
- *   OPEN        in epoll (EPOLLONESHOT; the interest is recomputed under
- *               cn->lock each time: IN while reading is allowed, OUT while
- *               parked replies wait and no one is writing).
+ *   OPEN        in its class's epoll set (EPOLLONESHOT; re-armed under
+ *               cn->lock for what it waits for: IN while reading is
+ *               allowed and no one holds the read token, OUT while parked
+ *               replies wait and no one is writing).  cn->armed: an event
+ *               may still be delivered; cn->handlers: workers handling one.
  *   CLOSING     no more requests are read (DISC, end of stream, error,
  *               timeout, shutdown); what was accepted finishes.  On an
  *               error the socket is shut down and unsent replies dropped
  *               ("broken").  The loop frees the connection once no request
- *               is in flight, no one is writing and it is not on the kick
- *               list.
+ *               is in flight, no one is writing, reading or handling an
+ *               event of it, no event can come (if one still may, the
+ *               socket is shut down so that it comes now) and it is not on
+ *               the kick list.
  *
  * Locking: s->lock guards the connection list, the counters and the
  * per-address table.  cn->lock guards a connection's shared state (jobs,
  * inflight, the reply queue, writing, the flags the interest depends on);
- * fields marked "loop" are the loop thread's alone.  A pool's lock guards
+ * fields marked "loop" are the loop thread's alone; the input state
+ * (hdr, discard) belongs to the holder of the read token (cn->reader:
+ * a worker on EPOLLIN, or the loop).  A pool's lock guards
  * its job queue.  Order: s->lock, cn->lock, s->kick_lock (s->lock is
  * taken before cn->lock only to scan connections and to open one).
  * Only the loop frees a connection; a worker that finishes the last job
  * of a connection needing attention puts it on the kick list (under
- * cn->lock) and touches it no more.
+ * cn->lock) and touches it no more; a worker handling an event counts in
+ * cn->handlers until it is done.
  *
  * Shutdown (server_stop): listeners close, handshakes are cut, every open
  * connection goes CLOSING without error replies: requests taken finish
@@ -110,8 +129,11 @@
 #define WORKER_STACK_SIZE (1024 * 1024)
 /* How long server_run() waits for connections to end at shutdown. */
 #define SHUTDOWN_WAIT_MS 5000
-/* Total time a worker waits for a client to make room for a reply. */
+/* Total time a worker waits for a client to make room for a reply (and
+ * the sockets' SO_SNDTIMEO); then the loop finishes the reply. */
 #define WRITE_WAIT_MS 20
+#define SEND_CHUNK (1024 * 1024)
+
 /* Accepts per listener and loop iteration, so a flood cannot starve
  * the connections' events. */
 #define ACCEPT_BATCH 64
@@ -138,12 +160,14 @@ struct job {
   size_t len, off;           /* reply: hdr then data[0..len); bytes sent */
 };
 
-/* The workers of one class and their queue. */
+/* The workers of one class: they wait in epoll_wait on the class's
+ * epoll set (its connections, and qefd for queued jobs). */
 struct pool {
+  int epfd;                  /* the class's connections and qefd */
+  int qefd;                  /* eventfd (semaphore): one count per job */
   pthread_mutex_t lock;
-  pthread_cond_t cond;
   struct job *head, *tail;   /* under lock */
-  bool stop;                 /* under lock */
+  _Atomic bool stop;
   pthread_t *threads;
   unsigned nthreads;
 };
@@ -180,14 +204,17 @@ struct conn {
   char peer[INET6_ADDRSTRLEN + 16];
   struct nbdsrv_conn *nc;
 
-  /* loop */
+  /* the holder of the read token (cn->reader): the loop, or a worker
+   * that just answered cn */
   uint8_t hdr[NBDSRV_REQUEST_LEN];
   unsigned hdr_got;
   uint32_t discard;          /* write payload bytes still to drop */
+  _Atomic int64_t last_active_ms; /* last request read */
+
+  /* loop */
   struct job *pending;       /* read, waiting for budget */
   bool waiting;              /* on cl's wait list */
   struct conn *wait_next;
-  int64_t last_active_ms;    /* last request read or reply completed */
 
   pthread_mutex_t lock;
   unsigned jobs;             /* requests taken, reply not fully sent */
@@ -197,6 +224,10 @@ struct conn {
   bool want_read;            /* the loop wants EPOLLIN */
   bool need_kick;            /* the loop wants to hear when a job ends */
   bool kicked;               /* on s->kick list */
+  bool reader;               /* someone holds the read token */
+  bool armed;                /* an epoll event may be delivered */
+  unsigned handlers;         /* workers handling an event of cn */
+  bool hup;                  /* a worker saw EPOLLHUP/EPOLLERR */
   bool closing, broken;
   int64_t out_progress_ms;   /* last progress of a parked reply */
   struct conn *kick_next;
@@ -221,6 +252,16 @@ struct server {
   pthread_mutex_t kick_lock;
   struct conn *kick_head;    /* under kick_lock */
 };
+
+enum start_result {
+  START_OK,
+  START_WAIT_CONN,   /* the connection's budget: its own replies free it */
+  START_WAIT_CLASS,  /* the class's: any reply of the class frees it */
+  START_WAIT_ADDR,   /* the address's: a reply of its connections */
+};
+
+static enum start_result take_budget_locked(struct conn *cn, uint64_t cost,
+                                            bool head);
 
 static int64_t
 now_ms(void)
@@ -459,17 +500,21 @@ job_end_locked(struct conn *cn, struct job *j, struct job **done)
   return wake;
 }
 
-/* Recomputes cn's epoll interest; the caller holds cn->lock. */
+/* Re-arms cn in its class's epoll set for what it waits for now (none:
+ * left as it is); the caller holds cn->lock. */
 static void
 rearm_locked(struct conn *cn)
 {
-  uint32_t ev = EPOLLONESHOT;
-  if (cn->want_read)
+  uint32_t ev = 0;
+  if (cn->want_read && !cn->reader)
     ev |= EPOLLIN;
   if (cn->outq && !cn->writing && !cn->broken)
     ev |= EPOLLOUT;
-  struct epoll_event e = { .events = ev, .data.ptr = cn };
-  epoll_ctl(cn->s->epfd, EPOLL_CTL_MOD, cn->fd, &e);
+  if (ev == 0)
+    return;
+  struct epoll_event e = { .events = ev | EPOLLONESHOT, .data.ptr = cn };
+  if (epoll_ctl(cn->cl->pool.epfd, EPOLL_CTL_MOD, cn->fd, &e) == 0)
+    cn->armed = true;
 }
 
 /* The connection failed: no more reads or writes, unsent replies are
@@ -494,14 +539,27 @@ break_locked(struct conn *cn, struct job **done)
 
 /* ---- replies ---------------------------------------------------------- */
 
-/* Sends what is left of j's reply without blocking.  With wait_left (a
- * worker), waits for room up to *wait_left ms in all.  1: sent; 0: the
- * client is not reading fast enough; -1: error. */
+static int64_t
+now_us(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Sends what is left of j's reply.  The loop (deadline_us 0) never
+ * blocks.  A worker blocks in the kernel while the client takes the
+ * bytes (the socket's SO_SNDTIMEO bounds each wait, WRITE_WAIT_MS) but
+ * gives up at deadline_us.  1: sent; 0: the client is not reading fast
+ * enough; -1: error. */
 static int
-job_send(struct conn *cn, struct job *j, int64_t *wait_left)
+job_send(struct conn *cn, struct job *j, int64_t deadline_us)
 {
   size_t total = NBDSRV_REPLY_LEN + j->len;
+  int flags = MSG_NOSIGNAL | (deadline_us ? 0 : MSG_DONTWAIT);
   while (j->off < total) {
+    if (deadline_us && j->off > 0 && now_us() >= deadline_us)
+      return 0;
     struct iovec iov[2];
     int n = 0;
     if (j->off < NBDSRV_REPLY_LEN) {
@@ -512,26 +570,20 @@ job_send(struct conn *cn, struct job *j, int64_t *wait_left)
       size_t o = j->off - NBDSRV_REPLY_LEN;
       iov[n++] = (struct iovec){ (void *)(j->data + o), j->len - o };
     }
+    /* A blocking call waits a send timeout per chunk it queues on a Unix
+     * socket: at most SEND_CHUNK a call, so the deadline is looked at. */
+    if (deadline_us && iov[n - 1].iov_len > SEND_CHUNK)
+      iov[n - 1].iov_len = SEND_CHUNK;
     struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-    ssize_t w = sendmsg(cn->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = sendmsg(cn->fd, &msg, flags);
     if (w > 0) {
       j->off += (size_t)w;
       continue;
     }
     if (w == -1 && errno == EINTR)
       continue;
-    if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (wait_left == NULL || *wait_left <= 0)
-        return 0;
-      int64_t t0 = now_ms();
-      struct pollfd pfd = { .fd = cn->fd, .events = POLLOUT };
-      int r = poll(&pfd, 1, (int)*wait_left);
-      int64_t spent = now_ms() - t0;
-      *wait_left -= spent > 0 ? spent : 1;
-      if (r == 0)
-        return 0;
-      continue;
-    }
+    if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return 0;
     return -1;
   }
   return 1;
@@ -571,10 +623,10 @@ worker_reply(struct job *j, struct nbdsrv_buf *keep)
   cn->writing = true;
   pthread_mutex_unlock(&cn->lock);
 
-  int64_t wait_left = WRITE_WAIT_MS;
+  int64_t deadline = now_us() + WRITE_WAIT_MS * 1000;
   struct job *cur = j;
   for (;;) {
-    int r = job_send(cn, cur, &wait_left);
+    int r = job_send(cn, cur, deadline);
     pthread_mutex_lock(&cn->lock);
     if (r == 1) {
       if (cur != j) {
@@ -585,12 +637,13 @@ worker_reply(struct job *j, struct nbdsrv_buf *keep)
         *keep = j->buf;
         j->buf = (struct nbdsrv_buf){ 0 };
       }
-      wake |= job_end_locked(cn, cur, &done);
-      if (cn->outq && !cn->broken && wait_left > 0) {
+      if (cn->outq && !cn->broken && now_us() < deadline) {
+        wake |= job_end_locked(cn, cur, &done);
         cur = cn->outq;
         pthread_mutex_unlock(&cn->lock);
         continue;
       }
+      wake |= job_end_locked(cn, cur, &done);
     } else if (r == 0) {
       if (cur == j) {
         j->next = cn->outq;
@@ -618,10 +671,12 @@ out:
     wake_loop(s);
 }
 
-/* The loop sends parked replies of cn while the socket takes them. */
+/* A worker (on EPOLLOUT) sends parked replies of cn while the socket
+ * takes them; the caller handles an event of cn (cn->handlers). */
 static void
 conn_flush(struct conn *cn)
 {
+  struct server *s = cn->s;
   struct job *done = NULL;
   bool wake = false;
   pthread_mutex_lock(&cn->lock);
@@ -632,7 +687,7 @@ conn_flush(struct conn *cn)
     struct job *cur = cn->outq;
     size_t before = cur->off;
     pthread_mutex_unlock(&cn->lock);
-    int r = job_send(cn, cur, NULL);
+    int r = job_send(cn, cur, 0);
     pthread_mutex_lock(&cn->lock);
     if (cur->off != before)
       cn->out_progress_ms = now_ms();
@@ -654,7 +709,7 @@ out:
   pthread_mutex_unlock(&cn->lock);
   job_free_list(done);
   if (wake)
-    wake_loop(cn->s);
+    wake_loop(s);
 }
 
 /* ---- workers ------------------------------------------------------------ */
@@ -669,8 +724,107 @@ pool_push(struct pool *p, struct job *j)
   else
     p->head = j;
   p->tail = j;
-  pthread_cond_signal(&p->cond);
   pthread_mutex_unlock(&p->lock);
+  uint64_t one = 1;
+  ssize_t r = write(p->qefd, &one, sizeof one);
+  (void)r;
+}
+
+/* Carries out j and sends its reply. */
+static void
+serve_job(struct job *j, struct nbdsrv_buf *buf)
+{
+  j->buf = *buf;
+  *buf = (struct nbdsrv_buf){ 0 };
+  struct nbdsrv_reply rep;
+  nbdsrv_execute(j->cn->nc, &j->req, &j->buf, &rep);
+  memcpy(j->hdr, rep.hdr, sizeof j->hdr);
+  j->data = rep.data;
+  j->len = rep.len;
+  j->off = 0;
+  worker_reply(j, buf);
+}
+
+/* Ends a worker's handling of an event of cn: kicks the loop if cn needs
+ * it (a hang-up, closing, or what the worker left to it). */
+static void
+event_end(struct conn *cn, bool kick)
+{
+  struct server *s = cn->s;
+  pthread_mutex_lock(&cn->lock);
+  cn->handlers--;
+  if (cn->closing || cn->hup)
+    kick = true;
+  if (kick)
+    kick_locked(cn);
+  pthread_mutex_unlock(&cn->lock);
+  if (kick)
+    wake_loop(s);
+}
+
+/* A worker got EPOLLIN for cn: it reads one request and, if it is an
+ * ordinary one that fits the budgets, re-arms cn (so the next request
+ * may go to another worker) and carries it out itself: no hand-off
+ * between threads on the hot path.  Anything else (a write's payload,
+ * DISC, an error, end of stream, no budget) is left to the loop. */
+static void
+worker_read(struct conn *cn, struct nbdsrv_buf *buf)
+{
+  pthread_mutex_lock(&cn->lock);
+  if (cn->reader || cn->closing || !cn->want_read) {
+    pthread_mutex_unlock(&cn->lock);
+    event_end(cn, false);
+    return;
+  }
+  cn->reader = true;
+  pthread_mutex_unlock(&cn->lock);
+
+  bool kick = false;
+  struct job *j = NULL;
+  ssize_t r = recv(cn->fd, cn->hdr + cn->hdr_got,
+                   NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+  if (r > 0)
+    cn->hdr_got += (unsigned)r;
+  else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
+                      errno != EINTR))
+    kick = true; /* the loop reads it again and sees why */
+  if (cn->discard > 0)
+    kick = true;
+  else if (cn->hdr_got == NBDSRV_REQUEST_LEN) {
+    struct nbdsrv_request req;
+    uint32_t payload = 0;
+    /* Decoded again by the loop if it is left to it. */
+    if (nbdsrv_decode_request(cn->nc, cn->hdr, &req, &payload) == 1 &&
+        payload == 0 && (j = calloc(1, sizeof *j)) != NULL) {
+      j->cn = cn;
+      j->req = req;
+      j->cost = nbdsrv_reply_data_len(cn->nc, &req);
+    } else
+      kick = true;
+  }
+
+  pthread_mutex_lock(&cn->lock);
+  if (j && !cn->closing &&
+      take_budget_locked(cn, j->cost, false) == START_OK) {
+    cn->hdr_got = 0;
+    atomic_store(&cn->last_active_ms, now_ms());
+    if (cn->jobs >= cn->s->cfg.conn_requests) {
+      cn->want_read = false;
+      cn->need_kick = true;
+    }
+  } else if (j) {
+    free(j);
+    j = NULL;
+    kick = true;
+  }
+  cn->reader = false;
+  if (!kick)
+    rearm_locked(cn);
+  pthread_mutex_unlock(&cn->lock);
+  event_end(cn, kick);
+  /* cn stays alive while j is in flight. */
+  if (j)
+    serve_job(j, buf);
 }
 
 static void *
@@ -678,29 +832,41 @@ worker_main(void *arg)
 {
   struct pool *p = arg;
   struct nbdsrv_buf buf = { 0 };
-  for (;;) {
-    pthread_mutex_lock(&p->lock);
-    while (p->head == NULL && !p->stop)
-      pthread_cond_wait(&p->cond, &p->lock);
-    struct job *j = p->head;
-    if (j) {
-      p->head = j->next;
-      if (p->head == NULL)
-        p->tail = NULL;
+  while (!atomic_load(&p->stop)) {
+    struct epoll_event ev;
+    int n = epoll_wait(p->epfd, &ev, 1, -1);
+    if (n <= 0)
+      continue;
+    if (ev.data.ptr == NULL) {
+      /* A queued job (or stop). */
+      uint64_t v;
+      if (atomic_load(&p->stop) || read(p->qefd, &v, sizeof v) != sizeof v)
+        continue;
+      pthread_mutex_lock(&p->lock);
+      struct job *j = p->head;
+      if (j) {
+        p->head = j->next;
+        if (p->head == NULL)
+          p->tail = NULL;
+      }
+      pthread_mutex_unlock(&p->lock);
+      if (j)
+        serve_job(j, &buf);
+      continue;
     }
-    pthread_mutex_unlock(&p->lock);
-    if (j == NULL)
-      break;
-
-    j->buf = buf;
-    buf = (struct nbdsrv_buf){ 0 };
-    struct nbdsrv_reply rep;
-    nbdsrv_execute(j->cn->nc, &j->req, &j->buf, &rep);
-    memcpy(j->hdr, rep.hdr, sizeof j->hdr);
-    j->data = rep.data;
-    j->len = rep.len;
-    j->off = 0;
-    worker_reply(j, &buf);
+    struct conn *cn = ev.data.ptr;
+    pthread_mutex_lock(&cn->lock);
+    cn->armed = false;
+    cn->handlers++;
+    if (ev.events & (EPOLLERR | EPOLLHUP) && !(ev.events & EPOLLIN))
+      cn->hup = true;
+    pthread_mutex_unlock(&cn->lock);
+    if (ev.events & EPOLLOUT)
+      conn_flush(cn);
+    if (ev.events & EPOLLIN)
+      worker_read(cn, &buf);
+    else
+      event_end(cn, false);
   }
   nbdsrv_buf_free(&buf);
   return NULL;
@@ -710,7 +876,14 @@ static int
 pool_start(struct pool *p, unsigned n, const char *name)
 {
   pthread_mutex_init(&p->lock, NULL);
-  pthread_cond_init(&p->cond, NULL);
+  p->epfd = epoll_create1(EPOLL_CLOEXEC);
+  p->qefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+  struct epoll_event e = { .events = EPOLLIN, .data.ptr = NULL };
+  if (p->epfd == -1 || p->qefd == -1 ||
+      epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->qefd, &e) == -1) {
+    log_error(COMPONENT, "%s workers: epoll/eventfd: %m", name);
+    return -1;
+  }
   p->threads = calloc(n, sizeof *p->threads);
   if (p->threads == NULL) {
     log_error(COMPONENT, "calloc: %m");
@@ -735,63 +908,64 @@ pool_start(struct pool *p, unsigned n, const char *name)
 static void
 pool_stop(struct pool *p)
 {
-  if (p->threads == NULL)
-    return;
-  pthread_mutex_lock(&p->lock);
-  p->stop = true;
-  pthread_cond_broadcast(&p->cond);
-  pthread_mutex_unlock(&p->lock);
-  for (unsigned i = 0; i < p->nthreads; i++)
-    pthread_join(p->threads[i], NULL);
-  free(p->threads);
-  p->threads = NULL;
-  job_free_list(p->head);
-  p->head = p->tail = NULL;
-  pthread_mutex_destroy(&p->lock);
-  pthread_cond_destroy(&p->cond);
+  if (p->threads != NULL) {
+    atomic_store(&p->stop, true);
+    uint64_t n = p->nthreads + 1;
+    ssize_t r = write(p->qefd, &n, sizeof n);
+    (void)r;
+    for (unsigned i = 0; i < p->nthreads; i++)
+      pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    p->threads = NULL;
+    job_free_list(p->head);
+    p->head = p->tail = NULL;
+  }
+  if (p->epfd >= 0)
+    close(p->epfd);
+  if (p->qefd >= 0)
+    close(p->qefd);
+  p->epfd = p->qefd = -1;
 }
 
 /* ---- the loop: requests in ---------------------------------------------- */
 
-enum start_result {
-  START_OK,
-  START_WAIT_CONN,   /* the connection's budget: its own replies free it */
-  START_WAIT_CLASS,  /* the class's: any reply of the class frees it */
-  START_WAIT_ADDR,   /* the address's: a reply of its connections */
-};
 
-/* Takes j's budget and queues it for a worker, if it fits.  head: cn is
- * first on its class's wait list (others may not pass it). */
+/* Takes the budget of a request of cost bytes, if it fits.  head: cn is
+ * first on its class's wait list (others may not pass it).  The caller
+ * holds cn->lock. */
 static enum start_result
-try_start(struct conn *cn, struct job *j, bool head)
+take_budget_locked(struct conn *cn, uint64_t cost, bool head)
 {
   struct server *s = cn->s;
   struct class *cl = cn->cl;
-  pthread_mutex_lock(&cn->lock);
   if (cn->jobs >= s->cfg.conn_requests ||
-      (cn->jobs > 0 && cn->inflight + j->cost > s->cfg.conn_inflight_bytes)) {
-    pthread_mutex_unlock(&cn->lock);
+      (cn->jobs > 0 && cn->inflight + cost > s->cfg.conn_inflight_bytes))
     return START_WAIT_CONN;
-  }
   uint64_t used = atomic_load(&cl->inflight);
   if ((!head && atomic_load(&cl->nwaiting) > 0) ||
-      (used > 0 && used + j->cost > cl->lim.inflight_bytes)) {
-    pthread_mutex_unlock(&cn->lock);
+      (used > 0 && used + cost > cl->lim.inflight_bytes))
     return START_WAIT_CLASS;
-  }
   uint64_t aused = cn->addr ? atomic_load(&cn->addr->inflight) : 0;
-  if (aused > 0 && aused + j->cost > s->cfg.addr_inflight_bytes) {
-    pthread_mutex_unlock(&cn->lock);
+  if (aused > 0 && aused + cost > s->cfg.addr_inflight_bytes)
     return START_WAIT_ADDR;
-  }
   cn->jobs++;
-  cn->inflight += j->cost;
-  atomic_fetch_add(&cl->inflight, j->cost);
+  cn->inflight += cost;
+  atomic_fetch_add(&cl->inflight, cost);
   if (cn->addr)
-    atomic_fetch_add(&cn->addr->inflight, j->cost);
-  pthread_mutex_unlock(&cn->lock);
-  pool_push(&cl->pool, j);
+    atomic_fetch_add(&cn->addr->inflight, cost);
   return START_OK;
+}
+
+/* Takes j's budget and queues it for a worker, if it fits. */
+static enum start_result
+try_start(struct conn *cn, struct job *j, bool head)
+{
+  pthread_mutex_lock(&cn->lock);
+  enum start_result r = take_budget_locked(cn, j->cost, head);
+  pthread_mutex_unlock(&cn->lock);
+  if (r == START_OK)
+    pool_push(&cn->cl->pool, j);
+  return r;
 }
 
 static void
@@ -834,7 +1008,17 @@ conn_update(struct conn *cn)
   pthread_mutex_lock(&cn->lock);
   if (cn->closing) {
     cn->want_read = false;
-    if (cn->jobs == 0 && !cn->writing && !cn->kicked) {
+    if (cn->jobs == 0 && !cn->writing && !cn->kicked && !cn->reader &&
+        cn->handlers == 0 && cn->armed) {
+      /* An event may still come to a worker: make it come now (a hang-up
+       * on a socket shut down); the worker kicks the loop back. */
+      shutdown(cn->fd, SHUT_RDWR);
+      cn->need_kick = true;
+      pthread_mutex_unlock(&cn->lock);
+      return;
+    }
+    if (cn->jobs == 0 && !cn->writing && !cn->kicked && !cn->reader &&
+        cn->handlers == 0) {
       pthread_mutex_unlock(&cn->lock);
       if (cn->pending) {
         if (cn->waiting)
@@ -881,21 +1065,15 @@ conn_close(struct conn *cn, bool error, const char *why)
   conn_update(cn);
 }
 
-/* Reads the requests cn has sent, as far as the socket has them and
- * the budgets allow, and queues them.  cn may be gone on return. */
-static void
-conn_read(struct conn *cn)
+/* Reads the requests cn has sent, as far as the socket has them and the
+ * budgets allow, and queues them.  The caller holds the read token.
+ * NULL, or why cn must close (*error: as a failure). */
+static const char *
+read_requests(struct conn *cn, bool *error)
 {
   struct server *s = cn->s;
   int64_t now = now_ms();
-  bool closing;
-  pthread_mutex_lock(&cn->lock);
-  closing = cn->closing;
-  pthread_mutex_unlock(&cn->lock);
-  if (closing || cn->pending) {
-    conn_update(cn);
-    return;
-  }
+  *error = true;
   for (int n = 0; n < READ_BATCH;) {
     if (cn->discard > 0) {
       static uint8_t sink[64 * 1024]; /* the loop's alone */
@@ -908,29 +1086,26 @@ conn_read(struct conn *cn)
       if (r == -1 && errno == EINTR)
         continue;
       if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        break;
-      conn_close(cn, true, r == 0 ? "end of stream in a write payload"
-                                  : "recv failed");
-      return;
+        return NULL;
+      return r == 0 ? "end of stream in a write payload" : "recv failed";
     }
-    ssize_t r = recv(cn->fd, cn->hdr + cn->hdr_got,
-                     NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-      break;
-    if (r == 0 && cn->hdr_got == 0) {
-      conn_close(cn, false, "end of stream");
-      return;
+    if (cn->hdr_got < NBDSRV_REQUEST_LEN) {
+      ssize_t r = recv(cn->fd, cn->hdr + cn->hdr_got,
+                       NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+      if (r == -1 && errno == EINTR)
+        continue;
+      if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return NULL;
+      if (r == 0 && cn->hdr_got == 0) {
+        *error = false;
+        return "end of stream";
+      }
+      if (r <= 0)
+        return r == 0 ? "end of stream in a request" : "recv failed";
+      cn->hdr_got += (unsigned)r;
+      if (cn->hdr_got < NBDSRV_REQUEST_LEN)
+        continue;
     }
-    if (r <= 0) {
-      conn_close(cn, true, r == 0 ? "end of stream in a request" :
-                                    "recv failed");
-      return;
-    }
-    cn->hdr_got += (unsigned)r;
-    if (cn->hdr_got < NBDSRV_REQUEST_LEN)
-      continue;
     cn->hdr_got = 0;
     n++;
 
@@ -938,16 +1113,15 @@ conn_read(struct conn *cn)
     uint32_t payload;
     int d = nbdsrv_decode_request(cn->nc, cn->hdr, &req, &payload);
     if (d != 1) {
-      conn_close(cn, d == -1, d == 0 ? "NBD_CMD_DISC" : "protocol error");
-      return;
+      *error = d == -1;
+      return d == 0 ? "NBD_CMD_DISC" : "protocol error";
     }
     cn->discard = payload;
-    cn->last_active_ms = now;
+    atomic_store(&cn->last_active_ms, now);
     struct job *j = calloc(1, sizeof *j);
     if (j == NULL) {
       log_error_rl(COMPONENT, "%s: calloc: %m", cn->peer);
-      conn_close(cn, true, "out of memory");
-      return;
+      return "out of memory";
     }
     j->cn = cn;
     j->req = req;
@@ -957,21 +1131,58 @@ conn_read(struct conn *cn)
       cn->pending = j;
       if (sr != START_WAIT_CONN)
         wait_list_add(cn);
-      break;
+      return NULL;
     }
     pthread_mutex_lock(&cn->lock);
     bool more = cn->jobs < s->cfg.conn_requests;
     pthread_mutex_unlock(&cn->lock);
     if (!more)
-      break;
+      return NULL;
   }
-  conn_update(cn);
+  return NULL;
 }
 
-/* A job of cn ended and the loop asked to hear of it. */
+/* The loop reads cn's requests (see read_requests), unless a worker is
+ * reading them (it re-arms or kicks when it is done).  cn may be gone on
+ * return. */
+static void
+conn_read(struct conn *cn)
+{
+  pthread_mutex_lock(&cn->lock);
+  bool skip = cn->closing || cn->pending;
+  if (!skip && cn->reader) {
+    pthread_mutex_unlock(&cn->lock);
+    return;
+  }
+  cn->reader = !skip;
+  pthread_mutex_unlock(&cn->lock);
+  if (skip) {
+    conn_update(cn);
+    return;
+  }
+  bool error;
+  const char *why = read_requests(cn, &error);
+  pthread_mutex_lock(&cn->lock);
+  cn->reader = false;
+  pthread_mutex_unlock(&cn->lock);
+  if (why)
+    conn_close(cn, error, why);
+  else
+    conn_update(cn);
+}
+
+/* A job of cn ended and the loop asked to hear of it.  cn may be gone
+ * on return. */
 static void
 conn_kicked(struct conn *cn)
 {
+  pthread_mutex_lock(&cn->lock);
+  bool hup = cn->hup && !cn->closing;
+  pthread_mutex_unlock(&cn->lock);
+  if (hup) {
+    conn_close(cn, true, "hung up");
+    return;
+  }
   if (cn->pending && !cn->waiting) {
     enum start_result sr = try_start(cn, cn->pending, false);
     if (sr == START_OK)
@@ -979,7 +1190,12 @@ conn_kicked(struct conn *cn)
     else if (sr != START_WAIT_CONN)
       wait_list_add(cn);
   }
-  conn_update(cn);
+  /* Reading may go on: read what is there now rather than wait for
+   * epoll to say so (conn_read re-arms if nothing is). */
+  if (cn->pending == NULL)
+    conn_read(cn);
+  else
+    conn_update(cn);
 }
 
 static void
@@ -1020,23 +1236,6 @@ process_waiters(struct class *cl)
   }
 }
 
-static void
-conn_event(struct conn *cn, uint32_t events)
-{
-  if (events & EPOLLERR) {
-    conn_close(cn, true, "socket error");
-    return;
-  }
-  if (events & EPOLLOUT)
-    conn_flush(cn);
-  if (events & EPOLLIN)
-    conn_read(cn);
-  else if (events & EPOLLHUP)
-    conn_close(cn, true, "hung up");
-  else
-    conn_update(cn);
-}
-
 /* ---- handshakes ------------------------------------------------------ */
 
 static void *
@@ -1060,12 +1259,14 @@ handshake_main(void *arg)
   bool open = r == 1 && !atomic_load(&s->stopping);
   if (open) {
     cn->state = CONN_OPEN;
-    cn->last_active_ms = now_ms();
+    atomic_store(&cn->last_active_ms, now_ms());
     pthread_mutex_lock(&cn->lock);
     cn->want_read = true;
     struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT,
                              .data.ptr = cn };
-    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, cn->fd, &e) == -1) {
+    if (epoll_ctl(cn->cl->pool.epfd, EPOLL_CTL_ADD, cn->fd, &e) == 0)
+      cn->armed = true;
+    else {
       log_warn_rl(COMPONENT, "%s: epoll_ctl: %m", cn->peer);
       failed = true;
       cn->closing = true;
@@ -1217,6 +1418,8 @@ admit(struct server *s, int fd, const struct sockaddr_storage *ss,
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     set_congestion(s, fd);
   }
+  struct timeval tv = { .tv_sec = 0, .tv_usec = WRITE_WAIT_MS * 1000 };
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
   pthread_attr_t attr;
   pthread_t tid;
@@ -1246,8 +1449,9 @@ accept_some(struct server *s, size_t i, int64_t *paused_until)
   for (int k = 0; k < ACCEPT_BATCH; k++) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    int fd = accept4(s->lfds[i], (struct sockaddr *)&ss, &sl,
-                     SOCK_CLOEXEC | SOCK_NONBLOCK);
+    /* Blocking, with a send timeout: a worker's reply is written by the
+     * kernel as the client takes it; the loop passes MSG_DONTWAIT. */
+    int fd = accept4(s->lfds[i], (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
     if (fd == -1) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
           errno == ECONNABORTED)
@@ -1285,7 +1489,8 @@ check_timeouts(struct server *s, int64_t now)
       continue;
     pthread_mutex_lock(&cn->lock);
     bool idle_out = idle && !cn->closing && cn->jobs == 0 &&
-                    cn->pending == NULL && now - cn->last_active_ms >= idle;
+                    cn->pending == NULL &&
+                    now - atomic_load(&cn->last_active_ms) >= idle;
     bool send_out = send && cn->outq && !cn->broken &&
                     now - cn->out_progress_ms >= send;
     pthread_mutex_unlock(&cn->lock);
@@ -1559,6 +1764,7 @@ server_new(struct exports *reg, const struct server_config *cfg)
       cl->lim.inflight_bytes = NBDSRV_REQUEST_MAX;
     atomic_init(&cl->inflight, 0);
     atomic_init(&cl->nwaiting, 0);
+    cl->pool.epfd = cl->pool.qefd = -1;
   }
   s->epfd = epoll_create1(EPOLL_CLOEXEC);
   s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1616,6 +1822,7 @@ live_conns(struct server *s)
 int
 server_run(struct server *s)
 {
+
   struct epoll_event e = { .events = EPOLLIN, .data.u64 = EV_WAKE };
   if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->efd, &e) == -1) {
     log_error(COMPONENT, "epoll_ctl: %m");
@@ -1657,8 +1864,7 @@ server_run(struct server *s)
       } else if (tag < LISTENERS_MAX) {
         if (!stop_at)
           accept_some(s, (size_t)tag, &paused_until);
-      } else
-        conn_event(evs[i].data.ptr, evs[i].events);
+      }
     }
     process_kicks(s);
     for (int c = 0; c < CLASS_N; c++)

@@ -5,9 +5,10 @@
  * budgets of their own (slots, handshake slots, worker threads, bytes in
  * flight), so no number of TCP peers can refuse or slow a local client.
  * Each new connection negotiates on a short-lived thread under a
- * deadline; then one event-loop thread reads its requests without
- * blocking and a fixed pool of worker threads per class carries them out
- * (design note in server.c).  Memory and threads are bounded by the
+ * deadline; then a fixed pool of worker threads per class, waiting on
+ * the class's epoll set, reads its requests and carries them out, and one
+ * event-loop thread accepts, enforces the limits and timeouts and takes
+ * the slow paths (design note in server.c).  Memory and threads are bounded by the
  * configuration, not by the number of connections.
  *
  * Threads: server_run() is the event loop; server_stop() may be called

@@ -42,8 +42,8 @@ NBD_RAW_SRC=127.0.0.3 timeout 120 "$raw" "$tcp" half-open 300 15 \
 half_pid=$!
 sleep 1
 
-# bound: main, signal, 32 + 32 workers, 64 + 16 handshake threads.
-bound=150
+# bound: main, signal, 16 + 16 workers, 64 + 16 handshake threads.
+bound=120
 maxthreads=0
 for round in 1 2 3 4 5; do
     for addr in "$sock" "$tcp"; do
