@@ -781,16 +781,18 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
 
   bool kick = false;
   struct job *j = NULL;
-  ssize_t r = recv(cn->fd, cn->hdr + cn->hdr_got,
-                   NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+  ssize_t r = 0;
+  if (cn->discard > 0 || cn->hdr_got == NBDSRV_REQUEST_LEN)
+    kick = true; /* a write's payload to drop, or a request left over */
+  else
+    r = recv(cn->fd, cn->hdr + cn->hdr_got,
+             NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
   if (r > 0)
     cn->hdr_got += (unsigned)r;
-  else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
-                      errno != EINTR))
+  else if (!kick && (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
+                                errno != EINTR)))
     kick = true; /* the loop reads it again and sees why */
-  if (cn->discard > 0)
-    kick = true;
-  else if (cn->hdr_got == NBDSRV_REQUEST_LEN) {
+  if (!kick && cn->hdr_got == NBDSRV_REQUEST_LEN) {
     struct nbdsrv_request req;
     uint32_t payload = 0;
     /* Decoded again by the loop if it is left to it. */
