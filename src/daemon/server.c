@@ -22,7 +22,7 @@
  *               the cache or the image; in node mode this may wait for a
  *               fetch): no hand-off between threads on the hot path.  Then
  *               it sends the reply: the sockets are blocking with
- *               SO_SNDTIMEO = WRITE_WAIT_MS (others pass MSG_DONTWAIT), so
+ *               SO_SNDTIMEO = WRITE_WAIT_MS (reads pass MSG_DONTWAIT), so
  *               the kernel copies a reply as the client takes it; a worker
  *               gives up after WRITE_WAIT_MS in all, and the rest of the
  *               reply is parked on the connection's queue for EPOLLOUT: a
@@ -152,6 +152,7 @@ struct conn;
 struct job {
   struct job *next;
   struct conn *cn;
+  struct pool *pool;         /* its class's: where its buffer goes back */
   struct nbdsrv_request req;
   uint64_t cost;             /* budget taken */
   struct nbdsrv_buf buf;     /* owned once parked */
@@ -167,6 +168,10 @@ struct pool {
   int qefd;                  /* eventfd (semaphore): one count per job */
   pthread_mutex_t lock;
   struct job *head, *tail;   /* under lock */
+  /* Read buffers (<= NBDSRV_BUF_KEEP) of finished replies, for the next
+   * requests: at most one per worker.  Under lock. */
+  struct nbdsrv_buf *spare;
+  unsigned nspare;
   _Atomic bool stop;
   pthread_t *threads;
   unsigned nthreads;
@@ -244,7 +249,6 @@ struct server {
   _Atomic bool stopping;
 
   pthread_mutex_t lock;
-  pthread_cond_t cond;       /* a handshake thread ended */
   struct conn *conns;
   struct class classes[CLASS_N];
   struct addr_entry *addrs[ADDR_BUCKETS];
@@ -438,7 +442,6 @@ conn_destroy(struct conn *cn)
     cn->addr->nconns--;
     addr_release(s, cn->addr);
   }
-  pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(&s->lock);
   log_debug(COMPONENT, "%s: closed", cn->peer);
   close(cn->fd);
@@ -447,9 +450,21 @@ conn_destroy(struct conn *cn)
   free(cn);
 }
 
+/* Frees j; its buffer goes back to its class for reuse if it is small
+ * and the class keeps fewer than one per worker (a buffer sent on by the
+ * loop or another worker would else be unmapped and faulted in again). */
 static void
 job_free(struct job *j)
 {
+  struct pool *p = j->pool;
+  if (p && j->buf.cap > 0 && !j->buf.mapped) {
+    pthread_mutex_lock(&p->lock);
+    if (p->spare && p->nspare < p->nthreads) {
+      p->spare[p->nspare++] = j->buf;
+      j->buf = (struct nbdsrv_buf){ 0 };
+    }
+    pthread_mutex_unlock(&p->lock);
+  }
   nbdsrv_buf_free(&j->buf);
   free(j);
 }
@@ -547,18 +562,16 @@ now_us(void)
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Sends what is left of j's reply.  The loop (deadline_us 0) never
- * blocks.  A worker blocks in the kernel while the client takes the
- * bytes (the socket's SO_SNDTIMEO bounds each wait, WRITE_WAIT_MS) but
- * gives up at deadline_us.  1: sent; 0: the client is not reading fast
- * enough; -1: error. */
+/* Sends what is left of j's reply: blocks in the kernel while the client
+ * takes the bytes (the socket's SO_SNDTIMEO bounds each wait,
+ * WRITE_WAIT_MS) but gives up at deadline_us.  1: sent; 0: the client is
+ * not reading fast enough; -1: error. */
 static int
 job_send(struct conn *cn, struct job *j, int64_t deadline_us)
 {
   size_t total = NBDSRV_REPLY_LEN + j->len;
-  int flags = MSG_NOSIGNAL | (deadline_us ? 0 : MSG_DONTWAIT);
   while (j->off < total) {
-    if (deadline_us && j->off > 0 && now_us() >= deadline_us)
+    if (j->off > 0 && now_us() >= deadline_us)
       return 0;
     struct iovec iov[2];
     int n = 0;
@@ -572,10 +585,10 @@ job_send(struct conn *cn, struct job *j, int64_t deadline_us)
     }
     /* A blocking call waits a send timeout per chunk it queues on a Unix
      * socket: at most SEND_CHUNK a call, so the deadline is looked at. */
-    if (deadline_us && iov[n - 1].iov_len > SEND_CHUNK)
+    if (iov[n - 1].iov_len > SEND_CHUNK)
       iov[n - 1].iov_len = SEND_CHUNK;
     struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-    ssize_t w = sendmsg(cn->fd, &msg, flags);
+    ssize_t w = sendmsg(cn->fd, &msg, MSG_NOSIGNAL);
     if (w > 0) {
       j->off += (size_t)w;
       continue;
@@ -671,8 +684,9 @@ out:
     wake_loop(s);
 }
 
-/* A worker (on EPOLLOUT) sends parked replies of cn while the socket
- * takes them; the caller handles an event of cn (cn->handlers). */
+/* A worker (on EPOLLOUT) sends parked replies of cn as the client takes
+ * them, for WRITE_WAIT_MS at most; the caller handles an event of cn
+ * (cn->handlers). */
 static void
 conn_flush(struct conn *cn)
 {
@@ -683,11 +697,12 @@ conn_flush(struct conn *cn)
   if (cn->writing || cn->broken || cn->outq == NULL)
     goto out;
   cn->writing = true;
+  int64_t deadline = now_us() + WRITE_WAIT_MS * 1000;
   while (cn->outq) {
     struct job *cur = cn->outq;
     size_t before = cur->off;
     pthread_mutex_unlock(&cn->lock);
-    int r = job_send(cn, cur, 0);
+    int r = now_us() < deadline ? job_send(cn, cur, deadline) : 0;
     pthread_mutex_lock(&cn->lock);
     if (cur->off != before)
       cn->out_progress_ms = now_ms();
@@ -734,6 +749,12 @@ pool_push(struct pool *p, struct job *j)
 static void
 serve_job(struct job *j, struct nbdsrv_buf *buf)
 {
+  if (buf->cap == 0) {
+    pthread_mutex_lock(&j->pool->lock);
+    if (j->pool->nspare > 0)
+      *buf = j->pool->spare[--j->pool->nspare];
+    pthread_mutex_unlock(&j->pool->lock);
+  }
   j->buf = *buf;
   *buf = (struct nbdsrv_buf){ 0 };
   struct nbdsrv_reply rep;
@@ -799,6 +820,7 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
     if (nbdsrv_decode_request(cn->nc, cn->hdr, &req, &payload) == 1 &&
         payload == 0 && (j = calloc(1, sizeof *j)) != NULL) {
       j->cn = cn;
+      j->pool = &cn->cl->pool;
       j->req = req;
       j->cost = nbdsrv_reply_data_len(cn->nc, &req);
     } else
@@ -887,7 +909,8 @@ pool_start(struct pool *p, unsigned n, const char *name)
     return -1;
   }
   p->threads = calloc(n, sizeof *p->threads);
-  if (p->threads == NULL) {
+  p->spare = calloc(n, sizeof *p->spare);
+  if (p->threads == NULL || p->spare == NULL) {
     log_error(COMPONENT, "calloc: %m");
     return -1;
   }
@@ -922,6 +945,10 @@ pool_stop(struct pool *p)
     job_free_list(p->head);
     p->head = p->tail = NULL;
   }
+  while (p->nspare > 0)
+    nbdsrv_buf_free(&p->spare[--p->nspare]);
+  free(p->spare);
+  p->spare = NULL;
   if (p->epfd >= 0)
     close(p->epfd);
   if (p->qefd >= 0)
@@ -1126,6 +1153,7 @@ read_requests(struct conn *cn, bool *error)
       return "out of memory";
     }
     j->cn = cn;
+    j->pool = &cn->cl->pool;
     j->req = req;
     j->cost = nbdsrv_reply_data_len(cn->nc, &req);
     enum start_result sr = try_start(cn, j, false);
@@ -1452,7 +1480,7 @@ accept_some(struct server *s, size_t i, int64_t *paused_until)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     /* Blocking, with a send timeout: a worker's reply is written by the
-     * kernel as the client takes it; the loop passes MSG_DONTWAIT. */
+     * kernel as the client takes it; reads pass MSG_DONTWAIT. */
     int fd = accept4(s->lfds[i], (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
     if (fd == -1) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
@@ -1754,7 +1782,6 @@ server_new(struct exports *reg, const struct server_config *cfg)
     s->cfg.addr_inflight_bytes = NBDSRV_REQUEST_MAX;
   s->epfd = s->efd = -1;
   pthread_mutex_init(&s->lock, NULL);
-  pthread_cond_init(&s->cond, NULL);
   pthread_mutex_init(&s->kick_lock, NULL);
   for (int i = 0; i < CLASS_N; i++) {
     struct class *cl = &s->classes[i];
@@ -1942,7 +1969,6 @@ server_free(struct server *s)
     }
   }
   pthread_mutex_destroy(&s->lock);
-  pthread_cond_destroy(&s->cond);
   pthread_mutex_destroy(&s->kick_lock);
   free(s);
 }
