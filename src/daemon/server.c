@@ -783,11 +783,12 @@ event_end(struct conn *cn, bool kick)
     wake_loop(s);
 }
 
-/* A worker got EPOLLIN for cn: it reads one request and, if it is an
- * ordinary one that fits the budgets, re-arms cn (so the next request
- * may go to another worker) and carries it out itself: no hand-off
- * between threads on the hot path.  Anything else (a write's payload,
- * DISC, an error, end of stream, no budget) is left to the loop. */
+/* A worker got EPOLLIN for cn: it holds the read token and serves cn's
+ * requests one after the other (read a header, carry it out, send the
+ * reply) while complete requests are buffered, READ_BATCH at most; then
+ * it re-arms cn.  No epoll round trip and no hand-off between threads per
+ * request on the hot path.  Anything else (a write's payload, DISC, an
+ * error, end of stream, no budget) is left to the loop. */
 static void
 worker_read(struct conn *cn, struct nbdsrv_buf *buf)
 {
@@ -801,54 +802,63 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
   pthread_mutex_unlock(&cn->lock);
 
   bool kick = false;
-  struct job *j = NULL;
-  ssize_t r = 0;
-  if (cn->discard > 0 || cn->hdr_got == NBDSRV_REQUEST_LEN)
-    kick = true; /* a write's payload to drop, or a request left over */
-  else
-    r = recv(cn->fd, cn->hdr + cn->hdr_got,
-             NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
-  if (r > 0)
-    cn->hdr_got += (unsigned)r;
-  else if (!kick && (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
-                                errno != EINTR)))
-    kick = true; /* the loop reads it again and sees why */
-  if (!kick && cn->hdr_got == NBDSRV_REQUEST_LEN) {
-    struct nbdsrv_request req;
-    uint32_t payload = 0;
-    /* Decoded again by the loop if it is left to it. */
-    if (nbdsrv_decode_request(cn->nc, cn->hdr, &req, &payload) == 1 &&
-        payload == 0 && (j = calloc(1, sizeof *j)) != NULL) {
-      j->cn = cn;
-      j->pool = &cn->cl->pool;
-      j->req = req;
-      j->cost = nbdsrv_reply_data_len(cn->nc, &req);
-    } else
-      kick = true;
-  }
-
-  pthread_mutex_lock(&cn->lock);
-  if (j && !cn->closing &&
-      take_budget_locked(cn, j->cost, false) == START_OK) {
-    cn->hdr_got = 0;
-    atomic_store(&cn->last_active_ms, now_ms());
-    if (cn->jobs >= cn->s->cfg.conn_requests) {
-      cn->want_read = false;
-      cn->need_kick = true;
+  for (unsigned n = 0;; n++) {
+    struct job *j = NULL;
+    ssize_t r = 0;
+    bool more = false; /* keep the token: serve j, then read again */
+    if (cn->discard > 0 || cn->hdr_got == NBDSRV_REQUEST_LEN)
+      kick = true; /* a write's payload to drop, or a request left over */
+    else
+      r = recv(cn->fd, cn->hdr + cn->hdr_got,
+               NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+    if (r > 0)
+      cn->hdr_got += (unsigned)r;
+    else if (!kick && (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
+                                  errno != EINTR)))
+      kick = true; /* the loop reads it again and sees why */
+    if (!kick && cn->hdr_got == NBDSRV_REQUEST_LEN) {
+      struct nbdsrv_request req;
+      uint32_t payload = 0;
+      /* Decoded again by the loop if it is left to it. */
+      if (nbdsrv_decode_request(cn->nc, cn->hdr, &req, &payload) == 1 &&
+          payload == 0 && (j = calloc(1, sizeof *j)) != NULL) {
+        j->cn = cn;
+        j->pool = &cn->cl->pool;
+        j->req = req;
+        j->cost = nbdsrv_reply_data_len(cn->nc, &req);
+      } else
+        kick = true;
     }
-  } else if (j) {
-    free(j);
-    j = NULL;
-    kick = true;
+
+    pthread_mutex_lock(&cn->lock);
+    if (j && !cn->closing &&
+        take_budget_locked(cn, j->cost, false) == START_OK) {
+      cn->hdr_got = 0;
+      atomic_store(&cn->last_active_ms, now_ms());
+      if (cn->jobs >= cn->s->cfg.conn_requests) {
+        cn->want_read = false;
+        cn->need_kick = true;
+      }
+      more = n + 1 < READ_BATCH && cn->want_read &&
+             !atomic_load_explicit(&cn->s->stopping, memory_order_relaxed);
+    } else if (j) {
+      free(j);
+      j = NULL;
+      kick = true;
+    }
+    if (!more) {
+      cn->reader = false;
+      if (!kick)
+        rearm_locked(cn);
+    }
+    pthread_mutex_unlock(&cn->lock);
+    /* cn stays alive while this worker handles its event. */
+    if (j)
+      serve_job(j, buf);
+    if (!more)
+      break;
   }
-  cn->reader = false;
-  if (!kick)
-    rearm_locked(cn);
-  pthread_mutex_unlock(&cn->lock);
   event_end(cn, kick);
-  /* cn stays alive while j is in flight. */
-  if (j)
-    serve_job(j, buf);
 }
 
 static void *
