@@ -132,6 +132,10 @@
 /* Total time a worker waits for a client to make room for a reply (and
  * the sockets' SO_SNDTIMEO); then the loop finishes the reply. */
 #define WRITE_WAIT_MS 20
+/* How long a worker that emptied a connection's input waits in recv for
+ * its next request (the sockets' SO_RCVTIMEO), while another worker of
+ * the class waits in epoll_wait; then it re-arms the connection. */
+#define READ_LINGER_US 2000
 #define SEND_CHUNK (1024 * 1024)
 
 /* Accepts per listener and loop iteration, so a flood cannot starve
@@ -173,6 +177,7 @@ struct pool {
   struct nbdsrv_buf *spare;
   unsigned nspare;
   _Atomic bool stop;
+  _Atomic unsigned idle;     /* workers in epoll_wait */
   pthread_t *threads;
   unsigned nthreads;
 };
@@ -806,11 +811,16 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
     struct job *j = NULL;
     ssize_t r = 0;
     bool more = false; /* keep the token: serve j, then read again */
+    /* Wait for the next request (SO_RCVTIMEO, READ_LINGER_US) only
+     * while another worker of the class is free to take other events. */
+    int flags = n > 0 && atomic_load_explicit(&cn->cl->pool.idle,
+                                              memory_order_relaxed) > 0
+                ? 0 : MSG_DONTWAIT;
     if (cn->discard > 0 || cn->hdr_got == NBDSRV_REQUEST_LEN)
       kick = true; /* a write's payload to drop, or a request left over */
     else
       r = recv(cn->fd, cn->hdr + cn->hdr_got,
-               NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+               NBDSRV_REQUEST_LEN - cn->hdr_got, flags);
     if (r > 0)
       cn->hdr_got += (unsigned)r;
     else if (!kick && (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
@@ -868,7 +878,9 @@ worker_main(void *arg)
   struct nbdsrv_buf buf = { 0 };
   while (!atomic_load(&p->stop)) {
     struct epoll_event ev;
+    atomic_fetch_add_explicit(&p->idle, 1, memory_order_relaxed);
     int n = epoll_wait(p->epfd, &ev, 1, -1);
+    atomic_fetch_sub_explicit(&p->idle, 1, memory_order_relaxed);
     if (n <= 0)
       continue;
     if (ev.data.ptr == NULL) {
@@ -1460,6 +1472,8 @@ admit(struct server *s, int fd, const struct sockaddr_storage *ss,
   }
   struct timeval tv = { .tv_sec = 0, .tv_usec = WRITE_WAIT_MS * 1000 };
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  tv.tv_usec = READ_LINGER_US;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 
   pthread_attr_t attr;
   pthread_t tid;
