@@ -163,14 +163,18 @@ mkdir "$images"
 file=$images/$name.raw
 size=$((image_mb * 1048576))
 note "making a $image_mb MiB image in $tmp"
-# Random-ish and cheap, as in bench-origin.sh: one random MiB repeated with
-# a per-MiB counter in front, so no two blocks are alike.
-head -c 1048576 /dev/urandom > "$tmp/seed"
-for ((i = 0; i < image_mb; i++)); do
-    printf '%016d' "$i"
-    tail -c +17 "$tmp/seed"
-done > "$file"
-rm -f "$tmp/seed"
+# Random-ish and cheap: one random MiB repeated, with a counter at the
+# start of every 4 KiB, so no two blocks are alike at any block size (a
+# node reuses identical blocks and never stores zero ones: docs/node.md).
+/usr/bin/python3 - "$file" "$image_mb" <<'PY'
+import os, sys
+seed = bytearray(os.urandom(1048576))
+with open(sys.argv[1], "wb") as f:
+    for i in range(int(sys.argv[2])):
+        for j in range(256):
+            seed[j * 4096:j * 4096 + 16] = b"%016d" % (i * 256 + j)
+        f.write(seed)
+PY
 "$thunderctl" image add "$name" "$file" > "$tmp/image-add.out" 2>&1 ||
     { cat "$tmp/image-add.out" >&2; die "thunderctl image add failed"; }
 block_size=$(sed -n 's/.*block size \([0-9]*\),.*/\1/p' "$tmp/image-add.out")

@@ -102,8 +102,10 @@ step "3. libvirtd and virtlogd (started here without systemd if they are not run
 ./scripts/start-libvirt.sh
 
 step "4. thunder-api on its defaults ($api), state in $work/api.db"
-start api "$THUNDER_API" --db "$work/api.db" --token-file "$token"
+start api "$THUNDER_API" --db "$work/api.db" --token-file "$token" \
+  --ui-dir "$PWD/src/api/ui"
 tail -n 1 "$work/api.log"
+echo "status page: $api/ui/ (the operator token is in $token); each node's metrics: /metrics on its control endpoint"
 
 step "5. three node daemons register with it: node1 on the defaults, node2 and node3 with their own pools"
 for i in 1 2 3; do

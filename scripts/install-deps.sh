@@ -8,7 +8,7 @@ packages=(
   gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   # libraries
   nettle-dev libjson-c-dev libcunit1-dev libnbd-dev libmicrohttpd-dev libsqlite3-dev
-  libcurl4-gnutls-dev curl
+  libcurl4-gnutls-dev curl libgnutls28-dev
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit qemu-utils
   # the libvirt pool, VMs (QEMU TCG) and the test guest (tests/guest/)
@@ -21,6 +21,9 @@ packages=(
   iperf3 gnuplot-nox wrk python3-jsonschema python3-yaml
   # the Ansible rollout (deploy/ansible) and its test
   ansible ansible-lint
+  # observability tests: a real Prometheus (and promtool), the status page
+  # in headless Chromium driven by Selenium
+  prometheus chromium chromium-driver python3-selenium
 )
 
 # The test guest's kernel: Debian's cloud kernel package, downloaded (not

@@ -47,7 +47,11 @@
 #include <json-c/json.h>
 
 #include "api.h"
+#include "apiutil.h"
+#include "converge.h"
+#include "metrics.h"
 #include "cleanup.h"
+#include "clock.h"
 #include "log.h"
 #include "nodecall.h"
 
@@ -65,6 +69,10 @@ struct memo {
   size_t n_attach_fail;
   int64_t bytes_at;        /* monotonic ms of the last bytes poll */
   uint64_t origin_bytes;
+  /* Bytes each node last reported fetching from each of its upstreams
+   * (converger_upstream_bytes; under the converger's lock). */
+  struct { char *node, *uri; uint64_t bytes; } *edges;
+  size_t n_edges;
   struct { char *vm; unsigned fails; } *vm_fail;
   size_t n_vm_fail;
   bool seen;               /* in this round's list */
@@ -119,7 +127,39 @@ memo_free(struct memo *m)
   for (size_t i = 0; i < m->n_vm_fail; i++)
     free(m->vm_fail[i].vm);
   free(m->vm_fail);
+  for (size_t i = 0; i < m->n_edges; i++) {
+    free(m->edges[i].node);
+    free(m->edges[i].uri);
+  }
+  free(m->edges);
   free(m);
+}
+
+/* Records what node reported fetching from uri (the counter only grows;
+ * a lower report, after a node restart, is kept as it is).  The caller
+ * holds the converger's lock. */
+static void
+memo_edge(struct memo *m, const char *node, const char *uri, uint64_t bytes)
+{
+  for (size_t i = 0; i < m->n_edges; i++)
+    if (strcmp(m->edges[i].node, node) == 0 &&
+        strcmp(m->edges[i].uri, uri) == 0) {
+      m->edges[i].bytes = bytes;
+      return;
+    }
+  void *v = realloc(m->edges, (m->n_edges + 1) * sizeof *m->edges);
+  if (v == NULL)
+    return;
+  m->edges = v;
+  char *n = strdup(node), *u = strdup(uri);
+  if (n == NULL || u == NULL) {
+    free(n);
+    free(u);
+    return;
+  }
+  m->edges[m->n_edges].node = n;
+  m->edges[m->n_edges].uri = u;
+  m->edges[m->n_edges++].bytes = bytes;
 }
 
 static bool
@@ -171,6 +211,27 @@ memo_vm_failed(struct memo *m, const char *vm)
 }
 
 uint64_t
+converger_upstream_bytes(struct converger *cv, const char *id,
+                         const char *node, const char *uri)
+{
+  if (cv == NULL)
+    return 0;
+  uint64_t b = 0;
+  pthread_mutex_lock(&cv->lock);
+  for (size_t i = 0; i < cv->n_memos; i++) {
+    struct memo *m = cv->memos[i];
+    if (strcmp(m->id, id) != 0)
+      continue;
+    for (size_t j = 0; j < m->n_edges; j++)
+      if (strcmp(m->edges[j].node, node) == 0 &&
+          strcmp(m->edges[j].uri, uri) == 0)
+        b = m->edges[j].bytes;
+  }
+  pthread_mutex_unlock(&cv->lock);
+  return b;
+}
+
+uint64_t
 converger_origin_bytes(struct converger *cv, const char *id)
 {
   if (cv == NULL)
@@ -182,14 +243,6 @@ converger_origin_bytes(struct converger *cv, const char *id)
       b = cv->memos[i]->origin_bytes;
   pthread_mutex_unlock(&cv->lock);
   return b;
-}
-
-static int64_t
-mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- copies of store rows (the callbacks' strings are borrowed) ---------- */
@@ -258,14 +311,10 @@ copy_row(const struct store_tree_row *r, void *opaque)
   c->node = strdup(r->node_id);
   c->parent = r->parent ? strdup(r->parent) : NULL;
   c->depth = r->depth;
-  struct json_object *arr = json_tokener_parse(r->upstreams_json);
-  size_t n = arr && json_object_is_type(arr, json_type_array)
-                 ? json_object_array_length(arr) : 0;
+  size_t n = r->n_upstreams;
   c->ups = calloc(n ? n : 1, sizeof *c->ups);
   for (size_t i = 0; c->ups && i < n; i++)
-    c->ups[c->n_ups++] =
-        strdup(json_object_get_string(json_object_array_get_idx(arr, i)));
-  json_object_put(arr);
+    c->ups[c->n_ups++] = strdup(r->upstreams[i]);
   return 0;
 }
 
@@ -384,7 +433,7 @@ step_attach(struct converger *cv, const struct store_cluster *c,
                  c->id, r->node, c->image, r->ups[0]);
         continue;
       }
-      metrics_push_error();
+      metrics_push_error(r->node);
       nodecall_describe(&calls[k], why, sizeof why);
       if (st == 0) {
         node_failed(cv, r->node, why);
@@ -483,7 +532,7 @@ step_vms(struct converger *cv, const struct store_cluster *c, struct memo *m,
         continue; /* still starting */
       }
     } else if (st == 0) {
-      metrics_push_error();
+      metrics_push_error(v->node);
       node_failed(cv, v->node, why);
       continue;
     } else if (st == 404 && v->state == STORE_VM_PENDING) {
@@ -495,11 +544,11 @@ step_vms(struct converger *cv, const struct store_cluster *c, struct memo *m,
     } else if (st == 404) {
       snprintf(reason, sizeof reason, "it vanished from node %s", v->node);
     } else if (st >= 500 && memo_vm_failed(m, v->name) < VM_TRIES) {
-      metrics_push_error();
+      metrics_push_error(v->node);
       log_warn(COMPONENT, "VM %s: will retry: %s", v->name, why);
       continue;
     } else {
-      metrics_push_error();
+      metrics_push_error(v->node);
       snprintf(reason, sizeof reason, "%s on node %s: %s",
                v->state == STORE_VM_PENDING ? "creating it" : "following it",
                v->node, why);
@@ -518,7 +567,7 @@ static void
 step_bytes(struct converger *cv, const struct store_cluster *c,
            struct memo *m, const struct row_vec *rows)
 {
-  int64_t now = mono_ms();
+  int64_t now = clock_mono_ms();
   if (now - m->bytes_at < BYTES_EVERY_MS)
     return;
   m->bytes_at = now;
@@ -526,20 +575,23 @@ step_bytes(struct converger *cv, const struct store_cluster *c,
   CLEANUP_FREE struct store_image *im = store_image_get(cv->st, c->image, &err);
   if (im == NULL)
     return;
-  CLEANUP_FREE char *origin = api_export_uri(im->origin_nbd, c->image);
+  CLEANUP_FREE char *origin = apiutil_export_uri(im->origin_nbd, c->image);
   CLEANUP_FREE char *path = NULL;
   if (origin == NULL || asprintf(&path, "/v1/images/%s", c->image) == -1)
     return;
   struct nodecall *calls = calloc(rows->n ? rows->n : 1, sizeof *calls);
+  CLEANUP_FREE const char **who = calloc(rows->n ? rows->n : 1, sizeof *who);
   size_t n = 0;
-  if (calls == NULL)
+  if (calls == NULL || who == NULL) {
+    free(calls);
     return;
+  }
   for (size_t i = 0; i < rows->n; i++) {
     if (!memo_attached(m, rows->v[i].node))
       continue;
     CLEANUP_FREE char *ctl = ready_control(cv, rows->v[i].node);
     if (ctl && nodecall_set(&calls[n], "GET", ctl, path, NULL, NULL) == 0)
-      n++;
+      who[n++] = rows->v[i].node;
   }
   struct nodecall_opts o = cv->opts;
   o.retries = 0;
@@ -553,12 +605,18 @@ step_bytes(struct converger *cv, const struct store_cluster *c,
       continue;
     for (size_t j = 0; j < json_object_array_length(ups); j++) {
       u = json_object_array_get_idx(ups, j);
-      if (json_object_object_get_ex(u, "uri", &uri) &&
-          json_object_object_get_ex(u, "bytes", &bytes) &&
-          json_object_is_type(bytes, json_type_int) &&
-          strcmp(json_object_get_string(uri), origin) == 0 &&
-          json_object_get_int64(bytes) > 0)
-        sum += (uint64_t)json_object_get_int64(bytes);
+      if (!json_object_object_get_ex(u, "uri", &uri) ||
+          !json_object_is_type(uri, json_type_string) ||
+          !json_object_object_get_ex(u, "bytes", &bytes) ||
+          !json_object_is_type(bytes, json_type_int) ||
+          json_object_get_int64(bytes) < 0)
+        continue;
+      uint64_t b = (uint64_t)json_object_get_int64(bytes);
+      if (strcmp(json_object_get_string(uri), origin) == 0)
+        sum += b;
+      pthread_mutex_lock(&cv->lock);
+      memo_edge(m, who[k], json_object_get_string(uri), b);
+      pthread_mutex_unlock(&cv->lock);
     }
   }
   nodecall_clear(calls, n);
@@ -611,7 +669,7 @@ step_provision(struct converger *cv, const struct store_cluster *c,
     if (store_cluster_set_state(cv->st, c->id,
                                 STORE_MASK(STORE_CLUSTER_PROVISIONING), to,
                                 running ? NULL : msg, &err) == STORE_OK) {
-      double secs = (double)(api_now_ms() - c->created_at) / 1000.0;
+      double secs = (double)(apiutil_now_ms() - c->created_at) / 1000.0;
       metrics_provisioned(secs);
       log_info(COMPONENT, "cluster %s (%s): %s after %.1f s: %zu running, %zu failed",
                c->id, c->name, store_cluster_state_name(to), secs, running,
@@ -698,7 +756,7 @@ step_delete(struct converger *cv, const struct store_cluster *c,
       store_vm_set_state(cv->st, v->id, 0, STORE_VM_DELETED, reason, &err);
       log_warn(COMPONENT, "VM %s: %s", v->name, reason);
     } else {
-      metrics_push_error();
+      metrics_push_error(v->node);
       log_warn(COMPONENT, "VM %s: %s", v->name,
                nodecall_describe(&calls[k], why, sizeof why));
       if (calls[k].status == 0)
@@ -899,7 +957,7 @@ round_once(struct converger *cv)
 {
   struct store_err err;
   struct id_vec down = { 0 };
-  int64_t before = api_now_ms() - (int64_t)cv->cfg->node_timeout_s * 1000;
+  int64_t before = apiutil_now_ms() - (int64_t)cv->cfg->node_timeout_s * 1000;
   if (store_nodes_expire(cv->st, before, copy_id, &down, NULL, &err) != STORE_OK)
     log_warn(COMPONENT, "%s", err.msg);
   for (size_t i = 0; i < down.n; i++)
@@ -925,10 +983,13 @@ round_once(struct converger *cv)
     if (m == NULL)
       continue;
     m->seen = true;
+    int64_t t0 = clock_mono_ms();
     if (c->state == STORE_CLUSTER_DELETING)
       step_delete(cv, c, m);
     else
       step_provision(cv, c, m);
+    metrics_step(c->state == STORE_CLUSTER_DELETING ? "delete" : "provision",
+                 (double)(clock_mono_ms() - t0) / 1000);
   }
   id_vec_free(&ids);
 }

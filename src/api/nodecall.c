@@ -13,6 +13,9 @@
 #include <curl/curl.h>
 #include <json-c/json.h>
 
+#include "curlbuf.h"
+#include "clock.h"
+#include "jsonutil.h"
 #include "log.h"
 #include "nodecall.h"
 
@@ -24,20 +27,10 @@ struct slot {
   struct nodecall *call;
   CURL *easy;
   struct curl_slist *headers;
-  char *buf;
-  size_t len;
-  bool overflow;
+  struct curlbuf reply;  /* at most NODECALL_REPLY_MAX bytes */
   int64_t not_before;   /* ms; a retry waits until then */
   bool active, done;
 };
-
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int
 nodecall_global_init(void)
@@ -97,37 +90,15 @@ nodecall_describe(const struct nodecall *call, char *buf, size_t len)
   return buf;
 }
 
-static size_t
-on_data(char *ptr, size_t size, size_t nmemb, void *opaque)
-{
-  struct slot *s = opaque;
-  size_t n = size * nmemb;
-  if (s->len + n > NODECALL_REPLY_MAX) {
-    s->overflow = true;
-    return 0; /* aborts the transfer */
-  }
-  char *nb = realloc(s->buf, s->len + n + 1);
-  if (nb == NULL)
-    return 0;
-  s->buf = nb;
-  memcpy(s->buf + s->len, ptr, n);
-  s->len += n;
-  s->buf[s->len] = '\0';
-  return n;
-}
-
 static void
 slot_reset(struct slot *s)
 {
   if (s->easy)
     curl_easy_cleanup(s->easy);
   curl_slist_free_all(s->headers);
-  free(s->buf);
+  curlbuf_init(&s->reply, NODECALL_REPLY_MAX, false);
   s->easy = NULL;
   s->headers = NULL;
-  s->buf = NULL;
-  s->len = 0;
-  s->overflow = false;
   s->active = false;
 }
 
@@ -156,8 +127,8 @@ slot_start(CURLM *multi, struct slot *s, const struct nodecall_opts *o)
                    (long)(o->timeout_ms < 5000 ? o->timeout_ms : 5000));
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+  curlbuf_init(&s->reply, NODECALL_REPLY_MAX, false);
+  curlbuf_attach(e, &s->reply);
   curl_easy_setopt(e, CURLOPT_PRIVATE, s);
   if (c->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
@@ -193,20 +164,14 @@ slot_finish(struct slot *s, CURLcode rc)
   c->status = 0;
   if (rc != CURLE_OK) {
     snprintf(c->err, sizeof c->err, "%s",
-             s->overflow ? "reply larger than 4 MiB" : curl_easy_strerror(rc));
+             s->reply.too_large ? "reply larger than 4 MiB" : curl_easy_strerror(rc));
     return;
   }
   curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &c->status);
-  if (s->len > 0) {
-    struct json_tokener *tok = json_tokener_new_ex(REPLY_DEPTH);
-    if (tok) {
-      c->reply = json_tokener_parse_ex(tok, s->buf, (int)s->len);
-      if (json_tokener_get_error(tok) != json_tokener_success) {
-        json_object_put(c->reply);
-        c->reply = NULL;
-      }
-      json_tokener_free(tok);
-    }
+  if (s->reply.len > 0) {
+    char err[256];
+    c->reply = jsonutil_parse(s->reply.data, s->reply.len, REPLY_DEPTH,
+                              JSONUTIL_DUPS_OK, "reply", err, sizeof err);
   }
   if (c->status >= 400) {
     struct json_object *e, *m;
@@ -243,7 +208,7 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
   size_t left = n;
   unsigned active = 0;
   while (left > 0) {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     int64_t next_wake = INT64_MAX;
     for (size_t i = 0; i < n && active < parallel; i++) {
       struct slot *s = &slots[i];
@@ -285,7 +250,7 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
       if (retryable(c->status) && c->attempts <= o->retries) {
         char why[NODECALL_ERR_MAX + 128];
         log_debug(COMPONENT, "retrying %s", nodecall_describe(c, why, sizeof why));
-        s->not_before = now_ms() + ((int64_t)BACKOFF_MS << (c->attempts - 1 < 6 ? c->attempts - 1 : 6));
+        s->not_before = clock_mono_ms() + ((int64_t)BACKOFF_MS << (c->attempts - 1 < 6 ? c->attempts - 1 : 6));
       } else {
         s->done = true;
         left--;
@@ -295,7 +260,7 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
       break;
     int timeout = 100;
     if (next_wake != INT64_MAX) {
-      int64_t d = next_wake - now_ms();
+      int64_t d = next_wake - clock_mono_ms();
       if (d < timeout)
         timeout = d < 0 ? 0 : (int)d;
     }

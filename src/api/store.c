@@ -113,6 +113,7 @@
 #include <time.h>
 
 #include "cleanup.h"
+#include "jsonutil.h"
 #include "log.h"
 
 #define STORE_APP_ID 0x54484e44 /* 'THND' */
@@ -1948,15 +1949,12 @@ store_tree_list(struct store *st, const char *cluster_id, store_tree_fn *fn,
       .upstreams_json = col_text(s, 3),
     };
     const char *ups[STORE_UPSTREAMS_MAX];
-    CLEANUP_JSON_PUT struct json_object *a = NULL;
-    struct json_tokener *tok = json_tokener_new_ex(2);
-    if (tok == NULL)
-      return fail(err, STORE_ERROR, "%s: read tree of cluster %s: %s",
-                  st->path, cluster_id, strerror(ENOMEM));
-    if (row.upstreams_json)
-      a = json_tokener_parse_ex(tok, row.upstreams_json,
-                                (int)strlen(row.upstreams_json));
-    json_tokener_free(tok);
+    char perr[128];
+    CLEANUP_JSON_PUT struct json_object *a =
+        row.upstreams_json
+            ? jsonutil_parse(row.upstreams_json, strlen(row.upstreams_json), 2,
+                             JSONUTIL_DUPS_OK, "upstreams", perr, sizeof perr)
+            : NULL;
     size_t n = a && json_object_is_type(a, json_type_array)
                    ? json_object_array_length(a)
                    : 0;

@@ -1,7 +1,7 @@
 /* thunder-api — thunder's central REST service (docs/api.md).
  *
  * Wiring only: options, logging, tokens, signals; the HTTP side is
- * server.c, the background work converge.c, the state store.c.
+ * apiserver.c, the background work converge.c, the state store.c.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -11,8 +11,11 @@
 #include <string.h>
 
 #include "api.h"
+#include "converge.h"
+#include "apiserver.h"
 #include "config.h"
 #include "log.h"
+#include "thunder-build.h"
 #include "nodecall.h"
 #include "token.h"
 
@@ -41,6 +44,7 @@ static struct {
   uint64_t origin_cap;
   uint64_t origin_copies;
   uint64_t working_set_mib;
+  char *ui_dir;
   char *log;
   char *log_level;
   char *debug;
@@ -108,6 +112,9 @@ static const struct config_opt options[] = {
     "planner: most children of the origin (default 4)" },
   { "working-set-mib", CONFIG_TYPE_UINT, &opt.working_set_mib, 1, 1048576,
     "MIB", "planner: bytes a boot reads (default 64)" },
+  { "ui-dir", CONFIG_TYPE_STRING, &opt.ui_dir, 0, 0, "DIR",
+    "the status page's files, served at /ui/ (default " THUNDER_UI_DIR
+    "; none: no page)" },
   { "log", CONFIG_TYPE_STRING, &opt.log, 0, 0, "stderr|syslog",
     "where to log (default stderr)" },
   { "log-level", CONFIG_TYPE_STRING, &opt.log_level, 0, 0, "LEVEL",
@@ -183,6 +190,7 @@ main(int argc, char **argv)
     .origin_cap = (unsigned)opt.origin_cap,
     .origin_copies = (unsigned)opt.origin_copies,
     .working_set = opt.working_set_mib << 20,
+    .ui_dir = opt.ui_dir,
   };
 
   /* Every thread but this one blocks the signals; this one waits. */

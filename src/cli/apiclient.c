@@ -161,7 +161,7 @@ apiclient_free(struct apiclient *ac)
  * start. */
 static void
 error_reply(struct apiclient *ac, const char *what,
-            const struct httpjson_buffer *b)
+            const struct curlbuf *b)
 {
   const char *code, *message;
   CLEANUP_JSON_PUT struct json_object *o =
@@ -197,7 +197,7 @@ attempt(struct apiclient *ac, const char *method, const char *url,
 {
   CURL *h = ac->http.curl;
   char errbuf[CURL_ERROR_SIZE] = "";
-  struct httpjson_buffer b = { 0 };
+  struct curlbuf b = { 0 };
   CLEANUP_FREE char *data = NULL;
 
   ac->status = 0;

@@ -26,6 +26,7 @@
 #include "apiclient.h"
 #include "cleanup.h"
 #include "digest.h"
+#include "jsonutil.h"
 #include "manifest.h"
 
 /* Longest cluster name (VM names are NAME-0000...), node name. */
@@ -648,19 +649,6 @@ node_name_valid(const char *s)
   return manifest_name_valid(s) && strlen(s) <= NODE_NAME_MAX;
 }
 
-/* Adds key: value to o; false if out of memory (value is consumed). */
-static bool
-add(struct json_object *o, const char *key, struct json_object *value)
-{
-  if (value == NULL)
-    return false;
-  if (json_object_object_add(o, key, value) != 0) {
-    json_object_put(value);
-    return false;
-  }
-  return true;
-}
-
 /* The "nodes" array from "a,b,c"; NULL with a message (usage error). */
 static struct json_object *
 parse_node_list(const char *s, bool *oom)
@@ -861,28 +849,28 @@ cmd_cluster_create(int argc, char **argv)
   CLEANUP_JSON_PUT struct json_object *body = json_object_new_object();
   CLEANUP_JSON_PUT struct json_object *pl = json_object_new_object();
   if (body == NULL || pl == NULL ||
-      !add(body, "name", json_object_new_string(name)) ||
-      !add(body, "image", json_object_new_string(image)) ||
-      !add(body, "count", json_object_new_int64(count)) ||
-      !add(body, "vcpus", json_object_new_int64(vcpus)) ||
-      !add(body, "memory_mib", json_object_new_int64(memory)) ||
-      (disk && !add(body, "disk_gib", json_object_new_int64(disk))) ||
-      (fanout && !add(body, "fanout", json_object_new_int64(fanout))) ||
-      (placement && !add(pl, "strategy", json_object_new_string(placement))) ||
-      (zone && !add(pl, "zone", json_object_new_string(zone))) ||
-      (rack && !add(pl, "rack", json_object_new_string(rack))) ||
+      !jsonutil_add(body, "name", json_object_new_string(name)) ||
+      !jsonutil_add(body, "image", json_object_new_string(image)) ||
+      !jsonutil_add(body, "count", json_object_new_int64(count)) ||
+      !jsonutil_add(body, "vcpus", json_object_new_int64(vcpus)) ||
+      !jsonutil_add(body, "memory_mib", json_object_new_int64(memory)) ||
+      (disk && !jsonutil_add(body, "disk_gib", json_object_new_int64(disk))) ||
+      (fanout && !jsonutil_add(body, "fanout", json_object_new_int64(fanout))) ||
+      (placement && !jsonutil_add(pl, "strategy", json_object_new_string(placement))) ||
+      (zone && !jsonutil_add(pl, "zone", json_object_new_string(zone))) ||
+      (rack && !jsonutil_add(pl, "rack", json_object_new_string(rack))) ||
       (max_per_node &&
-       !add(pl, "max_per_node", json_object_new_int64(max_per_node))))
+       !jsonutil_add(pl, "max_per_node", json_object_new_int64(max_per_node))))
     oom = true;
   if (!oom && nodes) {
     struct json_object *a = parse_node_list(nodes, &oom);
     if (a == NULL && !oom)
       return EXIT_USAGE;
-    if (a && !add(pl, "nodes", a))
+    if (a && !jsonutil_add(pl, "nodes", a))
       oom = true;
   }
   if (!oom && json_object_object_length(pl) > 0) {
-    if (!add(body, "placement", json_object_get(pl)))
+    if (!jsonutil_add(body, "placement", json_object_get(pl)))
       oom = true;
   }
   if (oom) {
@@ -1775,9 +1763,9 @@ cmd_api_image_register(int argc, char **argv)
   if (version && cli_parse_version(version, hex) < 0)
     return EXIT_USAGE;
   CLEANUP_JSON_PUT struct json_object *body = json_object_new_object();
-  if (body == NULL || !add(body, "name", json_object_new_string(name)) ||
-      !add(body, "origin", json_object_new_string(origin)) ||
-      (version && !add(body, "version", json_object_new_string(hex)))) {
+  if (body == NULL || !jsonutil_add(body, "name", json_object_new_string(name)) ||
+      !jsonutil_add(body, "origin", json_object_new_string(origin)) ||
+      (version && !jsonutil_add(body, "version", json_object_new_string(hex)))) {
     fprintf(stderr, PROG ": api image register: out of memory\n");
     return 1;
   }

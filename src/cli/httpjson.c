@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonutil.h"
 #include "token.h"
 
 #define PROG "thunderctl"
@@ -102,34 +103,14 @@ httpjson_fini(struct httpjson *h)
 
 /* ---- one request --------------------------------------------------------------- */
 
-static size_t
-on_data(char *data, size_t size, size_t nmemb, void *opaque)
-{
-  struct httpjson_buffer *b = opaque;
-  size_t n = size * nmemb;
-  if (n > HTTPJSON_REPLY_MAX || b->len + n > HTTPJSON_REPLY_MAX) {
-    b->too_large = true;
-    return 0;
-  }
-  char *p = realloc(b->data, b->len + n + 1);
-  if (p == NULL) {
-    b->no_memory = true;
-    return 0;
-  }
-  memcpy(p + b->len, data, n);
-  b->len += n;
-  p[b->len] = '\0';
-  b->data = p;
-  return n;
-}
-
 int
 httpjson_setup(struct httpjson *h, const char *method, const char *url,
                struct curl_slist *headers, long connect_timeout, long timeout,
-               char *errbuf, struct httpjson_buffer *b, const char *text)
+               char *errbuf, struct curlbuf *b, const char *text)
 {
   CURL *c = h->curl;
   curl_easy_reset(c);
+  curlbuf_init(b, HTTPJSON_REPLY_MAX, false);
   if (curl_easy_setopt(c, CURLOPT_URL, url) != CURLE_OK ||
       curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
       curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK ||
@@ -138,8 +119,7 @@ httpjson_setup(struct httpjson *h, const char *method, const char *url,
       curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout) != CURLE_OK ||
       curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
       curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
-      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK ||
-      curl_easy_setopt(c, CURLOPT_WRITEDATA, b) != CURLE_OK ||
+      curlbuf_attach(c, b) != CURLE_OK ||
       (text && (curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE,
                                  (long)strlen(text)) != CURLE_OK ||
                 curl_easy_setopt(c, CURLOPT_POSTFIELDS, text) != CURLE_OK)))
@@ -159,25 +139,11 @@ httpjson_text(struct json_object *body)
 struct json_object *
 httpjson_parse(const char *data, size_t len)
 {
-  if (len > HTTPJSON_REPLY_MAX || memchr(data, '\0', len) != NULL)
+  char err[256];
+  if (len > HTTPJSON_REPLY_MAX)
     return NULL;
-  struct json_tokener *tok = json_tokener_new_ex(HTTPJSON_REPLY_DEPTH);
-  if (tok == NULL)
-    return NULL;
-  struct json_object *o = json_tokener_parse_ex(tok, data, (int)len);
-  if (o == NULL && json_tokener_get_error(tok) == json_tokener_continue)
-    o = json_tokener_parse_ex(tok, "", 1);
-  size_t end = json_tokener_get_parse_end(tok);
-  bool ok = json_tokener_get_error(tok) == json_tokener_success;
-  json_tokener_free(tok);
-  for (size_t i = end; ok && i < len; i++)
-    ok = data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
-         data[i] == '\r';
-  if (!ok) {
-    json_object_put(o);
-    return NULL;
-  }
-  return o;
+  return jsonutil_parse(data, len, HTTPJSON_REPLY_DEPTH, JSONUTIL_DUPS_OK,
+                        "reply", err, sizeof err);
 }
 
 /* Member key of o if it is a string, else NULL. */
@@ -192,7 +158,7 @@ string_member(struct json_object *o, const char *key)
 }
 
 struct json_object *
-httpjson_error_body(const struct httpjson_buffer *b, const char **code,
+httpjson_error_body(const struct curlbuf *b, const char **code,
                     const char **message)
 {
   struct json_object *o = b->data ? httpjson_parse(b->data, b->len) : NULL;
@@ -208,7 +174,7 @@ httpjson_error_body(const struct httpjson_buffer *b, const char **code,
 }
 
 const char *
-httpjson_shown(const struct httpjson_buffer *b, char *buf, size_t len)
+httpjson_shown(const struct curlbuf *b, char *buf, size_t len)
 {
   size_t n = 0;
   for (size_t i = 0; b->data && i < b->len && n + 1 < len &&

@@ -1,8 +1,9 @@
 /* thunder — what thunderctl's two HTTP clients share: nodeclient.c (a
  * thunderd control endpoint) and apiclient.c (thunder-api).  One libcurl
  * handle with the bearer token and the fixed JSON headers, a capped reply
- * buffer, a depth-limited JSON parser, the error body both servers send
- * ({"error":{"code":C,"message":M}}), and reading the token.
+ * buffer (common/curlbuf.h), a depth-limited JSON parser, the error body
+ * both servers send ({"error":{"code":C,"message":M}}), and reading the
+ * token.
  *
  * Only the token reading and httpjson_init print (one "thunderctl: ..."
  * message); the rest returns what happened and the clients word their own
@@ -12,6 +13,8 @@
 #define THUNDER_HTTPJSON_H
 
 #include <curl/curl.h>
+
+#include "curlbuf.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -46,21 +49,14 @@ int httpjson_init(struct httpjson *h, const char *url, const char *token);
 /* Frees what httpjson_init made, wiping the token. */
 void httpjson_fini(struct httpjson *h);
 
-/* A reply body as it arrives, at most HTTPJSON_REPLY_MAX bytes. */
-struct httpjson_buffer {
-  char *data; /* NUL-terminated, NULL if nothing came */
-  size_t len;
-  bool too_large;
-  bool no_memory;
-};
-
 /* Resets h->curl and sets it up for method on url (the whole URL) with
  * headers, the timeouts in seconds, curl's message into errbuf
- * (CURL_ERROR_SIZE bytes), the reply into b, and text as the body (NULL:
- * none).  -1 if libcurl refused an option. */
+ * (CURL_ERROR_SIZE bytes), the reply into b (emptied, at most
+ * HTTPJSON_REPLY_MAX bytes; the caller frees b->data), and text as the
+ * body (NULL: none).  -1 if libcurl refused an option. */
 int httpjson_setup(struct httpjson *h, const char *method, const char *url,
                    struct curl_slist *headers, long connect_timeout,
-                   long timeout, char *errbuf, struct httpjson_buffer *b,
+                   long timeout, char *errbuf, struct curlbuf *b,
                    const char *text);
 
 /* The compact JSON text of body, owned by body. */
@@ -73,14 +69,14 @@ struct json_object *httpjson_parse(const char *data, size_t len);
 /* The error body {"error":{"code":C,"message":M}} of b, parsed: returns
  * the body to put (NULL if it is not JSON) with *code and *message set to
  * its strings, each NULL where missing or not a string. */
-struct json_object *httpjson_error_body(const struct httpjson_buffer *b,
+struct json_object *httpjson_error_body(const struct curlbuf *b,
                                         const char **code,
                                         const char **message);
 
 /* The start of b (HTTPJSON_SHOWN_MAX characters at the most, and what fits
  * in buf) with every byte that is not printable ASCII made a space.
  * Returns buf. */
-const char *httpjson_shown(const struct httpjson_buffer *b, char *buf,
+const char *httpjson_shown(const struct curlbuf *b, char *buf,
                            size_t len);
 
 #endif

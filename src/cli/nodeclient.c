@@ -54,7 +54,7 @@ nodeclient_free(struct nodeclient *nc)
  * the body is {"error":{"code":C,"message":M}}. */
 static void
 print_error_reply(const char *what, long status,
-                  const struct httpjson_buffer *b)
+                  const struct curlbuf *b)
 {
   const char *code, *message;
   CLEANUP_JSON_PUT struct json_object *o =
@@ -82,7 +82,7 @@ nodeclient_call(struct nodeclient *nc, const char *method, const char *path,
   const char *base = nc->http.url;
   CLEANUP_FREE char *url = NULL;
   char errbuf[CURL_ERROR_SIZE] = "";
-  struct httpjson_buffer b = { 0 };
+  struct curlbuf b = { 0 };
 
   *reply = NULL;
   if (asprintf(&url, "%s%s", base, path) < 0) {

@@ -19,6 +19,9 @@
  * --token-file names the token of whichever service the command talks to.
  * They exit 2 on a usage error and 3 when --wait times out.
  *
+ * The pki commands (pki init, pki issue; pkicmd.c) make the fleet's CA and
+ * the hosts' certificates in local directories.
+ *
  * The pool commands (pool ensure, vol create/delete, vm create/delete)
  * work on this host's libvirt storage pool through src/pool; they take
  * --pool, --pool-path and --libvirt-uri after their name, with defaults
@@ -28,7 +31,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
-#include <libnbd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,10 +44,15 @@
 #include "cluster.h"
 #include "digest.h"
 #include "log.h"
+#include "manclient.h"
 #include "manifest.h"
 #include "nodeclient.h"
+#include "pkicmd.h"
 #include "pool.h"
 #include "thunder-build.h"
+
+/* How long each step of reading a manifest may take. */
+#define RESOLVE_TIMEOUT_MS 30000
 
 /* Prints the usage of a command group: path is "thunderctl image". */
 static void
@@ -329,77 +336,19 @@ usage_image_attach(FILE *fp)
 }
 
 /* Reads the manifest of image name from the NBD server at uri (export
- * NAME@manifest) and writes its SHA-256, the image version, into hex.
- * -1 with a message. */
+ * NAME@manifest, common/manclient.h) and writes its SHA-256, the image
+ * version, into hex.  -1 with a message. */
 static int
 resolve_version(const char *name, const char *uri, char hex[DIGEST_HEX_LEN + 1])
 {
-  char export[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-  snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
-
-  struct nbd_handle *h = nbd_create();
-  if (h == NULL) {
-    fprintf(stderr, PROG ": nbd_create: %s\n", nbd_get_error());
+  char err[1024];
+  uint64_t size;
+  if (manclient_version(uri, name, RESOLVE_TIMEOUT_MS, 0, hex, &size, err,
+                        sizeof err) != MANCLIENT_OK) {
+    fprintf(stderr, PROG ": manifest of '%s': %s\n", name, err);
     return -1;
   }
-  CLEANUP_FREE char *buf = NULL;
-  int r = -1;
-  int64_t size;
-
-  if (nbd_set_opt_mode(h, true) == -1 || nbd_connect_uri(h, uri) == -1) {
-    fprintf(stderr, PROG ": manifest of '%s': cannot connect to %s: %s\n",
-            name, uri, nbd_get_error());
-    goto out;
-  }
-  if (nbd_set_export_name(h, export) == -1 || nbd_opt_go(h) == -1) {
-    fprintf(stderr, PROG ": manifest of '%s': %s has no export %s: %s\n",
-            name, uri, export, nbd_get_error());
-    goto out;
-  }
-  size = nbd_get_size(h);
-  if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
-    fprintf(stderr, PROG ": manifest of '%s': export %s at %s has size %" PRId64 "; expected 1 to %zu bytes\n",
-            name, export, uri, size, MANIFEST_FILE_MAX);
-    goto out;
-  }
-  buf = malloc((size_t)size);
-  if (buf == NULL) {
-    fprintf(stderr, PROG ": manifest of '%s': malloc: %s\n", name,
-            strerror(errno));
-    goto out;
-  }
-  for (int64_t off = 0; off < size;) {
-    size_t n = (size_t)(size - off) < 4u * 1024 * 1024
-                   ? (size_t)(size - off) : 4u * 1024 * 1024;
-    if (nbd_pread(h, buf + off, n, (uint64_t)off, 0) == -1) {
-      fprintf(stderr, PROG ": manifest of '%s': reading %s from %s: %s\n",
-              name, export, uri, nbd_get_error());
-      goto out;
-    }
-    off += (int64_t)n;
-  }
-  nbd_shutdown(h, 0);
-
-  /* It must be a manifest, and of this image. */
-  char origin[512];
-  snprintf(origin, sizeof origin, "%.200s export %s", uri, export);
-  struct manifest *m = manifest_parse(buf, (size_t)size, origin);
-  if (m == NULL)
-    goto out;
-  if (strcmp(m->name, name) != 0) {
-    fprintf(stderr, PROG ": manifest of '%s': %s is the manifest of image '%s'\n",
-            name, origin, m->name);
-    manifest_free(m);
-    goto out;
-  }
-  manifest_free(m);
-  uint8_t d[DIGEST_LEN];
-  digest_sha256(buf, (size_t)size, d);
-  digest_to_hex(d, hex);
-  r = 0;
-out:
-  nbd_close(h);
-  return r;
+  return 0;
 }
 
 static int
@@ -1243,6 +1192,102 @@ cmd_vm_delete(int argc, char **argv)
                          pool_vm_delete, "deleted domain");
 }
 
+/* ---- cache show, cache gc ------------------------------------------------------ */
+
+static void
+usage_cache(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " --node URL cache show [--json]\n"
+          "       " PROG " --node URL cache gc [--json]\n"
+          "\n"
+          "show: the node's block cache (GET /v1/cache): its capacity (cache-max,\n"
+          "cache-min-free), bytes held, evictions, and each image version on disk\n"
+          "with its bytes and whether it is attached.\n"
+          "gc: frees space now (POST /v1/cache/gc): removes every version no image\n"
+          "is attached at, its blocks and directory.\n"
+          "\n"
+          "  --json            print the node's reply as JSON\n"
+          "  --node URL        the node's control endpoint, e.g. http://127.0.0.1:7000\n"
+          "  --token-file FILE its token (default " NODECLIENT_TOKEN_FILE ";\n"
+          "                    $" NODECLIENT_TOKEN_ENV " overrides it)\n"
+          "  -h, --help        show this help\n");
+}
+
+/* cache show / cache gc: one call, the reply as JSON or text. */
+static int
+cache_command(const char *cmd, const char *method, const char *path,
+              int argc, char **argv)
+{
+  bool json = false;
+  int r = name_command_args(cmd, usage_cache, argc, argv, &json, NULL);
+  if (r >= 0)
+    return r;
+  struct nodeclient *nc = node_client(cmd);
+  if (nc == NULL)
+    return 1;
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  int status = nodeclient_call(nc, method, path, NULL, cmd, &reply);
+  nodeclient_free(nc);
+  if (status < 0)
+    return 1;
+  if (reply == NULL || !json_object_is_type(reply, json_type_object)) {
+    fprintf(stderr, PROG ": %s: the reply is not a JSON object\n", cmd);
+    return 1;
+  }
+  if (json) {
+    cli_print_json(reply);
+    return 0;
+  }
+  char h[48];
+  uint64_t v;
+  if (cli_get_u64(reply, "freed_bytes", &v)) {
+    printf("freed %s\n", cli_human_bytes(v, h, sizeof h));
+    return 0;
+  }
+  static const char *const rows[][2] = {
+    { "cap_bytes", "cap" },          { "min_free_bytes", "free floor" },
+    { "limit_bytes", "may hold" },   { "used_bytes", "holds" },
+    { "evicted_bytes", "evicted" },
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    if (cli_get_u64(reply, rows[i][0], &v))
+      printf("%-11s %s\n", rows[i][1], cli_human_bytes(v, h, sizeof h));
+  struct json_object *vs;
+  if (!json_object_object_get_ex(reply, "versions", &vs) ||
+      !json_object_is_type(vs, json_type_array))
+    return 0;
+  printf("\n%-24s  %-12s  %-10s  %10s  %10s\n", "IMAGE", "VERSION", "STATE",
+         "CACHED", "SIZE");
+  for (size_t i = 0; i < json_object_array_length(vs); i++) {
+    struct json_object *o = json_object_array_get_idx(vs, i), *a;
+    char hb[48], hs[48];
+    uint64_t bytes = 0, size = 0;
+    cli_get_u64(o, "bytes", &bytes);
+    cli_get_u64(o, "image_bytes", &size);
+    bool attached = json_object_object_get_ex(o, "attached", &a) &&
+                    json_object_get_boolean(a);
+    printf("%-24s  %-12.12s  %-10s  %10s  %10s\n", cli_get_str(o, "name", "?"),
+           cli_get_str(o, "version", "?"),
+           attached ? "attached" : "unattached",
+           cli_human_bytes(bytes, hb, sizeof hb),
+           cli_human_bytes(size, hs, sizeof hs));
+  }
+  return 0;
+}
+
+static int
+cmd_cache_show(int argc, char **argv)
+{
+  return cache_command("cache show", "GET", "/v1/cache", argc, argv);
+}
+
+static int
+cmd_cache_gc(int argc, char **argv)
+{
+  return cache_command("cache gc", "POST", "/v1/cache/gc", argc, argv);
+}
+
 /* ---- Command tables ---------------------------------------------------- */
 
 static const struct command image_commands[] = {
@@ -1263,6 +1308,14 @@ static const struct command image_commands[] = {
 static const struct command node_commands[] = {
   { "show", "[--json]", "show what a node (--node) reports about itself",
     cmd_node_show, NULL },
+  { NULL, NULL, NULL, NULL, NULL },
+};
+
+static const struct command cache_commands[] = {
+  { "show", "[--json]", "show a node's (--node) cache: capacity, versions",
+    cmd_cache_show, NULL },
+  { "gc", "[--json]", "remove the versions no image is attached at",
+    cmd_cache_gc, NULL },
   { NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -1296,6 +1349,7 @@ static const struct command top_commands[] = {
     image_commands },
   { "node", "COMMAND ...", "a node's own information", NULL,
     node_commands },
+  { "cache", "COMMAND ...", "a node's block cache", NULL, cache_commands },
   { "pool", "COMMAND ...", "the libvirt storage pool on this host", NULL,
     pool_commands },
   { "vol", "COMMAND ...", "VM volumes in the pool", NULL, vol_commands },
@@ -1305,6 +1359,8 @@ static const struct command top_commands[] = {
     NULL, cluster_commands },
   { "api", "COMMAND ...", "nodes and images of thunder-api (--api)", NULL,
     api_commands },
+  { "pki", "COMMAND ...", "the fleet's CA and the hosts' TLS certificates",
+    NULL, pkicmd_commands },
   { NULL, NULL, NULL, NULL, NULL },
 };
 

@@ -28,9 +28,8 @@ digest_to_hex(const uint8_t d[DIGEST_LEN], char hex[DIGEST_HEX_LEN + 1])
   hex[DIGEST_HEX_LEN] = '\0';
 }
 
-/* Value of one hex digit, or -1. */
-static int
-hex_value(char c)
+int
+digest_hex_value(char c)
 {
   if (c >= '0' && c <= '9')
     return c - '0';
@@ -51,10 +50,10 @@ digest_from_hex(const char *s, uint8_t out[DIGEST_LEN])
   if (s == NULL)
     return -1;
   for (size_t i = 0; i < DIGEST_LEN; i++) {
-    int hi = hex_value(s[2 * i]);
+    int hi = digest_hex_value(s[2 * i]);
     if (hi < 0)
       return -1;
-    int lo = hex_value(s[2 * i + 1]);
+    int lo = digest_hex_value(s[2 * i + 1]);
     if (lo < 0)
       return -1;
     d[i] = (uint8_t)(hi << 4 | lo);

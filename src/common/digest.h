@@ -19,4 +19,7 @@ void digest_to_hex(const uint8_t d[DIGEST_LEN], char hex[DIGEST_HEX_LEN + 1]);
 /* Parses exactly 64 hex digits (either case); -1 if s is anything else. */
 int digest_from_hex(const char *s, uint8_t out[DIGEST_LEN]);
 
+/* The value of one hex digit (either case), or -1. */
+int digest_hex_value(char c);
+
 #endif

@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "jsonutil.h"
 #include "log.h"
 
 #define COMP "manifest"
@@ -81,9 +82,8 @@ _Static_assert(BLOCK_LINE_LEN == 70, "MANIFEST_FILE_MAX assumes 70");
 /* The top-level fields, in the order they are written. */
 static const char *const fields[] = {
   "thunder_manifest", "name", "file", "format",
-  "size", "block_size", "hash", "blocks",
+  "size", "block_size", "hash", "blocks", NULL,
 };
-#define NFIELDS (sizeof fields / sizeof fields[0])
 
 const char *
 image_format_name(enum image_format format)
@@ -95,6 +95,14 @@ image_format_name(enum image_format format)
     return "qcow2";
   }
   return "unknown";
+}
+
+char *
+manifest_export_name(const char *name, char buf[MANIFEST_EXPORT_NAME_MAX])
+{
+  snprintf(buf, MANIFEST_EXPORT_NAME_MAX, "%.*s%s", MANIFEST_NAME_MAX, name,
+           MANIFEST_EXPORT_SUFFIX);
+  return buf;
 }
 
 bool
@@ -735,99 +743,6 @@ manifest_write(struct manifest *m, const char *path)
 
 /* ---- Parsing ----------------------------------------------------------- */
 
-/* Index of key[0..len) in fields[], or -1. */
-static int
-field_index(const char *key, size_t len)
-{
-  for (size_t i = 0; i < NFIELDS; i++)
-    if (strlen(fields[i]) == len && memcmp(fields[i], key, len) == 0)
-      return (int)i;
-  return -1;
-}
-
-/* Checks the keys of the top-level object in the raw text of a document
- * json-c has accepted (so strings and nesting are well formed): each one
- * known, each once, none with a NUL; and no single-quoted strings, which
- * json-c accepts even in strict mode.  0, or -1 with a logged error. */
-static int
-scan_keys(const char *buf, size_t len, const char *origin)
-{
-  bool seen[NFIELDS] = { false };
-  int depth = 0;
-  bool in_str = false, esc = false;
-  size_t str_start = 0, str_end = 0;
-
-  for (size_t i = 0; i < len; i++) {
-    char c = buf[i];
-    if (in_str) {
-      if (esc)
-        esc = false;
-      else if (c == '\\')
-        esc = true;
-      else if (c == '"') {
-        in_str = false;
-        str_end = i + 1;
-      }
-      continue;
-    }
-    switch (c) {
-    case '"':
-      in_str = true;
-      str_start = i;
-      break;
-    case '\'':
-      log_error(COMP, "%s: not JSON: single-quoted string at offset %zu",
-                origin, i);
-      return -1;
-    case '{':
-    case '[':
-      depth++;
-      break;
-    case '}':
-    case ']':
-      depth--;
-      break;
-    case ':':
-      if (depth == 1) {
-        /* The last string closed before a ':' at depth 1 is a key. */
-        struct json_tokener *tok = json_tokener_new_ex(1);
-        if (tok == NULL) {
-          log_error(COMP, "%s: json_tokener_new_ex: %m", origin);
-          return -1;
-        }
-        CLEANUP_JSON_PUT struct json_object *key =
-            json_tokener_parse_ex(tok, buf + str_start,
-                                  (int)(str_end - str_start));
-        json_tokener_free(tok);
-        if (key == NULL || !json_object_is_type(key, json_type_string)) {
-          log_error(COMP, "%s: not JSON: bad key at offset %zu", origin,
-                    str_start);
-          return -1;
-        }
-        const char *k = json_object_get_string(key);
-        size_t klen = (size_t)json_object_get_string_len(key);
-        char shown[80];
-        int idx = field_index(k, klen);
-        if (idx < 0) {
-          log_error(COMP, "%s: field '%s': unknown field", origin,
-                    printable(k, klen, shown, sizeof shown));
-          return -1;
-        }
-        if (seen[idx]) {
-          log_error(COMP, "%s: field '%s': appears more than once", origin,
-                    fields[idx]);
-          return -1;
-        }
-        seen[idx] = true;
-      }
-      break;
-    default:
-      break;
-    }
-  }
-  return 0;
-}
-
 /* Finds the required field and checks its type; NULL with a logged
  * error.  The object stays owned by root. */
 static struct json_object *
@@ -1026,61 +941,19 @@ manifest_parse(const char *buf, size_t len, const char *origin)
               MANIFEST_FILE_MAX);
     return NULL;
   }
-  const char *nul = memchr(buf, '\0', len);
-  if (nul) {
-    log_error(COMP, "%s: not JSON: NUL byte at offset %td", origin,
-              nul - buf);
-    return NULL;
-  }
-
-  struct json_tokener *tok = json_tokener_new_ex(PARSE_DEPTH);
-  if (tok == NULL) {
-    log_error(COMP, "%s: json_tokener_new_ex: %m", origin);
-    return NULL;
-  }
-  json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-  /* len <= MANIFEST_FILE_MAX < INT_MAX, as json-c wants an int. */
+  /* Strict JSON, one object, no key twice (jsonutil), only known keys. */
+  char err[1024];
   CLEANUP_JSON_PUT struct json_object *root =
-      json_tokener_parse_ex(tok, buf, (int)len);
-  enum json_tokener_error jerr = json_tokener_get_error(tok);
-  size_t end = json_tokener_get_parse_end(tok);
-  if (root == NULL && jerr == json_tokener_continue) {
-    /* A top-level scalar ("null", "12") is only complete once json-c
-     * sees a terminator; a NUL marks the end of the input. */
-    root = json_tokener_parse_ex(tok, "", 1);
-    jerr = json_tokener_get_error(tok);
-    end = len;
-  }
-  json_tokener_free(tok);
-
-  if (root == NULL && jerr == json_tokener_success) {
-    /* json-c represents a JSON null as NULL. */
-    log_error(COMP, "%s: not a manifest: the document is not a JSON object",
-              origin);
-    return NULL;
-  }
-  if (root == NULL) {
-    if (jerr == json_tokener_continue || jerr == json_tokener_error_parse_eof)
-      log_error(COMP, "%s: not JSON: document ends early at offset %zu",
-                origin, len);
+      jsonutil_parse(buf, len, PARSE_DEPTH, JSONUTIL_OBJECT, origin, err,
+                     sizeof err);
+  if (root == NULL ||
+      jsonutil_known_keys(root, "", fields, NULL, err, sizeof err) < 0) {
+    if (root != NULL)
+      log_error(COMP, "%s: %s", origin, err);
     else
-      log_error(COMP, "%s: not JSON: %s at offset %zu", origin,
-                json_tokener_error_desc(jerr), end);
+      log_error(COMP, "%s", err);
     return NULL;
   }
-  for (size_t i = end; i < len; i++) {
-    if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\n' && buf[i] != '\r') {
-      log_error(COMP, "%s: not JSON: trailing data at offset %zu", origin, i);
-      return NULL;
-    }
-  }
-  if (!json_object_is_type(root, json_type_object)) {
-    log_error(COMP, "%s: not a manifest: the document is not a JSON object",
-              origin);
-    return NULL;
-  }
-  if (scan_keys(buf, end, origin) < 0)
-    return NULL;
 
   struct manifest *m = calloc(1, sizeof *m);
   if (m == NULL) {

@@ -34,6 +34,8 @@
  * bytes as the NBD export NAME@manifest ('@' is never in an image name),
  * so a node fetches the manifest along the same upstream path as blocks. */
 #define MANIFEST_EXPORT_SUFFIX "@manifest"
+/* Room for an export name NAME@manifest. */
+#define MANIFEST_EXPORT_NAME_MAX (MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX)
 
 enum image_format {
   IMAGE_FORMAT_RAW,
@@ -58,6 +60,11 @@ const char *image_format_name(enum image_format format);
 /* True if name is a valid image name: 1..MANIFEST_NAME_MAX bytes of
  * [A-Za-z0-9._-], not starting with '.' or '-'. */
 bool manifest_name_valid(const char *name);
+
+/* The name of image name's manifest export, NAME@manifest, into buf
+ * (MANIFEST_EXPORT_NAME_MAX bytes).  Returns buf. */
+char *manifest_export_name(const char *name,
+                           char buf[MANIFEST_EXPORT_NAME_MAX]);
 
 /* Detects the format of the open image from its first bytes (qcow2 magic
  * "QFI\xfb" with version 2 or 3, else raw).  -1 with a logged error if

@@ -4,10 +4,12 @@
  *   attach   pool_anchor_ensure: an empty qcow2 whose backing file is this
  *            daemon's own export of the image over its Unix socket.  A new
  *            version of an image some VM volume is built on is refused
- *            (409): their overlays hold blocks written over the old base.
- *   detach   pool_anchor_remove, refused (409, naming the volumes) while
- *            VM volumes depend on the anchor.  When libvirt cannot be
- *            asked the detach is refused too (503): nobody can tell
+ *            (NODE_CONFLICT): their overlays hold blocks written over the
+ *            old base.
+ *   detach   pool_anchor_remove, refused (NODE_CONFLICT, naming the
+ *            volumes) while VM volumes depend on the anchor.  When
+ *            libvirt cannot be asked the detach is refused too
+ *            (NODE_UNAVAILABLE): nobody can tell
  *            whether a VM still reads the image.
  *
  * Every call opens its own libvirt connection (pool_open also ensures the
@@ -30,33 +32,33 @@ struct anchors {
   char *uri, *name, *path, *socket_path;
 };
 
-/* The HTTP status for a pool error. */
-static int
-http_status(enum pool_errcode code)
+/* The node result of a pool error. */
+static enum node_result
+result_of(enum pool_errcode code)
 {
   switch (code) {
   case POOL_ERR_BUSY:
   case POOL_ERR_CONFLICT:
-    return 409;
+    return NODE_CONFLICT;
   case POOL_ERR_NOT_FOUND:
-    return 404;
+    return NODE_NOT_FOUND;
   case POOL_ERR_INVALID:
-    return 400;
+    return NODE_INVALID;
   case POOL_ERR_LIBVIRT:
-    return 503;
+    return NODE_UNAVAILABLE;
   default:
-    return 500;
+    return NODE_INTERNAL;
   }
 }
 
-static int
+static enum node_result
 fail(const struct pool_error *pe, char *err, size_t errlen)
 {
   snprintf(err, errlen, "%s", pe->msg);
-  return http_status(pe->code);
+  return result_of(pe->code);
 }
 
-static int
+static enum node_result
 on_attach(void *opaque, const char *name, const struct manifest *m,
           bool replacing, char *err, size_t errlen)
 {
@@ -66,7 +68,7 @@ on_attach(void *opaque, const char *name, const struct manifest *m,
   if (p == NULL)
     return fail(&pe, err, errlen);
 
-  int status = 0;
+  enum node_result status = NODE_OK;
   if (replacing) {
     size_t n = 0;
     char **deps = pool_dependents(p, name, &n, &pe);
@@ -83,11 +85,11 @@ on_attach(void *opaque, const char *name, const struct manifest *m,
         snprintf(err + used, errlen - used,
                  "; a new version would change their base under them:"
                  " delete them first, or attach it under another name");
-      status = 409;
+      status = NODE_CONFLICT;
     }
     pool_strv_free(deps);
   }
-  if (status == 0) {
+  if (status == NODE_OK) {
     struct pool_anchor_spec spec = {
       .image = name,
       .size = m->size,
@@ -97,15 +99,16 @@ on_attach(void *opaque, const char *name, const struct manifest *m,
     if (pool_anchor_ensure(p, &spec, &pe) == -1)
       status = fail(&pe, err, errlen);
     else
-      log_info(COMPONENT, "%s/%s" POOL_ANCHOR_SUFFIX " backed by"
-               " nbd+unix:///%s?socket=%s (%s)",
-               pool_path(p), name, name, a->socket_path, spec.format);
+      log_info(COMPONENT, "%s/%s" POOL_ANCHOR_SUFFIX " backed by export"
+               " %s on %s (%s, reconnect-delay %d s)", pool_path(p), name,
+               name, a->socket_path, spec.format,
+               POOL_ANCHOR_RECONNECT_DELAY);
   }
   pool_close(p);
   return status;
 }
 
-static int
+static enum node_result
 on_detach(void *opaque, const char *name, bool undo, char *err,
           size_t errlen)
 {
@@ -114,7 +117,7 @@ on_detach(void *opaque, const char *name, bool undo, char *err,
   struct pool *p = pool_open(&a->cfg, &pe);
   if (p == NULL)
     return fail(&pe, err, errlen);
-  int status = 0;
+  enum node_result status = NODE_OK;
   if (pool_anchor_remove(p, name, &pe) == -1)
     status = fail(&pe, err, errlen);
   else if (!undo)

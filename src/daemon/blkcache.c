@@ -27,11 +27,13 @@
  *
  * In memory, one atomic byte per block (ST_*):
  *
- *   state          PRESENT DURABLE VERIFIED   how it is reached
- *   absent            0       0       0       start; eviction
- *   valid at open     1       1       0       bit set on disk at open
- *   stored            1       0       1       blkcache_store (data written)
- *   valid             1       1       1       committed, or verified on read
+ *   state          PRESENT DURABLE VERIFIED EVICTING  how it is reached
+ *   absent            0       0       0       0     start; eviction
+ *   valid at open     1       1       0       0     bit set on disk at open
+ *   stored            1       0       1       0     blkcache_store (data written)
+ *   valid             1       1       1       0     committed, or verified on read
+ *   evicting          0       0       0       1     blkcache_evict, until the
+ *                                                   hole is punched
  *
  *   blkcache_read of an unverified present block reads the whole block and
  *   checks it against the manifest: match → CAS to +VERIFIED; mismatch →
@@ -48,11 +50,27 @@
  * sets the bits in its private image of the on-disk bitmap (disk_bits),
  * pwrites the changed 4 KiB pages, fdatasyncs the bitmap and marks the
  * blocks DURABLE.  Bit clears (evictions) need no data sync and ride in the
- * same commit; within a batch clears are applied before sets, which matches
- * the order of events (a block can only be evicted while unverified, and a
- * store always leaves it verified, so an eviction never follows a store of
- * the same block).  A torn bitmap page write is harmless: each bit is either
- * its old or its new value, and both are safe.
+ * same commit; sets and clears are one list (ops, a clear flagged OP_CLEAR)
+ * applied in the order they happened, so a store followed by an eviction
+ * of the same block ends clear, and an eviction followed by a store ends
+ * set (the store was refused while the block was EVICTING, so its data is
+ * the new write's).  A torn bitmap page write is harmless: each bit is
+ * either its old or its new value, and both are safe.
+ *
+ * Eviction (blkcache_evict), the second rule: no hole is punched before the
+ * bitmap write that clears its bit was fdatasync'ed.  Under the lock the
+ * blocks go to EVICTING (not readable; stores of them are refused, EBUSY)
+ * and their clears are queued; blkcache_sync waits for the commit, and
+ * only if a commit covering them wrote and synced the bitmap (bits_seq)
+ * punch_gen is made odd, the holes are punched (else the data stays: a
+ * bit still set names intact data), punch_gen is made even and the blocks
+ * become absent.  Nothing but the eviction moves a block out of EVICTING.  punch_gen is a seqlock for readers, which take
+ * no lock: a read that saw punch_gen odd or changed reads again (and finds
+ * the block absent), so a hole is never served as data.  A store compares
+ * punch_gen around its pwrite too: if holes were punched meanwhile, the
+ * write may have landed before the punch, so it writes again.
+ * tests/tools/blkcache-crash models the punch (bit set, or its clear not
+ * yet synced, is a violation) and evicts in all its modes.
  *
  * Commits are batched: the committer sleeps until something is pending, then
  * up to commit_interval_ms more, unless COMMIT_BATCH_MAX stores are pending,
@@ -63,7 +81,8 @@
  * Failures: after a failed fdatasync(data), any page written before it may
  * be lost (Linux reports a writeback error once and marks the pages clean),
  * so every block stored but not yet durable is dropped from memory and its
- * bit cleared, the batch's and those still pending alike; a store whose
+ * bit cleared, the batch's and those still pending alike (a block being
+ * evicted stays EVICTING: its eviction ends it); a store whose
  * pwrite overlapped the failure (sync_failures changed meanwhile) writes its
  * block again before it queues it.  If the bitmap write fails, the whole
  * bitmap is rewritten by the next commit (or at close).  A blkcache_sync
@@ -83,9 +102,11 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,6 +128,10 @@
 #define BITMAP_PAGE 4096u
 /* Commit at once when this many stores are pending. */
 #define COMMIT_BATCH_MAX 256u
+/* In a pending operation: clear the bit rather than set it. */
+#define OP_CLEAR (UINT64_C(1) << 63)
+/* Writes a store makes again when an eviction punched holes meanwhile. */
+#define STORE_PUNCH_RETRIES 8
 
 #define NAME_MANIFEST "manifest.json"
 #define NAME_DATA "data"
@@ -118,6 +143,8 @@ enum {
   ST_PRESENT = 1,  /* readable now */
   ST_DURABLE = 2,  /* bit set on disk, data synced */
   ST_VERIFIED = 4, /* matched the manifest since open (or stored) */
+  ST_EVICTING = 8, /* blkcache_evict: bit being cleared, then hole punched;
+                    * alone (not present), stores are refused */
 };
 
 struct idx_list {
@@ -137,6 +164,12 @@ struct blkcache {
   _Atomic uint8_t *state; /* nblocks ST_* bytes */
   _Atomic uint64_t present_blocks, present_bytes, valid_blocks, valid_bytes;
   _Atomic uint64_t corrupt_evicted, commits;
+  _Atomic uint64_t evicted_blocks, evicted_bytes;
+  /* Shared capacity account (blkcache_set_quota), or NULL. */
+  struct blkcache_quota *quota;
+  /* Odd while blkcache_evict punches holes; readers that saw it change
+   * read again (a seqlock over the data file's content). */
+  _Atomic uint64_t punch_gen;
 
   pthread_mutex_t lock;
   pthread_cond_t wake; /* committer: something to do */
@@ -144,8 +177,11 @@ struct blkcache {
   pthread_t committer;
   bool committer_started;
   /* Under lock. */
-  struct idx_list set, clear;
+  struct idx_list ops; /* block indexes to set, | OP_CLEAR to clear */
   uint64_t op_seq, done_seq, nfailures;
+  /* Operations up to this one are in the bitmap on disk (its write and
+   * fdatasync succeeded); blkcache_evict punches only below it. */
+  uint64_t bits_seq;
   unsigned sync_waiters;
   bool stop;
 
@@ -154,7 +190,7 @@ struct blkcache {
   _Atomic uint64_t sync_failures;
 
   /* Committer thread only. */
-  struct idx_list batch_set, batch_clear;
+  struct idx_list batch;
   uint8_t *disk_bits; /* image of the bitmap body on disk */
   size_t bits_len;
   bool *dirty; /* per BITMAP_PAGE of the body */
@@ -175,6 +211,16 @@ static void
 account(struct blkcache *bc, uint64_t idx, uint8_t old, uint8_t new)
 {
   uint8_t on = new & ~old, off = old & ~new;
+  /* The quota counts a block until its space is released: present, or
+   * being evicted. */
+  bool held_old = (old & (ST_PRESENT | ST_EVICTING)) != 0;
+  bool held_new = (new & (ST_PRESENT | ST_EVICTING)) != 0;
+  if (bc->quota && held_old != held_new) {
+    if (held_new)
+      atomic_fetch_add(&bc->quota->used, block_len(bc, idx));
+    else
+      atomic_fetch_sub(&bc->quota->used, block_len(bc, idx));
+  }
   if (on & ST_PRESENT) {
     atomic_fetch_add(&bc->present_blocks, 1);
     atomic_fetch_add(&bc->present_bytes, block_len(bc, idx));
@@ -603,14 +649,19 @@ write_bitmap(struct blkcache *bc)
   return 0;
 }
 
-/* Drops a block from memory whatever its state (its data may be lost). */
+/* Drops a block from memory whatever its state (its data may be lost),
+ * except while it is being evicted: the eviction owns it until its hole
+ * is punched (were it absent meanwhile, a store could cache it again just
+ * before the punch). */
 static void
 drop_block(struct blkcache *bc, uint64_t idx)
 {
   uint8_t old = atomic_load(&bc->state[idx]);
-  while (old != 0 && !atomic_compare_exchange_weak(&bc->state[idx], &old, 0))
+  while (old != 0 && !(old & ST_EVICTING) &&
+         !atomic_compare_exchange_weak(&bc->state[idx], &old, 0))
     ;
-  account(bc, idx, old, 0);
+  if (!(old & ST_EVICTING))
+    account(bc, idx, old, 0);
 }
 
 static void
@@ -633,59 +684,68 @@ mark_durable(struct blkcache *bc, uint64_t idx)
 static void
 data_sync_failed(struct blkcache *bc, uint64_t *upto)
 {
-  struct idx_list *sets = &bc->batch_set;
+  struct idx_list *batch = &bc->batch;
 
-  for (size_t i = 0; i < sets->n; i++)
-    drop_block(bc, sets->v[i]);
+  for (size_t i = 0; i < batch->n; i++)
+    if (!(batch->v[i] & OP_CLEAR))
+      drop_block(bc, batch->v[i]);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&bc->lock);
   atomic_fetch_add(&bc->sync_failures, 1);
-  for (size_t i = 0; i < bc->set.n; i++) {
-    drop_block(bc, bc->set.v[i]);
-    bit_put(bc, bc->set.v[i], false);
+  for (size_t i = 0; i < bc->ops.n; i++) {
+    uint64_t idx = bc->ops.v[i] & ~OP_CLEAR;
+    if (!(bc->ops.v[i] & OP_CLEAR))
+      drop_block(bc, idx);
+    bit_put(bc, idx, false);
   }
-  for (size_t i = 0; i < bc->clear.n; i++)
-    bit_put(bc, bc->clear.v[i], false);
-  bc->set.n = bc->clear.n = 0;
+  bc->ops.n = 0;
   *upto = bc->op_seq;
 }
 
 /* Commits the taken batch, covering operations up to *upto.  false if
- * anything failed (logged). */
+ * anything failed (logged); *bits_ok tells whether the bitmap was written
+ * and synced. */
 static bool
-commit_batch(struct blkcache *bc, uint64_t *upto)
+commit_batch(struct blkcache *bc, uint64_t *upto, bool *bits_ok)
 {
-  struct idx_list *sets = &bc->batch_set, *clears = &bc->batch_clear;
-  bool data_ok = true, ok = true;
+  struct idx_list *batch = &bc->batch;
+  bool data_ok = true, ok = true, any_set = false;
   bool was_rewrite = bc->rewrite_all;
 
+  for (size_t i = 0; i < batch->n && !any_set; i++)
+    any_set = !(batch->v[i] & OP_CLEAR);
   /* The rule: no bit before the fdatasync covering its data returned. */
-  if (sets->n > 0 && fdatasync(bc->data_fd) < 0) {
+  if (any_set && fdatasync(bc->data_fd) < 0) {
     log_error(COMP, "fdatasync: %s/" NAME_DATA ": %m", bc->dir);
     data_ok = ok = false;
     data_sync_failed(bc, upto);
   }
-  for (size_t i = 0; i < clears->n; i++)
-    bit_put(bc, clears->v[i], false);
-  /* A block dropped since it was stored (a failed rewrite) gets no bit. */
-  for (size_t i = 0; i < sets->n; i++)
-    bit_put(bc, sets->v[i],
-            data_ok && (atomic_load(&bc->state[sets->v[i]]) & ST_PRESENT));
+  /* In the order the operations happened.  A block dropped since it was
+   * stored (a failed rewrite) or being evicted gets no bit. */
+  for (size_t i = 0; i < batch->n; i++) {
+    uint64_t idx = batch->v[i] & ~OP_CLEAR;
+    bool on = !(batch->v[i] & OP_CLEAR) && data_ok &&
+              (atomic_load(&bc->state[idx]) & ST_PRESENT);
+    bit_put(bc, idx, on);
+  }
 
+  *bits_ok = false;
   if (write_bitmap(bc) < 0) {
     bc->rewrite_all = true;
     ok = false;
   } else {
+    *bits_ok = true;
     bc->rewrite_all = false;
     if (data_ok)
-      for (size_t i = 0; i < sets->n; i++)
-        mark_durable(bc, sets->v[i]);
+      for (size_t i = 0; i < batch->n; i++)
+        if (!(batch->v[i] & OP_CLEAR))
+          mark_durable(bc, batch->v[i]);
     if (was_rewrite)
       for (uint64_t i = 0; i < bc->nblocks; i++)
         if (bc->disk_bits[i / 8] & (1u << (i % 8)))
           mark_durable(bc, i);
     atomic_fetch_add(&bc->commits, 1);
   }
-  sets->n = clears->n = 0;
+  batch->n = 0;
   return ok;
 }
 
@@ -694,7 +754,7 @@ static bool
 commit_now(const struct blkcache *bc)
 {
   return bc->stop || bc->sync_waiters > 0 || bc->interval_ms == 0 ||
-         bc->set.n >= COMMIT_BATCH_MAX;
+         bc->ops.n >= COMMIT_BATCH_MAX;
 }
 
 static void *
@@ -704,9 +764,9 @@ committer_main(void *arg)
 
   pthread_mutex_lock(&bc->lock);
   for (;;) {
-    while (bc->set.n == 0 && bc->clear.n == 0 && !bc->stop)
+    while (bc->ops.n == 0 && !bc->stop)
       pthread_cond_wait(&bc->wake, &bc->lock);
-    if (bc->set.n == 0 && bc->clear.n == 0) {
+    if (bc->ops.n == 0) {
       /* Stopping, nothing left; one last try after a failed bitmap write
        * (bits whose data is durable; no new bits). */
       if (bc->rewrite_all) {
@@ -733,15 +793,17 @@ committer_main(void *arg)
         ;
     }
 
-    list_swap(&bc->set, &bc->batch_set);
-    list_swap(&bc->clear, &bc->batch_clear);
+    list_swap(&bc->ops, &bc->batch);
     uint64_t upto = bc->op_seq;
     pthread_mutex_unlock(&bc->lock);
 
-    bool ok = commit_batch(bc, &upto);
+    bool bits_ok;
+    bool ok = commit_batch(bc, &upto, &bits_ok);
 
     pthread_mutex_lock(&bc->lock);
     bc->done_seq = upto;
+    if (bits_ok)
+      bc->bits_seq = upto;
     if (!ok)
       bc->nfailures++;
     pthread_cond_broadcast(&bc->done);
@@ -764,10 +826,8 @@ free_cache(struct blkcache *bc)
   pthread_cond_destroy(&bc->wake);
   pthread_cond_destroy(&bc->done);
   pthread_mutex_destroy(&bc->lock);
-  free(bc->set.v);
-  free(bc->clear.v);
-  free(bc->batch_set.v);
-  free(bc->batch_clear.v);
+  free(bc->ops.v);
+  free(bc->batch.v);
   free(bc->disk_bits);
   free(bc->dirty);
   free((void *)bc->state);
@@ -818,6 +878,46 @@ alloc_cache(const char *root, const struct manifest *m, unsigned interval_ms)
 fail:
   free_cache(bc);
   return NULL;
+}
+
+/* Releases the space of blocks whose bit is clear but that hold data: a
+ * store or an eviction cut short by a crash.  Only space: those blocks are
+ * absent either way.  Failures are logged and ignored. */
+static void
+sweep_unmarked(struct blkcache *bc)
+{
+  off_t size = (off_t)bc->m->size, pos = 0;
+  uint64_t swept = 0;
+  /* The bitmap as read must be on disk before a hole is punched under a
+   * clear bit (a clear whose sync failed before a restart may not be). */
+  if (fdatasync(bc->bitmap_fd) < 0) {
+    log_warn(COMP, "fdatasync: %s/" NAME_BITMAP ": %m", bc->dir);
+    return;
+  }
+  while (pos < size) {
+    off_t start = lseek(bc->data_fd, pos, SEEK_DATA);
+    if (start < 0)
+      break; /* ENXIO: no data after pos */
+    off_t end = lseek(bc->data_fd, start, SEEK_HOLE);
+    if (end < 0 || end > size)
+      end = size;
+    for (uint64_t i = (uint64_t)start / bc->block_size;
+         i < bc->nblocks && i * bc->block_size < (uint64_t)end; i++) {
+      if (bc->disk_bits[i / 8] & (1u << (i % 8)))
+        continue;
+      if (fallocate(bc->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    (off_t)(i * bc->block_size), (off_t)block_len(bc, i)) < 0) {
+        log_warn(COMP, "fallocate: %s/" NAME_DATA ": punching block %" PRIu64
+                       ": %m", bc->dir, i);
+        return;
+      }
+      swept++;
+    }
+    pos = end;
+  }
+  if (swept)
+    log_debug(COMP, "%s: released %" PRIu64 " blocks not marked valid",
+              bc->dir, swept);
 }
 
 /* True if m looks like what manifest_parse/manifest_build produce. */
@@ -901,6 +1001,7 @@ blkcache_open(const char *root, const struct manifest *m,
                        len, len, false) < 0)
     goto fail;
 
+  sweep_unmarked(bc);
   for (uint64_t i = 0; i < bc->nblocks; i++)
     if (bc->disk_bits[i / 8] & (1u << (i % 8))) {
       atomic_store_explicit(&bc->state[i], ST_PRESENT | ST_DURABLE,
@@ -978,7 +1079,7 @@ evict(struct blkcache *bc, uint64_t idx, uint8_t old)
     return false;
   account(bc, idx, old, 0);
   atomic_fetch_add(&bc->corrupt_evicted, 1);
-  if (list_push(&bc->clear, idx) < 0)
+  if (list_push(&bc->ops, idx | OP_CLEAR) < 0)
     /* The bit stays on disk; the block is verified again (and evicted
      * again) after the next open. */
     log_error_rl(COMP, "evict: %s: block %" PRIu64 ": %m", bc->dir, idx);
@@ -1037,16 +1138,12 @@ read_slow(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
   }
 }
 
-int
-blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
-              uint32_t len, int *err)
+/* One read attempt; blkcache_read checks that no hole was punched
+ * meanwhile. */
+static inline int
+read_once(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
+          uint32_t len, int *err)
 {
-  if (__builtin_expect(idx >= bc->nblocks, 0))
-    return bad_range(bc, idx, off, len, err);
-  uint32_t blen = block_len(bc, idx);
-  if (__builtin_expect(off > blen || len > blen - off, 0))
-    return bad_range(bc, idx, off, len, err);
-
   /* The hot path: a verified block is one load and one pread. */
   uint8_t s = atomic_load_explicit(&bc->state[idx], memory_order_acquire);
   if (__builtin_expect((s & ST_VERIFIED) != 0, 1)) {
@@ -1067,6 +1164,33 @@ blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
 }
 
 int
+blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
+              uint32_t len, int *err)
+{
+  if (__builtin_expect(idx >= bc->nblocks, 0))
+    return bad_range(bc, idx, off, len, err);
+  uint32_t blen = block_len(bc, idx);
+  if (__builtin_expect(off > blen || len > blen - off, 0))
+    return bad_range(bc, idx, off, len, err);
+
+  /* A seqlock against blkcache_evict: if holes were punched while this
+   * read ran, what it read may be a hole; the state tells again. */
+  for (;;) {
+    uint64_t gen = atomic_load_explicit(&bc->punch_gen, memory_order_acquire);
+    if (__builtin_expect(gen & 1, 0)) {
+      sched_yield();
+      continue;
+    }
+    int r = read_once(bc, idx, buf, off, len, err);
+    atomic_thread_fence(memory_order_acquire);
+    if (__builtin_expect(
+            atomic_load_explicit(&bc->punch_gen, memory_order_relaxed) == gen,
+            1))
+      return r;
+  }
+}
+
+int
 blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
 {
   if (idx >= bc->nblocks) {
@@ -1074,45 +1198,73 @@ blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
     log_error_rl(COMP, "store: %s: block %" PRIu64 ": %m", bc->dir, idx);
     return -1;
   }
-  for (int attempt = 0;; attempt++) {
+  uint32_t len = block_len(bc, idx);
+  for (int attempt = 0, punched = 0;;) {
+    uint8_t s0 = atomic_load(&bc->state[idx]);
+    if (s0 & ST_EVICTING) {
+      errno = EBUSY; /* being evicted: served, not cached this time */
+      return -1;
+    }
+    if (bc->quota && !(s0 & ST_PRESENT) &&
+        atomic_load(&bc->quota->used) + len > atomic_load(&bc->quota->limit)) {
+      errno = EDQUOT; /* over the quota: the caller counts it */
+      return -1;
+    }
     uint64_t failures = atomic_load(&bc->sync_failures);
-    if (pwrite_full(bc->data_fd, data, block_len(bc, idx),
-                    idx * bc->block_size) < 0) {
-      log_error_rl(COMP, "write: %s/" NAME_DATA ": block %" PRIu64 ": %m",
-                bc->dir, idx);
+    uint64_t gen = atomic_load(&bc->punch_gen);
+    if (pwrite_full(bc->data_fd, data, len, idx * bc->block_size) < 0) {
+      int e = errno;
+      /* A full disk is counted and logged (rate-limited) by the caller. */
+      if (e != ENOSPC && e != EDQUOT)
+        log_error_rl(COMP, "write: %s/" NAME_DATA ": block %" PRIu64 ": %m",
+                  bc->dir, idx);
       /* If it was cached, its bytes may now be torn. */
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&bc->lock);
-      if (atomic_load(&bc->state[idx]) != 0) {
+      uint8_t st = atomic_load(&bc->state[idx]);
+      if (st != 0 && !(st & ST_EVICTING)) {
         drop_block(bc, idx);
-        if (list_push(&bc->clear, idx) == 0)
+        if (list_push(&bc->ops, idx | OP_CLEAR) == 0)
           bc->op_seq++;
         pthread_cond_signal(&bc->wake);
       }
+      errno = e;
       return -1;
     }
 
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&bc->lock);
+    if (atomic_load(&bc->punch_gen) != gen || (gen & 1)) {
+      /* An eviction punched holes while this was written, maybe over
+       * it: write again (the block is not pending, so no bit is set). */
+      if (++punched < STORE_PUNCH_RETRIES)
+        continue;
+      errno = EBUSY;
+      return -1;
+    }
     if (atomic_load(&bc->sync_failures) != failures) {
       /* An fdatasync failed while this was written: the pages may be
        * gone.  Write them again (no bit is set meanwhile: the block is
        * not pending). */
-      if (attempt < 2)
+      if (++attempt < 3)
         continue;
       errno = EIO;
       log_error_rl(COMP, "store: %s: block %" PRIu64 ": data sync keeps failing: %m",
                 bc->dir, idx);
       return -1;
     }
-    if (list_push(&bc->set, idx) < 0) {
+    uint8_t old = atomic_load(&bc->state[idx]);
+    if (old & ST_EVICTING) {
+      errno = EBUSY;
+      return -1;
+    }
+    if (list_push(&bc->ops, idx) < 0) {
       log_error_rl(COMP, "store: %s: block %" PRIu64 ": %m", bc->dir, idx);
       return -1; /* not marked: the bytes written are right anyway */
     }
     bc->op_seq++;
-    uint8_t old = atomic_fetch_or_explicit(&bc->state[idx],
-                                           ST_PRESENT | ST_VERIFIED,
-                                           memory_order_release);
+    old = atomic_fetch_or_explicit(&bc->state[idx], ST_PRESENT | ST_VERIFIED,
+                                   memory_order_release);
     account(bc, idx, old, old | ST_PRESENT | ST_VERIFIED);
-    if (bc->set.n == 1 || bc->set.n >= COMMIT_BATCH_MAX)
+    if (bc->ops.n == 1 || bc->ops.n >= COMMIT_BATCH_MAX)
       pthread_cond_signal(&bc->wake);
     return 0;
   }
@@ -1142,6 +1294,102 @@ blkcache_get_stats(struct blkcache *bc, struct blkcache_stats *st)
   st->valid_bytes = atomic_load(&bc->valid_bytes);
   st->corrupt_evicted = atomic_load(&bc->corrupt_evicted);
   st->commits = atomic_load(&bc->commits);
+  st->evicted_blocks = atomic_load(&bc->evicted_blocks);
+  st->evicted_bytes = atomic_load(&bc->evicted_bytes);
+}
+
+void
+blkcache_set_quota(struct blkcache *bc, struct blkcache_quota *q)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&bc->lock);
+  uint64_t held = 0;
+  for (uint64_t i = 0; i < bc->nblocks; i++)
+    if (atomic_load(&bc->state[i]) & (ST_PRESENT | ST_EVICTING))
+      held += block_len(bc, i);
+  if (bc->quota)
+    atomic_fetch_sub(&bc->quota->used, held);
+  bc->quota = q;
+  if (q)
+    atomic_fetch_add(&q->used, held);
+}
+
+bool
+blkcache_evictable(struct blkcache *bc, uint64_t idx)
+{
+  uint8_t s = atomic_load_explicit(&bc->state[idx], memory_order_relaxed);
+  return (s & ST_PRESENT) && (s & ST_DURABLE);
+}
+
+uint64_t
+blkcache_evict(struct blkcache *bc, const uint64_t *idx, size_t n)
+{
+  CLEANUP_FREE uint64_t *taken = malloc(n * sizeof *taken);
+  size_t ntaken = 0;
+  if (taken == NULL) {
+    log_error(COMP, "evict: %s: %m", bc->dir);
+    return 0;
+  }
+
+  /* 1. Not readable any more, and the bit clear queued (in order after
+   *    any store of the block that came first). */
+  pthread_mutex_lock(&bc->lock);
+  for (size_t i = 0; i < n; i++) {
+    if (idx[i] >= bc->nblocks)
+      continue;
+    uint8_t s = atomic_load(&bc->state[idx[i]]);
+    if (!(s & ST_PRESENT) || (s & ST_EVICTING))
+      continue;
+    if (list_push(&bc->ops, idx[i] | OP_CLEAR) < 0)
+      break;
+    bc->op_seq++;
+    /* Under lock: stores change states under it too; read_slow's CAS of
+     * the verified bit fails and looks again. */
+    while (!atomic_compare_exchange_weak(&bc->state[idx[i]], &s, ST_EVICTING))
+      ;
+    account(bc, idx[i], s, ST_EVICTING);
+    taken[ntaken++] = idx[i];
+  }
+  uint64_t seq = bc->op_seq;
+  pthread_cond_signal(&bc->wake);
+  pthread_mutex_unlock(&bc->lock);
+  if (ntaken == 0)
+    return 0;
+
+  /* 2. The clears on disk before any space is released: a commit covered
+   *    them and its bitmap write succeeded (blkcache_sync alone is not
+   *    enough: a commit that failed before it was called is not seen). */
+  blkcache_sync(bc);
+  pthread_mutex_lock(&bc->lock);
+  bool synced = bc->bits_seq >= seq;
+  pthread_mutex_unlock(&bc->lock);
+
+  /* 3. Release the space; readers that overlapped read again. */
+  uint64_t freed = 0;
+  if (synced) {
+    atomic_fetch_add(&bc->punch_gen, 1);
+    for (size_t i = 0; i < ntaken; i++) {
+      if (fallocate(bc->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    (off_t)(taken[i] * bc->block_size),
+                    (off_t)block_len(bc, taken[i])) < 0) {
+        log_error(COMP, "fallocate: %s/" NAME_DATA ": punching block %" PRIu64
+                        ": %m", bc->dir, taken[i]);
+        break;
+      }
+    }
+    atomic_fetch_add(&bc->punch_gen, 1);
+  }
+  /* If the bitmap could not be written, the blocks stay absent in memory
+   * (their bits may still be set on disk over intact data: valid after a
+   * restart, which is right). */
+  for (size_t i = 0; i < ntaken; i++) {
+    uint8_t s = ST_EVICTING;
+    if (atomic_compare_exchange_strong(&bc->state[taken[i]], &s, 0))
+      account(bc, taken[i], ST_EVICTING, 0);
+    freed += block_len(bc, taken[i]);
+  }
+  atomic_fetch_add(&bc->evicted_blocks, ntaken);
+  atomic_fetch_add(&bc->evicted_bytes, freed);
+  return freed;
 }
 
 /* True for exactly 64 lowercase hex digits (how directories are named). */

@@ -26,6 +26,13 @@
  * A block's states, in memory:
  *   absent → stored (data written, served, not yet durable) → valid
  *   valid-unverified (at open) → valid (verified on first read) | absent
+ *   stored | valid | valid-unverified → evicting (blkcache_evict: bit
+ *     cleared on disk, then the hole punched) → absent
+ *
+ * At open, space of blocks whose bit is clear (a store or an eviction cut
+ * short by a crash) is released (hole punched).  A shared quota
+ * (blkcache_set_quota) counts blocks present or being evicted and refuses
+ * stores beyond its limit: the node's capacity (cachemgr.h).
  *
  * Threads: all functions are thread-safe.  The caller stores a given block
  * at most once at a time (the fetch layer's single flight guarantees it);
@@ -51,6 +58,19 @@ struct blkcache_stats {
   uint64_t valid_bytes;
   uint64_t corrupt_evicted;  /* cached blocks that failed verification */
   uint64_t commits;          /* bitmap commits done */
+  uint64_t evicted_blocks;   /* blocks blkcache_evict released */
+  uint64_t evicted_bytes;
+};
+
+/* A capacity account shared by caches (the node's, cachemgr.h): used
+ * counts the bytes of blocks present or being evicted in every cache
+ * using it; a store of an absent block that would take used past limit is
+ * refused with EDQUOT.  The check is not a reservation, so stores running
+ * at once may pass limit by one block each (the slack of blocks in
+ * flight). */
+struct blkcache_quota {
+  _Atomic uint64_t used;
+  _Atomic uint64_t limit;
 };
 
 /* Opens (creating root and the directory if needed) the cache of
@@ -86,7 +106,9 @@ int blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
 /* Stores block idx, which the caller has verified (data holds the whole
  * block, manifest_block_len bytes).  Afterwards blkcache_has() is true;
  * the block becomes durable within commit_interval_ms (plus the time of
- * the syncs).  0, or -1 with a logged error (the block is absent). */
+ * the syncs).  0, or -1 with errno and the block absent: logged, except
+ * EDQUOT (over the quota), ENOSPC (the disk is full) and EBUSY (being
+ * evicted), which the caller counts. */
 int blkcache_store(struct blkcache *bc, uint64_t idx, const void *data);
 
 /* Waits until every block stored and every eviction made before the call
@@ -98,6 +120,22 @@ int blkcache_sync(struct blkcache *bc);
 
 /* Current counters (each read atomically; not one snapshot). */
 void blkcache_get_stats(struct blkcache *bc, struct blkcache_stats *st);
+
+/* Makes bc count its blocks in q (moving them from a previous quota);
+ * NULL stops counting. */
+void blkcache_set_quota(struct blkcache *bc, struct blkcache_quota *q);
+
+/* True if block idx is present and durable: a candidate for eviction. */
+bool blkcache_evictable(struct blkcache *bc, uint64_t idx);
+
+/* Evicts the blocks idx[0..n) that are present (others are skipped):
+ * they stop being readable at once, their bits are cleared on disk
+ * (bitmap written and fdatasync'ed), and only then their space is
+ * released (FALLOC_FL_PUNCH_HOLE).  Reads that overlap the release read
+ * again and find the block absent; a store of a block while it is being
+ * evicted is refused (EBUSY), later stores cache it again.  Waits for the
+ * bitmap commit.  Returns the bytes evicted. */
+uint64_t blkcache_evict(struct blkcache *bc, const uint64_t *idx, size_t n);
 
 /* Removes the cache directory root/version_hex and its files.
  * version_hex must be 64 lowercase hex digits (EINVAL otherwise: no path

@@ -15,8 +15,9 @@
  * constant time); else 401.  Bodies are capped (CONTROL_BODY_MAX, 413),
  * parsed with a nesting limit and validated field by field (400 naming
  * the field).  Every error reply is {"error":{"code":C,"message":M}}.
- * This module does HTTP, auth and validation; what the requests do is
- * the caller's (struct control_ops).
+ * This module is the endpoint's routes and validation on the shared
+ * service core (common/httpsvc.h); what the requests do is the caller's
+ * (struct control_ops), which report a result kind, never an HTTP status.
  *
  * Threads: the ops are called from libmicrohttpd's threads, several at
  * once; they must be thread-safe.
@@ -62,34 +63,68 @@ struct control_vm {
   enum control_accel accel;
 };
 
-/* Each op returns an HTTP status.  On success it may set *reply to a new
+/* What an op did; control.c alone maps it to an HTTP status (in
+ * brackets). */
+enum control_result {
+  CONTROL_OK,          /* done; *reply is the body [200] */
+  CONTROL_CREATED,     /* made something new [201] */
+  CONTROL_INVALID,     /* the request cannot be done as asked [400] */
+  CONTROL_NOT_FOUND,   /* no such image or VM [404] */
+  CONTROL_CONFLICT,    /* refused in the current state [409] */
+  CONTROL_INTERNAL,    /* a local failure [500] */
+  CONTROL_UPSTREAM,    /* no upstream could be asked [502] */
+  CONTROL_UNAVAILABLE, /* libvirt does not answer [503] */
+  CONTROL_NO_SPACE,    /* the cache cannot hold it [507] */
+};
+
+/* Each op returns what it did.  On success it may set *reply to a new
  * JSON object (the body); on failure it writes a message into err
  * (errlen bytes) and may set *code to a static error code string
- * ("not_found", "conflict", "bad_gateway", ...). */
+ * ("not_found", "conflict", "bad_gateway", "no_pool", ...). */
 struct control_ops {
-  int (*attach)(void *opaque, const struct control_attach *req,
-                struct json_object **reply, const char **code, char *err,
-                size_t errlen);
-  int (*detach)(void *opaque, const char *name, struct json_object **reply,
-                const char **code, char *err, size_t errlen);
-  int (*get)(void *opaque, const char *name, struct json_object **reply,
-             const char **code, char *err, size_t errlen);
-  int (*list)(void *opaque, struct json_object **reply, const char **code,
-              char *err, size_t errlen);
+  enum control_result (*attach)(void *opaque,
+                                const struct control_attach *req,
+                                struct json_object **reply,
+                                const char **code, char *err, size_t errlen);
+  enum control_result (*detach)(void *opaque, const char *name,
+                                struct json_object **reply,
+                                const char **code, char *err, size_t errlen);
+  enum control_result (*get)(void *opaque, const char *name,
+                             struct json_object **reply, const char **code,
+                             char *err, size_t errlen);
+  enum control_result (*list)(void *opaque, struct json_object **reply,
+                              const char **code, char *err, size_t errlen);
   /* PUT, GET and DELETE /v1/vms/{name}, GET /v1/vms and GET /v1/node.
    * NULL: 501. */
-  int (*vm_put)(void *opaque, const struct control_vm *req,
-                struct json_object **reply, const char **code, char *err,
-                size_t errlen);
-  int (*vm_get)(void *opaque, const char *name, struct json_object **reply,
-                const char **code, char *err, size_t errlen);
-  int (*vm_delete)(void *opaque, const char *name,
-                   struct json_object **reply, const char **code, char *err,
-                   size_t errlen);
-  int (*vm_list)(void *opaque, struct json_object **reply, const char **code,
-                 char *err, size_t errlen);
-  int (*node_info)(void *opaque, struct json_object **reply,
-                   const char **code, char *err, size_t errlen);
+  enum control_result (*vm_put)(void *opaque, const struct control_vm *req,
+                                struct json_object **reply,
+                                const char **code, char *err, size_t errlen);
+  enum control_result (*vm_get)(void *opaque, const char *name,
+                                struct json_object **reply,
+                                const char **code, char *err, size_t errlen);
+  enum control_result (*vm_delete)(void *opaque, const char *name,
+                                   struct json_object **reply,
+                                   const char **code, char *err,
+                                   size_t errlen);
+  enum control_result (*vm_list)(void *opaque, struct json_object **reply,
+                                 const char **code, char *err,
+                                 size_t errlen);
+  enum control_result (*node_info)(void *opaque, struct json_object **reply,
+                                   const char **code, char *err,
+                                   size_t errlen);
+  /* GET /v1/cache (the node's cache) and POST /v1/cache/gc (remove the
+   * unattached versions).  NULL: 501. */
+  enum control_result (*cache_get)(void *opaque, struct json_object **reply,
+                                   const char **code, char *err,
+                                   size_t errlen);
+  enum control_result (*cache_gc)(void *opaque, struct json_object **reply,
+                                  const char **code, char *err,
+                                  size_t errlen);
+  /* GET /metrics: the Prometheus text exposition into *text (heap) and
+   * *len.  NULL: 501. */
+  enum control_result (*metrics)(void *opaque, char **text, size_t *len,
+                                 const char **code, char *err,
+                                 size_t errlen);
   void *opaque;
 };
 

@@ -30,18 +30,34 @@
  *            the bytes are in, the thread verifies them and calls deliver
  *            with the lock dropped, the request still in the table
  *   DONE     buf holds the verified block; out of the table; waiters woken
- *   FAILED   err is EIO (every upstream failed this block; out of the
- *            table) or ESHUTDOWN (fetcher_free; left in the table, which
- *            fetcher_free empties after joining the threads)
+ *   STALLED  every upstream failed it this round and someone waits for
+ *            it: on f->stalled (linked through qnext) until retry_at,
+ *            when the retry thread clears tried and dispatches it again
+ *            (or fails it with EIO once stall_timeout_ms have passed
+ *            since stall_since)
+ *   FAILED   err is EIO (every upstream failed this block and it may not
+ *            stall, or its stall ran out; out of the table) or ESHUTDOWN
+ *            (fetcher_free; left in the table, which fetcher_free empties
+ *            after joining the threads)
  *
  *   QUEUED/ISSUED --failure on upstream u--> tried |= u, u held off,
- *            dispatch_locked again: QUEUED elsewhere, or FAILED(EIO)
+ *            dispatch_locked again: QUEUED elsewhere, STALLED, or
+ *            FAILED(EIO)
+ *   STALLED --retry_at--> QUEUED (tried = 0), or FAILED(EIO) at the bound
  *
  * A failure is a SHA-256 mismatch or an error reply (that request only),
  * or a lost connection, a failed connect or a timeout (the connection is
  * closed and every request on it, issued or queued, fails over).  Each
- * upstream is tried at most once per block, so a block ends within
- * nupstreams attempts.
+ * upstream is tried at most once per round, so a round ends within
+ * nupstreams attempts; a block stalls for at most stall_timeout_ms (plus
+ * the round in flight at the bound, at most nupstreams timeouts).
+ *
+ * Outage.  f->outage_since is set when a block stalls and no outage is
+ * going on, and cleared when a block arrives: one warning at each end,
+ * and while it lasts conn_fail and req_failed log at debug level (every
+ * retry round would otherwise log a line per connection).  The retry
+ * thread (one per fetcher, only with stall_timeout_ms) sleeps on
+ * f->retry_cond (CLOCK_MONOTONIC) until the nearest retry_at.
  *
  * Noticing a dead connection.  Every libnbd call that runs the state
  * machine (aio_connect_uri, aio_pread, aio_notify_read/write) may leave
@@ -85,15 +101,14 @@
 #include "cleanup.h"
 #include "digest.h"
 #include "log.h"
+#include "manclient.h"
 
 #define COMPONENT "fetch"
-
-/* Manifest exports are read in requests of this size. */
-#define MANIFEST_CHUNK (4u * 1024 * 1024)
 
 enum req_state {
   REQ_QUEUED,
   REQ_ISSUED,
+  REQ_STALLED,
   REQ_DONE,
   REQ_FAILED,
 };
@@ -110,9 +125,12 @@ struct fetch_req {
   unsigned refs;           /* 1 for the table + 1 per waiter */
   uint64_t tried;          /* bit i: upstream i failed this block */
   bool failed_over;        /* counted in f->failovers */
+  int64_t stall_since;     /* ms: first stalled (0: never) */
+  int64_t retry_at;        /* ms, while STALLED */
+  unsigned backoff_ms;     /* the last stall's wait */
   struct conn *conn;       /* QUEUED or ISSUED on this connection */
   struct fetch_req *hnext; /* table chain */
-  struct fetch_req *qnext; /* connection queue */
+  struct fetch_req *qnext; /* connection queue, or f->stalled */
   pthread_cond_t cond;     /* broadcast at DONE / FAILED */
   /* The owning I/O thread's, while ISSUED: */
   int64_t deadline;        /* ms, monotonic */
@@ -168,6 +186,16 @@ struct fetcher {
   pthread_cond_t drained; /* nwaiters reached 0 while stopping */
   bool stopping;
   uint64_t fetches, joined, prefetches, failovers, failed;
+  /* Stalls (under lock): */
+  struct fetch_req *stalled; /* STALLED requests, linked through qnext */
+  size_t nstalled;
+  pthread_cond_t retry_cond; /* CLOCK_MONOTONIC; wakes the retry thread */
+  pthread_t retry_thread;
+  bool retry_started;
+  bool no_stall;             /* fetch_stop_stalling was called */
+  int64_t outage_since;      /* ms; 0: no outage */
+  bool outage_failed_logged; /* a stall ran out in this outage */
+  uint64_t stalls, stall_failures, outages, outage_ms;
 };
 
 static int64_t
@@ -317,9 +345,66 @@ kick_locked(struct conn *c)
     log_error(COMPONENT, "upstream %s: eventfd write: %m", c->up->uri);
 }
 
+/* Stall backoff: the first wait, and the longest. */
+#define STALL_BACKOFF_MIN_MS 100
+#define STALL_BACKOFF_MAX_MS 1000
+
+/* Every upstream failed r this round: parks it on f->stalled until its
+ * next round, if someone waits for it and its stall has time left.
+ * true if parked. */
+static bool
+stall_locked(struct fetcher *f, struct fetch_req *r)
+{
+  if (f->p.stall_timeout_ms == 0 || f->no_stall || r->refs < 2)
+    return false;
+  int64_t now = now_ms();
+  if (r->stall_since == 0) {
+    r->stall_since = now;
+    r->backoff_ms = STALL_BACKOFF_MIN_MS;
+    f->stalls++;
+  } else if ((r->backoff_ms *= 2) > STALL_BACKOFF_MAX_MS) {
+    r->backoff_ms = STALL_BACKOFF_MAX_MS;
+  }
+  int64_t end = r->stall_since + f->p.stall_timeout_ms;
+  if (now >= end)
+    return false;
+  if (f->outage_since == 0) {
+    f->outage_since = now;
+    f->outage_failed_logged = false;
+    f->outages++;
+    log_warn(COMPONENT, "no upstream of %zu can deliver block %" PRIu64
+             " (last tried %s); holding reads up to %u ms while they"
+             " are retried", f->nups, r->idx, f->ups[f->nups - 1].uri,
+             f->p.stall_timeout_ms);
+  }
+  r->retry_at = now + r->backoff_ms < end ? now + r->backoff_ms : end;
+  r->state = REQ_STALLED;
+  r->conn = NULL;
+  r->qnext = f->stalled;
+  f->stalled = r;
+  f->nstalled++;
+  pthread_cond_signal(&f->retry_cond);
+  return true;
+}
+
+/* Fails r, whose stall ran out, with EIO. */
+static void
+stall_expired_locked(struct fetcher *f, struct fetch_req *r)
+{
+  f->failed++;
+  f->stall_failures++;
+  if (!f->outage_failed_logged) {
+    f->outage_failed_logged = true;
+    log_error(COMPONENT, "block %" PRIu64 ": no upstream delivered it for"
+              " %u ms (stall-timeout); failing it and every read that"
+              " waits as long (EIO)", r->idx, f->p.stall_timeout_ms);
+  }
+  req_finish_locked(f, r, EIO);
+}
+
 /* Queues r on the first upstream it has not failed on, preferring those
- * out of hold-off, or fails it with EIO when there is none (the caller
- * logs that).  true if queued. */
+ * out of hold-off; when there is none, stalls it (stall_locked) or fails
+ * it with EIO (the caller logs that).  true if queued or stalled. */
 static bool
 dispatch_locked(struct fetcher *f, struct fetch_req *r)
 {
@@ -336,6 +421,12 @@ dispatch_locked(struct fetcher *f, struct fetch_req *r)
   if (up == NULL)
     up = fallback;
   if (up == NULL) {
+    if (stall_locked(f, r))
+      return true;
+    if (r->stall_since != 0 && !f->no_stall) {
+      stall_expired_locked(f, r);
+      return false;
+    }
     f->failed++;
     req_finish_locked(f, r, EIO);
     return false;
@@ -411,8 +502,10 @@ req_failed(struct conn *c, struct fetch_req *r, bool mismatch,
     up->errors++;
   hold_off_locked(f, up);
   bool over = redispatch_locked(f, r, up);
+  bool quiet = f->outage_since != 0;
   unlock(f);
-  log_msg(over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR, COMPONENT,
+  log_msg(quiet ? LOG_LEVEL_DEBUG : over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR,
+          COMPONENT,
           "upstream %s: block %" PRIu64 ": %s; %s", up->uri, idx, reason,
           over ? "failing over" : "no upstream left, failing it (EIO)");
 }
@@ -469,9 +562,12 @@ conn_fail(struct conn *c, const char *fmt, ...)
     if (redispatch_locked(f, r, up))
       over++;
   }
+  bool quiet = f->outage_since != 0;
   unlock(f);
 
-  if (n == 0)
+  if (quiet)
+    log_debug(COMPONENT, "upstream %s: %s (%u blocks)", up->uri, reason, n);
+  else if (n == 0)
     log_warn(COMPONENT, "upstream %s: %s", up->uri, reason);
   else if (n == 1)
     log_msg(over ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR, COMPONENT,
@@ -555,6 +651,14 @@ req_arrived(struct conn *c, struct fetch_req *r)
   lock(f);
   c->up->blocks++;
   c->up->bytes += r->len;
+  if (f->outage_since != 0) {
+    int64_t took = now_ms() - f->outage_since;
+    f->outage_ms += (uint64_t)took;
+    f->outage_since = 0;
+    log_warn(COMPONENT, "upstream %s delivers again: the outage lasted %"
+             PRId64 " ms; %zu blocks still waiting are retried", c->up->uri,
+             took, f->nstalled);
+  }
   bool wake = false;
   if (!f->stopping) {
     c->load--;
@@ -798,6 +902,46 @@ conn_thread(void *arg)
   return NULL;
 }
 
+/* ---- The retry thread (stalled blocks) --------------------------------- */
+
+static void *
+retry_thread(void *arg)
+{
+  struct fetcher *f = arg;
+
+  lock(f);
+  while (!f->stopping) {
+    int64_t now = now_ms(), next = INT64_MAX;
+    for (struct fetch_req **pp = &f->stalled; *pp;) {
+      struct fetch_req *r = *pp;
+      if (r->retry_at > now) {
+        if (r->retry_at < next)
+          next = r->retry_at;
+        pp = &r->qnext;
+        continue;
+      }
+      *pp = r->qnext;
+      r->qnext = NULL;
+      f->nstalled--;
+      if (now >= r->stall_since + (int64_t)f->p.stall_timeout_ms) {
+        stall_expired_locked(f, r);
+      } else {
+        r->tried = 0;
+        dispatch_locked(f, r); /* queues it: no upstream is tried yet */
+      }
+    }
+    if (next == INT64_MAX) {
+      pthread_cond_wait(&f->retry_cond, &f->lock);
+    } else {
+      struct timespec ts = { .tv_sec = next / 1000,
+                             .tv_nsec = (long)(next % 1000) * 1000000 };
+      pthread_cond_timedwait(&f->retry_cond, &f->lock, &ts);
+    }
+  }
+  unlock(f);
+  return NULL;
+}
+
 /* ---- Public ------------------------------------------------------------ */
 
 static void
@@ -810,7 +954,10 @@ fetcher_destroy(struct fetcher *f)
     for (unsigned j = 0; f->ups[i].conns && j < f->p.conns_per_upstream; j++)
       if (f->ups[i].conns[j].started)
         kick_locked(&f->ups[i].conns[j]);
+  pthread_cond_signal(&f->retry_cond);
   unlock(f);
+  if (f->retry_started)
+    pthread_join(f->retry_thread, NULL);
   for (size_t i = 0; i < f->nups; i++)
     for (unsigned j = 0; f->ups[i].conns && j < f->p.conns_per_upstream; j++)
       if (f->ups[i].conns[j].started)
@@ -819,6 +966,7 @@ fetcher_destroy(struct fetcher *f)
   lock(f);
   while (f->nwaiters > 0)
     pthread_cond_wait(&f->drained, &f->lock);
+  f->stalled = NULL; /* each is in the table too */
   for (size_t b = 0; b < f->nbuckets; b++) {
     while (f->table[b]) {
       struct fetch_req *r = f->table[b];
@@ -840,6 +988,7 @@ fetcher_destroy(struct fetcher *f)
   }
   free(f->ups);
   free(f->table);
+  pthread_cond_destroy(&f->retry_cond);
   pthread_cond_destroy(&f->drained);
   pthread_mutex_destroy(&f->lock);
   free(f);
@@ -887,6 +1036,11 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
     return NULL;
   }
   pthread_cond_init(&f->drained, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&f->retry_cond, &ca);
+  pthread_condattr_destroy(&ca);
   f->table = calloc(256, sizeof *f->table);
   if (f->table) {
     f->nbuckets = 256;
@@ -932,7 +1086,31 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
       c->started = true;
     }
   }
+  if (p->stall_timeout_ms > 0) {
+    int e = pthread_create(&f->retry_thread, NULL, retry_thread, f);
+    if (e != 0) {
+      errno = e;
+      log_error(COMPONENT, "retry thread: pthread_create: %m");
+      fetcher_destroy(f);
+      return NULL;
+    }
+    f->retry_started = true;
+  }
   return f;
+}
+
+void
+fetch_stop_stalling(struct fetcher *f)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  f->no_stall = true;
+  while (f->stalled) {
+    struct fetch_req *r = f->stalled;
+    f->stalled = r->qnext;
+    r->qnext = NULL;
+    f->nstalled--;
+    req_finish_locked(f, r, ESHUTDOWN);
+  }
 }
 
 void
@@ -1048,6 +1226,13 @@ fetch_get_stats(struct fetcher *f, struct fetch_stats *st)
   st->prefetches = f->prefetches;
   st->failovers = f->failovers;
   st->failed = f->failed;
+  st->stalls = f->stalls;
+  st->stall_failures = f->stall_failures;
+  st->outages = f->outages;
+  st->outage_ms = f->outage_ms +
+                  (f->outage_since ? (uint64_t)(now - f->outage_since) : 0);
+  st->stalled_now = f->nstalled;
+  st->in_outage = f->outage_since != 0;
   st->nupstreams = u ? f->nups : 0;
   st->upstreams = u;
   for (size_t i = 0; u && i < f->nups; i++) {
@@ -1063,155 +1248,37 @@ fetch_get_stats(struct fetcher *f, struct fetch_stats *st)
 
 /* ---- Manifest ---------------------------------------------------------- */
 
-/* Runs h until *flag (or, without a flag, the end of the handshake or of
- * option mode's first stop).  0, or -1 with *why. */
-static int
-run_until(struct nbd_handle *h, const bool *flag, int64_t deadline,
-          const char **why)
-{
-  for (;;) {
-    if (flag ? *flag
-             : nbd_aio_is_negotiating(h) == 1 || nbd_aio_is_ready(h) == 1)
-      return 0;
-    if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
-      *why = nbd_get_error();
-      if (*why == NULL)
-        *why = "connection closed";
-      return -1;
-    }
-    int64_t left = deadline - now_ms();
-    if (left <= 0) {
-      *why = "timed out";
-      return -1;
-    }
-    if (nbd_poll(h, left > INT_MAX ? INT_MAX : (int)left) == -1) {
-      *why = nbd_get_error();
-      return -1;
-    }
-  }
-}
-
-struct op_result {
-  bool done;
-  int err;
-};
-
-static int
-op_done(void *user_data, int *error)
-{
-  struct op_result *o = user_data;
-  o->done = true;
-  o->err = *error;
-  return 1;
-}
-
-/* Fetches and checks the manifest from one upstream.  0, or with a logged
- * warning FETCH_MANIFEST_UNKNOWN (the upstream has no such export),
+/* Fetches and checks the manifest from one upstream (common/manclient.h:
+ * bounded by timeout_ms per step).  0, or with a logged warning
+ * FETCH_MANIFEST_UNKNOWN (the upstream has no such export),
  * FETCH_MANIFEST_OTHER_VERSION (it has another version) or -1 (any
  * other failure). */
 static int
-manifest_from(const char *uri, const char *export, const char *version_hex,
+manifest_from(const char *uri, const char *name, const char *version_hex,
               unsigned timeout_ms, char **bytes, size_t *len)
 {
-  struct nbd_handle *h = nbd_create();
+  char err[1024];
   char *buf = NULL;
-  const char *why = NULL;
-  char msg[640];
-  int r = -1;
-
-  if (h == NULL) {
-    log_warn(COMPONENT, "upstream %s: nbd_create: %s", uri, nbd_get_error());
-    return -1;
+  size_t size = 0;
+  enum manclient_result mr = manclient_fetch(uri, name, timeout_ms, 0, &buf,
+                                             &size, err, sizeof err);
+  if (mr != MANCLIENT_OK) {
+    log_warn(COMPONENT, "upstream %s: manifest: %s", uri, err);
+    return mr == MANCLIENT_UNKNOWN ? FETCH_MANIFEST_UNKNOWN : -1;
   }
-
-  /* Connect: option mode stops once the server's greeting is in. */
-  if (nbd_set_opt_mode(h, true) == -1 ||
-      nbd_set_request_structured_replies(h, false) == -1 ||
-      nbd_aio_connect_uri(h, uri) == -1) {
-    why = nbd_get_error();
-    goto out;
-  }
-  if (run_until(h, NULL, now_ms() + timeout_ms, &why) == -1)
-    goto out;
-
-  /* Ask for the manifest export. */
-  struct op_result go = { 0 };
-  if (nbd_set_export_name(h, export) == -1 ||
-      nbd_aio_opt_go(h, (nbd_completion_callback){ .callback = op_done,
-                                                   .user_data = &go }) == -1) {
-    why = nbd_get_error();
-    goto out;
-  }
-  if (run_until(h, &go.done, now_ms() + timeout_ms, &why) == -1)
-    goto out;
-  if (go.err != 0 || nbd_aio_is_ready(h) != 1) {
-    snprintf(msg, sizeof msg, "export %s: %s", export,
-             go.err ? strerror(go.err) : "not available");
-    why = msg;
-    if (go.err == ENOENT) /* NBD_REP_ERR_UNKNOWN */
-      r = FETCH_MANIFEST_UNKNOWN;
-    goto out;
-  }
-  int64_t size = nbd_get_size(h);
-  if (size <= 0 || (uint64_t)size > MANIFEST_FILE_MAX) {
-    snprintf(msg, sizeof msg,
-             "export %s: size %" PRId64 " is not that of a manifest", export,
-             size);
-    why = msg;
-    goto out;
-  }
-
-  /* Read it, a chunk at a time, each under the deadline. */
-  buf = malloc((size_t)size);
-  if (buf == NULL) {
-    snprintf(msg, sizeof msg, "malloc: %s", strerror(errno));
-    why = msg;
-    goto out;
-  }
-  for (uint64_t off = 0; off < (uint64_t)size;) {
-    uint64_t left = (uint64_t)size - off;
-    size_t n = left < MANIFEST_CHUNK ? (size_t)left : MANIFEST_CHUNK;
-    struct op_result rd = { 0 };
-    if (nbd_aio_pread(h, buf + off, n, off,
-                      (nbd_completion_callback){ .callback = op_done,
-                                                 .user_data = &rd },
-                      0) == -1) {
-      why = nbd_get_error();
-      goto out;
-    }
-    if (run_until(h, &rd.done, now_ms() + timeout_ms, &why) == -1)
-      goto out;
-    if (rd.err) {
-      snprintf(msg, sizeof msg, "read: %s", strerror(rd.err));
-      why = msg;
-      goto out;
-    }
-    off += n;
-  }
-
   uint8_t d[DIGEST_LEN];
   char hex[DIGEST_HEX_LEN + 1];
-  digest_sha256(buf, (size_t)size, d);
+  digest_sha256(buf, size, d);
   digest_to_hex(d, hex);
   if (strcasecmp(hex, version_hex) != 0) {
-    snprintf(msg, sizeof msg, "export %s: version %.16s, expected %.16s",
-             export, hex, version_hex);
-    why = msg;
-    r = FETCH_MANIFEST_OTHER_VERSION;
-    goto out;
+    log_warn(COMPONENT, "upstream %s: manifest: version %.16s, expected %.16s",
+             uri, hex, version_hex);
+    free(buf);
+    return FETCH_MANIFEST_OTHER_VERSION;
   }
   *bytes = buf;
-  *len = (size_t)size;
-  buf = NULL;
-  r = 0;
-
-out:
-  if (r != 0)
-    log_warn(COMPONENT, "upstream %s: manifest: %s", uri,
-             why ? why : "unknown error");
-  free(buf);
-  nbd_close(h);
-  return r;
+  *len = size;
+  return 0;
 }
 
 int
@@ -1219,21 +1286,17 @@ fetch_manifest(const char *const *uris, size_t n, const char *name,
                const char *version_hex, unsigned timeout_ms, char **bytes,
                size_t *len)
 {
-  char export[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-
   if (!manifest_name_valid(name)) {
     log_error(COMPONENT, "manifest: '%s' is not an image name", name);
     return -1;
   }
-  snprintf(export, sizeof export, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
   if (timeout_ms == 0)
     timeout_ms = 1;
   /* The verdict: UNKNOWN if every upstream said so, OTHER_VERSION if
    * every one answered and one had another version, else -1. */
   int verdict = FETCH_MANIFEST_UNKNOWN;
   for (size_t i = 0; i < n; i++) {
-    int r = manifest_from(uris[i], export, version_hex, timeout_ms, bytes,
-                          len);
+    int r = manifest_from(uris[i], name, version_hex, timeout_ms, bytes, len);
     if (r == 0)
       return 0;
     if (r == -1)

@@ -16,9 +16,18 @@
  * upstream faulty for holdoff_ms (logged with its URI, counted) and the
  * block is asked of the next one; when every upstream it has not yet
  * failed on is faulty, they are tried anyway, in order.  Each upstream is
- * tried at most once per block; when all have failed it, the fetch fails
- * with EIO.  A timeout or lost connection closes that connection and
- * every request on it fails over.
+ * tried at most once per round; when all have failed a block that
+ * someone waits for, the block stalls: it is asked again, of every
+ * upstream in order (the origin last), after a backoff (100 ms doubling
+ * to 1 s), until one delivers or stall_timeout_ms have passed since it
+ * first stalled, when it fails with EIO (stall_timeout_ms 0: at once).
+ * A prefetch nobody waits for fails at once.  A timeout or lost
+ * connection closes that connection and every request on it fails over.
+ *
+ * Outages: the time from the first stalled block until a block arrives
+ * again is one outage, logged once when it starts and once when it ends
+ * (with its duration), and counted; the connection failures inside it
+ * are logged at debug level only.
  *
  * Single flight: concurrent requests for one block share one fetch.  The
  * deliver callback runs once per fetched block, before any waiter wakes
@@ -54,10 +63,12 @@ struct fetch_params {
                                 * connection), and per connect (1500) */
   unsigned holdoff_ms;         /* a faulty upstream is skipped this
                                 * long (5000) */
+  unsigned stall_timeout_ms;   /* a block no upstream can deliver is
+                                * retried this long before EIO (0) */
 };
 
 /* An initializer with the defaults. */
-#define FETCH_PARAMS_DEFAULT { 2, 16, 1500, 5000 }
+#define FETCH_PARAMS_DEFAULT { 2, 16, 1500, 5000, 0 }
 
 struct fetch_callbacks {
   /* True if block idx is in the caller's cache. */
@@ -86,6 +97,12 @@ struct fetch_stats {
   uint64_t prefetches;  /* fetches started by fetch_prefetch */
   uint64_t failovers;   /* blocks that had to go past their first choice */
   uint64_t failed;      /* blocks no upstream could give */
+  uint64_t stalls;      /* blocks that had to wait for an upstream */
+  uint64_t stall_failures; /* of those, failed at stall_timeout_ms */
+  uint64_t outages;     /* outages: every upstream failing (see above) */
+  uint64_t outage_ms;   /* their total duration, the current one included */
+  uint64_t stalled_now; /* blocks waiting for an upstream now */
+  bool in_outage;       /* an outage is going on */
   size_t nupstreams;
   struct fetch_upstream_stats *upstreams; /* nupstreams entries, caller frees */
 };
@@ -107,6 +124,12 @@ struct fetcher *fetcher_new(const struct manifest *m, const char *const *uris,
  * fetcher_free), frees f.  No other call on f may start once this has. */
 void fetcher_free(struct fetcher *f);
 
+/* Fails the blocks stalled now with ESHUTDOWN, and from now on fails a
+ * block with EIO as soon as every upstream failed it (no stall): for a
+ * daemon that stops and must not wait out an outage.  Fetches that go
+ * well are not touched. */
+void fetch_stop_stalling(struct fetcher *f);
+
 /* Joins or starts the fetch of block idx; never waits on the network.
  * Every request returned must be passed to fetch_wait exactly once.
  * Returns NULL with *cached = true if the block is in the cache (read it
@@ -115,10 +138,11 @@ void fetcher_free(struct fetcher *f);
  * (ESHUTDOWN). */
 struct fetch_req *fetch_start(struct fetcher *f, uint64_t idx, bool *cached);
 
-/* Waits for the fetch, copies len bytes at offset off of the block into
- * buf and releases req.  0, or -1 with *err (EIO: no upstream could give
- * a valid block; ESHUTDOWN: the fetcher is closing; EINVAL: off + len
- * exceeds the block). */
+/* Waits for the fetch (up to stall_timeout_ms and a fetch timeout or so
+ * while no upstream delivers), copies len bytes at offset off of the
+ * block into buf and releases req.  0, or -1 with *err (EIO: no upstream
+ * could give a valid block; ESHUTDOWN: the fetcher is closing; EINVAL:
+ * off + len exceeds the block). */
 int fetch_wait(struct fetch_req *req, void *buf, uint32_t off, uint32_t len,
                int *err);
 

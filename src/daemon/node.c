@@ -10,11 +10,16 @@
  *
  * A version's cache directory is open in at most one node_image at a time
  * (two committers on one bitmap would race); an attach of a version still
- * held open by connections to a detached image is refused with 409.
+ * held open by connections to a detached image is refused (NODE_CONFLICT).
  *
  * Locks: node->lock serialises attach, detach and the open-version set.
- * img->flock guards img->f and img->uris: readers (reads in progress)
- * share it, an upstream update takes it exclusively to swap the fetcher.
+ * img->flock guards img->f and img->uris: a read shares it while it
+ * starts its fetches, an upstream update takes it exclusively to swap the
+ * fetcher.  A read waits for its fetches without it: a block may stall
+ * for minutes while no upstream delivers (fetch.h), and an upstream
+ * update must not wait for that.  fetcher_free fails the old fetcher's
+ * requests with ESHUTDOWN and waits until their readers let go of them;
+ * those readers then start their read again on the new fetcher.
  */
 #include "node.h"
 
@@ -33,8 +38,11 @@
 #include <unistd.h>
 
 #include "blkcache.h"
+#include "cachemgr.h"
 #include "cleanup.h"
 #include "digest.h"
+#include "jsonutil.h"
+#include "histogram.h"
 #include "log.h"
 #include "manifest.h"
 
@@ -49,6 +57,7 @@ struct node {
   struct exports *reg;
   char *root;
   struct node_params p;
+  struct cachemgr *cm; /* every cached version, capacity, reuse */
   pthread_mutex_t lock;
   char **open_versions; /* hex versions with an open cache */
   size_t nopen, capopen;
@@ -60,12 +69,16 @@ struct node_image {
   struct node *node;
   char *name;
   struct manifest *m;
-  struct blkcache *bc;
+  struct cachever *cv;  /* the version in the cache manager */
+  struct blkcache *bc;  /* its block cache */
   pthread_rwlock_t flock;
   struct fetcher *f;   /* under flock */
   char **uris;         /* under flock */
   size_t nuris;
   _Atomic uint64_t hits, misses;
+  /* Reads served whole from the cache, and reads that waited for at
+   * least one fetch (node_image_histograms, /metrics). */
+  struct histogram read_hit, read_miss;
 };
 
 /* ---- the set of open cache versions (node->lock held) ---------------- */
@@ -150,7 +163,7 @@ static bool
 cb_is_cached(void *opaque, uint64_t idx)
 {
   struct node_image *img = opaque;
-  return blkcache_has(img->bc, idx);
+  return cachemgr_has(img->cv, idx);
 }
 
 static void
@@ -160,7 +173,7 @@ cb_deliver(void *opaque, uint64_t idx, const void *data, unsigned from)
   (void)from;
   /* A failed store is logged by blkcache; the block is served from the
    * fetch anyway and fetched again next time. */
-  blkcache_store(img->bc, idx, data);
+  cachemgr_store(img->cv, idx, data);
 }
 
 /* Where block b meets the read [off, off + len): the part inside the
@@ -181,10 +194,42 @@ block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
   return (struct part){ (uint32_t)(s - bstart), (uint32_t)(e - s), s - off };
 }
 
+/* A read whose fetches were failed by an upstream update (ESHUTDOWN)
+ * starts again on the new fetcher, at most this many times. */
+#define READ_RESTARTS 3
+
+static int
+read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
+          bool *missed, int *err);
+
 static int
 node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
 {
   struct node_image *img = handle;
+  uint64_t t0 = histogram_now_ns();
+  bool missed = false;
+  for (int i = 0;; i++) {
+    int r = read_once(img, buf, len, off, &missed, err);
+    if (r == 0 || *err != ESHUTDOWN || i == READ_RESTARTS) {
+      if (r == -1 && *err == ESHUTDOWN)
+        *err = EIO;
+      if (r == 0)
+        histogram_observe_ns(missed ? &img->read_miss : &img->read_hit,
+                             histogram_now_ns() - t0);
+      return r;
+    }
+    log_debug(COMPONENT, "image '%s': read at %" PRIu64 " restarted: its"
+              " upstreams changed while it waited", img->name, off);
+  }
+}
+
+/* One attempt of node_pread: the cached parts are copied, the missing
+ * blocks fetched (then *missed is set).  0, or -1 with *err (ESHUTDOWN:
+ * the fetcher was replaced meanwhile). */
+static int
+read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
+          bool *missed_out, int *err)
+{
   const struct manifest *m = img->m;
   uint64_t first = off / m->block_size;
   uint64_t last = (off + len - 1) / m->block_size;
@@ -208,7 +253,7 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
     struct part pt = block_part(m, b, off, len);
     char *dst = (char *)buf + pt.in_buf;
     for (int tries = 0;; tries++) {
-      int c = blkcache_read(img->bc, b, dst, pt.in_block, pt.n, err);
+      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, err);
       if (c == 1) {
         atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
         break;
@@ -241,8 +286,10 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
          b <= last + img->node->p.readahead && b < m->nblocks; b++)
       fetch_prefetch(img->f, b);
   }
+  pthread_rwlock_unlock(&img->flock);
 
-  /* Pass 2: wait for the fetches (each releases its request). */
+  /* Pass 2: wait for the fetches (each releases its request), without
+   * the lock: see the note at the top. */
   for (uint64_t b = first; b <= last; b++) {
     struct fetch_req *q = reqs[b - first];
     if (q == NULL)
@@ -255,9 +302,10 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
       r = -1;
     }
   }
-  pthread_rwlock_unlock(&img->flock);
   if (reqs != small)
     free(reqs);
+  if (missed)
+    *missed_out = true;
   return r;
 }
 
@@ -282,8 +330,7 @@ image_free(struct node_image *img)
 {
   if (img->f)
     fetcher_free(img->f);
-  if (img->bc)
-    blkcache_close(img->bc);
+  cachemgr_release(img->cv);
   if (img->m) {
     pthread_mutex_lock(&img->node->lock);
     version_del(img->node, img->m->version_hex);
@@ -509,11 +556,17 @@ image_json(struct node_image *img, struct export *exp)
   add_u64(c, "verify_failures", verify_failures);
   add_u64(c, "failovers", fs.failovers);
   add_u64(c, "fetch_failures", fs.failed);
+  add_u64(c, "stalls", fs.stalls);
+  add_u64(c, "stall_failures", fs.stall_failures);
+  add_u64(c, "outages", fs.outages);
+  add_u64(c, "outage_ms", fs.outage_ms);
+  add_u64(c, "stalled_now", fs.stalled_now);
   add_u64(c, "cache_corrupt_evicted", bs.corrupt_evicted);
   add_u64(c, "valid_cache_bytes", bs.valid_bytes);
   add_u64(c, "present_cache_bytes", bs.present_bytes);
   add_u64(c, "cached_blocks", bs.present_blocks);
   json_object_object_add(o, "counters", c);
+  json_object_object_add(o, "cache", cachemgr_version_json(img->cv));
   return o;
 }
 
@@ -527,6 +580,22 @@ node_image_json(struct node *n, const char *name)
   struct json_object *o = img ? image_json(img, exp) : NULL;
   export_put(exp);
   return o;
+}
+
+int
+node_image_histograms(struct node *n, const char *name, struct histogram *hit,
+                      struct histogram *miss)
+{
+  struct export *exp = exports_lookup(n->reg, name, strlen(name));
+  if (exp == NULL)
+    return -1;
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  if (img) {
+    histogram_add(hit, &img->read_hit);
+    histogram_add(miss, &img->read_miss);
+  }
+  export_put(exp);
+  return img ? 0 : -1;
 }
 
 struct list_ctx {
@@ -571,7 +640,7 @@ callbacks(struct node_image *img)
 }
 
 /* Replaces the upstreams of an attached image; the caller holds n->lock. */
-static int
+static enum node_result
 update_upstreams(struct node *n, struct node_image *img,
                  const char *const *uris, size_t nuris, char *err,
                  size_t errlen)
@@ -583,7 +652,7 @@ update_upstreams(struct node *n, struct node_image *img,
   if (f == NULL) {
     uris_free(copy, nuris);
     snprintf(err, errlen, "cannot start fetching from the new upstreams");
-    return 500;
+    return NODE_INTERNAL;
   }
   pthread_rwlock_wrlock(&img->flock);
   struct fetcher *old = img->f;
@@ -597,7 +666,7 @@ update_upstreams(struct node *n, struct node_image *img,
   uris_free(old_uris, old_n);
   log_info(COMPONENT, "image '%s': upstreams updated (%zu, parent %s)",
            img->name, nuris, uris[0]);
-  return 200;
+  return NODE_OK;
 }
 
 void
@@ -607,40 +676,41 @@ node_set_hooks(struct node *n, const struct node_hooks *h)
   n->hooks = *h;
 }
 
-/* Runs the attach hook: 0 or the HTTP status to fail with.  Under lock. */
-static int
+/* Runs the attach hook: NODE_OK or the failure to fail with.  Under
+ * lock. */
+static enum node_result
 run_attach_hook(struct node *n, const char *name, const struct manifest *m,
                 bool replacing, char *err, size_t errlen)
 {
   if (n->hooks.attach == NULL)
-    return 0;
-  int status = n->hooks.attach(n->hooks.opaque, name, m, replacing, err,
+    return NODE_OK;
+  enum node_result status = n->hooks.attach(n->hooks.opaque, name, m, replacing, err,
                                errlen);
-  if (status != 0 && n->restoring) {
+  if (status != NODE_OK && n->restoring) {
     log_warn(COMPONENT, "'%s': %s (serving it anyway)", name, err);
-    return 0;
+    return NODE_OK;
   }
   return status;
 }
 
-static int attach_new(struct node *n, const char *name, struct manifest *m,
+static enum node_result attach_new(struct node *n, const char *name, struct manifest *m,
                       const char *mbytes, size_t mlen,
                       const char *const *uris, size_t nuris,
                       struct json_object **reply, char *err, size_t errlen);
 
-int
+enum node_result
 node_attach(struct node *n, const char *name, const char *version,
             const char *const *uris, size_t nuris, struct json_object **reply,
             char *err, size_t errlen)
 {
   if (!manifest_name_valid(name)) {
     snprintf(err, errlen, "invalid image name");
-    return 400;
+    return NODE_INVALID;
   }
   uint8_t vd[DIGEST_LEN];
   if (digest_from_hex(version, vd) == -1 || nuris == 0) {
     snprintf(err, errlen, nuris ? "invalid version" : "no upstream");
-    return 400;
+    return NODE_INVALID;
   }
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
@@ -652,21 +722,20 @@ node_attach(struct node *n, const char *name, const char *version,
     export_put(cur);
     snprintf(err, errlen, "an export named '%s' exists and is not a node image",
              name);
-    return 409;
+    return NODE_CONFLICT;
   }
   if (cimg && strcmp(cimg->m->version_hex, version) == 0) {
-    int status = run_attach_hook(n, name, cimg->m, false, err, errlen);
-    if (status != 0) {
+    enum node_result status = run_attach_hook(n, name, cimg->m, false, err, errlen);
+    if (status != NODE_OK) {
       export_put(cur);
       return status;
     }
-    status = 200;
     pthread_rwlock_rdlock(&cimg->flock);
     bool same = uris_equal(cimg->uris, cimg->nuris, uris, nuris);
     pthread_rwlock_unlock(&cimg->flock);
     if (!same)
       status = update_upstreams(n, cimg, uris, nuris, err, errlen);
-    if (status == 200) {
+    if (status == NODE_OK) {
       record_attachment(n, name, version, (char *const *)uris, nuris);
       if (reply)
         *reply = image_json(cimg, cur);
@@ -680,7 +749,7 @@ node_attach(struct node *n, const char *name, const char *version,
   if (version_open(n, version)) {
     snprintf(err, errlen, "version %.16s of '%s' is still open by connections"
              " to a detached image; retry when they end", version, name);
-    return 409;
+    return NODE_CONFLICT;
   }
 
   /* The manifest: from the cache when it is there, else from upstream. */
@@ -691,17 +760,17 @@ node_attach(struct node *n, const char *name, const char *version,
                             n->p.fetch.timeout_ms, &mbytes, &mlen);
     if (fr == FETCH_MANIFEST_UNKNOWN) {
       snprintf(err, errlen, "no upstream has an image '%s'", name);
-      return 404;
+      return NODE_NOT_FOUND;
     }
     if (fr == FETCH_MANIFEST_OTHER_VERSION) {
       snprintf(err, errlen, "the upstreams serve another version of '%s'"
                " than %.16s", name, version);
-      return 409;
+      return NODE_CONFLICT;
     }
     if (fr != 0) {
       snprintf(err, errlen, "no upstream gave the manifest of '%s' version"
                " %.16s (unreachable or failing)", name, version);
-      return 502;
+      return NODE_UPSTREAM;
     }
   }
   char origin[128];
@@ -709,25 +778,26 @@ node_attach(struct node *n, const char *name, const char *version,
   struct manifest *m = manifest_parse(mbytes, mlen, origin);
   if (m == NULL) {
     snprintf(err, errlen, "the manifest of '%s' is invalid", name);
-    return 502;
+    return NODE_UPSTREAM;
   }
   if (strcmp(m->name, name) != 0) {
     snprintf(err, errlen, "the manifest of version %.16s names image '%s'",
              version, m->name);
     manifest_free(m);
-    return 409;
+    return NODE_CONFLICT;
   }
-  int hs = run_attach_hook(n, name, m, replacing, err, errlen);
-  if (hs != 0) {
+  enum node_result hs = run_attach_hook(n, name, m, replacing, err, errlen);
+  if (hs != NODE_OK) {
     manifest_free(m);
     return hs;
   }
   /* From here a failure undoes the hook of a new attachment. */
-  int status = attach_new(n, name, m, mbytes, mlen, uris, nuris, reply, err,
-                          errlen);
-  if (status >= 300 && !replacing && n->hooks.detach) {
+  enum node_result status = attach_new(n, name, m, mbytes, mlen, uris, nuris, reply,
+                                      err, errlen);
+  if (status != NODE_ATTACHED && !replacing && n->hooks.detach) {
     char uerr[256];
-    if (n->hooks.detach(n->hooks.opaque, name, true, uerr, sizeof uerr))
+    if (n->hooks.detach(n->hooks.opaque, name, true, uerr, sizeof uerr) !=
+        NODE_OK)
       log_warn(COMPONENT, "'%s': undoing the attach: %s", name, uerr);
   }
   return status;
@@ -735,12 +805,13 @@ node_attach(struct node *n, const char *name, const char *version,
 
 /* The second half of node_attach: a new image (or a new version) with its
  * manifest m (taken over), cache, fetcher and exports.  Under n->lock. */
-static int
+static enum node_result
 attach_new(struct node *n, const char *name, struct manifest *m,
            const char *mbytes, size_t mlen, const char *const *uris,
            size_t nuris, struct json_object **reply, char *err, size_t errlen)
 {
   const char *version = m->version_hex;
+  enum node_result fail_status = NODE_INTERNAL;
   struct node_image *img = calloc(1, sizeof *img);
   if (img == NULL || (img->name = strdup(name)) == NULL ||
       (img->uris = uris_dup(uris, nuris)) == NULL) {
@@ -749,10 +820,12 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     free(img);
     manifest_free(m);
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return NODE_INTERNAL;
   }
   img->node = n;
   img->nuris = nuris;
+  histogram_init(&img->read_hit, histogram_io_bounds, histogram_io_nbounds);
+  histogram_init(&img->read_miss, histogram_io_bounds, histogram_io_nbounds);
   pthread_rwlock_init(&img->flock, NULL);
   img->m = m;
   if (version_add(n, version) == -1) {
@@ -760,21 +833,27 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     manifest_free(m);
     image_free(img);
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return NODE_INTERNAL;
   }
-  img->bc = blkcache_open(n->root, m, mbytes, mlen, n->p.commit_interval_ms);
+  enum cachemgr_result cres;
+  img->cv = cachemgr_acquire(n->cm, mbytes, mlen, &cres, err, errlen);
+  if (img->cv == NULL) {
+    /* NODE_NO_SPACE (507): the cache cannot hold even the manifest (docs/control.md). */
+    fail_status = cres == CACHEMGR_NO_ROOM ? NODE_NO_SPACE : NODE_INTERNAL;
+    goto fail_unlocked_image;
+  }
+  img->bc = cachemgr_blkcache(img->cv);
   struct fetch_callbacks cb = callbacks(img);
-  if (img->bc)
-    img->f = fetcher_new(m, uris, nuris, &n->p.fetch, &cb);
-  if (img->bc == NULL || img->f == NULL) {
-    snprintf(err, errlen, "cannot open the cache or start fetching");
+  img->f = fetcher_new(m, uris, nuris, &n->p.fetch, &cb);
+  if (img->f == NULL) {
+    snprintf(err, errlen, "cannot start fetching");
     goto fail_unlocked_image;
   }
 
-  char desc[128], mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
+  char desc[128], mname[MANIFEST_EXPORT_NAME_MAX];
   snprintf(desc, sizeof desc, "thunder image (%s, version %.16s, node cache)",
            image_format_name(m->format), m->version_hex);
-  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  manifest_export_name(name, mname);
   struct export *exp = export_new(name, m->size, m->block_size, desc,
                                   &node_ops, img);
   if (exp == NULL) {
@@ -788,7 +867,10 @@ attach_new(struct node *n, const char *name, struct manifest *m,
     snprintf(err, errlen, "out of memory");
     goto fail_export;
   }
-  if (record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
+  /* At restore the record is what was just read: rewriting it (two
+   * fsyncs) would only slow the restart down. */
+  if (!n->restoring &&
+      record_attachment(n, name, version, (char *const *)uris, nuris) == -1) {
     exports_remove(n->reg, mname);
     snprintf(err, errlen, "cannot record the attachment under %s", n->root);
     goto fail_export;
@@ -796,7 +878,12 @@ attach_new(struct node *n, const char *name, struct manifest *m,
   if (reply)
     *reply = image_json(img, exp);
   export_get(exp); /* for the log line below */
+  /* The image replaced, if any: its last reference may close it, which
+   * takes n->lock, so it is dropped below with the lock released. */
+  struct export *old = exports_lookup(n->reg, name, strlen(name));
   if (exports_replace(n->reg, exp) == -1) {
+    if (old)
+      export_put(old);
     export_put(exp);
     exports_remove(n->reg, mname);
     forget_attachment(n, name);
@@ -811,7 +898,12 @@ attach_new(struct node *n, const char *name, struct manifest *m,
            PRIu64 " blocks of %" PRIu32 "), parent %s, %zu upstreams",
            name, version, m->size, m->nblocks, m->block_size, uris[0], nuris);
   export_put(exp);
-  return 201;
+  if (old) {
+    pthread_mutex_unlock(&n->lock);
+    export_put(old);
+    pthread_mutex_lock(&n->lock);
+  }
+  return NODE_ATTACHED;
 
 fail_export:
   /* The export owns img now; dropping it closes img (which takes
@@ -819,16 +911,16 @@ fail_export:
   pthread_mutex_unlock(&n->lock);
   export_put(exp);
   pthread_mutex_lock(&n->lock);
-  return 500;
+  return NODE_INTERNAL;
 
 fail_unlocked_image:
   pthread_mutex_unlock(&n->lock);
   image_free(img);
   pthread_mutex_lock(&n->lock);
-  return 500;
+  return fail_status;
 }
 
-int
+enum node_result
 node_detach(struct node *n, const char *name, char *err, size_t errlen)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&n->lock);
@@ -838,17 +930,18 @@ node_detach(struct node *n, const char *name, char *err, size_t errlen)
     if (cur)
       export_put(cur);
     snprintf(err, errlen, "image '%s' is not attached", name);
-    return 404;
+    return NODE_NOT_FOUND;
   }
   if (n->hooks.detach) {
-    int status = n->hooks.detach(n->hooks.opaque, name, false, err, errlen);
-    if (status != 0) {
+    enum node_result status =
+        n->hooks.detach(n->hooks.opaque, name, false, err, errlen);
+    if (status != NODE_OK) {
       export_put(cur);
       return status;
     }
   }
-  char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-  snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+  char mname[MANIFEST_EXPORT_NAME_MAX];
+  manifest_export_name(name, mname);
   exports_remove(n->reg, mname);
   exports_remove(n->reg, name);
   forget_attachment(n, name);
@@ -857,7 +950,7 @@ node_detach(struct node *n, const char *name, char *err, size_t errlen)
   pthread_mutex_unlock(&n->lock);
   export_put(cur);
   pthread_mutex_lock(&n->lock);
-  return 200;
+  return NODE_OK;
 }
 
 /* ---- restore, new, free ----------------------------------------------------- */
@@ -870,15 +963,11 @@ restore_one(struct node *n, const char *path)
   CLEANUP_FREE char *text = read_small_file(path, ATTACH_FILE_MAX, &len);
   if (text == NULL)
     return;
-  struct json_tokener *tok = json_tokener_new_ex(4);
-  if (tok == NULL)
-    return;
+  char perr[256];
   CLEANUP_JSON_PUT struct json_object *o =
-      json_tokener_parse_ex(tok, text, (int)len);
-  bool parsed = json_tokener_get_error(tok) == json_tokener_success;
-  json_tokener_free(tok);
+      jsonutil_parse(text, len, 4, JSONUTIL_OBJECT, path, perr, sizeof perr);
   struct json_object *jn, *jv, *ju;
-  if (!parsed || !json_object_is_type(o, json_type_object) ||
+  if (o == NULL ||
       !json_object_object_get_ex(o, "name", &jn) ||
       !json_object_is_type(jn, json_type_string) ||
       !json_object_object_get_ex(o, "version", &jv) ||
@@ -901,10 +990,10 @@ restore_one(struct node *n, const char *path)
     uris[i] = json_object_get_string(e);
   }
   char err[512];
-  int status = node_attach(n, json_object_get_string(jn),
-                           json_object_get_string(jv), uris, nu, NULL, err,
-                           sizeof err);
-  if (status >= 300)
+  enum node_result status = node_attach(n, json_object_get_string(jn),
+                                       json_object_get_string(jv), uris, nu,
+                                       NULL, err, sizeof err);
+  if (status != NODE_OK && status != NODE_ATTACHED)
     log_error(COMPONENT, "%s: cannot re-attach: %s", path, err);
 }
 
@@ -971,8 +1060,26 @@ node_new(struct exports *reg, const char *cache_root,
   }
   n->reg = reg;
   n->p = *p;
+  n->p.cache.commit_interval_ms = p->commit_interval_ms;
+  if ((n->cm = cachemgr_new(cache_root, &n->p.cache)) == NULL) {
+    free(n->root);
+    free(n);
+    return NULL;
+  }
   pthread_mutex_init(&n->lock, NULL);
   return n;
+}
+
+struct json_object *
+node_cache_json(struct node *n)
+{
+  return cachemgr_json(n->cm);
+}
+
+uint64_t
+node_cache_gc(struct node *n)
+{
+  return cachemgr_gc(n->cm);
 }
 
 static int
@@ -982,6 +1089,25 @@ collect_names(struct export *exp, void *opaque)
   if (export_handle_if(exp, &node_ops))
     json_object_array_add(arr, json_object_new_string(export_name(exp)));
   return 0;
+}
+
+static int
+stop_stalling_one(struct export *exp, void *opaque)
+{
+  struct node_image *img = export_handle_if(exp, &node_ops);
+  (void)opaque;
+  if (img) {
+    pthread_rwlock_rdlock(&img->flock);
+    fetch_stop_stalling(img->f);
+    pthread_rwlock_unlock(&img->flock);
+  }
+  return 0;
+}
+
+void
+node_stop_stalling(struct node *n)
+{
+  exports_foreach(n->reg, stop_stalling_one, NULL);
 }
 
 void
@@ -996,13 +1122,14 @@ node_free(struct node *n)
     for (size_t i = 0; i < json_object_array_length(names); i++) {
       const char *name = json_object_get_string(
           json_object_array_get_idx(names, i));
-      char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-      snprintf(mname, sizeof mname, "%s%s", name, MANIFEST_EXPORT_SUFFIX);
+      char mname[MANIFEST_EXPORT_NAME_MAX];
+      manifest_export_name(name, mname);
       exports_remove(n->reg, mname);
       exports_remove(n->reg, name);
     }
     json_object_put(names);
   }
+  cachemgr_free(n->cm);
   for (size_t i = 0; i < n->nopen; i++)
     free(n->open_versions[i]);
   free(n->open_versions);

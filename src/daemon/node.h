@@ -24,7 +24,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "cachemgr.h"
 #include "export.h"
 #include "fetch.h"
 
@@ -34,10 +36,27 @@ struct node_params {
   struct fetch_params fetch;
   unsigned readahead;          /* blocks fetched ahead of a miss; 0: none */
   unsigned commit_interval_ms; /* cache commit batching */
+  struct cachemgr_params cache; /* capacity (cachemgr.h) */
 };
 
 struct node;
 struct manifest;
+
+/* What an attach or detach did, or why it failed (the node speaks no
+ * HTTP: thunderd's control ops map these for control.c). */
+enum node_result {
+  NODE_OK,          /* done: updated, unchanged or detached */
+  NODE_ATTACHED,    /* a new attachment (or a new version) */
+  NODE_INVALID,     /* a bad name, version or upstream list */
+  NODE_NOT_FOUND,   /* not attached; or no upstream has the image */
+  NODE_CONFLICT,    /* refused in the current state (another version,
+                       VMs depend on the image, ...) */
+  NODE_UPSTREAM,    /* no upstream could be asked, or it sent garbage */
+  NODE_UNAVAILABLE, /* libvirt does not answer (the hooks) */
+  NODE_INTERNAL,    /* a local failure */
+  NODE_NO_SPACE,    /* the cache cannot hold the version's manifest and
+                       bitmap (cachemgr.h: cap, free-space floor) */
+};
 
 /* What the node does beside serving an image — thunderd makes and removes
  * the image's libvirt anchor volume (src/pool).  Both are called with the
@@ -45,15 +64,17 @@ struct manifest;
 struct node_hooks {
   /* Before image name is attached at manifest m (also when it is
    * already attached; replacing says a different version is attached
-   * now).  0, or an HTTP status with err filled: the attach fails and
+   * now).  NODE_OK, or a failure with err filled: the attach fails and
    * nothing changes.  At restore a failure is only logged. */
-  int (*attach)(void *opaque, const char *name, const struct manifest *m,
-                bool replacing, char *err, size_t errlen);
+  enum node_result (*attach)(void *opaque, const char *name,
+                             const struct manifest *m, bool replacing,
+                             char *err, size_t errlen);
   /* Before image name is detached, or to undo an attach hook whose
-   * attach failed (undo true; failure then only logged).  0, or an HTTP
-   * status (409 while VMs depend on the image) with err filled. */
-  int (*detach)(void *opaque, const char *name, bool undo, char *err,
-                size_t errlen);
+   * attach failed (undo true; failure then only logged).  NODE_OK, or a
+   * failure (NODE_CONFLICT while VMs depend on the image) with err
+   * filled. */
+  enum node_result (*detach)(void *opaque, const char *name, bool undo,
+                             char *err, size_t errlen);
   void *opaque;
 };
 
@@ -72,26 +93,53 @@ int node_restore(struct node *n);
 /* Attaches image name at version with upstreams (parent first, origin
  * last), or updates the upstreams of an image attached at that version.
  * A different version replaces the image (open connections keep the old
- * one until they end; the old cache stays on disk).  Returns an HTTP
- * status: 201 attached, 200 updated or unchanged, 404 no upstream has
- * the image, 409 they serve another version, 502 no upstream could be
- * asked, 500 local failure; on failure err (errlen) says why and
- * nothing is left attached half-way.  *reply gets the image's state. */
-int node_attach(struct node *n, const char *name, const char *version,
-                const char *const *uris, size_t nuris,
-                struct json_object **reply, char *err, size_t errlen);
+ * one until they end; the old cache stays on disk).  Returns
+ * NODE_ATTACHED, NODE_OK (updated or unchanged), NODE_NOT_FOUND (no
+ * upstream has the image), NODE_CONFLICT (they serve another version),
+ * NODE_UPSTREAM (no upstream could be asked), NODE_NO_SPACE (the cache
+ * cannot hold the version's manifest and bitmap), NODE_INTERNAL, or a hook's
+ * failure; on failure err (errlen) says why and nothing is left attached
+ * half-way.  *reply gets the image's state. */
+enum node_result node_attach(struct node *n, const char *name,
+                             const char *version, const char *const *uris,
+                             size_t nuris, struct json_object **reply,
+                             char *err, size_t errlen);
 
 /* Detaches an image: withdraws its exports and forgets the attachment
- * (its cache stays on disk for a later attach).  200, 404, or the detach
- * hook's status (409 while VMs depend on the image) and nothing changes. */
-int node_detach(struct node *n, const char *name, char *err, size_t errlen);
+ * (its cache stays on disk for a later attach).  NODE_OK,
+ * NODE_NOT_FOUND, or the detach hook's failure (NODE_CONFLICT while VMs
+ * depend on the image) and nothing changes. */
+enum node_result node_detach(struct node *n, const char *name, char *err,
+                             size_t errlen);
 
 /* The state and counters of an attached image (schemas/node-image.schema.json),
  * or NULL if it is not attached. */
 struct json_object *node_image_json(struct node *n, const char *name);
 
+/* Adds the latency histograms of attached image name's reads to hit
+ * (served whole from the cache) and miss (waited for a fetch), which the
+ * caller set up with histogram_io_bounds.  -1 if it is not attached. */
+struct histogram;
+int node_image_histograms(struct node *n, const char *name,
+                          struct histogram *hit, struct histogram *miss);
+
 /* {"images": [state of each attached image]}. */
 struct json_object *node_list_json(struct node *n);
+
+/* The daemon is stopping: reads waiting out an upstream outage fail now,
+ * and no read waits for one any more (fetch_stop_stalling), so that none
+ * holds the shutdown up for a stall timeout. */
+void node_stop_stalling(struct node *n);
+
+/* The node's cache as a whole (cachemgr_json): capacity, totals, each
+ * version on disk with its bytes and whether it is attached.  NULL on
+ * allocation failure.  For GET /v1/cache and thunderctl cache show. */
+struct json_object *node_cache_json(struct node *n);
+
+/* Frees space now: removes every version no image is attached at (its
+ * blocks and directory).  Returns the bytes freed.  For POST
+ * /v1/cache/gc and thunderctl cache gc. */
+uint64_t node_cache_gc(struct node *n);
 
 /* Detaches everything (keeping attachments recorded) and frees n. */
 void node_free(struct node *n);

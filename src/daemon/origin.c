@@ -383,8 +383,8 @@ scan_one(struct exports *reg, int dirfd, const char *dir, const char *entry,
     origin_close(img);
     return -1;
   }
-  char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-  snprintf(mname, sizeof mname, "%s%s", m->name, MANIFEST_EXPORT_SUFFIX);
+  char mname[MANIFEST_EXPORT_NAME_MAX];
+  manifest_export_name(m->name, mname);
   struct export *mexp = export_new_bytes(mname, bytes, blen, "thunder manifest");
   if (mexp == NULL) {
     export_put(exp);
@@ -464,9 +464,8 @@ origin_scan(struct exports *reg, const char *dir)
       log_info(COMPONENT, "withdrawing '%s': no valid manifest in %s",
                st.names.v[i], dir);
       exports_remove(reg, st.names.v[i]);
-      char mname[MANIFEST_NAME_MAX + sizeof MANIFEST_EXPORT_SUFFIX];
-      snprintf(mname, sizeof mname, "%s%s", st.names.v[i],
-               MANIFEST_EXPORT_SUFFIX);
+      char mname[MANIFEST_EXPORT_NAME_MAX];
+      manifest_export_name(st.names.v[i], mname);
       exports_remove(reg, mname);
     }
     seen_free(&st.names);

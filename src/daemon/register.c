@@ -41,6 +41,8 @@
 #include <json-c/json.h>
 
 #include "cleanup.h"
+#include "curlbuf.h"
+#include "jsonutil.h"
 #include "log.h"
 
 #define COMPONENT "register"
@@ -421,19 +423,6 @@ fail:
   return NULL;
 }
 
-/* Adds value to o under key, or drops it; false when out of memory. */
-static bool
-add(struct json_object *o, const char *key, struct json_object *value)
-{
-  if (value == NULL)
-    return false;
-  if (json_object_object_add(o, key, value) != 0) {
-    json_object_put(value);
-    return false;
-  }
-  return true;
-}
-
 struct json_object *
 register_body(const struct register_config *c)
 {
@@ -446,18 +435,18 @@ register_body(const struct register_config *c)
     json_object_put(labels);
     return NULL;
   }
-  bool ok = add(cap, "vcpus", json_object_new_uint64(c->vcpus));
-  ok = add(cap, "memory_mib", json_object_new_uint64(c->memory_mib)) && ok;
-  ok = add(cap, "disk_gib", json_object_new_uint64(c->disk_gib)) && ok;
+  bool ok = jsonutil_add(cap, "vcpus", json_object_new_uint64(c->vcpus));
+  ok = jsonutil_add(cap, "memory_mib", json_object_new_uint64(c->memory_mib)) && ok;
+  ok = jsonutil_add(cap, "disk_gib", json_object_new_uint64(c->disk_gib)) && ok;
   if (c->rack)
-    ok = add(labels, "rack", json_object_new_string(c->rack)) && ok;
+    ok = jsonutil_add(labels, "rack", json_object_new_string(c->rack)) && ok;
   if (c->zone)
-    ok = add(labels, "zone", json_object_new_string(c->zone)) && ok;
-  ok = add(o, "name", json_object_new_string(c->name)) && ok;
-  ok = add(o, "nbd_uri", json_object_new_string(c->nbd_uri)) && ok;
-  ok = add(o, "control_url", json_object_new_string(c->control_url)) && ok;
-  ok = add(o, "capacity", cap) && ok;
-  ok = add(o, "labels", labels) && ok;
+    ok = jsonutil_add(labels, "zone", json_object_new_string(c->zone)) && ok;
+  ok = jsonutil_add(o, "name", json_object_new_string(c->name)) && ok;
+  ok = jsonutil_add(o, "nbd_uri", json_object_new_string(c->nbd_uri)) && ok;
+  ok = jsonutil_add(o, "control_url", json_object_new_string(c->control_url)) && ok;
+  ok = jsonutil_add(o, "capacity", cap) && ok;
+  ok = jsonutil_add(o, "labels", labels) && ok;
   if (!ok) {
     json_object_put(o);
     return NULL;
@@ -492,23 +481,14 @@ int
 register_api_error(const char *body, size_t len, char *out, size_t outlen)
 {
   snprintf(out, outlen, "no error message");
-  if (body == NULL || len == 0 || len > INT32_MAX)
+  if (body == NULL || len == 0)
     return -1;
-  struct json_tokener *tok = json_tokener_new_ex(REPLY_JSON_DEPTH);
-  if (tok == NULL)
-    return -1;
+  char perr[256];
   CLEANUP_JSON_PUT struct json_object *o =
-      json_tokener_parse_ex(tok, body, (int)len);
-  enum json_tokener_error e = json_tokener_get_error(tok);
-  size_t used = json_tokener_get_parse_end(tok);
-  json_tokener_free(tok);
-  if (o == NULL || e != json_tokener_success)
-    return -1;
-  for (; used < len; used++) /* only white space may follow */
-    if (strchr(" \t\r\n", body[used]) == NULL)
-      return -1;
+      jsonutil_parse(body, len, REPLY_JSON_DEPTH, JSONUTIL_DUPS_OK, "reply",
+                     perr, sizeof perr);
   struct json_object *error, *code, *message;
-  if (!json_object_is_type(o, json_type_object) ||
+  if (o == NULL || !json_object_is_type(o, json_type_object) ||
       !json_object_object_get_ex(o, "error", &error) ||
       !json_object_is_type(error, json_type_object) ||
       !json_object_object_get_ex(error, "message", &message) ||
@@ -542,8 +522,7 @@ struct registrar {
   bool stop;           /* under lock */
   atomic_bool stopping;
   /* The reply being read. */
-  char reply[REPLY_MAX];
-  size_t reply_len;
+  struct curlbuf reply;  /* its first REPLY_MAX bytes */
 };
 
 /* The result of one request. */
@@ -553,19 +532,6 @@ enum result {
   /* else the HTTP status */
 };
 
-static size_t
-on_data(char *data, size_t size, size_t n, void *opaque)
-{
-  struct registrar *r = opaque;
-  size_t len = size * n;
-  size_t room = sizeof r->reply - 1 - r->reply_len;
-  size_t keep = len < room ? len : room;
-  memcpy(r->reply + r->reply_len, data, keep);
-  r->reply_len += keep;
-  r->reply[r->reply_len] = '\0';
-  return len;
-}
-
 /* POSTs body (application/json) to url; the status, or a result. */
 static long
 post(struct registrar *r, const char *url, const char *body, char *msg,
@@ -573,8 +539,7 @@ post(struct registrar *r, const char *url, const char *body, char *msg,
 {
   char errbuf[CURL_ERROR_SIZE] = "";
   CURL *h = r->easy;
-  r->reply_len = 0;
-  r->reply[0] = '\0';
+  curlbuf_init(&r->reply, REPLY_MAX, true);
   msg[0] = '\0';
   curl_easy_reset(h);
   if (curl_easy_setopt(h, CURLOPT_URL, url) != CURLE_OK ||
@@ -589,8 +554,7 @@ post(struct registrar *r, const char *url, const char *body, char *msg,
           CURLE_OK ||
       curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
       curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK ||
-      curl_easy_setopt(h, CURLOPT_WRITEDATA, r) != CURLE_OK) {
+      curlbuf_attach(h, &r->reply) != CURLE_OK) {
     snprintf(msg, msglen, "curl_easy_setopt failed");
     return RESULT_TRANSPORT;
   }
@@ -692,7 +656,8 @@ outage(struct registrar *r, struct trouble *t, uint64_t start,
     snprintf(why, sizeof why, "%s", msg);
   else {
     char apierr[ERROR_MESSAGE_MAX];
-    register_api_error(r->reply, r->reply_len, apierr, sizeof apierr);
+    register_api_error(r->reply.data ? r->reply.data : "", r->reply.len,
+                       apierr, sizeof apierr);
     snprintf(why, sizeof why, "HTTP %ld (%s)", status, apierr);
   }
   if (!t->outage) {
@@ -739,7 +704,8 @@ register_main(void *arg)
       continue;
     } else if (status >= 400 && status < 500) {
       char apierr[ERROR_MESSAGE_MAX];
-      register_api_error(r->reply, r->reply_len, apierr, sizeof apierr);
+      register_api_error(r->reply.data ? r->reply.data : "", r->reply.len,
+                       apierr, sizeof apierr);
       log_error(COMPONENT, "%s: POST %s: HTTP %ld (%s)%s; retrying in %d s",
                 what, url, status, apierr,
                 status == 401 ? ": the API does not take this node's token"
@@ -773,6 +739,7 @@ registrar_free(struct registrar *r)
     curl_multi_cleanup(r->multi);
   curl_slist_free_all(r->headers);
   free(r->body);
+  free(r->reply.data);
   free(r->register_url);
   free(r->heartbeat_url);
   register_config_free(r->cfg);

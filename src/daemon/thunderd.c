@@ -23,12 +23,14 @@
 #include "cleanup.h"
 #include "config.h"
 #include "control.h"
+#include "dmetrics.h"
 #include "export.h"
 #include "log.h"
 #include "node.h"
 #include "origin.h"
 #include "pool.h"
 #include "register.h"
+#include "resumer.h"
 #include "server.h"
 #include "vms.h"
 
@@ -49,7 +51,10 @@ static struct {
   uint64_t fetch_depth;
   uint64_t fetch_timeout;
   uint64_t fault_holdoff;
+  uint64_t stall_timeout;
   uint64_t commit_interval;
+  char *cache_max;
+  char *cache_min_free;
   char *listen;
   char *socket;
   char *socket_group;
@@ -74,6 +79,7 @@ static struct {
   char *pool;
   char *pool_path;
   char *libvirt_uri;
+  uint64_t resume_interval;
   char *log;
   char *log_level;
   char *debug;
@@ -110,6 +116,8 @@ static struct {
   .fetch_depth = 16,
   .fetch_timeout = 1500,
   .fault_holdoff = 5000,
+  .stall_timeout = 120,
+  .resume_interval = 200,
   .commit_interval = 20,
   .heartbeat_interval = REGISTER_DEFAULT_INTERVAL_MS,
 };
@@ -138,9 +146,19 @@ static const struct config_opt options[] = {
     " this long, fails over (default 1500)" },
   { "fault-holdoff", CONFIG_TYPE_UINT, &opt.fault_holdoff, 0, 3600000, "MS",
     "node: a faulty upstream is skipped this long (default 5000)" },
+  { "stall-timeout", CONFIG_TYPE_UINT, &opt.stall_timeout, 0, 86400,
+    "SECONDS", "node: how long a read waits while no upstream can deliver"
+    " its block (retried, origin last) before it fails; 0 fails at once"
+    " (default 120)" },
   { "commit-interval", CONFIG_TYPE_UINT, &opt.commit_interval, 1, 10000, "MS",
     "node: how long a fetched block may wait to be marked valid on disk"
     " (default 20)" },
+  { "cache-max", CONFIG_TYPE_STRING, &opt.cache_max, 0, 0, "SIZE",
+    "node: most the cache may hold, bytes (K/M/G/T suffixes) or N% of its"
+    " filesystem (default " CACHEMGR_DEFAULT_MAX ")" },
+  { "cache-min-free", CONFIG_TYPE_STRING, &opt.cache_min_free, 0, 0, "SIZE",
+    "node: free space the cache leaves on its filesystem, bytes or N%"
+    " (default " CACHEMGR_DEFAULT_MIN_FREE ")" },
   { "listen", CONFIG_TYPE_STRING, &opt.listen, 0, 0, "HOST:PORT",
     "NBD over TCP for peers, or 'none' (default 0.0.0.0:10809)" },
   { "socket", CONFIG_TYPE_STRING, &opt.socket, 0, 0, "PATH",
@@ -201,6 +219,9 @@ static const struct config_opt options[] = {
     "directory of that pool (default " POOL_DEFAULT_PATH ")" },
   { "libvirt-uri", CONFIG_TYPE_STRING, &opt.libvirt_uri, 0, 0, "URI",
     "libvirt connection (default " POOL_DEFAULT_URI ")" },
+  { "resume-interval", CONFIG_TYPE_UINT, &opt.resume_interval, 0, 60000,
+    "MS", "node with a pool: how often to look for VMs of the pool that"
+    " QEMU paused on an I/O error, to resume them; 0: never (default 200)" },
   { "log", CONFIG_TYPE_STRING, &opt.log, 0, 0, "stderr|syslog",
     "log target (default stderr)" },
   { "log-level", CONFIG_TYPE_STRING, &opt.log_level, 0, 0, "LEVEL",
@@ -241,6 +262,7 @@ static const struct config_opt options[] = {
  * ordinary thread context: every other thread blocks them. */
 struct signal_ctx {
   struct server *server;
+  struct node *node;           /* NULL: origin mode */
   struct registrar *registrar; /* NULL: no --api */
   struct exports *reg;
   enum log_level level; /* the configured level, restored by SIGUSR1 */
@@ -283,6 +305,10 @@ signal_main(void *arg)
     default:
       log_info(COMPONENT, "%s: stopping", strsignal(sig));
       register_cancel(ctx->registrar);
+      /* Reads waiting out an upstream outage end now: their connections
+       * are shut down anyway (QEMU retries them after a reconnect). */
+      if (ctx->node)
+        node_stop_stalling(ctx->node);
       server_stop(ctx->server);
       return NULL;
     }
@@ -297,20 +323,26 @@ struct ctl_ctx {
   struct vms *vms;
 };
 
-static const char *
-status_code(int status)
+/* The control result and error code of a node result. */
+static enum control_result
+control_of(enum node_result r, const char **code)
 {
-  switch (status) {
-  case 400: return "invalid";
-  case 404: return "not_found";
-  case 409: return "conflict";
-  case 502: return "bad_gateway";
-  case 503: return "unavailable";
-  default: return "internal";
+  switch (r) {
+  case NODE_OK: return CONTROL_OK;
+  case NODE_ATTACHED: return CONTROL_CREATED;
+  case NODE_INVALID: *code = "invalid"; return CONTROL_INVALID;
+  case NODE_NOT_FOUND: *code = "not_found"; return CONTROL_NOT_FOUND;
+  case NODE_CONFLICT: *code = "conflict"; return CONTROL_CONFLICT;
+  case NODE_UPSTREAM: *code = "bad_gateway"; return CONTROL_UPSTREAM;
+  case NODE_UNAVAILABLE: *code = "unavailable"; return CONTROL_UNAVAILABLE;
+  case NODE_NO_SPACE: *code = "insufficient_storage"; return CONTROL_NO_SPACE;
+  case NODE_INTERNAL: break;
   }
+  *code = "internal";
+  return CONTROL_INTERNAL;
 }
 
-static int
+static enum control_result
 ctl_attach(void *opaque, const struct control_attach *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -318,39 +350,34 @@ ctl_attach(void *opaque, const struct control_attach *req,
   struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
-    snprintf(err, errlen, "this thunderd is an origin: it serves its image"
-             " directory and attaches nothing");
-    return 409;
+    snprintf(err, errlen, "this thunderd is an origin: it serves its image directory and attaches nothing");
+    return CONTROL_CONFLICT;
   }
-  int status = node_attach(node, req->name, req->version, req->upstreams,
-                           req->nupstreams, reply, err, errlen);
-  if (status >= 400)
-    *code = status_code(status);
-  return status;
+  return control_of(node_attach(node, req->name, req->version, req->upstreams,
+                                req->nupstreams, reply, err, errlen),
+                    code);
 }
 
-static int
+static enum control_result
 ctl_detach(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
   struct node *node = ((struct ctl_ctx *)opaque)->node;
   if (node == NULL) {
     *code = "origin_mode";
-    snprintf(err, errlen, "this thunderd is an origin: remove the image's"
-             " manifest and send SIGHUP instead");
-    return 409;
+    snprintf(err, errlen, "this thunderd is an origin: remove the image's manifest and send SIGHUP instead");
+    return CONTROL_CONFLICT;
   }
-  int status = node_detach(node, name, err, errlen);
-  if (status >= 400)
-    *code = status_code(status);
-  else
+  enum control_result r = control_of(node_detach(node, name, err, errlen),
+                                     code);
+  if (r == CONTROL_OK)
     *reply = json_object_new_object();
-  return status;
+  return r;
 }
 
 static struct exports *the_reg;
 
-static int
+static enum control_result
 ctl_get(void *opaque, const char *name, struct json_object **reply,
         const char **code, char *err, size_t errlen)
 {
@@ -359,12 +386,12 @@ ctl_get(void *opaque, const char *name, struct json_object **reply,
   if (*reply == NULL) {
     *code = "not_found";
     snprintf(err, errlen, "no image '%s' here", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 ctl_list(void *opaque, struct json_object **reply, const char **code,
          char *err, size_t errlen)
 {
@@ -373,13 +400,13 @@ ctl_list(void *opaque, struct json_object **reply, const char **code,
   if (*reply == NULL) {
     *code = "internal";
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return CONTROL_INTERNAL;
   }
-  return 200;
+  return CONTROL_OK;
 }
 
 /* The VM requests and /v1/node: vms.c (an origin's are refused there). */
-static int
+static enum control_result
 ctl_vm_put(void *opaque, const struct control_vm *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -388,7 +415,7 @@ ctl_vm_put(void *opaque, const struct control_vm *req,
                  errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
@@ -396,7 +423,7 @@ ctl_vm_get(void *opaque, const char *name, struct json_object **reply,
                  errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
               const char **code, char *err, size_t errlen)
 {
@@ -404,14 +431,74 @@ ctl_vm_delete(void *opaque, const char *name, struct json_object **reply,
                     errlen);
 }
 
-static int
+static enum control_result
 ctl_vm_list(void *opaque, struct json_object **reply, const char **code,
             char *err, size_t errlen)
 {
   return vms_list(((struct ctl_ctx *)opaque)->vms, reply, code, err, errlen);
 }
 
-static int
+/* GET /v1/cache and POST /v1/cache/gc: node mode only. */
+static enum control_result
+ctl_cache(void *opaque, bool gc, struct json_object **reply,
+          const char **code, char *err, size_t errlen)
+{
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  if (node == NULL) {
+    *code = "origin_mode";
+    snprintf(err, errlen, "this thunderd is an origin: it has no cache");
+    return CONTROL_CONFLICT;
+  }
+  if (gc) {
+    uint64_t freed = node_cache_gc(node);
+    *reply = json_object_new_object();
+    if (*reply)
+      json_object_object_add(*reply, "freed_bytes",
+                             json_object_new_uint64(freed));
+  } else {
+    *reply = node_cache_json(node);
+  }
+  if (*reply == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return CONTROL_INTERNAL;
+  }
+  return CONTROL_OK;
+}
+
+/* GET /metrics (dmetrics.h). */
+static enum control_result
+ctl_metrics(void *opaque, char **text, size_t *len, const char **code,
+            char *err, size_t errlen)
+{
+  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  CLEANUP_JSON_PUT struct json_object *images =
+      node ? node_list_json(node) : origin_list_json(the_reg);
+  CLEANUP_JSON_PUT struct json_object *cache =
+      node ? node_cache_json(node) : NULL;
+  *text = images ? dmetrics_render(images, node, cache, len) : NULL;
+  if (*text == NULL) {
+    *code = "internal";
+    snprintf(err, errlen, "out of memory");
+    return CONTROL_INTERNAL;
+  }
+  return CONTROL_OK;
+}
+
+static enum control_result
+ctl_cache_get(void *opaque, struct json_object **reply, const char **code,
+              char *err, size_t errlen)
+{
+  return ctl_cache(opaque, false, reply, code, err, errlen);
+}
+
+static enum control_result
+ctl_cache_gc(void *opaque, struct json_object **reply, const char **code,
+             char *err, size_t errlen)
+{
+  return ctl_cache(opaque, true, reply, code, err, errlen);
+}
+
+static enum control_result
 ctl_node_info(void *opaque, struct json_object **reply, const char **code,
               char *err, size_t errlen)
 {
@@ -568,6 +655,7 @@ main(int argc, char **argv)
   struct anchors *anchors = NULL;
   struct vms *vms = NULL;
   struct registrar *registrar = NULL;
+  struct resumer *resumer = NULL;
   struct ctl_ctx ctx = { NULL, NULL };
   char *token = NULL;
   int nimages = 0;
@@ -609,6 +697,16 @@ main(int argc, char **argv)
   if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
     goto out;
 
+  raise_nofile();
+  /* Blocked before any thread starts (node_new starts the cache's
+   * reclaimer), so that every thread inherits the mask and only the
+   * signal thread takes them. */
+  struct sigaction sa = { .sa_handler = SIG_IGN };
+  sigaction(SIGPIPE, &sa, NULL);
+  sigset_t set;
+  handled_signals(&set);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
   reg = the_reg = exports_new();
   if (reg == NULL)
     goto out;
@@ -625,21 +723,29 @@ main(int argc, char **argv)
         .depth = (unsigned)opt.fetch_depth,
         .timeout_ms = (unsigned)opt.fetch_timeout,
         .holdoff_ms = (unsigned)opt.fault_holdoff,
+        .stall_timeout_ms = (unsigned)opt.stall_timeout * 1000,
       },
       .readahead = (unsigned)opt.readahead,
       .commit_interval_ms = (unsigned)opt.commit_interval,
     };
+    const char *cmax = opt.cache_max ? opt.cache_max : CACHEMGR_DEFAULT_MAX;
+    const char *cfree = opt.cache_min_free ? opt.cache_min_free
+                                           : CACHEMGR_DEFAULT_MIN_FREE;
+    if (cachemgr_parse_size(cmax, &np.cache.max_bytes, &np.cache.max_pct) ||
+        cachemgr_parse_size(cfree, &np.cache.min_free_bytes,
+                            &np.cache.min_free_pct)) {
+      log_error(COMPONENT, "--cache-max %s, --cache-min-free %s: want bytes"
+                " (K/M/G/T/P suffixes) or N%%", cmax, cfree);
+      goto out;
+    }
+    if (np.cache.max_bytes == 0 && np.cache.max_pct == 0) {
+      log_error(COMPONENT, "--cache-max: must be more than 0");
+      goto out;
+    }
     node = node_new(reg, opt.cache, &np);
     if (node == NULL)
       goto out;
   }
-
-  raise_nofile();
-  struct sigaction sa = { .sa_handler = SIG_IGN };
-  sigaction(SIGPIPE, &sa, NULL);
-  sigset_t set;
-  handled_signals(&set);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
 
   struct server_config sc = {
     .socket_path = is_none(opt.socket) ? NULL
@@ -695,6 +801,15 @@ main(int argc, char **argv)
   }
   if (node)
     node_restore(node);
+  /* Serving again: guests paused on I/O errors while this node was away
+   * (a restart) can go on. */
+  if (anchors && opt.resume_interval > 0) {
+    struct pool_config pc = { .uri = opt.libvirt_uri, .name = opt.pool,
+                              .path = opt.pool_path };
+    resumer = resumer_start(&pc, (unsigned)opt.resume_interval);
+    if (resumer == NULL)
+      goto out;
+  }
   if (opt.control) {
     vms = vms_new(opt.libvirt_uri, opt.pool, opt.pool_path, anchors != NULL,
                   node, reg);
@@ -705,7 +820,8 @@ main(int argc, char **argv)
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
       .vm_delete = ctl_vm_delete, .vm_list = ctl_vm_list,
-      .node_info = ctl_node_info, .opaque = &ctx,
+      .node_info = ctl_node_info, .cache_get = ctl_cache_get,
+      .cache_gc = ctl_cache_gc, .metrics = ctl_metrics, .opaque = &ctx,
     };
     control = control_new(opt.control, token, &ops);
     if (control == NULL)
@@ -720,7 +836,8 @@ main(int argc, char **argv)
       goto out;
   }
 
-  struct signal_ctx sctx = { .server = server, .registrar = registrar,
+  struct signal_ctx sctx = { .server = server, .node = node,
+                             .registrar = registrar,
                              .reg = reg, .level = level };
   pthread_t sig_thread;
   if ((errno = pthread_create(&sig_thread, NULL, signal_main, &sctx)) != 0) {
@@ -746,6 +863,7 @@ main(int argc, char **argv)
   log_info(COMPONENT, "stopped");
 
 out:
+  resumer_stop(resumer);
   register_stop(registrar);
   control_free(control);
   vms_free(vms);

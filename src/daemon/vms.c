@@ -1,13 +1,14 @@
 /* thunder — thunderd's VMs (see vms.h): the /v1/vms requests on the
- * node's libvirt pool, and /v1/node.
+ * node's libvirt pool, and /v1/node.  Results are control_result kinds
+ * (control.c maps them to HTTP; the usual status in brackets):
  *
- *   PUT     pool_vm_info NAME ─ found, same spec ──────▶ 200, its state
- *                         │     found, other spec ─────▶ 409 (the fields)
- *                         │     not thunder's ─────────▶ 409
- *                         └ none ─ image attached? no ─▶ 404
- *                                  pool_vm_create ─────▶ 201, its state
- *   GET     pool_vm_info NAME ─────────────────────────▶ 200 / 404
- *   DELETE  pool_vm_info NAME, then pool_vm_delete ────▶ 200 {} / 404
+ *   PUT     pool_vm_info NAME ─ found, same spec ──────▶ OK [200], its state
+ *                         │     found, other spec ─────▶ CONFLICT [409] (the fields)
+ *                         │     not thunder's ─────────▶ CONFLICT [409]
+ *                         └ none ─ image attached? no ─▶ NOT_FOUND [404]
+ *                                  pool_vm_create ─────▶ CREATED [201], its state
+ *   GET     pool_vm_info NAME ─────────────────────────▶ OK / NOT_FOUND
+ *   DELETE  pool_vm_info NAME, then pool_vm_delete ────▶ OK {} / NOT_FOUND
  *
  * "Same spec": the image, vCPUs and memory equal; the disk equal to
  * disk_gib GiB, or to the image's size when disk_gib is not given; and
@@ -17,7 +18,7 @@
  *
  * Every request opens its own libvirt connection (pool_open also ensures
  * the pool), as the anchors do (anchor.c); pool_open failing because
- * libvirt does not answer is 503.  A PUT or DELETE holds its VM name in
+ * libvirt does not answer is UNAVAILABLE [503].  A PUT or DELETE holds its VM name in
  * v->busy for its whole length, so two requests for one name run one
  * after the other and the second sees what the first did.  "auto" is
  * resolved once per process (pool_kvm_usable probes for up to 2 s).
@@ -34,6 +35,7 @@
 #include <json-c/json.h>
 
 #include "cleanup.h"
+#include "jsonutil.h"
 #include "log.h"
 #include "origin.h"
 #include "pool.h"
@@ -97,8 +99,8 @@ name_release(struct vms *v, struct busy *b)
   pthread_cond_broadcast(&v->cond);
 }
 
-/* The HTTP status and error code of a pool error. */
-static int
+/* The result kind and error code of a pool error. */
+static enum control_result
 pool_status(const struct pool_error *pe, const char **code, char *err,
             size_t errlen)
 {
@@ -106,34 +108,34 @@ pool_status(const struct pool_error *pe, const char **code, char *err,
   switch (pe->code) {
   case POOL_ERR_INVALID:
     *code = "invalid";
-    return 400;
+    return CONTROL_INVALID;
   case POOL_ERR_NOT_FOUND:
     *code = "not_found";
-    return 404;
+    return CONTROL_NOT_FOUND;
   case POOL_ERR_CONFLICT:
   case POOL_ERR_BUSY:
     *code = "conflict";
-    return 409;
+    return CONTROL_CONFLICT;
   default:
     *code = "internal";
-    return 500;
+    return CONTROL_INTERNAL;
   }
 }
 
-/* 409 no_pool for a node without a pool (or an origin). */
-static int
+/* CONFLICT no_pool for a node without a pool (or an origin). */
+static enum control_result
 no_pool(const struct vms *v, const char **code, char *err, size_t errlen)
 {
   *code = "no_pool";
   snprintf(err, errlen, "%s",
            v->node ? "this node has no libvirt pool (thunderd --pool none): it runs no VMs"
                    : "this thunderd is an origin: it runs no VMs");
-  return 409;
+  return CONTROL_CONFLICT;
 }
 
-/* Opens the pool into *p: 0, or an HTTP status (503 when libvirt does not
- * answer) with err set. */
-static int
+/* Opens the pool into *p: CONTROL_OK, or a failure (UNAVAILABLE when
+ * libvirt does not answer) with err set. */
+static enum control_result
 open_pool(struct vms *v, struct pool **p, const char **code, char *err,
           size_t errlen)
 {
@@ -142,38 +144,15 @@ open_pool(struct vms *v, struct pool **p, const char **code, char *err,
   struct pool_error pe = { 0 };
   *p = pool_open(&v->cfg, &pe);
   if (*p != NULL)
-    return 0;
+    return CONTROL_OK;
   if (pe.code == POOL_ERR_LIBVIRT) {
     *code = "unavailable";
     snprintf(err, errlen, "%s", pe.msg);
-    return 503;
+    return CONTROL_UNAVAILABLE;
   }
   *code = "internal";
   snprintf(err, errlen, "%s", pe.msg);
-  return 500;
-}
-
-/* Adds key: val to o; false (val dropped) if either is NULL or the add
- * fails. */
-static bool
-add(struct json_object *o, const char *key, struct json_object *val)
-{
-  if (o == NULL || val == NULL || json_object_object_add(o, key, val) != 0) {
-    json_object_put(val);
-    return false;
-  }
-  return true;
-}
-
-/* As add, but val may be NULL: JSON null. */
-static bool
-add_nullable(struct json_object *o, const char *key, struct json_object *val)
-{
-  if (o == NULL || json_object_object_add(o, key, val) != 0) {
-    json_object_put(val);
-    return false;
-  }
-  return true;
+  return CONTROL_INTERNAL;
 }
 
 /* A VM's JSON (schemas/node-vm-state.schema.json), or NULL. */
@@ -182,17 +161,17 @@ vm_json(const struct pool_vm_info *i)
 {
   struct json_object *o = json_object_new_object();
   bool ok =
-      add(o, "name", json_object_new_string(i->name)) &&
-      add(o, "image", json_object_new_string(i->image)) &&
-      add(o, "vcpus", json_object_new_int64(i->vcpus)) &&
-      add(o, "memory_mib", json_object_new_int64(i->memory_mib)) &&
-      add(o, "disk_bytes", json_object_new_uint64(i->disk_bytes)) &&
-      add(o, "state", json_object_new_string(pool_vm_state_name(i->state))) &&
-      add(o, "volume", json_object_new_string(i->volume)) &&
-      add_nullable(o, "console_log",
+      jsonutil_add(o, "name", json_object_new_string(i->name)) &&
+      jsonutil_add(o, "image", json_object_new_string(i->image)) &&
+      jsonutil_add(o, "vcpus", json_object_new_int64(i->vcpus)) &&
+      jsonutil_add(o, "memory_mib", json_object_new_int64(i->memory_mib)) &&
+      jsonutil_add(o, "disk_bytes", json_object_new_uint64(i->disk_bytes)) &&
+      jsonutil_add(o, "state", json_object_new_string(pool_vm_state_name(i->state))) &&
+      jsonutil_add(o, "volume", json_object_new_string(i->volume)) &&
+      jsonutil_add_nullable(o, "console_log",
                    i->console_log ? json_object_new_string(i->console_log)
                                   : NULL) &&
-      add(o, "accel", json_object_new_string(pool_accel_name(i->accel)));
+      jsonutil_add(o, "accel", json_object_new_string(pool_accel_name(i->accel)));
   if (!ok) {
     json_object_put(o);
     return NULL;
@@ -200,16 +179,16 @@ vm_json(const struct pool_vm_info *i)
   return o;
 }
 
-/* Sets *reply to the VM's JSON: status, or 500 when out of memory. */
-static int
-reply_vm(const struct pool_vm_info *i, int status, struct json_object **reply,
+/* Sets *reply to the VM's JSON: res, or INTERNAL when out of memory. */
+static enum control_result
+reply_vm(const struct pool_vm_info *i, enum control_result status, struct json_object **reply,
          const char **code, char *err, size_t errlen)
 {
   *reply = vm_json(i);
   if (*reply == NULL) {
     *code = "internal";
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return CONTROL_INTERNAL;
   }
   return status;
 }
@@ -232,9 +211,9 @@ accel_name(enum control_accel a)
   return a == CONTROL_ACCEL_KVM ? "kvm" : a == CONTROL_ACCEL_TCG ? "tcg" : "auto";
 }
 
-/* Compares an existing VM with a request: 0 the same, 1 different (err
- * lists how), or an HTTP status for a failure. */
-static int
+/* Compares an existing VM with a request: CONTROL_OK the same,
+ * CONTROL_CONFLICT different (err lists how), or another failure. */
+static enum control_result
 compare_spec(struct pool *p, const struct pool_vm_info *i,
              const struct control_vm *req, const char **code, char *err,
              size_t errlen)
@@ -277,17 +256,17 @@ compare_spec(struct pool *p, const struct pool_vm_info *i,
          accel_name(req->accel));
 #undef DIFF
   if (n == 0)
-    return 0;
+    return CONTROL_OK;
   *code = "conflict";
   snprintf(err, errlen, "VM %s exists with another spec: %s; delete it first or choose another name",
            i->name, diff);
-  return 1;
+  return CONTROL_CONFLICT;
 }
 
 /* ---- requests ------------------------------------------------------------- */
 
 /* PUT with the name claimed and the pool open. */
-static int
+static enum control_result
 put_locked(struct vms *v, struct pool *p, const struct control_vm *req,
            struct json_object **reply, const char **code, char *err,
            size_t errlen)
@@ -295,18 +274,16 @@ put_locked(struct vms *v, struct pool *p, const struct control_vm *req,
   struct pool_error pe = { 0 };
   struct pool_vm_info info;
   if (pool_vm_info(p, req->name, &info, &pe) == 0) {
-    int r = compare_spec(p, &info, req, code, err, errlen);
-    if (r == 0)
-      r = reply_vm(&info, 200, reply, code, err, errlen);
-    else if (r == 1)
-      r = 409;
+    enum control_result r = compare_spec(p, &info, req, code, err, errlen);
+    if (r == CONTROL_OK)
+      r = reply_vm(&info, CONTROL_OK, reply, code, err, errlen);
     pool_vm_info_free(&info);
     return r;
   }
   if (pe.code == POOL_ERR_CONFLICT) {
     *code = "conflict";
     snprintf(err, errlen, "%s; a VM of that name cannot be made here", pe.msg);
-    return 409;
+    return CONTROL_CONFLICT;
   }
   if (pe.code != POOL_ERR_NOT_FOUND)
     return pool_status(&pe, code, err, errlen);
@@ -320,7 +297,7 @@ put_locked(struct vms *v, struct pool *p, const struct control_vm *req,
     *code = "not_found";
     snprintf(err, errlen, "image %s is not attached on this node: attach it first (PUT /v1/images/%s)",
              req->image, req->image);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
 
   bool kvm = req->accel == CONTROL_ACCEL_KVM ||
@@ -334,7 +311,7 @@ put_locked(struct vms *v, struct pool *p, const struct control_vm *req,
     .accel = kvm ? POOL_ACCEL_KVM : POOL_ACCEL_TCG,
   };
   if (pool_vm_create(p, &spec, &pe) < 0) {
-    int status = pool_status(&pe, code, err, errlen);
+    enum control_result status = pool_status(&pe, code, err, errlen);
     log_warn(COMPONENT, "VM %s: %s", req->name, pe.msg);
     return status;
   }
@@ -343,12 +320,12 @@ put_locked(struct vms *v, struct pool *p, const struct control_vm *req,
   log_info(COMPONENT, "VM %s: created on image %s (%u vCPUs, %u MiB, disk %" PRIu64 " bytes, %s), %s",
            info.name, info.image, info.vcpus, info.memory_mib, info.disk_bytes,
            pool_accel_name(info.accel), pool_vm_state_name(info.state));
-  int r = reply_vm(&info, 201, reply, code, err, errlen);
+  enum control_result r = reply_vm(&info, CONTROL_CREATED, reply, code, err, errlen);
   pool_vm_info_free(&info);
   return r;
 }
 
-int
+enum control_result
 vms_put(struct vms *v, const struct control_vm *req,
         struct json_object **reply, const char **code, char *err,
         size_t errlen)
@@ -358,55 +335,55 @@ vms_put(struct vms *v, const struct control_vm *req,
   struct busy b;
   name_claim(v, req->name, &b);
   struct pool *p = NULL;
-  int status = open_pool(v, &p, code, err, errlen);
-  if (status == 0)
+  enum control_result status = open_pool(v, &p, code, err, errlen);
+  if (status == CONTROL_OK)
     status = put_locked(v, p, req, reply, code, err, errlen);
   pool_close(p);
   name_release(v, &b);
   return status;
 }
 
-/* pool_vm_info for GET and DELETE: 0 with *info, or 404 (absent or not
- * thunder's) or another status with err set. */
-static int
+/* pool_vm_info for GET and DELETE: CONTROL_OK with *info, or NOT_FOUND
+ * (absent or not thunder's) or another failure with err set. */
+static enum control_result
 find_vm(struct pool *p, const char *name, struct pool_vm_info *info,
         const char **code, char *err, size_t errlen)
 {
   struct pool_error pe = { 0 };
   if (pool_vm_info(p, name, info, &pe) == 0)
-    return 0;
+    return CONTROL_OK;
   if (pe.code == POOL_ERR_NOT_FOUND) {
     *code = "not_found";
     snprintf(err, errlen, "no VM %s here", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
   if (pe.code == POOL_ERR_CONFLICT) {
     *code = "not_found";
     snprintf(err, errlen, "no VM %s here: %s", name, pe.msg);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
   return pool_status(&pe, code, err, errlen);
 }
 
-int
+enum control_result
 vms_get(struct vms *v, const char *name, struct json_object **reply,
         const char **code, char *err, size_t errlen)
 {
   struct pool *p = NULL;
-  int status = open_pool(v, &p, code, err, errlen);
-  if (status != 0)
+  enum control_result status = open_pool(v, &p, code, err, errlen);
+  if (status != CONTROL_OK)
     return status;
   struct pool_vm_info info;
   status = find_vm(p, name, &info, code, err, errlen);
-  if (status == 0) {
-    status = reply_vm(&info, 200, reply, code, err, errlen);
+  if (status == CONTROL_OK) {
+    status = reply_vm(&info, CONTROL_OK, reply, code, err, errlen);
     pool_vm_info_free(&info);
   }
   pool_close(p);
   return status;
 }
 
-int
+enum control_result
 vms_delete(struct vms *v, const char *name, struct json_object **reply,
            const char **code, char *err, size_t errlen)
 {
@@ -415,9 +392,10 @@ vms_delete(struct vms *v, const char *name, struct json_object **reply,
   struct busy b;
   name_claim(v, name, &b);
   struct pool *p = NULL;
-  int status = open_pool(v, &p, code, err, errlen);
+  enum control_result status = open_pool(v, &p, code, err, errlen);
   struct pool_vm_info info;
-  if (status == 0 && (status = find_vm(p, name, &info, code, err, errlen)) == 0) {
+  if (status == CONTROL_OK &&
+      (status = find_vm(p, name, &info, code, err, errlen)) == CONTROL_OK) {
     pool_vm_info_free(&info);
     struct pool_error pe = { 0 };
     if (pool_vm_delete(p, name, &pe) < 0) {
@@ -426,7 +404,7 @@ vms_delete(struct vms *v, const char *name, struct json_object **reply,
     } else {
       log_info(COMPONENT, "VM %s: deleted (domain and volume)", name);
       *reply = json_object_new_object();
-      status = 200;
+      status = CONTROL_OK;
     }
   }
   pool_close(p);
@@ -434,13 +412,13 @@ vms_delete(struct vms *v, const char *name, struct json_object **reply,
   return status;
 }
 
-int
+enum control_result
 vms_list(struct vms *v, struct json_object **reply, const char **code,
          char *err, size_t errlen)
 {
   struct pool *p = NULL;
-  int status = open_pool(v, &p, code, err, errlen);
-  if (status != 0)
+  enum control_result status = open_pool(v, &p, code, err, errlen);
+  if (status != CONTROL_OK)
     return status;
   struct pool_error pe = { 0 };
   size_t n = 0;
@@ -450,7 +428,7 @@ vms_list(struct vms *v, struct json_object **reply, const char **code,
   } else {
     struct json_object *o = json_object_new_object();
     struct json_object *a = json_object_new_array();
-    bool ok = add(o, "vms", a);
+    bool ok = jsonutil_add(o, "vms", a);
     for (size_t i = 0; ok && i < n; i++) {
       struct json_object *j = vm_json(&list[i]);
       ok = j != NULL && json_object_array_add(a, j) == 0;
@@ -459,12 +437,12 @@ vms_list(struct vms *v, struct json_object **reply, const char **code,
     }
     if (ok) {
       *reply = o;
-      status = 200;
+      status = CONTROL_OK;
     } else {
       json_object_put(o);
       *code = "internal";
       snprintf(err, errlen, "out of memory");
-      status = 500;
+      status = CONTROL_INTERNAL;
     }
     pool_vm_list_free(list, n);
   }
@@ -501,7 +479,7 @@ image_names(struct vms *v)
   return names;
 }
 
-int
+enum control_result
 vms_node_info(struct vms *v, struct json_object **reply, const char **code,
               char *err, size_t errlen)
 {
@@ -544,31 +522,31 @@ vms_node_info(struct vms *v, struct json_object **reply, const char **code,
 
   /* Every value is added or dropped by add: none is left over. */
   struct json_object *o = json_object_new_object();
-  bool ok = add(o, "hostname", json_object_new_string(host));
-  ok = add(o, "mode", json_object_new_string(v->node ? "node" : "origin")) && ok;
-  ok = add(o, "vcpus", json_object_new_uint64(register_host_vcpus())) && ok;
-  ok = add(o, "memory_mib",
+  bool ok = jsonutil_add(o, "hostname", json_object_new_string(host));
+  ok = jsonutil_add(o, "mode", json_object_new_string(v->node ? "node" : "origin")) && ok;
+  ok = jsonutil_add(o, "vcpus", json_object_new_uint64(register_host_vcpus())) && ok;
+  ok = jsonutil_add(o, "memory_mib",
            json_object_new_uint64(register_host_memory_mib())) && ok;
-  ok = add_nullable(o, "pool",
+  ok = jsonutil_add_nullable(o, "pool",
                     v->enabled ? json_object_new_string(
                                      v->pool ? v->pool : POOL_DEFAULT_NAME)
                                : NULL) && ok;
-  ok = add_nullable(o, "pool_path",
+  ok = jsonutil_add_nullable(o, "pool_path",
                     path ? json_object_new_string(path) : NULL) && ok;
-  ok = add_nullable(o, "disk_free_bytes", disk_free) && ok;
-  ok = add(o, "libvirt", json_object_new_string(libvirt)) && ok;
+  ok = jsonutil_add_nullable(o, "disk_free_bytes", disk_free) && ok;
+  ok = jsonutil_add(o, "libvirt", json_object_new_string(libvirt)) && ok;
   if (libvirt_error[0] != '\0')
-    ok = add(o, "libvirt_error", json_object_new_string(libvirt_error)) && ok;
-  ok = add(o, "images", image_names(v)) && ok;
-  ok = add_nullable(o, "vms", vms) && ok;
+    ok = jsonutil_add(o, "libvirt_error", json_object_new_string(libvirt_error)) && ok;
+  ok = jsonutil_add(o, "images", image_names(v)) && ok;
+  ok = jsonutil_add_nullable(o, "vms", vms) && ok;
   if (!ok) {
     json_object_put(o);
     *code = "internal";
     snprintf(err, errlen, "out of memory");
-    return 500;
+    return CONTROL_INTERNAL;
   }
   *reply = o;
-  return 200;
+  return CONTROL_OK;
 }
 
 /* ---- life ---------------------------------------------------------------------- */

@@ -25,35 +25,35 @@ struct vms;
 /* VMs in the libvirt pool named pool (NULL: the default) at path (NULL:
  * default) through libvirt uri (NULL: default); enabled false for a node
  * without a pool (--pool none) or an origin, whose VM requests are then
- * refused (409 no_pool).  node (NULL on an origin) tells which images
+ * refused (CONTROL_CONFLICT, code no_pool).  node (NULL on an origin) tells which images
  * are attached; reg (the origin's) which images an origin has.  NULL
  * when out of memory. */
 struct vms *vms_new(const char *uri, const char *pool, const char *path,
                     bool enabled, struct node *node, struct exports *reg);
 
-/* PUT /v1/vms/{name}: 201 created (and started), 200 a VM of that name
- * and spec exists (its state as it is), 409 it exists with another spec
- * or is not thunder's, 404 the image is not attached, 409 no_pool, 503
- * libvirt unreachable.  *reply: the VM (schemas/node-vm-state.schema.json). */
-int vms_put(struct vms *v, const struct control_vm *req,
+/* PUT /v1/vms/{name}: CREATED (and started), OK a VM of that name and
+ * spec exists (its state as it is), CONFLICT it exists with another spec
+ * or is not thunder's, NOT_FOUND the image is not attached, CONFLICT
+ * no_pool, UNAVAILABLE libvirt unreachable.  *reply: the VM (schemas/node-vm-state.schema.json). */
+enum control_result vms_put(struct vms *v, const struct control_vm *req,
             struct json_object **reply, const char **code, char *err,
             size_t errlen);
 
-/* GET /v1/vms/{name}: 200 with the VM, 404 absent or not thunder's. */
-int vms_get(struct vms *v, const char *name, struct json_object **reply,
+/* GET /v1/vms/{name}: OK with the VM, NOT_FOUND absent or not thunder's. */
+enum control_result vms_get(struct vms *v, const char *name, struct json_object **reply,
             const char **code, char *err, size_t errlen);
 
-/* DELETE /v1/vms/{name}: destroy, undefine, delete its volume; 200 {},
- * 404 absent or not thunder's. */
-int vms_delete(struct vms *v, const char *name, struct json_object **reply,
+/* DELETE /v1/vms/{name}: destroy, undefine, delete its volume; OK {},
+ * NOT_FOUND absent or not thunder's. */
+enum control_result vms_delete(struct vms *v, const char *name, struct json_object **reply,
                const char **code, char *err, size_t errlen);
 
-/* GET /v1/vms: 200 {"vms": [...]}, thunder's VMs of this pool. */
-int vms_list(struct vms *v, struct json_object **reply, const char **code,
+/* GET /v1/vms: OK {"vms": [...]}, thunder's VMs of this pool. */
+enum control_result vms_list(struct vms *v, struct json_object **reply, const char **code,
              char *err, size_t errlen);
 
-/* GET /v1/node: 200 with schemas/node-info.schema.json. */
-int vms_node_info(struct vms *v, struct json_object **reply,
+/* GET /v1/node: OK with schemas/node-info.schema.json. */
+enum control_result vms_node_info(struct vms *v, struct json_object **reply,
                   const char **code, char *err, size_t errlen);
 
 void vms_free(struct vms *v);

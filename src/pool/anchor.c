@@ -1,6 +1,18 @@
 /* thunder — anchor volumes: IMAGE.base, an empty qcow2 whose backing file
  * is the node's own NBD export of IMAGE (see the design note in pool.c).
  *
+ * The backing file name is a QEMU json: name (pool_anchor_backing), not a
+ * plain nbd+unix:// URL, so that it can carry the NBD client's
+ * reconnect-delay and open-timeout: QEMU programs opening the chain
+ * themselves (qemu-img, qemu-io, a QEMU started by hand) hold their
+ * requests across a thunderd restart.  libvirt parses the name and makes
+ * its own -blockdev from it, dropping both options (docs/libvirt.md); its
+ * guests rely on error_policy='stop' and thunderd's resumer instead.
+ * An anchor made before, with the plain URL of the same export, is
+ * upgraded (made again and renamed over) even while volumes depend on it:
+ * both names read the same bytes, and running QEMUs keep the file they
+ * opened.
+ *
  * libvirt refuses to create a volume whose backing store is not a local
  * file, so the anchor is made by "qemu-img create -u" (-u: do not open the
  * backing file, thunderd need not serve the image yet) as a hidden
@@ -360,6 +372,40 @@ pool_dependents(struct pool *p, const char *image, size_t *n,
 
 /* ---- Ensure and remove -------------------------------------------------------- */
 
+char *
+pool_anchor_backing(const char *image, const char *socket_path)
+{
+  char *s;
+  if (asprintf(&s, "json:{\"file\":{\"driver\":\"nbd\",\"server\":"
+               "{\"type\":\"unix\",\"path\":\"%s\"},\"export\":\"%s\","
+               "\"reconnect-delay\":%d,\"open-timeout\":%d}}",
+               socket_path, image, POOL_ANCHOR_RECONNECT_DELAY,
+               POOL_ANCHOR_OPEN_TIMEOUT) < 0)
+    return NULL;
+  return s;
+}
+
+/* True if backing is a name thunder gave an anchor of image on
+ * socket_path before (the plain URL, or a json: name with other
+ * options): the same export, so the same bytes. */
+static bool
+same_export(const char *backing, const char *image, const char *socket_path)
+{
+  CLEANUP_FREE char *url = NULL, *prefix = NULL;
+  if (asprintf(&url, "nbd+unix:///%s?socket=%s", image, socket_path) < 0) {
+    url = NULL;
+    return false;
+  }
+  if (asprintf(&prefix, "json:{\"file\":{\"driver\":\"nbd\",\"server\":"
+               "{\"type\":\"unix\",\"path\":\"%s\"},\"export\":\"%s\",",
+               socket_path, image) < 0) {
+    prefix = NULL;
+    return false;
+  }
+  return strcmp(backing, url) == 0 ||
+         strncmp(backing, prefix, strlen(prefix)) == 0;
+}
+
 int
 pool_anchor_ensure(struct pool *p, const struct pool_anchor_spec *spec,
                    struct pool_error *e)
@@ -387,10 +433,9 @@ pool_anchor_ensure(struct pool *p, const struct pool_anchor_spec *spec,
                         aname, spec->socket_path ? spec->socket_path : "");
     return -1;
   }
-  CLEANUP_FREE char *url = NULL;
-  if (asprintf(&url, "nbd+unix:///%s?socket=%s", spec->image,
-               spec->socket_path) < 0) {
-    url = NULL;
+  CLEANUP_FREE char *url = pool_anchor_backing(spec->image,
+                                                spec->socket_path);
+  if (url == NULL) {
     pool_internal_error(e, POOL_ERR_SYSTEM, "anchor %s: out of memory", aname);
     return -1;
   }
@@ -411,10 +456,12 @@ pool_anchor_ensure(struct pool *p, const struct pool_anchor_spec *spec,
       virStorageVolFree(vol);
       if (r < 0)
         return -1;
-      bool same = info.backing_path && info.backing_format &&
-                  strcmp(info.backing_path, url) == 0 &&
-                  strcmp(info.backing_format, spec->format) == 0 &&
-                  info.capacity == spec->size;
+      bool same_bytes = info.backing_path && info.backing_format &&
+                        same_export(info.backing_path, spec->image,
+                                    spec->socket_path) &&
+                        strcmp(info.backing_format, spec->format) == 0 &&
+                        info.capacity == spec->size;
+      bool same = same_bytes && strcmp(info.backing_path, url) == 0;
       snprintf(have, sizeof have, "backing %s (format %s), %" PRIu64 " bytes",
                info.backing_path ? info.backing_path : "none",
                info.backing_format ? info.backing_format : "none",
@@ -422,6 +469,12 @@ pool_anchor_ensure(struct pool *p, const struct pool_anchor_spec *spec,
       poolxml_vol_info_free(&info);
       if (same)
         return pool_internal_refresh(p, e);
+      if (same_bytes) {
+        /* An older anchor of the same export: upgrade it in place. */
+        if (make_anchor(p, aname, apath, url, spec->format, spec->size, e) < 0)
+          return -1;
+        return pool_internal_refresh(p, e);
+      }
     }
     size_t n;
     char **deps = dependents(p, apath, &n, e);

@@ -413,3 +413,111 @@ pool_vm_list(struct pool *p, size_t *n, struct pool_error *e)
   *n = k;
   return v;
 }
+
+/* Appends a copy of s to the NULL-terminated array *v of *k names; on
+ * allocation failure s is left out. */
+static void
+strv_append(char ***v, int *k, const char *s)
+{
+  char **nv = realloc(*v, (size_t)(*k + 2) * sizeof *nv);
+  if (nv == NULL)
+    return;
+  *v = nv;
+  nv[*k] = strdup(s);
+  nv[*k + 1] = NULL;
+  if (nv[*k] != NULL)
+    (*k)++;
+}
+
+/* True if libvirt reports a disk of dom out of space. */
+static bool
+disk_out_of_space(virDomainPtr dom)
+{
+  virDomainDiskError errs[16];
+  int n = virDomainGetDiskErrors(dom, errs, 16, 0);
+  bool full = false;
+  for (int i = 0; i < n; i++) {
+    if (errs[i].error == VIR_DOMAIN_DISK_ERROR_NO_SPACE)
+      full = true;
+    free(errs[i].disk);
+  }
+  return full;
+}
+
+int
+pool_vm_resume_io_paused(struct pool *p,
+                         bool (*allow)(const char *name, void *opaque),
+                         void *opaque, char ***resumed, struct pool_error *e)
+{
+  POOL_ERROR_START(e);
+  *resumed = NULL;
+  virDomainPtr *doms = NULL;
+  int nd = virConnectListAllDomains(p->conn, &doms,
+                                    VIR_CONNECT_LIST_DOMAINS_PAUSED);
+  if (nd < 0) {
+    pool_internal_virerror(e, "libvirt %s: listing paused domains", p->uri);
+    return -1;
+  }
+  char **names = NULL;
+  int k = 0;
+  for (int i = 0; i < nd; i++) {
+    int state, reason;
+    const char *name = virDomainGetName(doms[i]);
+    struct pool_vm_info info;
+    struct pool_error skip;
+    if (name != NULL && virDomainGetState(doms[i], &state, &reason, 0) == 0 &&
+        state == VIR_DOMAIN_PAUSED && reason == VIR_DOMAIN_PAUSED_IOERROR &&
+        vm_read(p, doms[i], name, &info, &skip) == 0) {
+      pool_vm_info_free(&info);
+      if ((allow == NULL || allow(name, opaque)) &&
+          !disk_out_of_space(doms[i]) && virDomainResume(doms[i]) == 0) {
+        strv_append(&names, &k, name);
+      }
+    }
+    virDomainFree(doms[i]);
+  }
+  free(doms);
+  *resumed = names;
+  return k;
+}
+
+int
+pool_vm_stop_on_error(struct pool *p, char ***changed, struct pool_error *e)
+{
+  POOL_ERROR_START(e);
+  *changed = NULL;
+  virDomainPtr *doms = NULL;
+  int nd = virConnectListAllDomains(p->conn, &doms,
+                                    VIR_CONNECT_LIST_DOMAINS_PERSISTENT);
+  if (nd < 0) {
+    pool_internal_virerror(e, "libvirt %s: listing domains", p->uri);
+    return -1;
+  }
+  char **names = NULL;
+  int k = 0;
+  for (int i = 0; i < nd; i++) {
+    const char *name = virDomainGetName(doms[i]);
+    struct pool_vm_info info;
+    struct pool_error skip;
+    CLEANUP_FREE char *xml = NULL;
+    CLEANUP_FREE char *fixed = NULL;
+    char err[256];
+    if (name != NULL && vm_read(p, doms[i], name, &info, &skip) == 0) {
+      pool_vm_info_free(&info);
+      xml = virDomainGetXMLDesc(doms[i], VIR_DOMAIN_XML_INACTIVE |
+                                             VIR_DOMAIN_XML_SECURE);
+      virDomainPtr d = NULL;
+      if (xml != NULL &&
+          poolxml_domain_stop_on_error(xml, strlen(xml), p->name, &fixed, err,
+                                       sizeof err) == 1 &&
+          (d = virDomainDefineXML(p->conn, fixed)) != NULL) {
+        virDomainFree(d);
+        strv_append(&names, &k, name);
+      }
+    }
+    virDomainFree(doms[i]);
+  }
+  free(doms);
+  *changed = names;
+  return k;
+}

@@ -6,8 +6,11 @@
  * enum).  Its directory holds two kinds of files, told apart by name:
  *
  *   IMAGE.base   anchor of image IMAGE (anchor.c): qcow2, no data, mode
- *                0644, backing file nbd+unix:///IMAGE?socket=SOCK (the
- *                node's own thunderd), backing format raw or qcow2.  Made
+ *                0644, backing file the node's own thunderd export of
+ *                IMAGE on socket SOCK, as a QEMU json: name with NBD
+ *                reconnect options (pool_anchor_backing; older anchors:
+ *                nbd+unix:///IMAGE?socket=SOCK), backing format raw or
+ *                qcow2.  Made
  *                by qemu-img as .IMAGE.base.XXXXXX and renamed into place,
  *                so an anchor is either the old one or the whole new one.
  *   anything     VM volumes (this file, domain.c): qcow2 overlays, mode

@@ -7,7 +7,8 @@
  *
  *   IMAGE.base   the anchor of an attached image: an empty qcow2 whose
  *                backing file is this node's own NBD export of IMAGE over
- *                its Unix socket (nbd+unix:///IMAGE?socket=PATH), backing
+ *                its Unix socket (a json: name with NBD reconnect options,
+ *                pool_anchor_backing), backing
  *                format raw or qcow2 as the manifest says.  Made by
  *                thunderd when the image is attached, removed on detach.
  *   anything     VM volumes: qcow2 overlays whose backing store is an
@@ -85,10 +86,25 @@ struct pool_anchor_spec {
   const char *socket_path; /* thunderd's Unix socket */
 };
 
+/* The NBD client options of an anchor's backing (pool_anchor_backing):
+ * QEMU holds a request up to RECONNECT_DELAY seconds while it reconnects
+ * to a thunderd that went away, and retries the first connect for up to
+ * OPEN_TIMEOUT seconds. */
+#define POOL_ANCHOR_RECONNECT_DELAY 60
+#define POOL_ANCHOR_OPEN_TIMEOUT 5
+
+/* The backing file name of the anchor of image served on socket_path:
+ * json:{"file":{"driver":"nbd","server":{"type":"unix","path":SOCKET},
+ * "export":IMAGE,"reconnect-delay":60,"open-timeout":5}} (malloc'd; NULL
+ * when out of memory).  Both must be valid names (no quoting is done). */
+char *pool_anchor_backing(const char *image, const char *socket_path);
+
 /* Makes IMAGE.base (or keeps it when it already has exactly this backing
  * file, backing format and size), then refreshes the pool.  An existing
- * anchor with another backing is replaced only if no VM volume depends
- * on it (else POOL_ERR_BUSY naming them). */
+ * anchor of the same export, format and size under an older backing name
+ * (the plain nbd+unix:// URL) is made again, dependents or not; one with
+ * another backing is replaced only if no VM volume depends on it (else
+ * POOL_ERR_BUSY naming them). */
 int pool_anchor_ensure(struct pool *p, const struct pool_anchor_spec *spec,
                        struct pool_error *e);
 
@@ -198,6 +214,31 @@ void pool_vm_info_free(struct pool_vm_info *info);
 struct pool_vm_info *pool_vm_list(struct pool *p, size_t *n,
                                   struct pool_error *e);
 void pool_vm_list_free(struct pool_vm_info *v, size_t n);
+
+/* Resumes the VMs thunder made in this pool that QEMU paused on an I/O
+ * error (libvirt: paused, reason I/O error; the disk has
+ * error_policy='stop'), unless libvirt reports a disk of theirs out of
+ * space (resuming would only pause them again) or allow (if not NULL)
+ * returns false for the name.  QEMU then retries the failed requests.
+ * The names of those resumed go to *resumed (a NULL-terminated array,
+ * free with pool_strv_free; NULL when none) and their count is returned; a VM that could not be resumed is skipped
+ * (it is tried again next time).  -1 with e set if the domains could not
+ * be listed. */
+int pool_vm_resume_io_paused(struct pool *p,
+                             bool (*allow)(const char *name, void *opaque),
+                             void *opaque, char ***resumed,
+                             struct pool_error *e);
+
+/* Gives the persistent definition of every VM thunder made in this pool
+ * the disk error policies of pool_vm_create's domains (error_policy and
+ * rerror_policy 'stop', where absent): VMs made by an older thunder get
+ * them from their next start (a running domain keeps its live ones).
+ * Transient domains are left alone.  The names of the VMs changed go to
+ * *changed (NULL-terminated, free with pool_strv_free; NULL when none)
+ * and their count is returned; a VM that cannot be read or redefined is
+ * skipped.  -1 with e set if the domains could not be listed. */
+int pool_vm_stop_on_error(struct pool *p, char ***changed,
+                          struct pool_error *e);
 
 /* The size of attached image IMAGE: its anchor's capacity, bytes.
  * POOL_ERR_NOT_FOUND if the pool has no anchor for it. */

@@ -240,6 +240,12 @@ poolxml_domain(const struct poolxml_domain *d)
   xmlNodePtr driver = elem(&b, disk, "driver", NULL);
   attr(&b, driver, "name", "qemu");
   attr(&b, driver, "type", "qcow2");
+  /* A read or write error (thunderd restarting, its socket gone for a
+   * moment) pauses the guest instead of reaching it; thunderd resumes
+   * the domain when it serves again and QEMU retries the request
+   * (docs/libvirt.md "Restarts"). */
+  attr(&b, driver, "error_policy", "stop");
+  attr(&b, driver, "rerror_policy", "stop");
   xmlNodePtr source = elem(&b, disk, "source", NULL);
   attr(&b, source, "pool", d->pool);
   attr(&b, source, "volume", d->volume);
@@ -691,4 +697,77 @@ pool_parse_size(const char *s, uint64_t *out)
     return -1;
   *out = v;
   return 0;
+}
+
+int
+poolxml_domain_stop_on_error(const char *xml, size_t len, const char *pool,
+                             char **out, char *err, size_t errlen)
+{
+  xmlXPathContextPtr ctx;
+  *out = NULL;
+  xmlDocPtr doc = parse(xml, len, "domain", &ctx, err, errlen);
+  if (doc == NULL)
+    return -1;
+  int r = -1;
+  xmlXPathObjectPtr res =
+      xmlXPathEvalExpression((const xmlChar *)"/domain/devices/disk[@device='disk']",
+                             ctx);
+  xmlNodePtr disk = NULL;
+  for (int i = 0; res && res->nodesetval && i < res->nodesetval->nodeNr &&
+                  disk == NULL; i++) {
+    xmlNodePtr d = res->nodesetval->nodeTab[i];
+    for (xmlNodePtr c = d->children; c; c = c->next) {
+      if (c->type != XML_ELEMENT_NODE ||
+          strcmp((const char *)c->name, "source") != 0)
+        continue;
+      xmlChar *p = xmlGetProp(c, (const xmlChar *)"pool");
+      if (p && strcmp((const char *)p, pool) == 0)
+        disk = d;
+      xmlFree(p);
+    }
+  }
+  if (disk == NULL) {
+    seterr(err, errlen, "domain: no disk in storage pool %s", pool);
+    goto out;
+  }
+  xmlNodePtr driver = NULL;
+  for (xmlNodePtr c = disk->children; c && driver == NULL; c = c->next)
+    if (c->type == XML_ELEMENT_NODE &&
+        strcmp((const char *)c->name, "driver") == 0)
+      driver = c;
+  if (driver == NULL) {
+    seterr(err, errlen, "domain: its disk in storage pool %s has no <driver>",
+           pool);
+    goto out;
+  }
+  bool changed = false;
+  static const char *const attrs[] = { "error_policy", "rerror_policy" };
+  for (size_t i = 0; i < 2; i++) {
+    if (xmlHasProp(driver, (const xmlChar *)attrs[i]))
+      continue;
+    if (xmlSetProp(driver, (const xmlChar *)attrs[i],
+                   (const xmlChar *)"stop") == NULL) {
+      seterr(err, errlen, "domain: out of memory");
+      goto out;
+    }
+    changed = true;
+  }
+  r = 0;
+  if (changed) {
+    xmlChar *mem = NULL;
+    int n = 0;
+    xmlDocDumpMemory(doc, &mem, &n);
+    if (mem == NULL || (*out = strndup((const char *)mem, (size_t)n)) == NULL) {
+      seterr(err, errlen, "domain: out of memory");
+      r = -1;
+    } else {
+      r = 1;
+    }
+    xmlFree(mem);
+  }
+out:
+  xmlXPathFreeObject(res);
+  xmlXPathFreeContext(ctx);
+  xmlFreeDoc(doc);
+  return r;
 }

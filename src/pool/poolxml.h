@@ -115,6 +115,15 @@ int poolxml_parse_domain(const char *xml, size_t len,
                          size_t errlen);
 void poolxml_domain_info_free(struct poolxml_domain_info *info);
 
+/* Gives the disk of pool pool in a domain's XML (the first <disk
+ * device='disk'> whose <source pool=...> is pool) the error policies
+ * thunder's domains have: error_policy and rerror_policy 'stop' on its
+ * <driver>, each only where it is absent (a policy set by hand is kept).
+ * 1 with *out the new XML (malloc'd), 0 when nothing was missing (*out
+ * NULL), -1 with err (no such disk, or the XML does not parse). */
+int poolxml_domain_stop_on_error(const char *xml, size_t len, const char *pool,
+                                 char **out, char *err, size_t errlen);
+
 /* True if name may be a pool, volume, image or domain name: the image name
  * rule (manifest_name_valid: 1-255 bytes of A-Z a-z 0-9 . _ -, not
  * starting with '.' or '-'). */

@@ -142,6 +142,26 @@ is_random_block ()
     (( $1 % 16 == 7 ))
 }
 
+# distinct_blocks IMAGE [BLOCK...]  — prints how many distinct contents
+# the image's 64 KiB blocks have (the listed blocks only, if any): what a
+# node that reuses identical blocks (docs/node.md) fetches at least.
+distinct_blocks ()
+{
+    python3 - "$@" <<'PYEOF'
+import hashlib, sys
+f = open(sys.argv[1], "rb")
+blocks = [int(b) for b in sys.argv[2:]]
+if not blocks:
+    import os
+    blocks = range((os.path.getsize(sys.argv[1]) + 65535) // 65536)
+seen = set()
+for b in blocks:
+    f.seek(b * 65536)
+    seen.add(hashlib.sha256(f.read(65536)).digest())
+print(len(seen))
+PYEOF
+}
+
 # sha256 FILE  — prints the SHA-256 of FILE.
 sha256 ()
 {

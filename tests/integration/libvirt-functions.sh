@@ -10,6 +10,12 @@
 #   test_pool_name [SUFFIX]  a per-run pool name: thunder-t$$[-SUFFIX]
 #   cleanup_pool NAME        destroys and undefines pool NAME at exit
 #   cleanup_domain NAME      destroys and undefines domain NAME at exit
+#   guest_image_add          builds the test guest (tests/guest/, skipped when
+#                            up to date) into the build tree, sources its
+#                            guest.env, and adds it as image "guest" in
+#                            $tmpdir/images; sets guestdir
+#   vm_wait_off NAME LOG     waits (up to 180 s) for domain NAME to shut off;
+#                            fails showing LOG (its console) if it does not
 #   kvm_really_works         true if QEMU under KVM runs a real-mode → protected
 #                            mode → IRET program to the end (tests what
 #                            pool_kvm_usable decides, independently of it)
@@ -137,4 +143,29 @@ kvm_really_works ()
         rc=$?
     # isa-debug-exit: status (1 << 1) | 1.
     [ "$rc" -eq 3 ]
+}
+
+guest_image_add ()
+{
+    guestdir=$TOP_BUILDDIR/tests/guest
+    "$TOP_SRCDIR/tests/guest/build-guest.sh" "$guestdir" >/dev/null 2>"$tmpdir/guest-build.log" ||
+        { cat "$tmpdir/guest-build.log" >&2; fail "building the test guest failed"; }
+    # shellcheck source=/dev/null
+    . "$guestdir/guest.env"
+    mkdir -p "$tmpdir/images"
+    cp "$guestdir/guest.img" "$tmpdir/images/guest.img"
+    "$THUNDERCTL" image add guest "$tmpdir/images/guest.img" >/dev/null ||
+        fail "thunderctl image add guest failed"
+}
+
+vm_wait_off ()
+{
+    local i state
+    for (( i = 0; i < 1800; ++i )); do
+        state=$(vsh domstate "$1" 2>/dev/null || true)
+        [ "$state" = "shut off" ] && return 0
+        sleep 0.1
+    done
+    cat "$2" >&2 || true
+    fail "domain $1 still '$state' after 180 s"
 }

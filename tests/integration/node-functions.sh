@@ -10,6 +10,9 @@
 #                                            node_sock[N], node_pid[N], node_cache[N]
 #   attach N NAME UPSTREAM_BASE...        → thunderctl image attach via node N
 #   stats N NAME                          → the node's image JSON on stdout
+#   kill9_node N                          → SIGKILL node N (a crash)
+#   rescan_origin NAME [NOT_VERSION]      → SIGHUP the origin, wait for NAME
+#   new_version FILE PCT                  → change PCT % of FILE's blocks
 #   origin_stats NAME                     → the origin's image JSON
 
 requires_program jq curl nbdcopy nbdinfo
@@ -88,6 +91,44 @@ origin_stats ()
 {
     curl -sf -H "Authorization: Bearer $(cat "$token_file")" \
         "$origin_ctl/v1/images/$1" || fail "origin stats of $1"
+}
+
+# rescan_origin NAME [NOT_VERSION]  — SIGHUPs the origin and waits until
+# it serves NAME (at another version than NOT_VERSION, if given).
+rescan_origin ()
+{
+    local i v
+    kill -HUP "$origin_pid"
+    for (( i = 0; i < 100; ++i )); do
+        v=$(origin_stats "$1" 2>/dev/null | jq -r .version) || v=
+        [ -n "$v" ] && [ "$v" != "${2:-}" ] && return 0
+        sleep 0.1
+    done
+    fail "the origin does not serve $1${2:+ at a new version} after SIGHUP"
+}
+
+# new_version FILE PCT  — rewrites PCT % of FILE's 64 KiB blocks (chosen at
+# random) with random bytes, in place (write, then rename); sets
+# changed_blocks to how many.
+new_version ()
+{
+    local file=$1 nblocks b
+    nblocks=$(( ($(stat -c %s "$file") + 65535) / 65536 ))
+    changed_blocks=$(( nblocks * $2 / 100 ))
+    cp "$file" "$file.new"
+    for b in $(shuf -i 0-$((nblocks - 2)) -n "$changed_blocks"); do
+        head -c 65536 /dev/urandom |
+            dd of="$file.new" bs=65536 seek="$b" conv=notrunc status=none
+    done
+    mv "$file.new" "$file"
+}
+
+# kill9_node N  — SIGKILLs node N and reaps it (a crash).
+kill9_node ()
+{
+    kill -KILL "${node_pid[$1]}"
+    wait "${node_pid[$1]}" 2>/dev/null || true
+    _thunderd_reaped[${node_pid[$1]}]=1
 }
 
 # counter JSON PATH  — a number from JSON on stdin, e.g. counter .counters.hits

@@ -9,7 +9,8 @@
 #    is made (0600), the origin, the node (and thunder-api when it is built)
 #    run as the right users, the pool exists, the origin serves the test
 #    guest image with a manifest;
-#  - a second run reports changed=0, and so does a run with --check;
+#  - a second run (nodes one at a time, -e thunder_node_serial=1, as a
+#    rolling upgrade runs) reports changed=0, and so does a run with --check;
 #  - with thunder-api built: the node registered itself, the image is
 #    registered, and POST /v1/clusters with count=2 reaches "running"; the
 #    cluster is then deleted.  Without thunder-api (build/src/api/thunder-api)
@@ -171,6 +172,7 @@ thunder_node_name: ansible-node
 thunder_node_zone: z1
 thunder_pool_name: $pool
 thunder_log_level: debug
+thunder_prometheus_scrape_dir: $tmpdir/prometheus
 thunder_origin_images:
   - name: guest
     file: guest.img
@@ -222,6 +224,18 @@ prefix=$root/usr/local
 for f in "$prefix/sbin/thunderd" "$prefix/bin/thunderctl"; do
     [ -x "$f" ] || fail "not installed: $f"
 done
+# The status page is installed with thunder-api; the scrape jobs the api
+# role wrote name the node and the origin with the node token, and
+# promtool accepts them.
+for f in index.html app.js app.css; do
+    [ -s "$prefix/share/thunder/ui/$f" ] || fail "status page not installed: $prefix/share/thunder/ui/$f"
+done
+if command -v promtool >/dev/null; then
+    out=$(promtool check config "$tmpdir/prometheus/thunder.yml" 2>&1) ||
+        fail "promtool check config of the role's scrape jobs: $out"
+    grep -q "127.0.0.1:$node_control_port" "$tmpdir/prometheus/thunder.yml" ||
+        fail "scrape jobs without the node: $(cat "$tmpdir/prometheus/thunder.yml")"
+fi
 $api_built && { [ -x "$prefix/bin/thunder-api" ] || fail "not installed: $prefix/bin/thunder-api"; }
 [ -f "$prefix/share/thunder/installed-source" ] || fail "no install stamp"
 
@@ -275,6 +289,8 @@ out=$(curl -sf -H "Authorization: Bearer $node_token" \
     "http://127.0.0.1:$node_control_port/v1/node") || fail "GET /v1/node of the node failed"
 jq -e --arg p "$pool" '.mode == "node" and .pool == $p' <<<"$out" >/dev/null ||
     fail "GET /v1/node: $out"
+grep -qx 'stall-timeout = 120' "$etc/thunderd-node.conf" ||
+    fail "$etc/thunderd-node.conf: no stall-timeout = 120"
 
 # The systemd units the roles install where systemd runs (not here): render
 # them for the programs just installed and let systemd-analyze check them.
@@ -318,7 +334,8 @@ fi
 
 # ---- idempotence -------------------------------------------------------------
 
-play "$tmpdir/run2.log"
+# (As a rolling upgrade runs it: the nodes one at a time.)
+play "$tmpdir/run2.log" -e thunder_node_serial=1
 [ "$changed" -eq 0 ] ||
     fail "second run: changed=$changed: $(changed_tasks "$tmpdir/run2.log" | tr '\n' ' ')"
 

@@ -160,6 +160,11 @@ bad 400 '{"name":' "not valid JSON"
 bad 400 '[1,2,3]' "JSON object"
 bad 400 "$good$good" "after its JSON|not valid JSON"
 bad 400 '{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":{}}}}}}}}}}' "deeper"
+# A key given twice is refused (json-c alone would keep the last one),
+# at the top and inside an object, with a JSON error body.
+bad 400 "$(jq -c '.' <<<"$good" | sed 's/^{/{"count":1,/')" "field 'count': appears more than once"
+bad 400 "$(jq -c '.placement = {"strategy":"pack"}' <<<"$good" | sed 's/"strategy":"pack"/"strategy":"pack","strategy":"spread"/')" "placement.strategy.*more than once"
+jq -e '.error.code == "bad_request"' "$tmpdir/body" >/dev/null || fail "duplicate key: not a bad_request JSON error: $(cat "$tmpdir/body")"
 code=$(curl -s -o "$tmpdir/body" -w '%{http_code}' -X POST \
     -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: text/plain' \
     --data-binary "$good" "$api_url/v1/clusters")

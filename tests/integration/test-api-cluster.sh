@@ -10,15 +10,25 @@
 #  - the upstream lists the nodes were given are GET …/tree's; the origin
 #    sent about one image (≤ 1.05 × its size) for six VMs;
 #  - thunderctl cluster show/tree/list; GET /metrics;
+#  - a real Prometheus scrapes thunder-api and the three nodes (their
+#    /metrics with the node token) while the cluster comes up: VMs running,
+#    bytes relayed between nodes and fetched per upstream, read latencies;
+#    promtool checks every exposition; the tree carries the bytes on its
+#    edges;
+#  - the status page (/ui/) in headless Chromium (tests/tools/ui-check.py):
+#    a wrong token is refused with a message, the cluster's tree is drawn
+#    with every node and edge and its VMs reach running; a screenshot is
+#    kept in the build tree (tests/artifacts/status-page.png);
 #  - DELETE removes the domains, the volumes and the attachments.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
 source "$(dirname "$0")/libvirt-functions.sh"
 source "$(dirname "$0")/api-functions.sh"
+source "$(dirname "$0")/prom-functions.sh"
 source "$TOP_SRCDIR/tests/guest/guest-functions.sh"
 
-requires_program jq qemu-img virsh
+requires_program jq qemu-img virsh prometheus promtool chromium chromedriver
 start_libvirt
 
 guestdir=$TOP_BUILDDIR/tests/guest
@@ -33,7 +43,8 @@ cp "$guestdir/guest.img" "$tmpdir/images/guest.img"
 size=$(stat -c %s "$tmpdir/images/guest.img")
 start_origin "$tmpdir/images"
 
-start_api --node-timeout 10 --poll-interval 200 --link-mbit 1000 --origin-cap 1
+start_api --node-timeout 10 --poll-interval 200 --link-mbit 1000 --origin-cap 1 \
+    --ui-dir "$TOP_SRCDIR/src/api/ui"
 for n in 1 2 3; do
     pool=$(test_pool_name "n$n")
     cleanup_pool "$pool"
@@ -41,6 +52,7 @@ for n in 1 2 3; do
         --libvirt-uri "$LIBVIRT_URI" --readahead 0
 done
 wait_nodes_ready 3
+start_prometheus "$api_url" "$token_file" "${node_ctl[1]}" "${node_ctl[2]}" "${node_ctl[3]}"
 
 ctl () { "$THUNDERCTL" --api "$api_url" --token-file "$token_file" "$@"; }
 ctl api image register guest --origin "$origin_nbd" >/dev/null ||
@@ -61,7 +73,14 @@ expect 202
 id=$(jq -r .id "$tmpdir/body")
 kill_api
 echo "$0: thunder-api killed after the 202; $(domains) domains so far" >&2
-start_api --node-timeout 10 --poll-interval 200
+start_api --node-timeout 10 --poll-interval 200 --ui-dir "$TOP_SRCDIR/src/api/ui"
+# The status page follows the cluster in a browser while it comes up.
+shot=$TOP_BUILDDIR/tests/artifacts/status-page.png
+rm -f "$shot"
+/usr/bin/python3 "$TOP_SRCDIR/tests/tools/ui-check.py" "$api_url" "$token_file" "$cname" 6 \
+    "$shot" 480 >"$tmpdir/ui-check.log" 2>&1 &
+ui_pid=$!
+cleanup_fn kill "$ui_pid"
 t0=$(now_ms)
 out=$(ctl cluster create --name "$cname" --image guest --count 6 --vcpus 1 --memory 128 \
       --idempotency-key "key-$cname" --wait --timeout 300 2>"$tmpdir/progress") ||
@@ -80,7 +99,7 @@ expect_schema api-cluster
 # Every guest booted through thunder and read its disk right.
 for i in 0 1 2 3 4 5; do
     log=/var/log/thunder/vm/$cname-000$i.log
-    for (( w = 0; w < 300; ++w )); do
+    for (( w = 0; w < 750; ++w )); do
         grep -q 'THUNDER-GUEST: done' "$log" 2>/dev/null && break
         sleep 0.2
     done
@@ -119,6 +138,29 @@ for n in 1 2 3; do grep -q "node$n" "$tmpdir/tree.txt" || fail "cluster tree: $(
 ctl cluster list --state running | grep -q "$id" || fail "cluster list does not show $id"
 code=$(curl -s -o "$tmpdir/body" -w '%{http_code}' "$api_url/metrics")
 grep -qF 'thunder_api_vms{state="running"} 6' "$tmpdir/body" || fail "metrics: $(cat "$tmpdir/body")"
+
+# ---- what Prometheus saw, the tree's edge bytes, the status page -------------------
+
+check_exposition "$api_url/metrics"
+for n in 1 2 3; do check_exposition "${node_ctl[$n]}/metrics" "$token_file"; done
+prom_wait "VMs running" 'thunder_api_vms{state="running"} == 6' 20
+prom_wait "bytes relayed between nodes" \
+    'sum(thunder_nbd_served_bytes_total{job="thunderd",image="guest",client="remote"}) > 0' 20
+prom_wait "bytes the guests read" \
+    'sum(thunder_nbd_served_bytes_total{job="thunderd",image="guest",client="local"}) > 0' 20
+prom_wait "bytes fetched per upstream" \
+    'count(thunder_upstream_bytes_total{job="thunderd",image="guest"} > 0) >= 3' 20
+prom_wait "reads that waited for a fetch" \
+    'sum(thunder_nbd_read_duration_seconds_count{job="thunderd",cache="miss"}) > 0' 20
+prom_wait "every target up" 'count(up == 1) == 4' 20
+call GET "/v1/clusters/$id/tree"
+expect 200
+expect_schema api-cluster-tree
+edge=$(jq '[.nodes[] | .upstream_bytes | add] | add' "$tmpdir/body")
+[ "$edge" -gt 0 ] || fail "the tree's edges carry no bytes: $(cat "$tmpdir/body")"
+wait "$ui_pid" || fail "status page: exit $?: $(cat "$tmpdir/ui-check.log")"
+cat "$tmpdir/ui-check.log" >&2
+[ -s "$shot" ] || fail "status page: no screenshot at $shot"
 
 # ---- delete ----------------------------------------------------------------------------
 

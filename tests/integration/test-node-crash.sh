@@ -30,9 +30,7 @@ for (( r = 1; r <= rounds; r++ )); do
     nbdcopy "nbd+unix:///img?socket=${node_sock[1]}" "$tmpdir/partial" 2>/dev/null &
     copier=$!
     sleep "0.0$(( RANDOM % 60 ))"
-    kill -KILL "${node_pid[1]}"
-    wait "${node_pid[1]}" 2>/dev/null || true
-    _thunderd_reaped[${node_pid[1]}]=1
+    kill9_node 1
     wait "$copier" 2>/dev/null || true
 
     start_node 1 --readahead 4 --commit-interval 5

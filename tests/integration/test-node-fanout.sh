@@ -32,8 +32,11 @@ sent=$(origin_stats img | counter .counters.served_remote_bytes)
 [ "$sent" -le "$size" ] ||
     fail "the origin sent $sent bytes for a $size-byte image (a block went twice)"
 s1=$(stats 1 img)
-[ "$(counter .counters.fetches <<<"$s1")" -eq "$(counter .blocks <<<"$s1")" ] ||
+# At most once each (children reuse identical blocks of their own cache,
+# so some blocks may never reach node 1).
+[ "$(counter .counters.fetches <<<"$s1")" -le "$(counter .blocks <<<"$s1")" ] ||
     fail "node 1 fetched some block twice: $s1"
-[ "$(counter .counters.served_remote_bytes <<<"$s1")" -ge $((5 * size)) ] ||
-    fail "node 1 relayed less than five copies: $s1"
+distinct=$(distinct_blocks "$images/img.raw")
+[ "$(counter .counters.served_remote_bytes <<<"$s1")" -ge $((5 * (distinct - 1) * 65536)) ] ||
+    fail "node 1 relayed less than five copies of the distinct blocks: $s1"
 exit 0

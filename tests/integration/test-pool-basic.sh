@@ -121,7 +121,9 @@ size=$(stat -c %s "$images/img.raw")
 image_add img "$images/img.raw" >/dev/null
 start_origin "$images"
 osock=$tmpdir/origin.sock
-url="nbd+unix:///img?socket=$osock"
+# The backing: thunderd's export as a QEMU json: name with NBD reconnect
+# options (pool_anchor_backing).
+url="json:{\"file\":{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$osock\"},\"export\":\"img\",\"reconnect-delay\":60,\"open-timeout\":5}}"
 
 "$anchor_tool" ensure "$pool" "$pooldir" img "$size" raw "$osock" ||
     fail "pool-anchor ensure img"
@@ -204,11 +206,28 @@ deps=$("$anchor_tool" dependents "$pool" "$pooldir" img | tr '\n' ' ')
 # The anchor can be neither removed nor replaced while they depend on it.
 must_fail "^pool-anchor: BUSY: anchor img.base in storage pool $pool cannot be removed: 6 volumes depend on it: ${want// /, }\$" \
     "$anchor_tool" remove "$pool" "$pooldir" img
-must_fail "^pool-anchor: BUSY: anchor img.base in storage pool $pool cannot be replaced: 6 volumes depend on it: .*wanted nbd\\+unix:///img\\?socket=$tmpdir/other.sock" \
+must_fail "^pool-anchor: BUSY: anchor img.base in storage pool $pool cannot be replaced: 6 volumes depend on it: .*wanted json:.*\"path\":\"$tmpdir/other.sock\"" \
     "$anchor_tool" ensure "$pool" "$pooldir" img "$size" raw "$tmpdir/other.sock"
 [ "$(stat -c %i "$anchor")" = "$ino" ] || fail "a busy anchor was replaced"
 [ "$(vol_xpath img.base 'string(/volume/backingStore/path)')" = "$url" ] ||
     fail "a busy anchor changed"
+
+# An anchor made before the reconnect options (backing: the plain URL of the
+# same export) is upgraded in place although volumes depend on it: both
+# read the same bytes.
+qemu-img create -q -f qcow2 -u -F raw -b "nbd+unix:///img?socket=$osock" \
+    "$pooldir/.legacy" "$size"
+chmod 0644 "$pooldir/.legacy"
+mv "$pooldir/.legacy" "$anchor"
+vsh pool-refresh "$pool" >/dev/null
+"$anchor_tool" ensure "$pool" "$pooldir" img "$size" raw "$osock" ||
+    fail "pool-anchor ensure of a legacy anchor with dependents"
+[ "$(vol_xpath img.base 'string(/volume/backingStore/path)')" = "$url" ] ||
+    fail "a legacy anchor was not upgraded: $(vol_xpath img.base 'string(/volume/backingStore/path)')"
+deps=$("$anchor_tool" dependents "$pool" "$pooldir" img | tr '\n' ' ')
+[ "$deps" = "$want " ] || fail "dependents after the upgrade: '$deps', want '$want '"
+qemu-img compare -U -f qcow2 -F raw "$pooldir/vm-c" "$images/img.raw" >/dev/null ||
+    fail "vm-c does not read as the image after its anchor's upgrade"
 
 # ---- failures leave nothing behind -------------------------------------------------
 

@@ -64,6 +64,8 @@
 #define HDR 4096u         /* bitmap header size (blkcache.c) */
 #define THREADS 4
 
+int __real_fallocate64(int fd, int mode, off_t off, off_t len);
+int __wrap_fallocate64(int fd, int mode, off_t off, off_t len);
 ssize_t __real_pwrite64(int fd, const void *buf, size_t n, off_t off);
 ssize_t __real_pread64(int fd, void *buf, size_t n, off_t off);
 int __real_fdatasync(int fd);
@@ -98,6 +100,11 @@ static bool content_ok[NBLOCKS];  /* the last write had the right bytes */
  * in pwrite) look like an unsynced block to the model. */
 static bool settled[NBLOCKS];
 static unsigned wrong_epoch[NBLOCKS]; /* writes of other bytes begun */
+/* Eviction: a bit cleared in the bitmap file not yet covered by an
+ * fdatasync of it.  Punching the block's hole then is a violation: after
+ * a power cut the old bit could name a hole. */
+static bool clear_unsynced[NBLOCKS];
+static _Atomic uint64_t punches;
 static _Atomic uint64_t violations, bits_checked, bitmap_writes, syncs;
 static _Atomic uint64_t faults_injected;
 static bool abort_on_violation;
@@ -145,9 +152,9 @@ static void
 violation(uint64_t b, const char *why)
 {
   atomic_fetch_add(&violations, 1);
-  fprintf(stdout, "blkcache-crash: VIOLATION: bit of block %" PRIu64
-                  " set while its data is %s\n",
-          b, why);
+  fprintf(stdout, "blkcache-crash: VIOLATION: block %" PRIu64 ": bit set"
+                  " while its data is %s, or data %s\n",
+          b, why, why);
   fflush(stdout);
   if (abort_on_violation)
     abort();
@@ -225,7 +232,10 @@ __wrap_pwrite64(int fd, const void *buf, size_t n, off_t off)
     for (size_t j = 0; j < len; j++) {
       uint8_t nb = ((const uint8_t *)buf)[skip + j];
       uint8_t ob = got > 0 && j < (size_t)got ? old[j] : 0;
-      uint8_t up = nb & (uint8_t)~ob;
+      uint8_t up = nb & (uint8_t)~ob, down = ob & (uint8_t)~nb;
+      for (unsigned bit = 0; down && bit < 8; bit++)
+        if ((down & (1u << bit)) && (body + j) * 8 + bit < NBLOCKS)
+          clear_unsynced[(body + j) * 8 + bit] = true;
       for (unsigned bit = 0; up && bit < 8; bit++) {
         if (!(up & (1u << bit)))
           continue;
@@ -259,6 +269,17 @@ __wrap_pread64(int fd, void *buf, size_t n, off_t off)
   return __real_pread64(fd, buf, n, off);
 }
 
+/* real(fd), or an injected EIO. */
+static int
+sync_or_fail(int fd, int (*real)(int))
+{
+  if (inject()) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd);
+}
+
 /* A sync of the data file: what was fully written before it began is
  * durable once it succeeds; if it fails, what was dirty is lost. */
 static int
@@ -276,13 +297,7 @@ data_sync(int fd, int (*real)(int))
   }
   pthread_mutex_unlock(&ck_lock);
 
-  int r;
-  if (inject()) {
-    errno = EIO;
-    r = -1;
-  } else {
-    r = real(fd);
-  }
+  int r = sync_or_fail(fd, real);
   int e = errno;
   atomic_fetch_add(&syncs, 1);
 
@@ -301,16 +316,78 @@ data_sync(int fd, int (*real)(int))
   return r;
 }
 
+/* A sync of the bitmap: the clears written before it began are durable
+ * once it succeeds. */
+static int
+bitmap_sync(int fd, int (*real)(int))
+{
+  static bool in[NBLOCKS];
+  static pthread_mutex_t one_at_a_time = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&one_at_a_time);
+  pthread_mutex_lock(&ck_lock);
+  memcpy(in, clear_unsynced, sizeof in);
+  pthread_mutex_unlock(&ck_lock);
+  int r = sync_or_fail(fd, real);
+  int e = errno;
+  if (r == 0) {
+    pthread_mutex_lock(&ck_lock);
+    for (unsigned b = 0; b < NBLOCKS; b++)
+      if (in[b])
+        clear_unsynced[b] = false;
+    pthread_mutex_unlock(&ck_lock);
+  }
+  pthread_mutex_unlock(&one_at_a_time);
+  errno = e;
+  return r;
+}
+
 int
 __wrap_fdatasync(int fd)
 {
   if (fd_kind(fd) == KIND_DATA)
     return data_sync(fd, __real_fdatasync);
-  if (fd_kind(fd) == KIND_BITMAP && inject()) {
-    errno = EIO;
-    return -1;
-  }
+  if (fd_kind(fd) == KIND_BITMAP)
+    return bitmap_sync(fd, __real_fdatasync);
   return __real_fdatasync(fd);
+}
+
+/* A hole punched in the data file (eviction, or the sweep at open): the
+ * block's bit must be clear in the bitmap file and that clear durable. */
+int
+__wrap_fallocate64(int fd, int mode, off_t off, off_t len)
+{
+  if (fd_kind(fd) != KIND_DATA || (uint64_t)off % BS != 0)
+    return __real_fallocate64(fd, mode, off, len);
+  uint64_t b = (uint64_t)off / BS;
+  char link[64], path[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, sizeof path - 8);
+  bool bit = false;
+  if (n > 5 && b < NBLOCKS) {
+    path[n - 5] = '\0'; /* drop "/data" */
+    strcat(path, "/bitmap");
+    int bfd = open(path, O_RDONLY | O_CLOEXEC);
+    uint8_t v = 0;
+    if (bfd >= 0 && __real_pread64(bfd, &v, 1, (off_t)(HDR + b / 8)) == 1)
+      bit = v & (1u << (b % 8));
+    if (bfd >= 0)
+      close(bfd);
+  }
+  pthread_mutex_lock(&ck_lock);
+  atomic_fetch_add(&punches, 1);
+  if (b < NBLOCKS) {
+    if (bit)
+      violation(b, "punched (hole) while its bit is set");
+    else if (clear_unsynced[b])
+      violation(b, "punched while its bit's clear is not synced");
+  }
+  int r = __real_fallocate64(fd, mode, off, len);
+  int e = errno;
+  if (r == 0 && b < NBLOCKS)
+    content_ok[b] = settled[b] = false; /* zeros now */
+  pthread_mutex_unlock(&ck_lock);
+  errno = e;
+  return r;
 }
 
 int
@@ -330,6 +407,7 @@ checker_reset(void)
   memset(lost, 0, sizeof lost);
   memset(content_ok, 0, sizeof content_ok);
   memset(settled, 0, sizeof settled);
+  memset(clear_unsynced, 0, sizeof clear_unsynced);
   pthread_mutex_unlock(&ck_lock);
 }
 
@@ -340,6 +418,7 @@ static struct manifest *man;
 static char *man_bytes;
 static size_t man_len;
 static _Atomic uint64_t wrong_bytes, bad_errors, stores, reads, hits;
+static _Atomic uint64_t evictions;
 
 static int
 setup_image(void)
@@ -462,7 +541,9 @@ worker_main(void *arg)
     if (what < 40) {
       /* Store if missing (the fetch layer's way); rewrite now and then. */
       if (!blkcache_has(w->bc, b) || what < 4) {
-        if (blkcache_store(w->bc, b, image + b * BS) < 0 && !w->faults)
+        /* EBUSY: the block is being evicted right now. */
+        if (blkcache_store(w->bc, b, image + b * BS) < 0 && !w->faults &&
+            errno != EBUSY)
           atomic_fetch_add(&bad_errors, 1);
         atomic_fetch_add(&stores, 1);
       }
@@ -483,6 +564,13 @@ worker_main(void *arg)
         if (memcmp(buf, image + b * BS + off, len) != 0)
           atomic_fetch_add(&wrong_bytes, 1);
       }
+    } else if (what < 99) {
+      /* Evict a few blocks (the reclaimer's way). */
+      uint64_t v[8];
+      for (unsigned j = 0; j < 8; j++)
+        v[j] = (uint64_t)rand_r(&w->seed) % NBLOCKS;
+      blkcache_evict(w->bc, v, 8);
+      atomic_fetch_add(&evictions, 1);
     } else {
       if (blkcache_sync(w->bc) < 0 && !w->faults)
         atomic_fetch_add(&bad_errors, 1);
@@ -541,10 +629,12 @@ run_order(unsigned rounds, unsigned seed, bool faults)
   }
   printf("rounds %u, stores %" PRIu64 ", reads %" PRIu64 " (hits %" PRIu64
          "), tampered %u, data syncs %" PRIu64 ", bitmap writes %" PRIu64
-         ", bits checked %" PRIu64 ", faults injected %" PRIu64 "\n",
+         ", bits checked %" PRIu64 ", faults injected %" PRIu64
+         ", evictions %" PRIu64 " (holes punched %" PRIu64 ")\n",
          rounds, atomic_load(&stores), atomic_load(&reads), atomic_load(&hits),
          nt, atomic_load(&syncs), atomic_load(&bitmap_writes),
-         atomic_load(&bits_checked), atomic_load(&faults_injected));
+         atomic_load(&bits_checked), atomic_load(&faults_injected),
+         atomic_load(&evictions), atomic_load(&punches));
   printf("violations %" PRIu64 ", wrong bytes served %" PRIu64
          ", unexpected errors %" PRIu64 "\n",
          atomic_load(&violations), atomic_load(&wrong_bytes),
@@ -566,8 +656,16 @@ kill_child(unsigned seed, bool forever)
     _exit(2);
   for (unsigned k = 0;; k++) {
     uint64_t b = (uint64_t)rand_r(&seed) % NBLOCKS;
-    if (!blkcache_has(bc, b) && blkcache_store(bc, b, image + b * BS) < 0)
+    if (!blkcache_has(bc, b) && blkcache_store(bc, b, image + b * BS) < 0 &&
+        errno != EBUSY)
       _exit(3);
+    if (k % 256 == 255) {
+      /* Evictions too: after the kill, no evicted block may be valid. */
+      uint64_t v[16];
+      for (unsigned j = 0; j < 16; j++)
+        v[j] = (uint64_t)rand_r(&seed) % NBLOCKS;
+      blkcache_evict(bc, v, 16);
+    }
     if (!forever && k >= 4 * NBLOCKS) {
       blkcache_close(bc);
       _exit(0);

@@ -282,6 +282,9 @@ def _check_tree(fail, t):
         if ups and ups[-1] != "%s/%s" % (origin, image):
             fail("%s.upstreams[%d]" % (w, len(ups) - 1),
                  "%r is not the origin %s/%s" % (ups[-1], origin, image))
+        if len(n.get("upstream_bytes", [])) != len(ups):
+            fail(w + ".upstream_bytes", "has %d entries for %d upstreams"
+                 % (len(n.get("upstream_bytes", [])), len(ups)))
     depths = [n.get("depth", 0) for n in nodes]
     if depths and t.get("depth") != max(depths):
         fail("$.depth", "is %r, the deepest node is at %d"

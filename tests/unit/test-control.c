@@ -10,8 +10,8 @@
  * are checked with the table's call counter.
  *
  * The fake's special names: "slow" blocks in attach until the test
- * releases it; "broken" fails attach with 502; "weird" makes get return
- * an invalid status (302).
+ * releases it; "broken" fails attach with CONTROL_UPSTREAM (502); "weird"
+ * makes get return a value that is no control_result.
  *
  * The VM routes (/v1/vms, /v1/vms/NAME, /v1/node) have fakes too: the VM
  * ops copy the request they get (fake.vm) and answer from a fixed table:
@@ -167,7 +167,7 @@ fake_json(const struct fake_image *f)
   return o;
 }
 
-static int
+static enum control_result
 fake_attach(void *opaque, const struct control_attach *req,
             struct json_object **reply, const char **code, char *err,
             size_t errlen)
@@ -193,19 +193,19 @@ fake_attach(void *opaque, const struct control_attach *req,
     *code = "bad_gateway";
     snprintf(err, errlen, "manifest: upstream %s: connection refused",
              req->upstreams[req->nupstreams - 1]);
-    return 502;
+    return CONTROL_UPSTREAM;
   }
-  int status = 201;
+  enum control_result status = CONTROL_CREATED;
   struct fake_image *f = fake_find(req->name);
   if (f && strcmp(f->version, req->version) != 0) {
     pthread_mutex_unlock(&fake.lock);
     *code = "conflict";
     snprintf(err, errlen, "image '%s' is attached with version %.12s; detach it first",
              req->name, f->version);
-    return 409;
+    return CONTROL_CONFLICT;
   }
   if (f)
-    status = 200;
+    status = CONTROL_OK;
   else
     f = fake_add(req->name, req->version, req->upstreams, req->nupstreams);
   *reply = fake_json(f);
@@ -213,7 +213,7 @@ fake_attach(void *opaque, const struct control_attach *req,
   return status;
 }
 
-static int
+static enum control_result
 fake_detach(void *opaque, const char *name, struct json_object **reply,
             const char **code, char *err, size_t errlen)
 {
@@ -224,17 +224,17 @@ fake_detach(void *opaque, const char *name, struct json_object **reply,
     pthread_mutex_unlock(&fake.lock);
     *code = "not_found";
     snprintf(err, errlen, "no image '%s' attached", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
   for (size_t j = 0; j < f->nups; j++)
     free(f->ups[j]);
   memset(f, 0, sizeof *f);
   pthread_mutex_unlock(&fake.lock);
   *reply = json_object_new_object();
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 fake_get(void *opaque, const char *name, struct json_object **reply,
          const char **code, char *err, size_t errlen)
 {
@@ -243,20 +243,20 @@ fake_get(void *opaque, const char *name, struct json_object **reply,
   if (strcmp(name, "weird") == 0) {
     pthread_mutex_unlock(&fake.lock);
     *reply = json_object_new_object(); /* must not leak */
-    return 302;
+    return (enum control_result)302; /* no such result */
   }
   struct fake_image *f = fake_find(name);
   if (f == NULL) {
     pthread_mutex_unlock(&fake.lock);
     snprintf(err, errlen, "no image '%s' here", name); /* default code */
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
   *reply = fake_json(f);
   pthread_mutex_unlock(&fake.lock);
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 fake_list(void *opaque, struct json_object **reply, const char **code,
           char *err, size_t errlen)
 {
@@ -270,7 +270,7 @@ fake_list(void *opaque, struct json_object **reply, const char **code,
   json_object_object_add(o, "images", a);
   pthread_mutex_unlock(&fake.lock);
   *reply = o;
-  return 200;
+  return CONTROL_OK;
 }
 
 /* A VM's reply: {"name": name}. */
@@ -282,7 +282,7 @@ fake_vm_json(const char *name)
   return o;
 }
 
-static int
+static enum control_result
 fake_vm_put(void *opaque, const struct control_vm *req,
             struct json_object **reply, const char **code, char *err,
             size_t errlen)
@@ -299,13 +299,13 @@ fake_vm_put(void *opaque, const struct control_vm *req,
   if (strcmp(req->name, "nopool") == 0) {
     *code = "no_pool";
     snprintf(err, errlen, "this node has no libvirt pool");
-    return 409;
+    return CONTROL_CONFLICT;
   }
   *reply = fake_vm_json(req->name);
-  return strcmp(req->name, "exists") == 0 ? 200 : 201;
+  return strcmp(req->name, "exists") == 0 ? CONTROL_OK : CONTROL_CREATED;
 }
 
-static int
+static enum control_result
 fake_vm_get(void *opaque, const char *name, struct json_object **reply,
             const char **code, char *err, size_t errlen)
 {
@@ -315,13 +315,13 @@ fake_vm_get(void *opaque, const char *name, struct json_object **reply,
   pthread_mutex_unlock(&fake.lock);
   if (strcmp(name, "vm1") != 0) {
     snprintf(err, errlen, "no VM %s here", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
   *reply = fake_vm_json(name);
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 fake_vm_delete(void *opaque, const char *name, struct json_object **reply,
                const char **code, char *err, size_t errlen)
 {
@@ -331,12 +331,12 @@ fake_vm_delete(void *opaque, const char *name, struct json_object **reply,
   pthread_mutex_unlock(&fake.lock);
   if (strcmp(name, "vm1") != 0) {
     snprintf(err, errlen, "no VM %s here", name);
-    return 404;
+    return CONTROL_NOT_FOUND;
   }
-  return 200; /* no reply: {} */
+  return CONTROL_OK; /* no reply: {} */
 }
 
-static int
+static enum control_result
 fake_vm_list(void *opaque, struct json_object **reply, const char **code,
              char *err, size_t errlen)
 {
@@ -349,10 +349,10 @@ fake_vm_list(void *opaque, struct json_object **reply, const char **code,
   json_object_array_add(a, fake_vm_json("vm1"));
   json_object_object_add(o, "vms", a);
   *reply = o;
-  return 200;
+  return CONTROL_OK;
 }
 
-static int
+static enum control_result
 fake_node_info(void *opaque, struct json_object **reply, const char **code,
                char *err, size_t errlen)
 {
@@ -363,7 +363,7 @@ fake_node_info(void *opaque, struct json_object **reply, const char **code,
   struct json_object *o = json_object_new_object();
   json_object_object_add(o, "hostname", json_object_new_string("fake"));
   *reply = o;
-  return 200;
+  return CONTROL_OK;
 }
 
 static const struct control_ops fake_ops = {

@@ -116,13 +116,25 @@ free_port(void)
  * s->port is set) -P PIDFILE -e EXPORT args... and waits for the pid
  * file, which nbdkit writes once it accepts connections.  args ends with
  * NULL. */
+static bool server_start_at(struct server *s, const char *export,
+                            const char *const *args);
+
 static bool
 server_start(struct server *s, const char *export, const char *const *args)
 {
-  char tag[32], port[16];
+  char tag[32];
   snprintf(tag, sizeof tag, "s%u", nservers++);
   make_uri(s, tag, export);
   snprintf(s->pidfile, sizeof s->pidfile, "%s/%s.pid", tmpdir, tag);
+  return server_start_at(s, export, args);
+}
+
+/* server_start on the socket and pid file s already names (a server
+ * that comes back, or starts late). */
+static bool
+server_start_at(struct server *s, const char *export, const char *const *args)
+{
+  char port[16];
   snprintf(port, sizeof port, "%d", s->port);
 
   const char *argv[32] = { "nbdkit", "--readonly", "-f", "--exit-with-parent",
@@ -248,15 +260,22 @@ sink_free(struct sink *k)
 }
 
 static struct fetcher *
+new_fetcher_p(struct sink *k, const char *const *uris, size_t n,
+              const struct fetch_params *p)
+{
+  struct fetch_callbacks cb = { sink_is_cached, sink_deliver, k };
+  struct fetcher *f = fetcher_new(man, uris, n, p, &cb);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  return f;
+}
+
+static struct fetcher *
 new_fetcher(struct sink *k, const char *const *uris, size_t n,
             unsigned conns, unsigned depth, unsigned timeout_ms,
             unsigned holdoff_ms)
 {
-  struct fetch_params p = { conns, depth, timeout_ms, holdoff_ms };
-  struct fetch_callbacks cb = { sink_is_cached, sink_deliver, k };
-  struct fetcher *f = fetcher_new(man, uris, n, &p, &cb);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  return f;
+  struct fetch_params p = { conns, depth, timeout_ms, holdoff_ms, 0 };
+  return new_fetcher_p(k, uris, n, &p);
 }
 
 /* Reads block idx (whole) through the fetcher, or from the sink when it
@@ -1220,6 +1239,137 @@ test_manifest_failover(void)
 
 /* ---- main -------------------------------------------------------------- */
 
+/* ---- Tests: stalls (stall_timeout_ms) ---------------------------------- */
+
+static struct fetcher *
+new_stalling_fetcher(struct sink *k, const char *const *uris, size_t n,
+                     unsigned stall_ms)
+{
+  struct fetch_params p = { 2, 16, 500, 5000, stall_ms };
+  return new_fetcher_p(k, uris, n, &p);
+}
+
+/* Both upstreams dead: a block two readers wait for is fetched once,
+ * stalls, and fails with EIO at the bound (not before, not much after);
+ * a prefetch nobody waits for fails at once; counted as one outage. */
+static void
+test_stall_bound(void)
+{
+  struct server d1, d2;
+  make_uri(&d1, "gone1", "img");
+  make_uri(&d2, "gone2", "img");
+  struct sink *k = sink_new();
+  const char *uris[] = { d1.uri, d2.uri };
+  struct fetcher *f = new_stalling_fetcher(k, uris, 2, 800);
+  unsigned char buf[BS];
+  int err = 0, err2 = 0;
+
+  int64_t t0 = now_ms();
+  bool cached;
+  struct fetch_req *r1 = fetch_start(f, 3, &cached);
+  struct fetch_req *r2 = fetch_start(f, 3, &cached);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(r1);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(r2);
+  fetch_prefetch(f, 50);
+  CU_ASSERT_EQUAL(fetch_wait(r1, buf, 0, BS, &err), -1);
+  int64_t took = now_ms() - t0;
+  CU_ASSERT_EQUAL(fetch_wait(r2, buf, 0, BS, &err2), -1);
+  CU_ASSERT_EQUAL(err, EIO);
+  CU_ASSERT_EQUAL(err2, EIO);
+  CU_ASSERT(took >= 800);
+  CU_ASSERT(took < 800 + 1500); /* slack for a loaded machine */
+
+  struct fetch_stats st;
+  fetch_get_stats(f, &st);
+  CU_ASSERT_EQUAL(st.fetches, 2);
+  CU_ASSERT_EQUAL(st.joined, 1);
+  CU_ASSERT_EQUAL(st.stalls, 1);
+  CU_ASSERT_EQUAL(st.stall_failures, 1);
+  CU_ASSERT_EQUAL(st.failed, 2); /* the block and the prefetch */
+  CU_ASSERT_EQUAL(st.outages, 1);
+  CU_ASSERT(st.in_outage);
+  CU_ASSERT(st.outage_ms >= 800);
+  CU_ASSERT_EQUAL(st.stalled_now, 0);
+  free(st.upstreams);
+  fetcher_free(f);
+  sink_free(k);
+}
+
+/* The only upstream starts 600 ms after the read: the read waits and
+ * gets the block; the outage ends. */
+static void
+test_stall_recovers(void)
+{
+  struct server late;
+  memset(&late, 0, sizeof late);
+  make_uri(&late, "late", "img");
+  snprintf(late.pidfile, sizeof late.pidfile, "%s/late.pid", tmpdir);
+  struct sink *k = sink_new();
+  const char *uris[] = { late.uri };
+  struct fetcher *f = new_stalling_fetcher(k, uris, 1, 5000);
+  unsigned char buf[BS];
+  int err = 0;
+
+  bool cached;
+  int64_t t0 = now_ms();
+  struct fetch_req *r = fetch_start(f, 9, &cached);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+  sleep_ms(600);
+  char file_arg[PATH_MAX + 8];
+  snprintf(file_arg, sizeof file_arg, "file=%s", img_path);
+  const char *args[] = { "file", file_arg, NULL };
+  CU_ASSERT_FATAL(server_start_at(&late, "img", args));
+  int64_t up = now_ms();
+  CU_ASSERT_EQUAL(fetch_wait(r, buf, 0, BS, &err), 0);
+  CU_ASSERT(block_is_image(9, buf));
+  CU_ASSERT(up - t0 >= 600);
+  /* The next round comes within the longest backoff (1 s). */
+  CU_ASSERT(now_ms() - up < 1000 + 1500);
+
+  struct fetch_stats st;
+  fetch_get_stats(f, &st);
+  CU_ASSERT_EQUAL(st.stalls, 1);
+  CU_ASSERT_EQUAL(st.stall_failures, 0);
+  CU_ASSERT_EQUAL(st.failed, 0);
+  CU_ASSERT_EQUAL(st.outages, 1);
+  CU_ASSERT(!st.in_outage);
+  CU_ASSERT(st.outage_ms >= 500);
+  free(st.upstreams);
+  fetcher_free(f);
+  server_stop(&late);
+  sink_free(k);
+}
+
+/* fetch_stop_stalling ends a stalled read at once (ESHUTDOWN; EIO if it
+ * was in a retry round just then), and a later block with no upstream
+ * fails at once (EIO). */
+static void
+test_stall_stopped(void)
+{
+  struct server d;
+  make_uri(&d, "gone3", "img");
+  struct sink *k = sink_new();
+  const char *uris[] = { d.uri };
+  struct fetcher *f = new_stalling_fetcher(k, uris, 1, 60000);
+  unsigned char buf[BS];
+  int err = 0;
+
+  bool cached;
+  struct fetch_req *r = fetch_start(f, 1, &cached);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+  sleep_ms(300);
+  int64_t t0 = now_ms();
+  fetch_stop_stalling(f);
+  CU_ASSERT_EQUAL(fetch_wait(r, buf, 0, BS, &err), -1);
+  CU_ASSERT(err == ESHUTDOWN || err == EIO);
+  CU_ASSERT(now_ms() - t0 < 700); /* a round in flight ends within 500 */
+  CU_ASSERT_EQUAL(read_block(f, k, 2, buf, &err), -1);
+  CU_ASSERT_EQUAL(err, EIO);
+  CU_ASSERT(now_ms() - t0 < 1500);
+  fetcher_free(f);
+  sink_free(k);
+}
+
 static bool
 have_nbdkit(void)
 {
@@ -1230,6 +1380,9 @@ int
 main(void)
 {
   static const struct cunit_test tests[] = {
+    { "stall: every upstream gone, EIO at the bound", test_stall_bound },
+    { "stall: the upstream comes back", test_stall_recovers },
+    { "stall: stopped", test_stall_stopped },
     { "every block from one upstream", test_every_block },
     { "slices and bounds", test_slices_and_bounds },
     { "single flight, 8 threads", test_single_flight },

@@ -726,6 +726,53 @@ test_parse_domain_libvirt(void)
   free(xml);
 }
 
+/* The error policies added to an older domain's disk of the pool: both
+ * when absent, one kept when set by hand, nothing when both are there; a
+ * domain without a disk in the pool is an error. */
+static void
+test_domain_stop_on_error(void)
+{
+  static const char old[] =
+      "<domain type='qemu'><name>vm1</name><devices>"
+      "<disk type='file' device='cdrom'><driver name='qemu'/></disk>"
+      "<disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>"
+      "<source pool='thunder' volume='vm1.qcow2'/><target dev='vda'/></disk>"
+      "</devices></domain>";
+  char *out = NULL;
+  char err[256] = "";
+  CU_ASSERT_EQUAL_FATAL(poolxml_domain_stop_on_error(old, strlen(old),
+                                                     "thunder", &out, err,
+                                                     sizeof err), 1);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "<driver name=\"qemu\" type=\"qcow2\""
+                                     " error_policy=\"stop\""
+                                     " rerror_policy=\"stop\"/>"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "<driver name=\"qemu\"/>"));
+  char *again = NULL;
+  CU_ASSERT_EQUAL(poolxml_domain_stop_on_error(out, strlen(out), "thunder",
+                                               &again, err, sizeof err), 0);
+  CU_ASSERT_PTR_NULL(again);
+  free(out);
+
+  static const char by_hand[] =
+      "<domain><name>vm1</name><devices><disk device='disk'>"
+      "<driver name='qemu' error_policy='report'/><source pool='thunder'/>"
+      "</disk></devices></domain>";
+  CU_ASSERT_EQUAL_FATAL(poolxml_domain_stop_on_error(by_hand, strlen(by_hand),
+                                                     "thunder", &out, err,
+                                                     sizeof err), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "error_policy=\"report\""));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "rerror_policy=\"stop\""));
+  free(out);
+
+  CU_ASSERT_EQUAL(poolxml_domain_stop_on_error(old, strlen(old), "other",
+                                               &out, err, sizeof err), -1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err, "no disk in storage pool other"));
+  CU_ASSERT_EQUAL(poolxml_domain_stop_on_error("<domain>", 8, "thunder",
+                                               &out, err, sizeof err), -1);
+  CU_ASSERT_PTR_NULL(out);
+}
+
 /* A domain document: "<domain><name>d</name>" MID "</domain>", with
  * memory and vcpu unless MID has them. */
 #define DOM(mid) "<domain type='qemu'><name>d</name>" mid "</domain>"
@@ -1052,6 +1099,7 @@ static const struct cunit_test tests[] = {
   T(parse_domain_metadata),
   T(parse_domain_units),
   T(parse_domain_hostile),
+  T(domain_stop_on_error),
   T(vm_names),
   T(names),
   T(socket_paths),

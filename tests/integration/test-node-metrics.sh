@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# thunder — thunderd's GET /metrics on a chain origin → n1 → n2, scraped by
+# a real Prometheus with the node token: promtool accepts every exposition
+# (and thunder-api's); without the token it is 401 JSON; after a read
+# through n2, Prometheus sees n1 relay to n2 exactly the bytes n2 fetched
+# from n1 (thunder_nbd_served_bytes_total{client="remote"} against
+# thunder_upstream_bytes_total), the reads that waited for a fetch in the
+# latency histogram, the cache's size and the origin's bytes; the
+# families and labels are the documented ones (docs/metrics.md).
+set -euo pipefail
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/node-functions.sh"
+source "$(dirname "$0")/api-functions.sh"
+source "$(dirname "$0")/prom-functions.sh"
+
+requires_program prometheus promtool jq curl nbdcopy
+
+images=$tmpdir/images
+mkdir "$images"
+make_image "$images/img.raw" 8 0
+size=$(stat -c %s "$images/img.raw")
+image_add img "$images/img.raw" >/dev/null
+
+start_origin "$images"
+start_node 1
+start_node 2
+attach 1 img "$origin_nbd"
+attach 2 img "${node_nbd[1]}" "$origin_nbd"
+start_api
+
+code=$(curl -s -o "$tmpdir/body" -w '%{http_code}' "${node_ctl[1]}/metrics")
+[ "$code" = 401 ] && jq -e '.error.code == "unauthorized"' "$tmpdir/body" >/dev/null ||
+    fail "GET /metrics without the token: $code $(cat "$tmpdir/body")"
+
+start_prometheus "$api_url" "$token_file" "$origin_ctl" "${node_ctl[1]}" "${node_ctl[2]}"
+copy_and_check "nbd+unix:///img?socket=${node_sock[2]}" "$images/img.raw"
+
+for u in "$origin_ctl" "${node_ctl[1]}" "${node_ctl[2]}"; do
+    check_exposition "$u/metrics" "$token_file"
+done
+check_exposition "$api_url/metrics"
+curl -sf -H "Authorization: Bearer $(cat "$token_file")" "${node_ctl[2]}/metrics" >"$tmpdir/n2.txt"
+for f in thunder_build_info thunder_images thunder_nbd_served_bytes_total \
+         thunder_nbd_reads_total thunder_cache_hits_total thunder_cache_misses_total \
+         thunder_fetch_blocks_total thunder_upstream_bytes_total \
+         thunder_nbd_read_duration_seconds thunder_cache_used_bytes \
+         thunder_cache_limit_bytes process_resident_memory_bytes process_threads; do
+    grep -q "^# TYPE $f " "$tmpdir/n2.txt" || fail "node 2's /metrics has no family $f"
+done
+grep -q '^thunder_build_info{version="[^"]*",mode="node"} 1$' "$tmpdir/n2.txt" ||
+    fail "node 2's build info: $(grep thunder_build_info "$tmpdir/n2.txt")"
+
+n1=${node_ctl[1]#http://}
+n2=${node_ctl[2]#http://}
+# What n2 fetched from n1 is what n1 served to remote clients.
+fetched=$(stats 2 img | jq '.upstreams[0].bytes')
+[ "$fetched" -gt 0 ] || fail "node 2 fetched nothing from node 1"
+prom_wait "node 1 relayed to node 2" \
+    "thunder_nbd_served_bytes_total{instance=\"$n1\",image=\"img\",client=\"remote\"} == $fetched" 20
+prom_wait "node 2 fetched from node 1" \
+    "thunder_upstream_bytes_total{instance=\"$n2\",image=\"img\",upstream=\"${node_nbd[1]}/img\"} == $fetched" 20
+prom_wait "node 2 served the local read" \
+    "thunder_nbd_served_bytes_total{instance=\"$n2\",image=\"img\",client=\"local\"} >= $size" 20
+prom_wait "reads that waited for a fetch" \
+    "thunder_nbd_read_duration_seconds_count{instance=\"$n2\",cache=\"miss\"} > 0" 20
+prom_wait "node 2's cache holds the image" \
+    "thunder_cache_used_bytes{instance=\"$n2\"} > 0" 20
+prom_wait "the origin served node 1" \
+    "sum(thunder_nbd_served_bytes_total{job=\"thunderd\",image=\"img\",client=\"remote\",instance=\"${origin_ctl#http://}\"}) > 0" 20
+prom_wait "every target up" 'count(up == 1) == 4' 20
+prom_wait "thunder-api's nodes gauge" 'count(thunder_api_nodes) > 0' 20
+echo "node-metrics: ok"
