@@ -533,6 +533,12 @@ cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
 }
 
 bool
+cachemgr_cached(struct cachever *cv, uint64_t idx)
+{
+  return blkcache_has(cv->bc, idx) || is_zero(cv, idx);
+}
+
+bool
 cachemgr_has(struct cachever *cv, uint64_t idx)
 {
   if (blkcache_has(cv->bc, idx) || is_zero(cv, idx))

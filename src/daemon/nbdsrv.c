@@ -574,6 +574,14 @@ nbdsrv_reply_data_len(struct nbdsrv_conn *c, const struct nbdsrv_request *req)
   return req->count;
 }
 
+bool
+nbdsrv_may_block(struct nbdsrv_conn *c, const struct nbdsrv_request *req)
+{
+  return req->type == NBD_CMD_READ &&
+         nbdsrv_check_request(req, c->size) == 0 &&
+         export_may_block(c->exp, req->count, req->offset);
+}
+
 void
 nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
                struct nbdsrv_buf *buf, struct nbdsrv_reply *reply)

@@ -123,6 +123,11 @@ struct nbdsrv_reply {
   uint32_t len;
 };
 
+/* True when carrying out req may wait for an upstream (a read of a
+ * block the export does not hold yet); cheap, no syscall.  The server
+ * lets other workers read the connection's next requests meanwhile. */
+bool nbdsrv_may_block(struct nbdsrv_conn *c, const struct nbdsrv_request *req);
+
 /* Carries out a decoded request and builds its reply; a read's data goes
  * into buf.  Any number of threads at once, no lock held. */
 void nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,

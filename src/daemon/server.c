@@ -28,11 +28,20 @@
  *               next request in recv, up to READ_LINGER_US (SO_RCVTIMEO),
  *               but only while another worker of the class is idle in
  *               epoll_wait (pool.idle), so other connections still find a
- *               worker: at worst an event waits READ_LINGER_US.  The price:
- *               a connection's requests are served one after another (a
- *               read waiting for a fetch holds the next ones of its
- *               connection, not of others).  The first read of a wake-up
- *               and reads while no worker is idle pass MSG_DONTWAIT.
+ *               worker: at worst an event waits READ_LINGER_US.  A request
+ *               that may wait for an upstream (nbdsrv_may_block: in node
+ *               mode a read of a block not cached; a lock-free look at the
+ *               cache's state, no syscall) is the exception: the worker
+ *               gives the read token back and re-arms EPOLLIN *before*
+ *               carrying it out, so another worker reads and serves the
+ *               requests pipelined behind it while it waits (QEMU keeps
+ *               many in flight on one connection; a miss must not hold
+ *               up the cached reads behind it).  Replies then go out of
+ *               order, each whole (cn->writing: one writer at a time,
+ *               the others park theirs).  The fast path (cached reads,
+ *               the origin's preads) keeps the token: no hand-off.  The
+ *               first read of a wake-up and reads while no worker is idle
+ *               pass MSG_DONTWAIT.
  *               Then it sends the reply: the sockets are blocking with
  *               SO_SNDTIMEO = WRITE_WAIT_MS (the loop's reads pass
  *               MSG_DONTWAIT), so
@@ -102,7 +111,11 @@
  * Shutdown (server_stop): listeners close, handshakes are cut, every open
  * connection goes CLOSING without error replies: requests taken finish
  * and their replies are sent; requests read but not yet started are
- * dropped unanswered (a client may resend them after reconnecting).
+ * dropped unanswered (a client may resend them after reconnecting).  A
+ * request that fails while the server stops (node mode: the stop fails
+ * the reads waiting for an upstream, node_stop_stalling) is not answered
+ * either: its connection is shut down, so QEMU resends it to the next
+ * thunderd instead of failing it (libvirt.md, "Restarts and outages").
  */
 #include "server.h"
 
@@ -551,7 +564,9 @@ rearm_locked(struct conn *cn)
 }
 
 /* The connection failed: no more reads or writes, unsent replies are
- * dropped (their budget given back).  The caller holds cn->lock. */
+ * dropped (their budget given back) -- by the writer when one is sending
+ * (it holds a parked reply outside the lock; its send now fails and it
+ * drops them when it stops writing).  The caller holds cn->lock. */
 static bool
 break_locked(struct conn *cn, struct job **done)
 {
@@ -561,7 +576,7 @@ break_locked(struct conn *cn, struct job **done)
   cn->broken = cn->closing = true;
   cn->want_read = false;
   cn->need_kick = true;
-  while (cn->outq) {
+  while (cn->outq && !cn->writing) {
     struct job *j = cn->outq;
     cn->outq = j->next;
     wake |= job_end_locked(cn, j, done);
@@ -622,9 +637,12 @@ job_send(struct conn *cn, struct job *j, int64_t deadline_us)
 
 /* A worker sends j's reply, and any parked behind it, while the client
  * keeps up; what is left waits on cn's queue for the loop.  keep receives
- * j's buffer when it is small enough to reuse. */
+ * j's buffer when it is small enough to reuse.  drop: the reply is an
+ * error caused by the server's stop (a read waiting for an upstream is
+ * failed by it): the connection is shut down without it, so the client
+ * (QEMU) resends the request after reconnecting instead of failing it. */
 static void
-worker_reply(struct job *j, struct nbdsrv_buf *keep)
+worker_reply(struct job *j, struct nbdsrv_buf *keep, bool drop)
 {
   struct conn *cn = j->cn;
   struct server *s = cn->s; /* cn may be freed once unlocked */
@@ -632,8 +650,13 @@ worker_reply(struct job *j, struct nbdsrv_buf *keep)
   bool wake = false;
 
   pthread_mutex_lock(&cn->lock);
+  if (drop && !cn->broken) {
+    log_debug(COMPONENT, "%s: stopping: a request failed, closing without"
+              " its reply", cn->peer);
+    wake = break_locked(cn, &done);
+  }
   if (cn->broken) {
-    wake = job_end_locked(cn, j, &done);
+    wake |= job_end_locked(cn, j, &done);
     goto out;
   }
   if (cn->writing || cn->outq) {
@@ -692,7 +715,9 @@ worker_reply(struct job *j, struct nbdsrv_buf *keep)
     break;
   }
   cn->writing = false;
-  if (cn->outq && !cn->broken)
+  if (cn->broken)
+    wake |= break_locked(cn, &done); /* what it left while this wrote */
+  else if (cn->outq)
     rearm_locked(cn); /* EPOLLOUT for the loop; otherwise unchanged */
 
 out:
@@ -737,6 +762,8 @@ conn_flush(struct conn *cn)
     wake |= job_end_locked(cn, cur, &done);
   }
   cn->writing = false;
+  if (cn->broken)
+    wake |= break_locked(cn, &done); /* what it left while this wrote */
 out:
   rearm_locked(cn);
   pthread_mutex_unlock(&cn->lock);
@@ -781,7 +808,11 @@ serve_job(struct job *j, struct nbdsrv_buf *buf)
   j->data = rep.data;
   j->len = rep.len;
   j->off = 0;
-  worker_reply(j, buf);
+  uint32_t error;
+  memcpy(&error, rep.hdr + 4, sizeof error); /* magic, error, cookie */
+  worker_reply(j, buf,
+               error != 0 && atomic_load_explicit(&j->cn->s->stopping,
+                                                  memory_order_relaxed));
 }
 
 /* Ends a worker's handling of an event of cn: kicks the loop if cn needs
@@ -863,8 +894,13 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
         cn->want_read = false;
         cn->need_kick = true;
       }
+      /* A request that may wait for an upstream gives the read token
+       * back before it is carried out (re-armed below), so another
+       * worker reads and serves the next requests meanwhile: a miss
+       * does not hold up the cached reads pipelined behind it. */
       more = n + 1 < READ_BATCH && cn->want_read &&
-             !atomic_load_explicit(&cn->s->stopping, memory_order_relaxed);
+             !atomic_load_explicit(&cn->s->stopping, memory_order_relaxed) &&
+             !nbdsrv_may_block(cn->nc, &j->req);
     } else if (j) {
       free(j);
       j = NULL;
