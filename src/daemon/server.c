@@ -2018,6 +2018,17 @@ server_run(struct server *s)
 }
 
 void
+server_get_conn_counts(struct server *s, struct server_conn_counts *c)
+{
+  pthread_mutex_lock(&s->lock);
+  const struct class *t = &s->classes[CLASS_TCP], *l = &s->classes[CLASS_LOCAL];
+  c->tcp = t->nconns - t->nhandshakes;
+  c->local = l->nconns - l->nhandshakes;
+  c->handshaking = t->nhandshakes + l->nhandshakes;
+  pthread_mutex_unlock(&s->lock);
+}
+
+void
 server_free(struct server *s)
 {
   if (s == NULL)

@@ -71,6 +71,16 @@ int server_run(struct server *s);
 /* Asks server_run() to return.  Async-signal-safe. */
 void server_stop(struct server *s);
 
+/* Connections at this moment, by kind (for /metrics). */
+struct server_conn_counts {
+  unsigned tcp;         /* TCP clients past the handshake */
+  unsigned local;       /* Unix-socket clients past the handshake */
+  unsigned handshaking; /* of both transports, still negotiating */
+};
+
+/* Fills *c.  Any thread. */
+void server_get_conn_counts(struct server *s, struct server_conn_counts *c);
+
 /* Closes the listeners, removes the Unix socket file, frees s. */
 void server_free(struct server *s);
 

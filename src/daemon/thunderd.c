@@ -321,6 +321,7 @@ signal_main(void *arg)
 struct ctl_ctx {
   struct node *node; /* NULL: origin mode */
   struct vms *vms;
+  struct server *server;
 };
 
 /* The control result and error code of a node result. */
@@ -470,12 +471,15 @@ static enum control_result
 ctl_metrics(void *opaque, char **text, size_t *len, const char **code,
             char *err, size_t errlen)
 {
-  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  struct ctl_ctx *ctx = opaque;
+  struct node *node = ctx->node;
   CLEANUP_JSON_PUT struct json_object *images =
       node ? node_list_json(node) : origin_list_json(the_reg);
   CLEANUP_JSON_PUT struct json_object *cache =
       node ? node_cache_json(node) : NULL;
-  *text = images ? dmetrics_render(images, node, cache, len) : NULL;
+  struct server_conn_counts conns;
+  server_get_conn_counts(ctx->server, &conns);
+  *text = images ? dmetrics_render(images, node, cache, &conns, len) : NULL;
   if (*text == NULL) {
     *code = "internal";
     snprintf(err, errlen, "out of memory");
@@ -656,7 +660,7 @@ main(int argc, char **argv)
   struct vms *vms = NULL;
   struct registrar *registrar = NULL;
   struct resumer *resumer = NULL;
-  struct ctl_ctx ctx = { NULL, NULL };
+  struct ctl_ctx ctx = { NULL, NULL, NULL };
   char *token = NULL;
   int nimages = 0;
   enum log_level level = LOG_LEVEL_INFO;
@@ -815,7 +819,7 @@ main(int argc, char **argv)
                   node, reg);
     if (vms == NULL)
       goto out;
-    ctx = (struct ctl_ctx){ .node = node, .vms = vms };
+    ctx = (struct ctl_ctx){ .node = node, .vms = vms, .server = server };
     struct control_ops ops = {
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,
