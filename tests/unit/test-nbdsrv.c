@@ -121,6 +121,8 @@ struct mem_backend {
   int cache_err;          /* non-zero: cache fails with it */
   atomic_uint preads, caches, closes, bad_ranges;
   uint64_t cache_len, cache_off; /* of the last cache call */
+  uint64_t slow_from;     /* non-zero: reads reaching it may block */
+  atomic_uint may_blocks; /* may_block calls */
 };
 
 static int
@@ -171,10 +173,19 @@ mem_close(void *handle)
   atomic_fetch_add(&b->closes, 1);
 }
 
+static bool
+mem_may_block(void *handle, uint32_t len, uint64_t off)
+{
+  struct mem_backend *b = handle;
+  atomic_fetch_add(&b->may_blocks, 1);
+  return b->slow_from != 0 && off + len > b->slow_from;
+}
+
 static const struct export_ops mem_ops = {
   .pread = mem_pread,
   .cache = mem_cache,
   .close = mem_close,
+  .may_block = mem_may_block,
 };
 
 static void
@@ -189,6 +200,8 @@ backend_reset(struct mem_backend *b, const uint8_t *data, uint64_t size)
   atomic_store(&b->closes, 0);
   atomic_store(&b->bad_ranges, 0);
   b->cache_len = b->cache_off = 0;
+  b->slow_from = 0;
+  atomic_store(&b->may_blocks, 0);
 }
 
 /* ---- growing byte buffers ------------------------------------------ */
@@ -1732,6 +1745,26 @@ test_steps_and_buffers(void)
   nbdsrv_buf_trim(&buf);
   CU_ASSERT_PTR_NOT_NULL(buf.p);
   nbdsrv_buf_free(&buf);
+
+  /* Whether a request may block is the backend's word for valid reads
+   * only (the server hands the connection on before such a read). */
+  t_big.slow_from = 8192;
+  CU_ASSERT_FALSE(nbdsrv_may_block(t_conn, &req)); /* 4096 at 0 */
+  uint64_t o64 = htobe64(8192 - 100);
+  memcpy(wire + 16, &o64, 8);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_TRUE(nbdsrv_may_block(t_conn, &req));
+  wire[7] = W_CMD_FLUSH;
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_FALSE(nbdsrv_may_block(t_conn, &req));
+  wire[7] = W_CMD_READ;
+  o64 = htobe64(BIG_SIZE);
+  memcpy(wire + 16, &o64, 8);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_FALSE(nbdsrv_may_block(t_conn, &req)); /* outside: EINVAL */
+  CU_ASSERT_EQUAL(atomic_load(&t_big.may_blocks), 2);
+  o64 = 0;
+  memcpy(wire + 16, &o64, 8);
 
   /* An invalid read costs nothing; a write's payload is announced; a bad
    * magic and an oversized write payload are protocol errors; DISC is 0. */
