@@ -37,6 +37,7 @@ struct api_config {
   const char *node_token;     /* nodes' (register, heartbeat; calls to them) */
   unsigned node_timeout_s;    /* a node without heartbeat this long is down */
   unsigned poll_ms;           /* converger's pace */
+  unsigned detach_grace_s;    /* an image unused this long is detached */
   unsigned push_timeout_ms;
   unsigned push_retries;
   unsigned push_parallel;

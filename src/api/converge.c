@@ -18,9 +18,15 @@
  *                a second): the bytes they fetched from the origin;
  *        done    no VM pending or volume_ready: running (one runs) or
  *                failed (none does);
- *      deleting: DELETE /v1/vms/{vm} of every VM not deleted, then DELETE
- *        /v1/images/{image} on nodes no other live cluster of that image
- *        uses, then deleted.
+ *      deleting: DELETE /v1/vms/{vm} of every VM not deleted, then deleted;
+ *   3. detaches unused images (at most once a second): every attachment
+ *      it made is in SQLite (store_attachment_put); one that nothing has
+ *      used (no live VM of its version on the node or below it in a tree,
+ *      no cluster of it being provisioned there) for detach_grace_s gets
+ *      DELETE /v1/images/{image} on its node, so its blocks become the
+ *      first the node evicts (docs/api.md "Detaching unused images").  The
+ *      idle time is in SQLite, so a restart of thunder-api neither forgets
+ *      nor restarts it.
  *
  * Everything it does to a node is idempotent (docs/control.md): after a
  * restart it simply runs the steps again — "attached" is kept in memory
@@ -59,10 +65,13 @@
 #define BYTES_EVERY_MS 1000
 #define VM_TRIES 5         /* steps a VM create may fail transiently */
 #define ATTACH_TRIES 10    /* steps an attach may fail (404/502/503) */
+#define DETACH_EVERY_MS 1000
+#define DETACH_BATCH 256   /* detaches per round at most */
 
 /* What the converger remembers of a cluster between steps. */
 struct memo {
   char id[STORE_ID_LEN + 1];
+  char *image;             /* the cluster's */
   char **attached;         /* node ids */
   size_t n_attached;
   unsigned *attach_fail;   /* by tree row index, resized as needed */
@@ -88,6 +97,7 @@ struct converger {
   bool kicked, stopping;
   struct memo **memos;
   size_t n_memos;
+  int64_t detach_at;       /* monotonic ms of the last detach step */
 };
 
 /* ---- memory ------------------------------------------------------------ */
@@ -120,6 +130,7 @@ memo_get(struct converger *cv, const char *id)
 static void
 memo_free(struct memo *m)
 {
+  free(m->image);
   for (size_t i = 0; i < m->n_attached; i++)
     free(m->attached[i]);
   free(m->attached);
@@ -428,7 +439,11 @@ step_attach(struct converger *cv, const struct store_cluster *c,
       char why[NODECALL_ERR_MAX + 256];
       long st = calls[k].status;
       if (st == 200 || st == 201) {
+        struct store_err err;
         memo_set_attached(m, r->node, true);
+        if (store_attachment_put(cv->st, r->node, c->image, c->image_version,
+                                 &err) != STORE_OK)
+          log_warn(COMPONENT, "%s", err.msg);
         log_info(COMPONENT, "cluster %s: %s attached %s (upstream %s)",
                  c->id, r->node, c->image, r->ups[0]);
         continue;
@@ -683,43 +698,20 @@ out:
 
 /* ---- deleting ------------------------------------------------------------ */
 
-/* True if a live cluster other than c has a VM of c's image on node. */
-struct in_use {
-  struct converger *cv;
-  const struct store_cluster *c;
-  bool used;
-};
-
-static int
-check_use(const struct store_vm *vm, void *opaque)
-{
-  struct in_use *u = opaque;
-  if (strcmp(vm->cluster_id, u->c->id) == 0)
-    return 0;
-  struct store_err err;
-  CLEANUP_FREE struct store_cluster *o =
-      store_cluster_get(u->cv->st, vm->cluster_id, &err);
-  if (o && strcmp(o->image, u->c->image) == 0)
-    u->used = true;
-  return u->used;
-}
-
 static void
 step_delete(struct converger *cv, const struct store_cluster *c,
             struct memo *m)
 {
   struct store_err err;
   struct vm_vec vms = { 0 };
-  struct row_vec rows = { 0 };
   struct nodecall *calls = NULL;
   size_t n = 0;
   bool left = false;
-  if (store_vm_list_cluster(cv->st, c->id, copy_vm, &vms, &err) != STORE_OK ||
-      store_tree_list(cv->st, c->id, copy_row, &rows, &err) != STORE_OK) {
+  if (store_vm_list_cluster(cv->st, c->id, copy_vm, &vms, &err) != STORE_OK) {
     log_warn(COMPONENT, "%s", err.msg);
     goto out;
   }
-  calls = calloc(vms.n + rows.n + 1, sizeof *calls);
+  calls = calloc(vms.n + 1, sizeof *calls);
   if (calls == NULL)
     goto out;
   for (size_t i = 0; i < vms.n; i++) {
@@ -768,28 +760,9 @@ step_delete(struct converger *cv, const struct store_cluster *c,
   if (left)
     goto out;
 
-  /* Detach where no other live cluster uses the image. */
-  n = 0;
-  for (size_t i = 0; i < rows.n; i++) {
-    struct in_use u = { cv, c, false };
-    if (store_vm_list_node(cv->st, rows.v[i].node, 0, check_use, &u,
-                           &err) != STORE_OK || u.used)
-      continue;
-    CLEANUP_FREE char *ctl = ready_control(cv, rows.v[i].node);
-    CLEANUP_FREE char *path = NULL;
-    if (ctl && asprintf(&path, "/v1/images/%s", c->image) != -1 &&
-        nodecall_set(&calls[n], "DELETE", ctl, path, NULL, rows.v[i].node) == 0)
-      n++;
-  }
-  nodecall_run(calls, n, &cv->opts);
-  for (size_t k = 0; k < n; k++) {
-    char why[NODECALL_ERR_MAX + 256];
-    if (calls[k].status != 200 && calls[k].status != 404)
-      log_warn(COMPONENT, "cluster %s: detach left as is: %s", c->id,
-               nodecall_describe(&calls[k], why, sizeof why));
-    memo_set_attached(m, calls[k].user, false);
-  }
-  nodecall_clear(calls, n);
+  /* The nodes keep the image attached: the detach step lets it go once
+   * nothing has used it for detach_grace_s (a cluster made again soon
+   * finds it attached). */
   if (store_cluster_set_state(cv->st, c->id,
                               STORE_MASK(STORE_CLUSTER_DELETING),
                               STORE_CLUSTER_DELETED, NULL, &err) == STORE_OK)
@@ -797,7 +770,6 @@ step_delete(struct converger *cv, const struct store_cluster *c,
 out:
   free(calls);
   vm_vec_free(&vms);
-  row_vec_free(&rows);
 }
 
 /* ---- failed nodes ------------------------------------------------------------ */
@@ -950,6 +922,99 @@ node_failed(struct converger *cv, const char *node, const char *reason)
   id_vec_free(&ids);
 }
 
+/* ---- detaching unused images ------------------------------------------------ */
+
+struct due {
+  char *node, *image, *version;
+  int64_t idle_since;
+};
+
+struct due_vec {
+  struct due v[DETACH_BATCH];
+  size_t n;
+};
+
+static int
+copy_due(const struct store_attachment *a, void *opaque)
+{
+  struct due_vec *dv = opaque;
+  struct due *d = &dv->v[dv->n];
+  d->node = strdup(a->node_id);
+  d->image = strdup(a->image);
+  d->version = strdup(a->version);
+  d->idle_since = a->idle_since;
+  if (d->node && d->image && d->version)
+    dv->n++;
+  else
+    free(d->node), free(d->image), free(d->version);
+  return dv->n == DETACH_BATCH;
+}
+
+/* Detaches the attachments idle for the grace period (see the top). */
+static void
+step_detach(struct converger *cv)
+{
+  int64_t t = clock_mono_ms();
+  if (t - cv->detach_at < DETACH_EVERY_MS)
+    return;
+  cv->detach_at = t;
+  struct store_err err;
+  int64_t now = apiutil_now_ms();
+  struct due_vec *dv = calloc(1, sizeof *dv);
+  struct nodecall *calls = calloc(DETACH_BATCH, sizeof *calls);
+  size_t n = 0;
+  if (dv == NULL || calls == NULL)
+    goto out;
+  if (store_attachments_age(cv->st, now,
+                            (int64_t)cv->cfg->detach_grace_s * 1000, copy_due,
+                            dv, &err) != STORE_OK) {
+    log_warn(COMPONENT, "%s", err.msg);
+    goto out;
+  }
+  for (size_t i = 0; i < dv->n; i++) {
+    /* A node that is down is detached when it is back (it re-attaches
+     * its images itself when it restarts). */
+    CLEANUP_FREE char *ctl = ready_control(cv, dv->v[i].node);
+    CLEANUP_FREE char *path = NULL;
+    if (ctl && asprintf(&path, "/v1/images/%s", dv->v[i].image) != -1 &&
+        nodecall_set(&calls[n], "DELETE", ctl, path, NULL, &dv->v[i]) == 0)
+      n++;
+  }
+  nodecall_run(calls, n, &cv->opts);
+  for (size_t k = 0; k < n; k++) {
+    struct due *d = calls[k].user;
+    char why[NODECALL_ERR_MAX + 256];
+    long st = calls[k].status;
+    if (st == 200 || st == 404) {
+      if (store_attachment_forget(cv->st, d->node, d->image, d->version,
+                                  &err) != STORE_OK)
+        log_warn(COMPONENT, "%s", err.msg);
+      for (size_t i = 0; i < cv->n_memos; i++)
+        if (cv->memos[i]->image && strcmp(cv->memos[i]->image, d->image) == 0)
+          memo_set_attached(cv->memos[i], d->node, false);
+      log_info(COMPONENT, "node %s: image %s version %.16s detached: unused"
+               " for %" PRId64 " s", d->node, d->image, d->version,
+               (now - d->idle_since) / 1000);
+      continue;
+    }
+    /* Refused (409: volumes of VMs use it there) or failing: the grace
+     * period starts again rather than a call every second. */
+    log_warn(COMPONENT, "node %s: detaching image %s: %s; again in %u s",
+             d->node, d->image,
+             nodecall_describe(&calls[k], why, sizeof why),
+             cv->cfg->detach_grace_s);
+    if (store_attachment_retry(cv->st, d->node, d->image, d->version, now,
+                               &err) != STORE_OK)
+      log_warn(COMPONENT, "%s", err.msg);
+  }
+out:
+  nodecall_clear(calls, n);
+  free(calls);
+  for (size_t i = 0; dv && i < dv->n; i++)
+    free(dv->v[i].node), free(dv->v[i].image), free(dv->v[i].version);
+  free(dv);
+}
+
 /* ---- the loop -------------------------------------------------------------- */
 
 static void
@@ -983,6 +1048,8 @@ round_once(struct converger *cv)
     if (m == NULL)
       continue;
     m->seen = true;
+    if (m->image == NULL)
+      m->image = strdup(c->image);
     int64_t t0 = clock_mono_ms();
     if (c->state == STORE_CLUSTER_DELETING)
       step_delete(cv, c, m);
@@ -992,6 +1059,7 @@ round_once(struct converger *cv)
                  (double)(clock_mono_ms() - t0) / 1000);
   }
   id_vec_free(&ids);
+  step_detach(cv);
 }
 
 static void *

@@ -3,7 +3,7 @@
  *
  * Design note.
  *
- * Schema (version 2; every table STRICT, times UNIX ms, ids text):
+ * Schema (version 3; every table STRICT, times UNIX ms, ids text):
  *
  *   nodes    id PK, nbd_uri, control_url, rack, zone, vcpus, memory_mib,
  *            disk_bytes, registered_at, last_heartbeat_at,
@@ -36,6 +36,11 @@
  *            origin last).
  *   events   seq (AUTOINCREMENT), at, cluster_id → clusters ON DELETE
  *            CASCADE, vm_id (NULL), kind, message; INDEX (cluster_id, seq).
+ *   attachments  PK (node_id → nodes, image), version, attached_at,
+ *            idle_since (NULL = in use): what the converger attached, and
+ *            since when nothing uses it (store_attachments_age's one
+ *            recursive query: live VMs, their ancestors in the tree, the
+ *            trees of clusters being provisioned).
  *
  * A node's usage is a query, not a column: the sums of the reservations of
  * its VMs in a live state (pending, volume_ready, running, deleting: they
@@ -207,6 +212,17 @@ static const char *const migrations[] = {
   "  message TEXT NOT NULL\n"
   ") STRICT;\n"
   "CREATE INDEX events_cluster ON events (cluster_id, seq);\n",
+
+  /* 3: the image versions thunder-api attached on nodes, for detaching
+   * them once unused (docs/api.md "Detaching unused images"). */
+  "CREATE TABLE attachments (\n"
+  "  node_id TEXT NOT NULL REFERENCES nodes (id),\n"
+  "  image TEXT NOT NULL CHECK (image <> ''),\n"
+  "  version TEXT NOT NULL CHECK (length(version) = 64),\n"
+  "  attached_at INTEGER NOT NULL,\n"
+  "  idle_since INTEGER,\n"
+  "  PRIMARY KEY (node_id, image)\n"
+  ") STRICT, WITHOUT ROWID;\n",
 };
 
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
@@ -298,6 +314,11 @@ enum stmt_id {
   S_TREE_UPSERT,
   S_EVENT_INSERT,
   S_EVENT_LIST,
+  S_ATT_PUT,
+  S_ATT_AGE,
+  S_ATT_DUE,
+  S_ATT_FORGET,
+  S_ATT_RETRY,
   S_COUNT
 };
 
@@ -387,6 +408,36 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_EVENT_LIST] = "SELECT seq, at, cluster_id, vm_id, kind, message "
                    "FROM events WHERE cluster_id = ?1 AND seq > ?2 "
                    "ORDER BY seq LIMIT ?3",
+  [S_ATT_PUT] =
+      "INSERT INTO attachments (node_id, image, version, attached_at, "
+      "idle_since) VALUES (?1, ?2, ?3, ?4, NULL) ON CONFLICT (node_id, image) "
+      "DO UPDATE SET version = excluded.version, attached_at = CASE WHEN "
+      "version IS excluded.version THEN attached_at ELSE excluded.attached_at "
+      "END, idle_since = NULL",
+  /* In use: (cluster, node) pairs of live VMs, every ancestor of them in
+   * the cluster's tree (it relays to them), and every node of the tree of
+   * a cluster still being provisioned; a pair counts for the cluster's
+   * image version. */
+  [S_ATT_AGE] =
+      "WITH RECURSIVE used (cluster_id, node_id) AS ("
+      "SELECT cluster_id, node_id FROM vms WHERE state IN " VM_LIVE_SQL " "
+      "UNION SELECT t.cluster_id, t.node_id FROM tree t JOIN clusters c ON "
+      "c.id = t.cluster_id WHERE c.state IN ('pending', 'provisioning') "
+      "UNION SELECT t.cluster_id, t.parent FROM tree t JOIN used u ON "
+      "t.cluster_id = u.cluster_id AND t.node_id = u.node_id "
+      "WHERE t.parent IS NOT NULL) "
+      "UPDATE attachments SET idle_since = CASE WHEN EXISTS (SELECT 1 FROM "
+      "used u JOIN clusters c ON c.id = u.cluster_id WHERE u.node_id = "
+      "attachments.node_id AND c.image = attachments.image AND "
+      "c.image_version = attachments.version AND c.state <> 'deleted') "
+      "THEN NULL ELSE coalesce(idle_since, ?1) END",
+  [S_ATT_DUE] = "SELECT node_id, image, version, attached_at, idle_since "
+                "FROM attachments WHERE idle_since <= ?1 "
+                "ORDER BY node_id, image",
+  [S_ATT_FORGET] = "DELETE FROM attachments WHERE node_id = ?1 AND "
+                   "image = ?2 AND version = ?3 AND idle_since IS NOT NULL",
+  [S_ATT_RETRY] = "UPDATE attachments SET idle_since = ?4 WHERE node_id = ?1 "
+                  "AND image = ?2 AND version = ?3 AND idle_since IS NOT NULL",
 };
 
 struct store {
@@ -2077,4 +2128,106 @@ store_event_list(struct store *st, const char *cluster_id, int64_t after_seq,
                                                            : (int64_t)limit);
   LIST_ROWS(st, s, struct store_event, row_event, fn, opaque, err,
             "list events of cluster %s", cluster_id ? cluster_id : "");
+}
+
+/* ---- attachments ---- */
+
+int
+store_attachment_put(struct store *st, const char *node_id, const char *image,
+                     const char *version, struct store_err *err)
+{
+  if (empty(node_id) || empty(image) || version == NULL ||
+      strlen(version) != 64)
+    return fail(err, STORE_INVALID,
+                "%s: record attachment: node, image and a 64-digit version"
+                " are required", st->path);
+  CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_ATT_PUT, err);
+  if (s == NULL)
+    return STORE_ERROR;
+  int b = 0;
+  b |= sqlite3_bind_text(s, 1, node_id, -1, SQLITE_STATIC);
+  b |= sqlite3_bind_text(s, 2, image, -1, SQLITE_STATIC);
+  b |= sqlite3_bind_text(s, 3, version, -1, SQLITE_STATIC);
+  b |= sqlite3_bind_int64(s, 4, now_ms());
+  if (b != SQLITE_OK || sqlite3_step(s) != SQLITE_DONE) {
+    if (sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_FOREIGNKEY)
+      return fail(err, STORE_NOT_FOUND, "%s: record attachment: no node %s",
+                  st->path, node_id);
+    return fail_db(st, err, "record attachment of %s on node %s", image,
+                   node_id);
+  }
+  ok(err);
+  return STORE_OK;
+}
+
+int
+store_attachments_age(struct store *st, int64_t now, int64_t grace_ms,
+                      store_attachment_fn *fn, void *opaque,
+                      struct store_err *err)
+{
+  {
+    CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_ATT_AGE, err);
+    if (s == NULL)
+      return STORE_ERROR;
+    sqlite3_bind_int64(s, 1, now);
+    if (sqlite3_step(s) != SQLITE_DONE)
+      return fail_db(st, err, "age attachments");
+  }
+  CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_ATT_DUE, err);
+  if (s == NULL)
+    return STORE_ERROR;
+  sqlite3_bind_int64(s, 1, now - grace_ms);
+  int r;
+  while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+    struct store_attachment a = {
+      .node_id = col_text(s, 0), .image = col_text(s, 1),
+      .version = col_text(s, 2), .attached_at = sqlite3_column_int64(s, 3),
+      .idle_since = sqlite3_column_int64(s, 4),
+    };
+    if (fn(&a, opaque) != 0)
+      break;
+  }
+  if (r != SQLITE_DONE && r != SQLITE_ROW)
+    return fail_db(st, err, "list idle attachments");
+  ok(err);
+  return STORE_OK;
+}
+
+/* Runs an attachment statement keyed by node, image, version (and ?4 when
+ * at >= 0). */
+static int
+attachment_update(struct store *st, enum stmt_id sid, const char *node_id,
+                  const char *image, const char *version, int64_t at,
+                  struct store_err *err)
+{
+  CLEANUP_STMT sqlite3_stmt *s = stmt(st, sid, err);
+  if (s == NULL)
+    return STORE_ERROR;
+  int b = 0;
+  b |= sqlite3_bind_text(s, 1, node_id, -1, SQLITE_STATIC);
+  b |= sqlite3_bind_text(s, 2, image, -1, SQLITE_STATIC);
+  b |= sqlite3_bind_text(s, 3, version, -1, SQLITE_STATIC);
+  if (at >= 0)
+    b |= sqlite3_bind_int64(s, 4, at);
+  if (b != SQLITE_OK || sqlite3_step(s) != SQLITE_DONE)
+    return fail_db(st, err, "update attachment of %s on node %s", image,
+                   node_id);
+  ok(err);
+  return STORE_OK;
+}
+
+int
+store_attachment_forget(struct store *st, const char *node_id,
+                        const char *image, const char *version,
+                        struct store_err *err)
+{
+  return attachment_update(st, S_ATT_FORGET, node_id, image, version, -1, err);
+}
+
+int
+store_attachment_retry(struct store *st, const char *node_id,
+                       const char *image, const char *version, int64_t at,
+                       struct store_err *err)
+{
+  return attachment_update(st, S_ATT_RETRY, node_id, image, version, at, err);
 }

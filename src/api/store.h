@@ -385,6 +385,45 @@ int store_tree_update(struct store *st, const char *cluster_id,
                       const struct store_tree_row *rows, size_t n,
                       struct store_err *err);
 
+/* ---- attachments (docs/api.md "Detaching unused images") ---- */
+
+/* An image version thunder-api attached on a node.  idle_since: UNIX ms
+ * since when nothing uses it (0: in use). */
+struct store_attachment {
+  const char *node_id, *image, *version;
+  int64_t attached_at, idle_since;
+};
+typedef int store_attachment_fn(const struct store_attachment *a,
+                                void *opaque);
+
+/* Records that node_id has image at version attached (replacing another
+ * version of it there), in use. */
+int store_attachment_put(struct store *st, const char *node_id,
+                         const char *image, const char *version,
+                         struct store_err *err);
+
+/* Marks every attachment in use or idle as of now (ms): in use while a
+ * live VM of a cluster of that image version is on the node or below it
+ * in the cluster's tree (the node relays to it), or while such a cluster
+ * is pending or provisioning with the node in its tree; an idle one keeps
+ * the time it became idle.  Then calls fn with each one idle for at least
+ * grace_ms (fn returning non-zero stops). */
+int store_attachments_age(struct store *st, int64_t now, int64_t grace_ms,
+                          store_attachment_fn *fn, void *opaque,
+                          struct store_err *err);
+
+/* Forgets the attachment (detached), unless it is of another version now
+ * or in use again. */
+int store_attachment_forget(struct store *st, const char *node_id,
+                            const char *image, const char *version,
+                            struct store_err *err);
+
+/* Restarts the idle attachment's grace period at at (ms): the node refused
+ * to detach it. */
+int store_attachment_retry(struct store *st, const char *node_id,
+                           const char *image, const char *version, int64_t at,
+                           struct store_err *err);
+
 /* ---- events ---- */
 
 /* Appends an event to cluster_id's history (vm_id may be NULL). */

@@ -30,6 +30,7 @@ static struct {
   char *node_token_file;
   uint64_t node_timeout;
   uint64_t poll_interval;
+  uint64_t detach_grace;
   uint64_t push_timeout;
   uint64_t push_retries;
   uint64_t push_parallel;
@@ -51,6 +52,7 @@ static struct {
 } opt = {
   .node_timeout = 15,
   .poll_interval = 500,
+  .detach_grace = 600,
   .push_timeout = 60000,
   .push_retries = 3,
   .push_parallel = 32,
@@ -83,6 +85,9 @@ static const struct config_opt options[] = {
     "a node without a heartbeat this long is down (default 15)" },
   { "poll-interval", CONFIG_TYPE_UINT, &opt.poll_interval, 50, 60000, "MS",
     "how often unfinished clusters are stepped (default 500)" },
+  { "detach-grace", CONFIG_TYPE_UINT, &opt.detach_grace, 0, 2592000, "S",
+    "an image version no VM of a node has used for this long is detached"
+    " there, its blocks the first to evict (default 600)" },
   { "push-timeout", CONFIG_TYPE_UINT, &opt.push_timeout, 100, 600000, "MS",
     "one call to a node's control endpoint (default 60000)" },
   { "push-retries", CONFIG_TYPE_UINT, &opt.push_retries, 0, 20, "N",
@@ -176,6 +181,7 @@ main(int argc, char **argv)
     .node_token = node_token,
     .node_timeout_s = (unsigned)opt.node_timeout,
     .poll_ms = (unsigned)opt.poll_interval,
+    .detach_grace_s = (unsigned)opt.detach_grace,
     .push_timeout_ms = (unsigned)opt.push_timeout,
     .push_retries = (unsigned)opt.push_retries,
     .push_parallel = (unsigned)opt.push_parallel,

@@ -60,6 +60,9 @@ const char *image_format_name(enum image_format format);
 /* True if name is a valid image name: 1..MANIFEST_NAME_MAX bytes of
  * [A-Za-z0-9._-], not starting with '.' or '-'. */
 bool manifest_name_valid(const char *name);
+/* That rule in words, for error messages. */
+#define MANIFEST_NAME_RULE \
+  "1-255 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
 
 /* The name of image name's manifest export, NAME@manifest, into buf
  * (MANIFEST_EXPORT_NAME_MAX bytes).  Returns buf. */

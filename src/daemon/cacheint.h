@@ -17,6 +17,7 @@
 #include "blkcache.h"
 #include "blkindex.h"
 #include "cachemgr.h"
+#include "flight.h"
 #include "lru.h"
 #include "manifest.h"
 
@@ -39,6 +40,8 @@ struct cachever {
   struct cachever *next;
 
   _Atomic uint64_t reused_blocks, reused_bytes, zero_reads, uncached;
+  _Atomic uint64_t shared_fetches; /* misses that waited for another
+                                      version's fetch of the same digest */
   pthread_mutex_t from_lock;
   struct cachemgr_reuse_from from[CACHEMGR_REUSE_FROM_MAX];
 };
@@ -49,6 +52,7 @@ struct cachemgr {
   pthread_rwlock_t lock;
   struct cachever *versions;
   struct blkindex *index;
+  struct flights *flights; /* fetches in flight by digest (flight.h) */
   uint64_t meta_bytes; /* of every open version */
 
   struct blkcache_quota quota; /* data bytes; limit set by the reclaimer */

@@ -267,14 +267,19 @@ cachemgr_new(const char *root, const struct cachemgr_params *p)
   }
   struct cachemgr *cm = calloc(1, sizeof *cm);
   if (cm == NULL || (cm->root = strdup(root)) == NULL ||
-      (cm->index = blkindex_new()) == NULL) {
-    if (cm)
+      (cm->index = blkindex_new()) == NULL ||
+      (cm->flights = flights_new()) == NULL) {
+    if (cm) {
       free(cm->root);
+      blkindex_free(cm->index);
+    }
     free(cm);
     log_error(COMP, "calloc: %m");
     return NULL;
   }
   cm->p = *p;
+  if (cm->p.local_recent_ms == 0)
+    cm->p.local_recent_ms = CACHEMGR_DEFAULT_LOCAL_RECENT_MS;
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init(&ra);
   pthread_rwlockattr_setkind_np(&ra,
@@ -325,6 +330,7 @@ cachemgr_free(struct cachemgr *cm)
     version_free(cv);
   }
   blkindex_free(cm->index);
+  flights_free(cm->flights);
   pthread_rwlock_destroy(&cm->lock);
   pthread_cond_destroy(&cm->qwake);
   pthread_mutex_destroy(&cm->qlock);
@@ -507,7 +513,7 @@ reuse(struct cachever *cv, uint64_t idx, uint8_t *buf, bool may_wait)
 
 int
 cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
-              uint32_t len, int *err)
+              uint32_t len, bool local, int *err)
 {
   if (is_zero(cv, idx)) {
     memset(buf, 0, len);
@@ -516,19 +522,64 @@ cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
   }
   int r = blkcache_read(cv->bc, idx, buf, off, len, err);
   if (r == 1) {
-    lru_touch(cv->lru, idx);
+    if (local)
+      lru_touch_local(cv->lru, idx);
+    else
+      lru_touch(cv->lru, idx);
     return 1;
   }
   if (r < 0)
     return r;
   uint32_t blen = manifest_block_len(cv->m, idx);
-  if (off == 0 && len == blen)
-    return reuse(cv, idx, buf, true) ? 1 : 0;
-  CLEANUP_FREE uint8_t *tmp = malloc(blen);
-  if (tmp == NULL || !reuse(cv, idx, tmp, true))
-    return 0;
-  memcpy(buf, tmp + off, len);
+  CLEANUP_FREE uint8_t *tmp = NULL;
+  if (off == 0 && len == blen) {
+    if (!reuse(cv, idx, buf, true))
+      return 0;
+  } else {
+    if ((tmp = malloc(blen)) == NULL || !reuse(cv, idx, tmp, true))
+      return 0;
+    memcpy(buf, tmp + off, len);
+  }
+  if (local)
+    lru_touch_local(cv->lru, idx);
   return 1;
+}
+
+struct flight *
+cachemgr_flight_begin(struct cachever *cv, uint64_t idx, bool *own)
+{
+  *own = false;
+  if (idx >= cv->m->nblocks)
+    return NULL;
+  return flight_begin(cv->cm->flights, cv->m->digests[idx], cv, idx, own);
+}
+
+void
+cachemgr_flight_done(struct cachever *cv, uint64_t idx)
+{
+  if (idx < cv->m->nblocks)
+    flight_done(cv->cm->flights, cv->m->digests[idx], cv, idx);
+}
+
+void
+cachemgr_flight_put(struct cachever *cv, struct flight *fl)
+{
+  flight_put(cv->cm->flights, fl);
+}
+
+void
+cachemgr_flight_wait(struct cachever *cv, struct flight *fl)
+{
+  atomic_fetch_add_explicit(&cv->shared_fetches, 1, memory_order_relaxed);
+  flight_wait(cv->cm->flights, fl);
+  flight_put(cv->cm->flights, fl);
+}
+
+void
+cachemgr_touch_local(struct cachever *cv, uint64_t idx)
+{
+  if (idx < cv->m->nblocks)
+    lru_touch_local(cv->lru, idx);
 }
 
 bool
@@ -633,6 +684,7 @@ cachemgr_version_json(struct cachever *cv)
   pthread_mutex_unlock(&cv->from_lock);
   json_object_object_add(o, "reused_from", from);
   add_u64(o, "zero_blocks_skipped", atomic_load(&cv->zero_reads));
+  add_u64(o, "shared_fetch_blocks", atomic_load(&cv->shared_fetches));
   add_u64(o, "uncached_blocks", atomic_load(&cv->uncached));
   return o;
 }

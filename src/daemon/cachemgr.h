@@ -42,6 +42,10 @@ struct blkcache;
 /* Defaults of --cache-max and --cache-min-free. */
 #define CACHEMGR_DEFAULT_MAX "80%"
 #define CACHEMGR_DEFAULT_MIN_FREE "1G"
+/* A block a local VM read within this long is evicted after every block
+ * of an attached version that no local VM read as recently (reclaim.h,
+ * docs/node.md). */
+#define CACHEMGR_DEFAULT_LOCAL_RECENT_MS (3600 * 1000)
 
 struct cachemgr_params {
   uint64_t max_bytes;      /* cap in bytes, or 0 to use max_pct */
@@ -49,6 +53,7 @@ struct cachemgr_params {
   uint64_t min_free_bytes; /* free-space floor, or 0 to use min_free_pct */
   unsigned min_free_pct;
   unsigned commit_interval_ms; /* the block caches' commit batching */
+  uint64_t local_recent_ms; /* 0: CACHEMGR_DEFAULT_LOCAL_RECENT_MS */
 };
 
 /* Parses SIZE: a number of bytes with an optional suffix K, M, G, T, P
@@ -87,10 +92,29 @@ void cachemgr_release(struct cachever *cv);
 
 /* Reads len bytes at off inside block idx: from the cache, as zeros, or
  * from an identical block elsewhere in the cache (which is then stored in
- * this version).  1: read; 0: not in the cache, fetch it; -1: I/O error
- * with *err (as blkcache_read). */
+ * this version).  local: the reader is a local VM (the Unix socket), whose
+ * reads keep a block in the tier evicted last; a child node's are not.
+ * 1: read; 0: not in the cache, fetch it; -1: I/O error with *err (as
+ * blkcache_read). */
 int cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
-                  uint32_t len, int *err);
+                  uint32_t len, bool local, int *err);
+
+/* Single flight across versions (flight.h): before fetching block idx,
+ * begin its flight.  *own: fetch it, then cachemgr_flight_done and
+ * cachemgr_flight_put once the fetch ended; NULL: fetch it (the same
+ * block is in flight, the fetcher joins it); else another block of the
+ * same digest is being fetched: cachemgr_flight_wait (it drops the
+ * reference), then cachemgr_read copies the block, or fetch it if that
+ * fetch failed. */
+struct flight;
+struct flight *cachemgr_flight_begin(struct cachever *cv, uint64_t idx,
+                                     bool *own);
+void cachemgr_flight_done(struct cachever *cv, uint64_t idx);
+void cachemgr_flight_put(struct cachever *cv, struct flight *fl);
+void cachemgr_flight_wait(struct cachever *cv, struct flight *fl);
+
+/* A local VM read block idx now (one it waited for a fetch of). */
+void cachemgr_touch_local(struct cachever *cv, uint64_t idx);
 
 /* True if block idx needs no fetch: cached, zero, or copied now from an
  * identical cached block.  Quick enough for fetch's is_cached. */
@@ -112,7 +136,8 @@ struct blkcache *cachemgr_blkcache(struct cachever *cv);
 /* {"cap_bytes", "min_free_bytes", "limit_bytes", "used_bytes",
  *  "version_bytes", "evicted_blocks", "evicted_bytes", "reused_blocks",
  *  "reused_bytes", "reused_from": [{"version", "blocks", "bytes"}],
- *  "zero_blocks_skipped", "uncached_blocks"}: the version's cache and the
+ *  "zero_blocks_skipped", "shared_fetch_blocks", "uncached_blocks"}: the
+ * version's cache and the
  * node's capacity.  NULL on allocation failure. */
 struct json_object *cachemgr_version_json(struct cachever *cv);
 

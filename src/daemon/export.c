@@ -165,8 +165,10 @@ export_handle_if(const struct export *exp, const struct export_ops *ops)
 
 int
 export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
-             int *err)
+             bool local, int *err)
 {
+  if (exp->ops->pread_from)
+    return exp->ops->pread_from(exp->handle, buf, len, off, local, err);
   return exp->ops->pread(exp->handle, buf, len, off, err);
 }
 

@@ -20,6 +20,11 @@ struct export_ops {
   /* Reads len bytes at off into buf; the range is inside the export.
    * Returns 0, or -1 with *err set to the errno for the client. */
   int (*pread)(void *handle, void *buf, uint32_t len, uint64_t off, int *err);
+  /* Optional, used instead of pread when set: the same, told whether the
+   * reader is local (a Unix-socket client: this node's VMs) or not (a
+   * child node over TCP) — node mode keeps the blocks local VMs read. */
+  int (*pread_from)(void *handle, void *buf, uint32_t len, uint64_t off,
+                    bool local, int *err);
   /* Hints that [off, off + len) will be read soon.  0, or -1 and *err. */
   int (*cache)(void *handle, uint64_t len, uint64_t off, int *err);
   /* Releases the backend when the export's last reference is dropped. */
@@ -60,9 +65,10 @@ uint32_t export_pref_block(const struct export *exp);
  * backend recognise its own exports. */
 void *export_handle_if(const struct export *exp, const struct export_ops *ops);
 
-/* Backend calls; the caller has checked the range. */
+/* Backend calls; the caller has checked the range.  local: the reader is
+ * a Unix-socket client. */
 int export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
-                 int *err);
+                 bool local, int *err);
 int export_cache(struct export *exp, uint64_t len, uint64_t off, int *err);
 bool export_may_block(struct export *exp, uint32_t len, uint64_t off);
 

@@ -7,6 +7,7 @@
 
 #include "log.h"
 
+/* stamp[i]: block i's last use; stamp[n + i]: its last local read. */
 struct lru {
   uint64_t n;
   _Atomic uint64_t stamp[];
@@ -15,7 +16,7 @@ struct lru {
 struct lru *
 lru_new(uint64_t n)
 {
-  struct lru *l = calloc(1, sizeof *l + (size_t)n * sizeof l->stamp[0]);
+  struct lru *l = calloc(1, sizeof *l + 2 * (size_t)n * sizeof l->stamp[0]);
   if (l == NULL) {
     log_error("lru", "calloc: %m");
     return NULL;
@@ -38,17 +39,37 @@ lru_now(void)
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
 }
 
+static inline void
+set_stamp(_Atomic uint64_t *s, uint64_t now)
+{
+  if (atomic_load_explicit(s, memory_order_relaxed) != now)
+    atomic_store_explicit(s, now, memory_order_relaxed);
+}
+
 void
 lru_touch(struct lru *l, uint64_t idx)
 {
+  set_stamp(&l->stamp[idx], lru_now());
+}
+
+void
+lru_touch_local(struct lru *l, uint64_t idx)
+{
   uint64_t now = lru_now();
-  if (atomic_load_explicit(&l->stamp[idx], memory_order_relaxed) != now)
-    atomic_store_explicit(&l->stamp[idx], now, memory_order_relaxed);
+  set_stamp(&l->stamp[idx], now);
+  set_stamp(&l->stamp[l->n + idx], now);
 }
 
 uint64_t
 lru_stamp(const struct lru *l, uint64_t idx)
 {
   return atomic_load_explicit(&((struct lru *)l)->stamp[idx],
+                              memory_order_relaxed);
+}
+
+uint64_t
+lru_local_stamp(const struct lru *l, uint64_t idx)
+{
+  return atomic_load_explicit(&((struct lru *)l)->stamp[l->n + idx],
                               memory_order_relaxed);
 }

@@ -1,11 +1,13 @@
 /* thunder — recency of the blocks of one cached image version.
  *
- * One 64-bit stamp per block: the time (milliseconds of a monotonic clock,
- * plus one) of its last read or store through the cache manager, 0 for
- * never since the version was opened.  Stamps live in memory only: after a
+ * Two 64-bit stamps per block: the time (milliseconds of a monotonic
+ * clock, plus one) of its last read (by anyone: a local VM or a child
+ * node) or store through the cache manager, and of its last read by a
+ * local VM (the Unix socket); 0 for never since the version was opened.  Stamps live in memory only: after a
  * restart every block is "never", so blocks read since the restart are
- * kept over those that were not.  The reclaimer (reclaim.h) evicts the
- * blocks with the smallest stamps first.
+ * kept over those that were not.  The reclaimer (reclaim.h) evicts
+ * blocks no local VM read recently before the others, each group with the
+ * smallest (first) stamps first.
  *
  * Threads: no locks.  lru_touch stores only when the stamp changes, so a
  * hot block costs one load; a stamp read while it is touched is the old
@@ -27,10 +29,16 @@ void lru_free(struct lru *l);
 /* The clock stamps are taken from (>= 1). */
 uint64_t lru_now(void);
 
-/* Block idx (< n) was used now. */
+/* Block idx (< n) was used now (read by a child node, stored). */
 void lru_touch(struct lru *l, uint64_t idx);
+
+/* Block idx (< n) was read now by a local VM: both stamps. */
+void lru_touch_local(struct lru *l, uint64_t idx);
 
 /* Block idx's stamp (0: not used since open). */
 uint64_t lru_stamp(const struct lru *l, uint64_t idx);
+
+/* Block idx's last local read (0: none since open). */
+uint64_t lru_local_stamp(const struct lru *l, uint64_t idx);
 
 #endif

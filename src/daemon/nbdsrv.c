@@ -598,7 +598,8 @@ nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
   } else if (req->type == NBD_CMD_READ) {
     if (buf_reserve(buf, req->count) == -1)
       error = NBD_ENOMEM;
-    else if (export_pread(c->exp, buf->p, req->count, req->offset, &err) == -1)
+    else if (export_pread(c->exp, buf->p, req->count, req->offset, c->local,
+                          &err) == -1)
       error = nbd_errno(err);
     else {
       reply->data = buf->p;

@@ -174,6 +174,7 @@ cb_deliver(void *opaque, uint64_t idx, const void *data, unsigned from)
   /* A failed store is logged by blkcache; the block is served from the
    * fetch anyway and fetched again next time. */
   cachemgr_store(img->cv, idx, data);
+  cachemgr_flight_done(img->cv, idx);
 }
 
 /* Where block b meets the read [off, off + len): the part inside the
@@ -200,16 +201,17 @@ block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
 
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          bool *missed, int *err);
+          bool local, bool *missed, int *err);
 
 static int
-node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
+node_pread(void *handle, void *buf, uint32_t len, uint64_t off, bool local,
+           int *err)
 {
   struct node_image *img = handle;
   uint64_t t0 = histogram_now_ns();
   bool missed = false;
   for (int i = 0;; i++) {
-    int r = read_once(img, buf, len, off, &missed, err);
+    int r = read_once(img, buf, len, off, local, &missed, err);
     if (r == 0 || *err != ESHUTDOWN || i == READ_RESTARTS) {
       if (r == -1 && *err == ESHUTDOWN)
         *err = EIO;
@@ -223,25 +225,58 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, int *err)
   }
 }
 
+/* What read_once does for one block of the read: a fetch it waits for
+ * (owning the block's flight or not), or another version's flight of the
+ * same digest it waits for before copying the block. */
+struct slot {
+  struct fetch_req *req;
+  struct flight *own, *other;
+};
+
+/* Fetches block b for a read whose other version's flight came to
+ * nothing (failed, or its store was refused): the part pt into dst. */
+static int
+fetch_alone(struct node_image *img, uint64_t b, char *dst, struct part pt,
+            int *err)
+{
+  bool cached;
+  pthread_rwlock_rdlock(&img->flock);
+  struct fetch_req *q = fetch_start(img->f, b, &cached);
+  pthread_rwlock_unlock(&img->flock);
+  if (q == NULL) {
+    int c = cached ? cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, false,
+                                   err) : -1;
+    if (c == 1)
+      return 0;
+    if (c == 0 || !cached)
+      *err = cached ? EIO : ENOMEM;
+    return -1;
+  }
+  return fetch_wait(q, dst, pt.in_block, pt.n, err);
+}
+
 /* One attempt of node_pread: the cached parts are copied, the missing
- * blocks fetched (then *missed is set).  0, or -1 with *err (ESHUTDOWN:
- * the fetcher was replaced meanwhile). */
+ * blocks fetched (then *missed is set) — or, when another version is
+ * fetching a block of the same digest, copied once it is stored (single
+ * flight across versions, flight.h); a local reader's blocks are marked
+ * read locally (cachemgr.h).  0, or -1 with *err (ESHUTDOWN: the fetcher
+ * was replaced meanwhile). */
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          bool *missed_out, int *err)
+          bool local, bool *missed_out, int *err)
 {
   const struct manifest *m = img->m;
   uint64_t first = off / m->block_size;
   uint64_t last = (off + len - 1) / m->block_size;
   size_t nb = (size_t)(last - first + 1);
 
-  struct fetch_req *small[64];
-  struct fetch_req **reqs = small;
-  if (nb > 64 && (reqs = calloc(nb, sizeof *reqs)) == NULL) {
+  struct slot small[64];
+  struct slot *slots = small;
+  if (nb > 64 && (slots = calloc(nb, sizeof *slots)) == NULL) {
     *err = ENOMEM;
     return -1;
   }
-  memset(reqs, 0, (nb > 64 ? nb : 64) * sizeof *reqs);
+  memset(slots, 0, (nb > 64 ? nb : 64) * sizeof *slots);
 
   int r = 0;
   bool missed = false;
@@ -252,8 +287,9 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
   for (uint64_t b = first; b <= last && r == 0; b++) {
     struct part pt = block_part(m, b, off, len);
     char *dst = (char *)buf + pt.in_buf;
+    struct slot *sl = &slots[b - first];
     for (int tries = 0;; tries++) {
-      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, err);
+      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, local, err);
       if (c == 1) {
         atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
         break;
@@ -262,12 +298,24 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
         r = -1;
         break;
       }
-      bool cached;
-      reqs[b - first] = fetch_start(img->f, b, &cached);
-      if (reqs[b - first]) {
+      bool own, cached;
+      struct flight *fl = cachemgr_flight_begin(img->cv, b, &own);
+      if (fl && !own) {
+        sl->other = fl;
         atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
         missed = true;
         break;
+      }
+      sl->req = fetch_start(img->f, b, &cached);
+      if (sl->req) {
+        sl->own = fl;
+        atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
+        missed = true;
+        break;
+      }
+      if (fl) {
+        cachemgr_flight_done(img->cv, b);
+        cachemgr_flight_put(img->cv, fl);
       }
       if (!cached || tries == 2) {
         *err = cached ? EIO : ENOMEM;
@@ -289,21 +337,47 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
   pthread_rwlock_unlock(&img->flock);
 
   /* Pass 2: wait for the fetches (each releases its request), without
-   * the lock: see the note at the top. */
+   * the lock: see the note at the top; the flights this read owns end
+   * before it waits for any other (flight.h). */
   for (uint64_t b = first; b <= last; b++) {
-    struct fetch_req *q = reqs[b - first];
-    if (q == NULL)
+    struct slot *sl = &slots[b - first];
+    if (sl->req == NULL)
       continue;
     struct part pt = block_part(m, b, off, len);
     int e2 = 0;
-    if (fetch_wait(q, (char *)buf + pt.in_buf, pt.in_block, pt.n, &e2) == -1 &&
-        r == 0) {
-      *err = e2;
-      r = -1;
+    if (fetch_wait(sl->req, (char *)buf + pt.in_buf, pt.in_block, pt.n,
+                   &e2) == -1) {
+      if (r == 0) {
+        *err = e2;
+        r = -1;
+      }
+    } else if (local) {
+      cachemgr_touch_local(img->cv, b);
+    }
+    if (sl->own) {
+      cachemgr_flight_done(img->cv, b);
+      cachemgr_flight_put(img->cv, sl->own);
     }
   }
-  if (reqs != small)
-    free(reqs);
+  /* Pass 3: blocks another version was fetching: copied once stored. */
+  for (uint64_t b = first; b <= last; b++) {
+    struct slot *sl = &slots[b - first];
+    if (sl->other == NULL)
+      continue;
+    cachemgr_flight_wait(img->cv, sl->other);
+    if (r != 0)
+      continue;
+    struct part pt = block_part(m, b, off, len);
+    char *dst = (char *)buf + pt.in_buf;
+    int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, local, err);
+    if (c == 0 && (c = fetch_alone(img, b, dst, pt, err) == 0 ? 1 : -1) == 1 &&
+        local)
+      cachemgr_touch_local(img->cv, b);
+    if (c == -1)
+      r = -1;
+  }
+  if (slots != small)
+    free(slots);
   if (missed)
     *missed_out = true;
   return r;
@@ -366,7 +440,7 @@ node_may_block(void *handle, uint32_t len, uint64_t off)
 }
 
 static const struct export_ops node_ops = {
-  .pread = node_pread,
+  .pread_from = node_pread,
   .cache = node_cache,
   .close = node_close,
   .may_block = node_may_block,

@@ -3,16 +3,20 @@
  * Design note.  One pass (reclaim_run):
  *
  *   1. under the shared lock, collect candidates (stamp, version, block)
- *      of the phase's versions: present and durable blocks (a block still
- *      waiting for its commit was stored a moment ago), in attached
- *      versions only those not used for RECLAIM_GUARD_MS; and only those
+ *      of the phase's blocks: present and durable blocks (a block still
+ *      waiting for its commit was stored a moment ago) of unattached
+ *      versions (phase 1), of attached versions that no local VM read in
+ *      the last local_recent_ms (phase 2: read by child nodes only, or
+ *      fetched ahead, or not read for long), of attached versions that
+ *      a local VM did (phase 3); in attached versions only blocks not
+ *      used for RECLAIM_GUARD_MS; and only those
  *      at or below a stamp cutoff found from a histogram of the stamps
  *      (two scans, no allocation per block), so a pass over a large cache
  *      sorts about what it evicts, not every block;
  *   2. sort them by stamp (least recent first), take the shortest prefix
  *      that frees what is needed, group it by version and evict each
  *      group with one blkcache_evict (one bitmap commit per version);
- *   3. phase 2 only if phase 1 did not free enough;
+ *   3. each phase only if the ones before did not free enough;
  *   4. under the exclusive lock, take unattached versions left with no
  *      block (or all of them for cachemgr_gc) out of the list and the
  *      index; close and remove them without the lock.
@@ -81,30 +85,49 @@ by_version(const void *a, const void *b)
   return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
-/* True if block i of cv may be evicted in this phase; *stamp gets its
- * stamp. */
+enum phase {
+  PHASE_UNATTACHED,   /* versions no image holds */
+  PHASE_NOT_LOCAL,    /* attached; no local VM read it lately */
+  PHASE_LOCAL,        /* attached; a local VM read it lately */
+};
+
+/* True if cv's blocks are this phase's candidates at all. */
 static inline bool
-eligible(struct cachever *cv, uint64_t i, bool attached, uint64_t now,
+in_phase(const struct cachever *cv, enum phase ph)
+{
+  return (cv->refs > 0) == (ph != PHASE_UNATTACHED);
+}
+
+/* True if block i of cv (in_phase) may be evicted in phase ph; *stamp
+ * gets its stamp. */
+static inline bool
+eligible(struct cachever *cv, uint64_t i, enum phase ph, uint64_t now,
          uint64_t *stamp)
 {
   if (!blkcache_evictable(cv->bc, i))
     return false;
   *stamp = lru_stamp(cv->lru, i);
-  return !attached || *stamp + RECLAIM_GUARD_MS <= now;
+  if (ph == PHASE_UNATTACHED)
+    return true;
+  if (*stamp + RECLAIM_GUARD_MS > now)
+    return false;
+  uint64_t l = lru_local_stamp(cv->lru, i);
+  bool local = l != 0 && l + cv->cm->p.local_recent_ms > now;
+  return local == (ph == PHASE_LOCAL);
 }
 
 /* The stamp at or below which the least recently used eligible blocks add
  * up to need bytes (roughly: to a histogram bucket), so that only those
  * are collected and sorted, not every block of a large cache. */
 static uint64_t
-cutoff(struct cachemgr *cm, bool attached, uint64_t need, uint64_t now)
+cutoff(struct cachemgr *cm, enum phase ph, uint64_t need, uint64_t now)
 {
   enum { NBUCKETS = 4096 };
   uint64_t lo = UINT64_MAX, hi = 0, s;
   for (struct cachever *cv = cm->versions; cv; cv = cv->next)
-    if ((cv->refs > 0) == attached)
+    if (in_phase(cv, ph))
       for (uint64_t i = 0; i < cv->m->nblocks; i++)
-        if (eligible(cv, i, attached, now, &s)) {
+        if (eligible(cv, i, ph, now, &s)) {
           lo = s < lo ? s : lo;
           hi = s > hi ? s : hi;
         }
@@ -115,9 +138,9 @@ cutoff(struct cachemgr *cm, bool attached, uint64_t need, uint64_t now)
   if (bytes == NULL)
     return hi;
   for (struct cachever *cv = cm->versions; cv; cv = cv->next)
-    if ((cv->refs > 0) == attached)
+    if (in_phase(cv, ph))
       for (uint64_t i = 0; i < cv->m->nblocks; i++)
-        if (eligible(cv, i, attached, now, &s))
+        if (eligible(cv, i, ph, now, &s))
           bytes[(s - lo) / width] += manifest_block_len(cv->m, i);
   uint64_t sum = 0;
   for (unsigned b = 0; b < NBUCKETS; b++) {
@@ -131,16 +154,20 @@ cutoff(struct cachemgr *cm, bool attached, uint64_t need, uint64_t now)
 /* Evicts least recently used blocks of the versions of one phase until
  * need bytes are freed.  Shared lock held.  Returns the bytes freed. */
 static uint64_t
-evict_phase(struct cachemgr *cm, bool attached, uint64_t need)
+evict_phase(struct cachemgr *cm, enum phase ph, uint64_t need)
 {
+  static const char *const names[] = {
+    "unattached", "attached (not read locally lately)",
+    "attached (read locally lately)",
+  };
   struct cands c = { 0 };
   uint64_t now = lru_now(), freed = 0, s;
-  uint64_t upto = cutoff(cm, attached, need, now);
+  uint64_t upto = cutoff(cm, ph, need, now);
   for (struct cachever *cv = cm->versions; cv; cv = cv->next) {
-    if ((cv->refs > 0) != attached)
+    if (!in_phase(cv, ph))
       continue;
     for (uint64_t i = 0; i < cv->m->nblocks; i++) {
-      if (!eligible(cv, i, attached, now, &s) || s > upto)
+      if (!eligible(cv, i, ph, now, &s) || s > upto)
         continue;
       if (cand_push(&c, s, cv, i) < 0) {
         log_error(COMP, "reclaim: realloc: %m");
@@ -171,7 +198,7 @@ evict_phase(struct cachemgr *cm, bool attached, uint64_t need)
     atomic_fetch_add(&cm->evicted_blocks, n);
     atomic_fetch_add(&cm->evicted_bytes, f);
     log_debug(COMP, "evicted %zu blocks (%" PRIu64 " bytes) of %s version"
-              " %.16s", n, f, attached ? "attached" : "unattached",
+              " %.16s", n, f, names[ph],
               c.v[i].cv->m->version_hex);
     i = j;
   }
@@ -188,10 +215,11 @@ reclaim_run(struct cachemgr *cm, uint64_t target, bool all_unattached)
   uint64_t freed = 0, used = atomic_load(&cm->quota.used);
   if (used > target) {
     pthread_rwlock_rdlock(&cm->lock);
-    freed += evict_phase(cm, false, used - target);
-    used = atomic_load(&cm->quota.used);
-    if (used > target)
-      freed += evict_phase(cm, true, used - target);
+    for (enum phase ph = PHASE_UNATTACHED; ph <= PHASE_LOCAL && used > target;
+         ph++) {
+      freed += evict_phase(cm, ph, used - target);
+      used = atomic_load(&cm->quota.used);
+    }
     pthread_rwlock_unlock(&cm->lock);
   }
 

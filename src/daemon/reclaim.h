@@ -9,9 +9,12 @@
  *   1. versions no longer attached: their blocks, least recently used
  *      first; a version left with no block is removed (its directory
  *      too);
- *   2. blocks of attached versions, least recently used first — so blocks
- *      no VM (nor child node) has read for a while go before the rest —
- *      never a block used in the last RECLAIM_GUARD_MS (a read in
+ *   2. blocks of attached versions that no local VM (the Unix socket)
+ *      read in the last local_recent_ms (cachemgr_params, 1 h by
+ *      default): read by child nodes only, fetched ahead, or not read for
+ *      long; least recently used (by anyone) first;
+ *   3. the other blocks of attached versions, least recently used first.
+ *   In 2 and 3 never a block used in the last RECLAIM_GUARD_MS (a read in
  *      progress).  A read that still overlaps an eviction (a slow one)
  *      sees the hole being punched (blkcache's seqlock), reads again,
  *      finds the block absent and fetches it: never wrong bytes.

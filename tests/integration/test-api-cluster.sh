@@ -19,7 +19,10 @@
 #    a wrong token is refused with a message, the cluster's tree is drawn
 #    with every node and edge and its VMs reach running; a screenshot is
 #    kept in the build tree (tests/artifacts/status-page.png);
-#  - DELETE removes the domains, the volumes and the attachments.
+#  - running guests keep the image attached past thunder-api's
+#    --detach-grace (3 s here);
+#  - DELETE removes the domains and the VMs' volumes; the attachments (and
+#    the anchors) go once unused for the grace.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
@@ -44,7 +47,7 @@ size=$(stat -c %s "$tmpdir/images/guest.img")
 start_origin "$tmpdir/images"
 
 start_api --node-timeout 10 --poll-interval 200 --link-mbit 1000 --origin-cap 1 \
-    --ui-dir "$TOP_SRCDIR/src/api/ui"
+    --detach-grace 3 --ui-dir "$TOP_SRCDIR/src/api/ui"
 for n in 1 2 3; do
     pool=$(test_pool_name "n$n")
     cleanup_pool "$pool"
@@ -73,7 +76,8 @@ expect 202
 id=$(jq -r .id "$tmpdir/body")
 kill_api
 echo "$0: thunder-api killed after the 202; $(domains) domains so far" >&2
-start_api --node-timeout 10 --poll-interval 200 --ui-dir "$TOP_SRCDIR/src/api/ui"
+start_api --node-timeout 10 --poll-interval 200 --detach-grace 3 \
+    --ui-dir "$TOP_SRCDIR/src/api/ui"
 # The status page follows the cluster in a browser while it comes up.
 shot=$TOP_BUILDDIR/tests/artifacts/status-page.png
 rm -f "$shot"
@@ -89,6 +93,7 @@ out=$(ctl cluster create --name "$cname" --image guest --count 6 --vcpus 1 --mem
 grep -Eq "^$cname: 6/6 running, 0 failed" "$tmpdir/progress" ||
     fail "no final progress line: $(cat "$tmpdir/progress")"
 echo "$0: all 6 running $(( $(now_ms) - t0 )) ms after the restart" >&2
+t_running=$(now_ms)
 
 call GET "/v1/clusters/$id"
 expect 200 '.state == "running" and .counts.running == 6 and (.vms | length == 6)
@@ -162,6 +167,14 @@ wait "$ui_pid" || fail "status page: exit $?: $(cat "$tmpdir/ui-check.log")"
 cat "$tmpdir/ui-check.log" >&2
 [ -s "$shot" ] || fail "status page: no screenshot at $shot"
 
+# Running guests keep the image attached however long the grace has passed.
+while (( $(now_ms) - t_running < 5000 )); do sleep 0.5; done
+for n in 1 2 3; do
+    c=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(cat "$token_file")" \
+        "${node_ctl[$n]}/v1/images/guest")
+    [ "$c" = 200 ] || fail "node$n: the image was detached under running guests ($c)"
+done
+
 # ---- delete ----------------------------------------------------------------------------
 
 ctl cluster delete "$id" --wait >/dev/null 2>"$tmpdir/progress" ||
@@ -169,11 +182,22 @@ ctl cluster delete "$id" --wait >/dev/null 2>"$tmpdir/progress" ||
 call GET "/v1/clusters/$id"
 expect 200 '.state == "deleted" and .counts.deleted == 6'
 [ "$(domains)" = 0 ] || fail "domains left after DELETE: $(vsh list --all --name)"
+# Detached once unused for the grace (3 s), the anchor volume with it.
+for (( w = 0; w < 50; ++w )); do
+    left=0
+    for n in 1 2 3; do
+        c=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(cat "$token_file")" \
+            "${node_ctl[$n]}/v1/images/guest")
+        [ "$c" = 404 ] || left=1
+    done
+    [ "$left" = 0 ] && break
+    sleep 0.2
+done
 for n in 1 2 3; do
     vols=$(vsh vol-list "$(test_pool_name "n$n")" | awk 'NR > 2 && $1 != "" { print $1 }')
     [ -z "$vols" ] || fail "node$n: volumes left after DELETE: $vols"
     c=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(cat "$token_file")" \
         "${node_ctl[$n]}/v1/images/guest")
-    [ "$c" = 404 ] || fail "node$n: the image is still attached after DELETE ($c)"
+    [ "$c" = 404 ] || fail "node$n: the image is still attached 10 s after DELETE ($c)"
 done
 echo "api-cluster: ok"

@@ -11,6 +11,8 @@
 #   update    v2 with 5% of its blocks changed: upstream bytes ≤ 1.1 × the
 #             changed bytes, for the node and for a child reading v2 first
 #   zeros     zero blocks move no bytes upstream and take no cache space
+#   twins     two images of equal blocks read at once: the origin sends
+#             each block once (single flight across images)
 #   cache     thunderctl cache show lists v1 unattached; cache gc removes it
 #   errors    attach with no room: 507 insufficient_storage; a full cache
 #             while serving: exact bytes, one log line per interval
@@ -148,6 +150,29 @@ nonzero=$(( (64 - 32) * 65536 ))
     fail "zeros: zero blocks were stored: $s"
 [ "$(jq -r .cache.zero_blocks_skipped <<<"$s")" -ge 32 ] || fail "zeros: $s"
 echo "zeros: $(counter '.upstreams[0].bytes' <<<"$s") bytes fetched for 32 data and 32 zero blocks"
+stop_thunderd
+
+# ---- twins: two images of equal blocks read at the same time ---------------------
+head -c $((8 * MiB)) /dev/urandom > "$images/twin1.raw"
+cp "$images/twin1.raw" "$images/twin2.raw"
+image_add twin1 "$images/twin1.raw" >/dev/null
+image_add twin2 "$images/twin2.raw" >/dev/null
+rescan_origin twin2
+start_node 9 --readahead 0
+attach 9 twin1 "$origin_nbd"
+attach 9 twin2 "$origin_nbd"
+copy_and_check "nbd+unix:///twin1?socket=${node_sock[9]}" "$images/twin1.raw" &
+p1=$!
+copy_and_check "nbd+unix:///twin2?socket=${node_sock[9]}" "$images/twin2.raw" &
+p2=$!
+wait "$p1" || fail "twins: twin1 read wrong"
+wait "$p2" || fail "twins: twin2 read wrong"
+sent=$(( $(origin_stats twin1 | counter .counters.served_remote_bytes) +
+         $(origin_stats twin2 | counter .counters.served_remote_bytes) ))
+shared=$(( $(stats 9 twin1 | jq .cache.shared_fetch_blocks) + $(stats 9 twin2 | jq .cache.shared_fetch_blocks) ))
+reused=$(( $(stats 9 twin1 | jq .cache.reused_blocks) + $(stats 9 twin2 | jq .cache.reused_blocks) ))
+echo "twins: origin sent $sent bytes for two 8 MiB images of equal blocks read at once; $shared blocks waited for the other image's fetch, $reused copied"
+[ "$sent" -eq $((8 * MiB)) ] || fail "twins: the origin sent $sent bytes, want $((8 * MiB)) (each block once)"
 stop_thunderd
 
 # ---- errors ------------------------------------------------------------------

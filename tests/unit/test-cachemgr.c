@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include "blkcache.h"
 #include "blkindex.h"
 #include "cachemgr.h"
+#include "flight.h"
 #include "log.h"
 #include "lru.h"
 #include "manifest.h"
@@ -158,7 +161,69 @@ test_lru(void)
   CU_ASSERT(lru_stamp(l, 2) == 0);
   lru_touch(l, 2);
   CU_ASSERT(lru_stamp(l, 2) >= 1 && lru_stamp(l, 2) <= lru_now());
+  CU_ASSERT(lru_local_stamp(l, 2) == 0);
+  lru_touch_local(l, 3);
+  CU_ASSERT(lru_local_stamp(l, 3) >= 1 && lru_stamp(l, 3) >= 1);
+  CU_ASSERT(lru_local_stamp(l, 2) == 0);
   lru_free(l);
+}
+
+struct flight_waiter {
+  struct flights *t;
+  struct flight *fl;
+  _Atomic int woke;
+};
+
+static void *
+flight_waiter_main(void *arg)
+{
+  struct flight_waiter *w = arg;
+  flight_wait(w->t, w->fl);
+  atomic_store(&w->woke, 1);
+  flight_put(w->t, w->fl);
+  return NULL;
+}
+
+/* One flight per digest: the first key owns it, the same key again is
+ * told to fetch (NULL), another key waits until the owner is done. */
+static void
+test_flight(void)
+{
+  struct flights *t = flights_new();
+  CU_ASSERT_FATAL(t != NULL);
+  uint8_t d1[32], d2[32];
+  memset(d1, 1, sizeof d1);
+  memset(d2, 2, sizeof d2);
+  int a, b; /* two owners (versions) */
+  bool own;
+  struct flight *f = flight_begin(t, d1, &a, 5, &own);
+  CU_ASSERT_FATAL(f != NULL);
+  CU_ASSERT(own);
+  CU_ASSERT(flight_begin(t, d1, &a, 5, &own) == NULL && !own);
+  struct flight *g = flight_begin(t, d2, &a, 6, &own); /* another digest */
+  CU_ASSERT(g != NULL && own);
+  struct flight_waiter w = { t, flight_begin(t, d1, &b, 9, &own), 0 };
+  CU_ASSERT_FATAL(w.fl == f);
+  CU_ASSERT(!own);
+  pthread_t th;
+  CU_ASSERT_FATAL(pthread_create(&th, NULL, flight_waiter_main, &w) == 0);
+  usleep(50000);
+  CU_ASSERT(atomic_load(&w.woke) == 0);
+  flight_done(t, d1, &b, 9); /* not the owner: nothing */
+  flight_done(t, d2, &a, 6);
+  usleep(50000);
+  CU_ASSERT(atomic_load(&w.woke) == 0);
+  flight_done(t, d1, &a, 5);
+  pthread_join(th, NULL);
+  CU_ASSERT(atomic_load(&w.woke) == 1);
+  flight_put(t, f);
+  flight_put(t, g);
+  /* Done flights left the table: the digest starts a new one. */
+  f = flight_begin(t, d1, &b, 9, &own);
+  CU_ASSERT(f != NULL && own);
+  flight_done(t, d1, &b, 9);
+  flight_put(t, f);
+  flights_free(t);
 }
 
 /* blkcache_evict: absent at once, bit clear on disk, space released,
@@ -253,7 +318,7 @@ test_reuse_and_zero(void)
   int e;
   unsigned found = 0;
   for (uint64_t i = 0; i < NB; i++) {
-    int r = cachemgr_read(vb, i, buf + 7, 7, BS - 7, &e) == 1 ? 1 : 0;
+    int r = cachemgr_read(vb, i, buf + 7, 7, BS - 7, false, &e) == 1 ? 1 : 0;
     if (r)
       CU_ASSERT(memcmp(buf + 7, b.data + i * BS + 7, BS - 7) == 0);
     found += r;
@@ -355,6 +420,100 @@ test_reclaim(void)
   free_img(&c);
 }
 
+/* Stores the blocks of v that are not zero blocks, from *next on, until n
+ * are stored; their indexes go to blk. */
+static void
+store_some(struct cachever *v, const struct img *a, uint64_t *next,
+           uint64_t *blk, unsigned n)
+{
+  for (unsigned k = 0; k < n && *next < NB; (*next)++)
+    if (!cachemgr_has(v, *next)) { /* absent, not zero */
+      cachemgr_store(v, *next, a->data + *next * BS);
+      blk[k++] = *next;
+    }
+}
+
+/* Waits (up to 5 s) for the evicted-blocks count to pass *evicted. */
+static void
+wait_evicted(struct cachemgr *cm, uint64_t *evicted)
+{
+  uint64_t before = *evicted;
+  for (int t = 0; t < 50 && *evicted == before; t++) {
+    usleep(100000);
+    struct json_object *o = cachemgr_json(cm);
+    add_json_u64(o, "evicted_blocks", evicted);
+    json_object_put(o);
+  }
+}
+
+/* Blocks of an attached version that local VMs read (the Unix socket)
+ * outlast blocks read later by child nodes only; past local_recent_ms
+ * the local reads no longer count and the order is plain LRU. */
+static void
+test_reclaim_local_first(void)
+{
+  char root[PATH_MAX];
+  root_path(root);
+  struct img a;
+  make_img(&a, "a", 7, false);
+  uint64_t meta = 4096 + 8 + a.len;
+  struct cachemgr_params p = params(meta + 40 * BS);
+  p.local_recent_ms = 1500;
+  struct cachemgr *cm = cachemgr_new(root, &p);
+  CU_ASSERT_FATAL(cm != NULL);
+  enum cachemgr_result res;
+  char err[256];
+  struct cachever *va = cachemgr_acquire(cm, a.bytes, a.len, &res, err,
+                                         sizeof err);
+  CU_ASSERT_FATAL(va != NULL);
+  struct blkcache *bc = cachemgr_blkcache(va);
+  /* 32 blocks (the reclaimer starts at 38 of 40): blk[0..16) read by a
+   * local VM, then blk[16..32) by a child node, so plain LRU would take
+   * the local ones first. */
+  uint64_t blk[40], next = 0, evicted = 0;
+  store_some(va, &a, &next, blk, 32);
+  blkcache_sync(bc);
+  uint8_t buf[BS];
+  int e;
+  for (unsigned i = 0; i < 32; i++) {
+    CU_ASSERT(cachemgr_read(va, blk[i], buf, 0, BS, i < 16, &e) == 1);
+    if (i == 15)
+      usleep(20000);
+  }
+  usleep(100000); /* past the guard of reads in progress */
+  /* 8 more: 40 held, evicted down to 36. */
+  store_some(va, &a, &next, blk + 32, 8);
+  wait_evicted(cm, &evicted);
+  CU_ASSERT(evicted >= 4);
+  for (unsigned i = 0; i < 16; i++)
+    CU_ASSERT(blkcache_has(bc, blk[i]));
+  unsigned gone = 0;
+  for (unsigned i = 16; i < 40; i++)
+    gone += !blkcache_has(bc, blk[i]);
+  CU_ASSERT(gone == evicted);
+
+  /* Past the window the local reads are old reads like any: the child's
+   * blocks, read again now, outlast them. */
+  usleep(1600 * 1000);
+  for (unsigned i = 16; i < 40; i++)
+    if (blkcache_has(bc, blk[i]))
+      CU_ASSERT(cachemgr_read(va, blk[i], buf, 0, BS, false, &e) == 1);
+  usleep(100000);
+  uint64_t before = evicted;
+  for (unsigned i = 16; i < 40; i++)
+    if (!blkcache_has(bc, blk[i]))
+      cachemgr_store(va, blk[i], a.data + blk[i] * BS);
+  wait_evicted(cm, &evicted);
+  CU_ASSERT(evicted > before);
+  unsigned local_gone = 0;
+  for (unsigned i = 0; i < 16; i++)
+    local_gone += !blkcache_has(bc, blk[i]);
+  CU_ASSERT(local_gone == evicted - before);
+  cachemgr_release(va);
+  cachemgr_free(cm);
+  free_img(&a);
+}
+
 static int
 rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -390,10 +549,13 @@ main(void)
     { "cachemgr_parse_size", test_parse_size },
     { "blkindex add, find, remove", test_blkindex },
     { "lru stamps", test_lru },
+    { "single flight across identical blocks", test_flight },
     { "blkcache_evict: absent, hole, quota, reopen", test_evict },
     { "reuse across versions, zero blocks, gc", test_reuse_and_zero },
     { "attach with no room", test_no_room },
     { "reclaimer: cap kept, unattached first", test_reclaim },
+    { "reclaimer: blocks local VMs read recently last",
+      test_reclaim_local_first },
   };
   return cunit_run(&suite, tests, sizeof tests / sizeof tests[0]);
 }

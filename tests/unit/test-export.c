@@ -145,12 +145,12 @@ test_pread_and_cache_pass_through(void)
   struct export *exp = new_export("disk", 0);
   uint8_t buf[16] = { 0 };
   int err = 0;
-  CU_ASSERT_EQUAL(export_pread(exp, buf, 16, 32, &err), 0);
+  CU_ASSERT_EQUAL(export_pread(exp, buf, 16, 32, false, &err), 0);
   CU_ASSERT_EQUAL(buf[0], 0xab);
   CU_ASSERT_EQUAL(buf[15], 0xab);
   CU_ASSERT_EQUAL(t_stubs[0].last_off, 32);
   CU_ASSERT_EQUAL(t_stubs[0].last_len, 16);
-  CU_ASSERT_EQUAL(export_pread(exp, buf, 1, 666, &err), -1);
+  CU_ASSERT_EQUAL(export_pread(exp, buf, 1, 666, false, &err), -1);
   CU_ASSERT_EQUAL(err, EIO);
   CU_ASSERT_EQUAL(export_cache(exp, 100, 200, &err), 0);
   CU_ASSERT_EQUAL(t_stubs[0].last_off, 200);
@@ -338,7 +338,7 @@ test_reference_outlives_removal(void)
   CU_ASSERT_STRING_EQUAL(export_name(a), "disk");
   uint8_t buf[4];
   int err;
-  CU_ASSERT_EQUAL(export_pread(a, buf, 4, 0, &err), 0);
+  CU_ASSERT_EQUAL(export_pread(a, buf, 4, 0, false, &err), 0);
   export_put(a);
   CU_ASSERT_EQUAL(atomic_load(&t_stubs[0].closes), 0);
   export_put(b);

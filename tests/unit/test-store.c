@@ -1245,6 +1245,120 @@ test_tree_update(void)
   store_close(st);
 }
 
+/* Collects the attachments store_attachments_age calls back with. */
+struct due_seen {
+  int n;
+  char node[8][16];
+  int64_t idle_since[8];
+};
+
+static int
+seen_due(const struct store_attachment *a, void *opaque)
+{
+  struct due_seen *d = opaque;
+  if (d->n < 8) {
+    snprintf(d->node[d->n], sizeof d->node[0], "%s", a->node_id);
+    d->idle_since[d->n] = a->idle_since;
+  }
+  d->n++;
+  return 0;
+}
+
+static struct due_seen
+age(struct store *st, int64_t now, int64_t grace)
+{
+  struct due_seen d = { 0 };
+  struct store_err e;
+  CU_ASSERT_EQUAL(store_attachments_age(st, now, grace, seen_due, &d, &e),
+                  STORE_OK);
+  return d;
+}
+
+static void
+set_vm(const char *cluster, int idx, enum store_vm_state to,
+       struct store *st)
+{
+  char vm[STORE_ID_LEN + 8];
+  struct store_err e;
+  snprintf(vm, sizeof vm, "%s-%04d", cluster, idx);
+  CU_ASSERT_EQUAL(store_vm_set_state(st, vm, 0, to, NULL, &e), STORE_OK);
+}
+
+/* Attachments are in use while a live VM of their version is on the node
+ * or below it in the tree, or the cluster is being provisioned; idle time
+ * survives a reopen. */
+static void
+test_attachments(void)
+{
+  struct store *st = open_ok();
+  struct store_err e;
+  world(st, 3);
+  char id[STORE_ID_LEN + 1];
+  /* VMs on n0, n1, n2; the chain origin → n0 → n1 → n2. */
+  CU_ASSERT_EQUAL_FATAL(create(st, "a", 3, 3, NULL, NULL, id, NULL, &e),
+                        STORE_OK);
+  const char *nodes[] = { "n0", "n1", "n2" };
+  for (int i = 0; i < 3; i++)
+    CU_ASSERT_EQUAL(store_attachment_put(st, nodes[i], "deb", VERSION_A, &e),
+                    STORE_OK);
+  CU_ASSERT_EQUAL(store_attachment_put(st, "n9", "deb", VERSION_A, &e),
+                  STORE_NOT_FOUND);
+  CU_ASSERT_EQUAL(store_attachment_put(st, "n0", "deb", "abc", &e),
+                  STORE_INVALID);
+  /* Pending: the tree's nodes are in use, even at grace 0. */
+  CU_ASSERT_EQUAL(age(st, 1000, 0).n, 0);
+  CU_ASSERT_EQUAL(store_cluster_set_state(st, id, 0, STORE_CLUSTER_RUNNING,
+                                          NULL, &e), STORE_OK);
+  /* Only n2's VM lives: n0 and n1 relay to it. */
+  set_vm(id, 0, STORE_VM_FAILED, st);
+  set_vm(id, 1, STORE_VM_FAILED, st);
+  set_vm(id, 2, STORE_VM_RUNNING, st);
+  CU_ASSERT_EQUAL(age(st, 2000, 0).n, 0);
+  /* n1's VM lives: n2 (below it, no VM) is idle, n0 and n1 not. */
+  set_vm(id, 1, STORE_VM_RUNNING, st);
+  set_vm(id, 2, STORE_VM_FAILED, st);
+  struct due_seen d = age(st, 2500, 0);
+  CU_ASSERT_EQUAL_FATAL(d.n, 1);
+  CU_ASSERT_STRING_EQUAL(d.node[0], "n2");
+  CU_ASSERT_EQUAL(d.idle_since[0], 2500);
+  /* Nothing lives: idle since 3000 (n2 since 2500), due after the grace. */
+  set_vm(id, 1, STORE_VM_DELETED, st);
+  CU_ASSERT_EQUAL(age(st, 3000, 500).n, 1);
+  CU_ASSERT_EQUAL(age(st, 3499, 500).n, 1);
+  store_close(st);
+  st = open_ok();
+  d = age(st, 3500, 500);
+  CU_ASSERT_EQUAL_FATAL(d.n, 3);
+  CU_ASSERT_STRING_EQUAL(d.node[0], "n0");
+  CU_ASSERT_EQUAL(d.idle_since[0], 3000);
+  CU_ASSERT_EQUAL(d.idle_since[2], 2500);
+  /* n0 refused: its grace starts again; n1 detached; a forget of another
+   * version changes nothing. */
+  CU_ASSERT_EQUAL(store_attachment_retry(st, "n0", "deb", VERSION_A, 4000,
+                                         &e), STORE_OK);
+  CU_ASSERT_EQUAL(store_attachment_forget(st, "n1", "deb", VERSION_A, &e),
+                  STORE_OK);
+  CU_ASSERT_EQUAL(store_attachment_forget(st, "n2", "deb", VERSION_B, &e),
+                  STORE_OK);
+  d = age(st, 4200, 500);
+  CU_ASSERT_EQUAL_FATAL(d.n, 1);
+  CU_ASSERT_STRING_EQUAL(d.node[0], "n2");
+  /* A new version's cluster being provisioned on n0..n2 uses B, not A:
+   * n2's A stays idle until n2 is attached with B. */
+  add_image(st, "deb", VERSION_B, (uint64_t)1 << 30);
+  char id2[STORE_ID_LEN + 1];
+  CU_ASSERT_EQUAL_FATAL(create(st, "b", 3, 3, NULL, NULL, id2, NULL, &e),
+                        STORE_OK);
+  CU_ASSERT_EQUAL(age(st, 4300, 500).n, 1);
+  CU_ASSERT_EQUAL(store_attachment_put(st, "n2", "deb", VERSION_B, &e),
+                  STORE_OK);
+  d = age(st, 4400, 0);
+  CU_ASSERT_EQUAL_FATAL(d.n, 1); /* n0's A: b's tree holds n0, but for B */
+  CU_ASSERT_STRING_EQUAL(d.node[0], "n0");
+  CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM attachments"), 2);
+  store_close(st);
+}
+
 static void
 test_batch(void)
 {
@@ -1601,6 +1715,7 @@ main(void)
     { "cluster and VM states", test_states },
     { "delete cascades; events", test_delete_cascade_events },
     { "tree update", test_tree_update },
+    { "attachments in use and idle", test_attachments },
     { "batches", test_batch },
     { "SIGKILL while creating clusters", test_crash },
     { "a writer and a reader on two handles", test_concurrent },
