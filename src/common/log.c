@@ -95,23 +95,24 @@ log_debug_enabled(const char *component)
   return on;
 }
 
-void
-log_msg(enum log_level level, const char *component, const char *fmt, ...)
+/* Formats and emits one message; suppressed > 0 adds their count.  The
+ * caller has checked the level; errno is the caller's (for %m). */
+static void log_vemit(enum log_level level, const char *component,
+                      unsigned long suppressed, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+static void
+log_vemit(enum log_level level, const char *component, unsigned long suppressed,
+          const char *fmt, va_list ap)
 {
   int saved_errno = errno;
-
-  if ((int)level > atomic_load(&log_level) &&
-      !(level == LOG_LEVEL_DEBUG && log_debug_enabled(component))) {
-    errno = saved_errno;
-    return;
-  }
-
   char msg[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  errno = saved_errno; /* for %m */
   vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
+  if (suppressed > 0) {
+    size_t len = strlen(msg);
+    snprintf(msg + len, sizeof msg - len, " (%lu similar messages suppressed)",
+             suppressed);
+  }
 
   if (log_to_syslog) {
     static const int prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
@@ -130,5 +131,62 @@ log_msg(enum log_level level, const char *component, const char *fmt, ...)
     fflush(stderr);
     pthread_mutex_unlock(&log_lock);
   }
+  errno = saved_errno;
+}
+
+void
+log_msg(enum log_level level, const char *component, const char *fmt, ...)
+{
+  int saved_errno = errno;
+
+  if ((int)level > atomic_load(&log_level) &&
+      !(level == LOG_LEVEL_DEBUG && log_debug_enabled(component))) {
+    errno = saved_errno;
+    return;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  errno = saved_errno; /* for %m */
+  log_vemit(level, component, 0, fmt, ap);
+  va_end(ap);
+  errno = saved_errno;
+}
+
+static _Atomic unsigned log_ratelimit_ms = LOG_RATELIMIT_MS;
+
+void
+log_set_ratelimit_ms(unsigned ms)
+{
+  atomic_store(&log_ratelimit_ms, ms);
+}
+
+void
+log_msg_ratelimited(struct log_ratelimit *rl, unsigned interval_ms,
+                    enum log_level level, const char *component,
+                    const char *fmt, ...)
+{
+  int saved_errno = errno;
+  if ((int)level > atomic_load(&log_level))
+    return;
+  if (interval_ms == 0)
+    interval_ms = atomic_load(&log_ratelimit_ms);
+
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  int64_t next = atomic_load(&rl->next_ms);
+  if (interval_ms > 0 &&
+      (now < next ||
+       !atomic_compare_exchange_strong(&rl->next_ms, &next,
+                                       now + (int64_t)interval_ms))) {
+    atomic_fetch_add(&rl->suppressed, 1);
+    errno = saved_errno;
+    return;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  errno = saved_errno; /* for %m */
+  log_vemit(level, component, atomic_exchange(&rl->suppressed, 0), fmt, ap);
+  va_end(ap);
   errno = saved_errno;
 }

@@ -1055,7 +1055,7 @@ bad_range(struct blkcache *bc, uint64_t idx, uint32_t off, uint32_t len,
           int *err)
 {
   errno = *err = EINVAL;
-  log_error(COMP, "read: %s/" NAME_DATA ": block %" PRIu64 " bytes %" PRIu32
+  log_error_rl(COMP, "read: %s/" NAME_DATA ": block %" PRIu64 " bytes %" PRIu32
                   "+%" PRIu32 ": %m",
             bc->dir, idx, off, len);
   return -1;
@@ -1065,7 +1065,7 @@ static int
 read_error(struct blkcache *bc, uint64_t idx, int *err)
 {
   *err = errno;
-  log_error(COMP, "read: %s/" NAME_DATA ": block %" PRIu64 ": %m", bc->dir,
+  log_error_rl(COMP, "read: %s/" NAME_DATA ": block %" PRIu64 ": %m", bc->dir,
             idx);
   return -1;
 }
@@ -1082,7 +1082,7 @@ evict(struct blkcache *bc, uint64_t idx, uint8_t old)
   if (list_push(&bc->ops, idx | OP_CLEAR) < 0)
     /* The bit stays on disk; the block is verified again (and evicted
      * again) after the next open. */
-    log_error(COMP, "evict: %s: block %" PRIu64 ": %m", bc->dir, idx);
+    log_error_rl(COMP, "evict: %s: block %" PRIu64 ": %m", bc->dir, idx);
   else {
     bc->op_seq++;
     pthread_cond_signal(&bc->wake);
@@ -1114,7 +1114,7 @@ read_slow(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
     if (off != 0 || len != blen) {
       if (tmp == NULL && (tmp = malloc(blen)) == NULL) {
         *err = errno;
-        log_error(COMP, "malloc: %m");
+        log_error_rl(COMP, "malloc: %m");
         return -1;
       }
       blk = tmp;
@@ -1132,7 +1132,7 @@ read_slow(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
     }
     if (!evict(bc, idx, s))
       continue;
-    log_warn(COMP, "%s: block %" PRIu64 " failed verification: evicted",
+    log_warn_rl(COMP, "%s: block %" PRIu64 " failed verification: evicted",
              bc->dir, idx);
     return 0;
   }
@@ -1195,7 +1195,7 @@ blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
 {
   if (idx >= bc->nblocks) {
     errno = EINVAL;
-    log_error(COMP, "store: %s: block %" PRIu64 ": %m", bc->dir, idx);
+    log_error_rl(COMP, "store: %s: block %" PRIu64 ": %m", bc->dir, idx);
     return -1;
   }
   uint32_t len = block_len(bc, idx);
@@ -1216,7 +1216,7 @@ blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
       int e = errno;
       /* A full disk is counted and logged (rate-limited) by the caller. */
       if (e != ENOSPC && e != EDQUOT)
-        log_error(COMP, "write: %s/" NAME_DATA ": block %" PRIu64 ": %m",
+        log_error_rl(COMP, "write: %s/" NAME_DATA ": block %" PRIu64 ": %m",
                   bc->dir, idx);
       /* If it was cached, its bytes may now be torn. */
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&bc->lock);
@@ -1247,7 +1247,7 @@ blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
       if (++attempt < 3)
         continue;
       errno = EIO;
-      log_error(COMP, "store: %s: block %" PRIu64 ": data sync keeps failing: %m",
+      log_error_rl(COMP, "store: %s: block %" PRIu64 ": data sync keeps failing: %m",
                 bc->dir, idx);
       return -1;
     }
@@ -1257,7 +1257,7 @@ blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
       return -1;
     }
     if (list_push(&bc->ops, idx) < 0) {
-      log_error(COMP, "store: %s: block %" PRIu64 ": %m", bc->dir, idx);
+      log_error_rl(COMP, "store: %s: block %" PRIu64 ": %m", bc->dir, idx);
       return -1; /* not marked: the bytes written are right anyway */
     }
     bc->op_seq++;

@@ -66,8 +66,6 @@ struct cachemgr {
   bool stop, kicked;
   pthread_t reclaimer;
   bool reclaimer_started;
-  uint64_t full_count;   /* refusals since the last log line */
-  uint64_t full_next_ms; /* no log line before this */
 };
 
 /* Computes the cap, floor and allowed bytes from the filesystem now and

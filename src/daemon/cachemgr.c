@@ -52,7 +52,6 @@
 
 #define COMP "cache"
 /* A full cache is logged at most once per this interval. */
-#define FULL_LOG_INTERVAL_MS 10000
 /* The bitmap's header (blkcache.c BITMAP_HDR_SIZE). */
 #define BITMAP_HDR 4096u
 
@@ -584,6 +583,12 @@ cachemgr_touch_local(struct cachever *cv, uint64_t idx)
 }
 
 bool
+cachemgr_cached(struct cachever *cv, uint64_t idx)
+{
+  return blkcache_has(cv->bc, idx) || is_zero(cv, idx);
+}
+
+bool
 cachemgr_has(struct cachever *cv, uint64_t idx)
 {
   if (blkcache_has(cv->bc, idx) || is_zero(cv, idx))
@@ -594,29 +599,24 @@ cachemgr_has(struct cachever *cv, uint64_t idx)
   return tmp && reuse(cv, idx, tmp, false);
 }
 
-/* Counts a store refused for room, logs once per interval, wakes the
- * reclaimer. */
+/* Counts a store refused for room, logs it (rate-limited: one line per
+ * interval, with the count of those in between), wakes the reclaimer. */
 static void
 count_full(struct cachever *cv, int e)
 {
   struct cachemgr *cm = cv->cm;
   atomic_fetch_add(&cv->uncached, 1);
   atomic_fetch_add(&cm->uncached, 1);
-  uint64_t now = lru_now();
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cm->qlock);
-  cm->full_count++;
-  cm->kicked = true;
-  pthread_cond_signal(&cm->qwake);
-  if (now < cm->full_next_ms)
-    return;
-  log_warn(COMP, "%s: %s: %" PRIu64 " blocks served without caching since"
-           " the last such message (cap %" PRIu64 ", free floor %" PRIu64
-           ", %" PRIu64 " bytes cached)", cm->root,
-           e == ENOSPC ? "the filesystem is full" : "the cache is full",
-           cm->full_count, atomic_load(&cm->cap), atomic_load(&cm->floor),
-           atomic_load(&cm->quota.used));
-  cm->full_count = 0;
-  cm->full_next_ms = now + FULL_LOG_INTERVAL_MS;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cm->qlock);
+    cm->kicked = true;
+    pthread_cond_signal(&cm->qwake);
+  }
+  log_warn_rl(COMP, "%s: %s: a block served without caching (cap %" PRIu64
+              ", free floor %" PRIu64 ", %" PRIu64 " bytes cached)", cm->root,
+              e == ENOSPC ? "the filesystem is full" : "the cache is full",
+              atomic_load(&cm->cap), atomic_load(&cm->floor),
+              atomic_load(&cm->quota.used));
 }
 
 void

@@ -120,6 +120,11 @@ void cachemgr_touch_local(struct cachever *cv, uint64_t idx);
  * identical cached block.  Quick enough for fetch's is_cached. */
 bool cachemgr_has(struct cachever *cv, uint64_t idx);
 
+/* True if block idx is cached or zero: a read of it needs neither a
+ * fetch nor a copy.  Lock-free, no syscall (the NBD server asks it per
+ * read, see export_ops.may_block). */
+bool cachemgr_cached(struct cachever *cv, uint64_t idx);
+
 /* Stores verified block idx (a whole block).  A refusal (over capacity,
  * disk full, being evicted) is counted as served uncached; a full cache is
  * logged once per interval with the count. */

@@ -23,6 +23,7 @@
 #include "histogram.h"
 #include "node.h"
 #include "promtext.h"
+#include "server.h"
 #include "thunder-build.h"
 
 struct row {
@@ -367,9 +368,23 @@ process_families(struct promtext *p)
   promtext_uint(p, "process_max_fds", NULL, 0, (uint64_t)rl.rlim_cur);
 }
 
+static void
+conn_family(struct promtext *p, const struct server_conn_counts *c)
+{
+  static const char *const kinds[] = { "tcp", "unix", "handshaking" };
+  const unsigned v[] = { c->tcp, c->local, c->handshaking };
+  promtext_family(p, "thunder_nbd_connections", "gauge",
+                  "NBD connections open, by kind: tcp and unix (past the handshake), handshaking (still negotiating, both transports).");
+  for (size_t i = 0; i < 3; i++) {
+    const struct promtext_label l = { "kind", kinds[i] };
+    promtext_uint(p, "thunder_nbd_connections", &l, 1, v[i]);
+  }
+}
+
 char *
 dmetrics_render(struct json_object *images, struct node *node,
-                struct json_object *cache, size_t *len)
+                struct json_object *cache,
+                const struct server_conn_counts *conns, size_t *len)
 {
   struct promtext *p = promtext_new();
   struct json_object *arr = NULL;
@@ -394,6 +409,8 @@ dmetrics_render(struct json_object *images, struct node *node,
     upstream_families(p, arr);
     latency_family(p, arr, node);
   }
+  if (conns)
+    conn_family(p, conns);
   cache_families(p, cache);
   process_families(p);
   return promtext_finish(p, len);

@@ -16,12 +16,14 @@
 
 struct json_object;
 struct node;
+struct server_conn_counts;
 
 /* The exposition: images is {"images": [...]} as the control endpoint
  * lists them; node (NULL on an origin) gives the latencies, and cache its
- * node_cache_json (NULL on an origin).  The body (heap) and *len, or NULL
- * if out of memory. */
+ * node_cache_json (NULL on an origin); conns the NBD server's connections
+ * (NULL: none).  The body (heap) and *len, or NULL if out of memory. */
 char *dmetrics_render(struct json_object *images, struct node *node,
-                      struct json_object *cache, size_t *len);
+                      struct json_object *cache,
+                      const struct server_conn_counts *conns, size_t *len);
 
 #endif

@@ -180,6 +180,13 @@ export_cache(struct export *exp, uint64_t len, uint64_t off, int *err)
   return exp->ops->cache(exp->handle, len, off, err);
 }
 
+bool
+export_may_block(struct export *exp, uint32_t len, uint64_t off)
+{
+  return exp->ops->may_block != NULL &&
+         exp->ops->may_block(exp->handle, len, off);
+}
+
 struct exports *
 exports_new(void)
 {

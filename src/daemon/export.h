@@ -29,6 +29,13 @@ struct export_ops {
   int (*cache)(void *handle, uint64_t len, uint64_t off, int *err);
   /* Releases the backend when the export's last reference is dropped. */
   void (*close)(void *handle);
+  /* Optional (NULL: never): true when a read of [off, off + len) may
+   * wait for something slower than the local disk (a fetch from an
+   * upstream).  Called for every read before it is carried out, so it
+   * must be cheap (no syscall, no lock held long); a wrong "false" costs
+   * head-of-line blocking on the client's connection, a wrong "true" a
+   * hand-off (see server.c). */
+  bool (*may_block)(void *handle, uint32_t len, uint64_t off);
 };
 
 struct export;
@@ -63,6 +70,7 @@ void *export_handle_if(const struct export *exp, const struct export_ops *ops);
 int export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
                  bool local, int *err);
 int export_cache(struct export *exp, uint64_t len, uint64_t off, int *err);
+bool export_may_block(struct export *exp, uint32_t len, uint64_t off);
 
 /* Bytes served by reads of this export, counted by the NBD server. */
 struct export_counters {

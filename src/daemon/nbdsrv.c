@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "log.h"
 #include "nbd-protocol.h"
@@ -56,22 +57,40 @@ static const uint16_t export_flags =
 void
 nbdsrv_buf_free(struct nbdsrv_buf *buf)
 {
-  free(buf->p);
+  if (buf->mapped)
+    munmap(buf->p, buf->cap);
+  else
+    free(buf->p);
   buf->p = NULL;
   buf->cap = 0;
+  buf->mapped = false;
 }
 
-/* Makes buf hold at least len bytes; -1 on allocation failure. */
+void
+nbdsrv_buf_trim(struct nbdsrv_buf *buf)
+{
+  if (buf->cap > NBDSRV_BUF_KEEP)
+    nbdsrv_buf_free(buf);
+}
+
+/* Makes buf hold at least len bytes; -1 on allocation failure.  Up to
+ * NBDSRV_BUF_KEEP from malloc (kept by the caller between requests),
+ * larger ones mapped (populated at once: cheaper than a fault a page). */
 static int
 buf_reserve(struct nbdsrv_buf *buf, size_t len)
 {
   if (buf->cap >= len)
     return 0;
-  void *p = malloc(len);
-  if (p == NULL)
+  nbdsrv_buf_free(buf);
+  if (len > NBDSRV_BUF_KEEP) {
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED)
+      return -1;
+    buf->p = p;
+    buf->mapped = true;
+  } else if ((buf->p = malloc(len)) == NULL)
     return -1;
-  free(buf->p);
-  buf->p = p;
   buf->cap = len;
   return 0;
 }
@@ -495,47 +514,21 @@ nbd_errno(int err)
 
 /* Reads and discards len bytes of payload; the caller holds read_lock. */
 static int
-discard_payload(struct nbdsrv_conn *c, uint32_t len, struct nbdsrv_buf *buf)
+discard_payload(struct nbdsrv_conn *c, uint32_t len)
 {
-  const size_t chunk = 64 * 1024;
-  if (buf_reserve(buf, chunk) == -1)
-    return -1;
+  uint8_t chunk[16 * 1024];
   while (len > 0) {
-    size_t n = len < chunk ? len : chunk;
-    if (c->io.read(c->io.opaque, buf->p, n) != 1)
+    size_t n = len < sizeof chunk ? len : sizeof chunk;
+    if (c->io.read(c->io.opaque, chunk, n) != 1)
       return -1;
     len -= (uint32_t)n;
   }
   return 0;
 }
 
-/* Sends a simple reply (and data if error is 0 and data is set). */
-static int
-send_reply(struct nbdsrv_conn *c, uint64_t cookie, uint32_t error,
-           const void *data, uint32_t len)
-{
-  struct {
-    uint32_t magic, error;
-    uint64_t cookie;
-  } __attribute__((packed)) hdr = {
-    htobe32(NBD_SIMPLE_REPLY_MAGIC), htobe32(error), cookie,
-  };
-  struct iovec iov[2] = {
-    { .iov_base = &hdr, .iov_len = sizeof hdr },
-    { .iov_base = (void *)data, .iov_len = len },
-  };
-  int iovcnt = (error == 0 && data && len) ? 2 : 1;
-  pthread_mutex_lock(&c->write_lock);
-  int r = c->io.writev(c->io.opaque, iov, iovcnt);
-  pthread_mutex_unlock(&c->write_lock);
-  return r;
-}
-
-/* Reads one request under read_lock.  1: *req is valid; 0: the client
- * is gone (DISC, end of stream, or closing); -1: protocol error. */
-static int
-read_request(struct nbdsrv_conn *c, struct nbdsrv_request *req,
-             uint64_t *cookie_raw, struct nbdsrv_buf *buf)
+int
+nbdsrv_decode_request(struct nbdsrv_conn *c, const void *wire_p,
+                      struct nbdsrv_request *req, uint32_t *payload)
 {
   struct {
     uint32_t magic;
@@ -543,45 +536,114 @@ read_request(struct nbdsrv_conn *c, struct nbdsrv_request *req,
     uint64_t cookie, offset;
     uint32_t count;
   } __attribute__((packed)) wire;
+  _Static_assert(sizeof wire == NBDSRV_REQUEST_LEN, "request header size");
+  memcpy(&wire, wire_p, sizeof wire);
 
-  pthread_mutex_lock(&c->read_lock);
-  if (c->closing) {
-    pthread_mutex_unlock(&c->read_lock);
-    return 0;
-  }
-  int r = c->io.read(c->io.opaque, &wire, sizeof wire);
-  if (r <= 0)
-    goto close;
+  *payload = 0;
   if (be32toh(wire.magic) != NBD_REQUEST_MAGIC) {
     log_debug(COMPONENT, "%s: bad request magic 0x%" PRIx32 ", disconnecting",
               c->peer, be32toh(wire.magic));
-    r = -1;
-    goto close;
+    return -1;
   }
   req->flags = be16toh(wire.flags);
   req->type = be16toh(wire.type);
   req->cookie = be64toh(wire.cookie);
   req->offset = be64toh(wire.offset);
   req->count = be32toh(wire.count);
-  *cookie_raw = wire.cookie; /* echoed as sent */
 
-  if (req->type == NBD_CMD_DISC) {
-    r = 0;
-    goto close;
-  }
+  if (req->type == NBD_CMD_DISC)
+    return 0;
   if (req->type == NBD_CMD_WRITE) {
     /* The payload follows the header: consume it to stay in step, or
      * drop a client whose payload is too large to consume. */
     if (req->count > NBDSRV_REQUEST_MAX) {
       log_debug(COMPONENT, "%s: write payload of %" PRIu32
                 " bytes, disconnecting", c->peer, req->count);
-      r = -1;
-      goto close;
+      return -1;
     }
-    if (discard_payload(c, req->count, buf) == -1) {
-      r = -1;
-      goto close;
+    *payload = req->count;
+  }
+  return 1;
+}
+
+uint32_t
+nbdsrv_reply_data_len(struct nbdsrv_conn *c, const struct nbdsrv_request *req)
+{
+  if (req->type != NBD_CMD_READ || nbdsrv_check_request(req, c->size) != 0)
+    return 0;
+  return req->count;
+}
+
+bool
+nbdsrv_may_block(struct nbdsrv_conn *c, const struct nbdsrv_request *req)
+{
+  return req->type == NBD_CMD_READ &&
+         nbdsrv_check_request(req, c->size) == 0 &&
+         export_may_block(c->exp, req->count, req->offset);
+}
+
+void
+nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
+               struct nbdsrv_buf *buf, struct nbdsrv_reply *reply)
+{
+  uint32_t error = nbdsrv_check_request(req, c->size);
+  int err = 0;
+
+  reply->data = NULL;
+  reply->len = 0;
+  if (error) {
+    log_debug(COMPONENT, "%s: request type %" PRIu16 " flags 0x%" PRIx16
+              " offset %" PRIu64 " count %" PRIu32 ": error %" PRIu32,
+              c->peer, req->type, req->flags, req->offset, req->count, error);
+  } else if (req->type == NBD_CMD_READ) {
+    if (buf_reserve(buf, req->count) == -1)
+      error = NBD_ENOMEM;
+    else if (export_pread(c->exp, buf->p, req->count, req->offset, c->local,
+                          &err) == -1)
+      error = nbd_errno(err);
+    else {
+      reply->data = buf->p;
+      reply->len = req->count;
+      export_count_read(c->exp, c->local, req->count);
     }
+  } else if (req->type == NBD_CMD_CACHE) {
+    if (export_cache(c->exp, req->count, req->offset, &err) == -1)
+      error = nbd_errno(err);
+  }
+  /* NBD_CMD_FLUSH: nothing is ever written, so nothing to flush. */
+
+  struct {
+    uint32_t magic, error;
+    uint64_t cookie;
+  } __attribute__((packed)) hdr = {
+    htobe32(NBD_SIMPLE_REPLY_MAGIC), htobe32(error), htobe64(req->cookie),
+  };
+  _Static_assert(sizeof hdr == NBDSRV_REPLY_LEN, "reply header size");
+  memcpy(reply->hdr, &hdr, sizeof hdr);
+}
+
+/* Reads one request under read_lock.  1: *req is valid; 0: the client
+ * is gone (DISC, end of stream, or closing); -1: protocol error. */
+static int
+read_request(struct nbdsrv_conn *c, struct nbdsrv_request *req)
+{
+  uint8_t wire[NBDSRV_REQUEST_LEN];
+  uint32_t payload;
+
+  pthread_mutex_lock(&c->read_lock);
+  if (c->closing) {
+    pthread_mutex_unlock(&c->read_lock);
+    return 0;
+  }
+  int r = c->io.read(c->io.opaque, wire, sizeof wire);
+  if (r <= 0)
+    goto close;
+  r = nbdsrv_decode_request(c, wire, req, &payload);
+  if (r != 1)
+    goto close;
+  if (payload > 0 && discard_payload(c, payload) == -1) {
+    r = -1;
+    goto close;
   }
   pthread_mutex_unlock(&c->read_lock);
   return 1;
@@ -596,38 +658,20 @@ int
 nbdsrv_serve_one(struct nbdsrv_conn *c, struct nbdsrv_buf *buf)
 {
   struct nbdsrv_request req;
-  uint64_t cookie;
-  int r = read_request(c, &req, &cookie, buf);
+  int r = read_request(c, &req);
   if (r != 1)
     return r;
 
-  uint32_t error = nbdsrv_check_request(&req, c->size);
-  const void *data = NULL;
-  uint32_t len = 0;
-  int err = 0;
-
-  if (error) {
-    log_debug(COMPONENT, "%s: request type %" PRIu16 " flags 0x%" PRIx16
-              " offset %" PRIu64 " count %" PRIu32 ": error %" PRIu32,
-              c->peer, req.type, req.flags, req.offset, req.count, error);
-  } else if (req.type == NBD_CMD_READ) {
-    if (buf_reserve(buf, req.count) == -1)
-      error = NBD_ENOMEM;
-    else if (export_pread(c->exp, buf->p, req.count, req.offset, c->local,
-                          &err) == -1)
-      error = nbd_errno(err);
-    else {
-      data = buf->p;
-      len = req.count;
-      export_count_read(c->exp, c->local, len);
-    }
-  } else if (req.type == NBD_CMD_CACHE) {
-    if (export_cache(c->exp, req.count, req.offset, &err) == -1)
-      error = nbd_errno(err);
-  }
-  /* NBD_CMD_FLUSH: nothing is ever written, so nothing to flush. */
-
-  if (send_reply(c, cookie, error, data, len) == -1) {
+  struct nbdsrv_reply reply;
+  nbdsrv_execute(c, &req, buf, &reply);
+  struct iovec iov[2] = {
+    { .iov_base = reply.hdr, .iov_len = sizeof reply.hdr },
+    { .iov_base = (void *)reply.data, .iov_len = reply.len },
+  };
+  pthread_mutex_lock(&c->write_lock);
+  r = c->io.writev(c->io.opaque, iov, reply.len ? 2 : 1);
+  pthread_mutex_unlock(&c->write_lock);
+  if (r == -1) {
     pthread_mutex_lock(&c->read_lock);
     c->closing = true;
     pthread_mutex_unlock(&c->read_lock);

@@ -34,6 +34,13 @@
 /* Largest read (and write payload) accepted; advertised as the maximum
  * block size. */
 #define NBDSRV_REQUEST_MAX (32u * 1024 * 1024)
+/* Size of a request header on the wire, and of a simple reply header. */
+#define NBDSRV_REQUEST_LEN 28
+#define NBDSRV_REPLY_LEN 16
+/* A scratch buffer up to this size is kept for the next request; a
+ * larger one is mapped for its request only and unmapped after it, so
+ * no buffer stays at a client's high-water mark. */
+#define NBDSRV_BUF_KEEP (2u * 1024 * 1024)
 
 struct nbdsrv_io {
   /* Reads exactly len bytes.  1 on success; 0 on end of stream before
@@ -44,14 +51,20 @@ struct nbdsrv_io {
   void *opaque;
 };
 
-/* A thread's scratch buffer for read replies; zero-initialise it and
- * release it with nbdsrv_buf_free(). */
+/* A scratch buffer for read replies; zero-initialise it and release it
+ * with nbdsrv_buf_free().  A buffer may be moved (copied by value, the
+ * old one zeroed) to whoever sends the reply. */
 struct nbdsrv_buf {
   void *p;
   size_t cap;
+  bool mapped; /* cap > NBDSRV_BUF_KEEP: mmap()ed, released after use */
 };
 
 void nbdsrv_buf_free(struct nbdsrv_buf *buf);
+
+/* Releases buf if it is larger than NBDSRV_BUF_KEEP (call it after each
+ * request, once the reply is sent). */
+void nbdsrv_buf_trim(struct nbdsrv_buf *buf);
 
 struct nbdsrv_conn;
 
@@ -84,6 +97,41 @@ struct nbdsrv_request {
   uint64_t offset;
   uint32_t count;
 };
+
+/* ---- the transmission phase in steps, for an event loop ------------
+ * nbdsrv_serve_one() is these steps over io; server.c reads request
+ * headers itself (without blocking) and runs them on worker threads. */
+
+/* Decodes the request header wire (NBDSRV_REQUEST_LEN bytes).
+ * 1: *req is a request to carry out; *payload bytes of a write payload
+ * follow it, which the caller reads and discards; 0: NBD_CMD_DISC;
+ * -1: a protocol error (bad magic, oversized payload): disconnect.
+ * Any thread; the connection must be past the handshake. */
+int nbdsrv_decode_request(struct nbdsrv_conn *c, const void *wire,
+                          struct nbdsrv_request *req, uint32_t *payload);
+
+/* Bytes of data the reply to req will carry at most (the read's length
+ * if it is a valid read, else 0): what the request costs in memory. */
+uint32_t nbdsrv_reply_data_len(struct nbdsrv_conn *c,
+                               const struct nbdsrv_request *req);
+
+/* A simple reply: the header, and the data of a successful read (which
+ * points into the buffer passed to nbdsrv_execute). */
+struct nbdsrv_reply {
+  uint8_t hdr[NBDSRV_REPLY_LEN];
+  const void *data;
+  uint32_t len;
+};
+
+/* True when carrying out req may wait for an upstream (a read of a
+ * block the export does not hold yet); cheap, no syscall.  The server
+ * lets other workers read the connection's next requests meanwhile. */
+bool nbdsrv_may_block(struct nbdsrv_conn *c, const struct nbdsrv_request *req);
+
+/* Carries out a decoded request and builds its reply; a read's data goes
+ * into buf.  Any number of threads at once, no lock held. */
+void nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
+                    struct nbdsrv_buf *buf, struct nbdsrv_reply *reply);
 
 /* Checks a request against an export of the given size (the rules of the
  * NBD spec for a read-only export without structured replies).  Returns

@@ -453,10 +453,25 @@ node_close(void *handle)
   image_free(handle);
 }
 
+/* export_ops.may_block: a read waits for a fetch unless every block of
+ * it is cached or zero (a block copied from another version by digest
+ * counts as a wait: that copy reads the disk, rarely). */
+static bool
+node_may_block(void *handle, uint32_t len, uint64_t off)
+{
+  struct node_image *img = handle;
+  uint32_t bs = img->m->block_size;
+  for (uint64_t b = off / bs, last = (off + len - 1) / bs; b <= last; b++)
+    if (!cachemgr_cached(img->cv, b))
+      return true;
+  return false;
+}
+
 static const struct export_ops node_ops = {
   .pread_from = node_pread,
   .cache = node_cache,
   .close = node_close,
+  .may_block = node_may_block,
 };
 
 /* ---- attachment records --------------------------------------------------- */

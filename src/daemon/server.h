@@ -1,18 +1,36 @@
-/* thunder — the NBD listeners: sockets, connection threads and limits.
+/* thunder — the NBD listeners: sockets, the event loop, workers, limits.
  *
  * A server listens on a Unix socket (for local QEMU) and/or TCP (for
- * child nodes).  Each accepted connection gets a thread that runs the
- * handshake under a deadline, then a small pool of threads serving its
- * requests (nbdsrv.h).  Connections past max_connections, or arriving
- * while max_handshakes others are still negotiating, are closed at once.
+ * child nodes).  Connections of the two transports are two classes with
+ * budgets of their own (slots, handshake slots, worker threads, bytes in
+ * flight), so no number of TCP peers can refuse or slow a local client.
+ * Each new connection negotiates on a short-lived thread under a
+ * deadline; then a fixed pool of worker threads per class, waiting on
+ * the class's epoll set, reads its requests and carries them out, and one
+ * event-loop thread accepts, enforces the limits and timeouts and takes
+ * the slow paths (design note in server.c).  Memory and threads are bounded by the
+ * configuration, not by the number of connections.
+ *
+ * Threads: server_run() is the event loop; server_stop() may be called
+ * from any thread.  The config is copied; nothing else is shared.
  */
 #ifndef THUNDER_SERVER_H
 #define THUNDER_SERVER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "export.h"
+
+/* The budget of one class of connections (TCP peers, or the Unix
+ * socket's local clients). */
+struct server_class_limits {
+  unsigned max_connections;   /* connections at once; more closed at accept */
+  unsigned max_handshakes;    /* of them still negotiating */
+  unsigned workers;           /* threads carrying out requests, >= 1 */
+  uint64_t inflight_bytes;    /* reply data in flight, all connections */
+};
 
 struct server_config {
   const char *socket_path;    /* NULL: no Unix socket */
@@ -20,10 +38,19 @@ struct server_config {
   bool socket_group_optional; /* a missing group is a warning, not an error */
   mode_t socket_mode;
   const char *tcp_listen;     /* "HOST:PORT", "[V6]:PORT", ":PORT"; NULL: none */
-  unsigned threads;           /* request threads per connection, >= 1 */
-  unsigned max_connections;
-  unsigned max_handshakes;
-  unsigned handshake_timeout_ms;
+  struct server_class_limits tcp, local;
+  unsigned conn_requests;     /* requests of one connection in flight, >= 1 */
+  uint64_t conn_inflight_bytes; /* reply data in flight per connection,
+                                 * >= NBDSRV_REQUEST_MAX */
+  uint64_t addr_inflight_bytes; /* TCP: reply data in flight per remote
+                                 * address, >= NBDSRV_REQUEST_MAX */
+  unsigned max_connections_per_addr; /* TCP, per remote address */
+  unsigned max_handshakes_per_addr;
+  unsigned handshake_timeout_ms;     /* both classes */
+  unsigned idle_timeout_ms;   /* TCP: close after this long without a
+                               * request in flight; 0: never */
+  unsigned send_timeout_ms;   /* TCP: close when a reply makes no progress
+                               * for this long; 0: never */
   /* TCP congestion control of accepted TCP connections (TCP_CONGESTION,
    * e.g. "cubic"); NULL: the system's default.  The data of a relay
    * flows on these sockets: see server.c. */
@@ -35,13 +62,24 @@ struct server;
 /* Creates the listening sockets.  NULL with a logged error. */
 struct server *server_new(struct exports *reg, const struct server_config *cfg);
 
-/* Accepts and serves connections until server_stop(); then closes every
- * connection, waits for their threads and returns 0 (-1 on a fatal
- * error). */
+/* Accepts and serves connections until server_stop(); then stops reading
+ * requests, lets the ones accepted finish and their replies go out (never
+ * an error reply for a request it took), closes every connection, and
+ * returns 0 (-1 when connections would not end within 5 s). */
 int server_run(struct server *s);
 
 /* Asks server_run() to return.  Async-signal-safe. */
 void server_stop(struct server *s);
+
+/* Connections at this moment, by kind (for /metrics). */
+struct server_conn_counts {
+  unsigned tcp;         /* TCP clients past the handshake */
+  unsigned local;       /* Unix-socket clients past the handshake */
+  unsigned handshaking; /* of both transports, still negotiating */
+};
+
+/* Fills *c.  Any thread. */
+void server_get_conn_counts(struct server *s, struct server_conn_counts *c);
 
 /* Closes the listeners, removes the Unix socket file, frees s. */
 void server_free(struct server *s);

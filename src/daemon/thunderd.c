@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -64,9 +65,21 @@ static struct {
   char *socket_group;
   uint64_t socket_mode;
   uint64_t threads;
+  uint64_t workers;
+  uint64_t local_workers;
   uint64_t max_connections;
+  uint64_t local_max_connections;
   uint64_t max_handshakes;
+  uint64_t local_max_handshakes;
+  uint64_t max_connections_per_address;
+  uint64_t max_handshakes_per_address;
   uint64_t handshake_timeout;
+  uint64_t idle_timeout;
+  uint64_t send_timeout;
+  uint64_t inflight_per_connection;
+  uint64_t inflight_per_address;
+  uint64_t inflight_total;
+  uint64_t local_inflight_total;
   char *tcp_congestion;
   char *pool;
   char *pool_path;
@@ -90,9 +103,21 @@ static struct {
 } opt = {
   .socket_mode = 0660,
   .threads = 16,
+  .workers = 16,
+  .local_workers = 16,
   .max_connections = 1024,
+  .local_max_connections = 256,
   .max_handshakes = 64,
+  .local_max_handshakes = 16,
+  .max_connections_per_address = 128,
+  .max_handshakes_per_address = 16,
   .handshake_timeout = 10,
+  .idle_timeout = 600,
+  .send_timeout = 30,
+  .inflight_per_connection = 64,
+  .inflight_per_address = 64,
+  .inflight_total = 256,
+  .local_inflight_total = 256,
   .readahead = 8,
   .fetch_connections = 2,
   .fetch_depth = 16,
@@ -151,14 +176,46 @@ static const struct config_opt options[] = {
   { "socket-mode", CONFIG_TYPE_OCTAL, &opt.socket_mode, 0, 0777, "MODE",
     "mode of the Unix socket (default 0660)" },
   { "threads", CONFIG_TYPE_UINT, &opt.threads, 1, 256, "N",
-    "request threads per connection (default 16)" },
-  { "max-connections", CONFIG_TYPE_UINT, &opt.max_connections, 1, 65536, "N",
-    "most connections at once (default 1024)" },
+    "requests of one connection carried out at once (default 16)" },
+  { "workers", CONFIG_TYPE_UINT, &opt.workers, 1, 1024, "N",
+    "threads carrying out the requests of TCP clients (default 16)" },
+  { "local-workers", CONFIG_TYPE_UINT, &opt.local_workers, 1, 1024, "N",
+    "threads carrying out the requests of Unix-socket clients (default 16)" },
+  { "max-connections", CONFIG_TYPE_UINT, &opt.max_connections, 1, 1000000,
+    "N", "most TCP connections at once (default 1024)" },
+  { "local-max-connections", CONFIG_TYPE_UINT, &opt.local_max_connections, 1,
+    1000000, "N", "most Unix-socket connections at once (default 256)" },
   { "max-handshakes", CONFIG_TYPE_UINT, &opt.max_handshakes, 1, 65536, "N",
-    "most connections still negotiating (default 64)" },
+    "most TCP connections still negotiating (default 64)" },
+  { "local-max-handshakes", CONFIG_TYPE_UINT, &opt.local_max_handshakes, 1,
+    65536, "N", "most Unix-socket connections still negotiating (default 16)" },
+  { "max-connections-per-address", CONFIG_TYPE_UINT,
+    &opt.max_connections_per_address, 1, 1000000, "N",
+    "most TCP connections from one remote address (default 128)" },
+  { "max-handshakes-per-address", CONFIG_TYPE_UINT,
+    &opt.max_handshakes_per_address, 1, 65536, "N",
+    "most TCP connections from one remote address still negotiating"
+    " (default 16)" },
   { "handshake-timeout", CONFIG_TYPE_UINT, &opt.handshake_timeout, 1, 3600,
     "SECONDS", "drop clients that have not chosen an export by then"
     " (default 10)" },
+  { "idle-timeout", CONFIG_TYPE_UINT, &opt.idle_timeout, 0, 2592000,
+    "SECONDS", "close TCP connections without a request for this long,"
+    " 0 for never (default 600)" },
+  { "send-timeout", CONFIG_TYPE_UINT, &opt.send_timeout, 0, 3600, "SECONDS",
+    "close TCP connections whose reply made no progress for this long,"
+    " 0 for never (default 30)" },
+  { "inflight-per-connection", CONFIG_TYPE_UINT, &opt.inflight_per_connection,
+    32, 65536, "MIB", "reply data in flight per connection; more requests"
+    " are not read until it drains (default 64)" },
+  { "inflight-per-address", CONFIG_TYPE_UINT, &opt.inflight_per_address,
+    32, 1048576, "MIB", "reply data in flight for all TCP connections from"
+    " one remote address (default 64)" },
+  { "inflight-total", CONFIG_TYPE_UINT, &opt.inflight_total, 32, 1048576,
+    "MIB", "reply data in flight for all TCP clients (default 256)" },
+  { "local-inflight-total", CONFIG_TYPE_UINT, &opt.local_inflight_total, 32,
+    1048576, "MIB", "reply data in flight for all Unix-socket clients"
+    " (default 256)" },
   { "tcp-congestion", CONFIG_TYPE_STRING, &opt.tcp_congestion, 0, 0, "NAME",
     "TCP congestion control of the NBD connections it serves, e.g. cubic"
     " (default: the system's)" },
@@ -278,6 +335,7 @@ signal_main(void *arg)
 struct ctl_ctx {
   struct node *node; /* NULL: origin mode */
   struct vms *vms;
+  struct server *server;
 };
 
 /* The control result and error code of a node result. */
@@ -427,12 +485,15 @@ static enum control_result
 ctl_metrics(void *opaque, char **text, size_t *len, const char **code,
             char *err, size_t errlen)
 {
-  struct node *node = ((struct ctl_ctx *)opaque)->node;
+  struct ctl_ctx *ctx = opaque;
+  struct node *node = ctx->node;
   CLEANUP_JSON_PUT struct json_object *images =
       node ? node_list_json(node) : origin_list_json(the_reg);
   CLEANUP_JSON_PUT struct json_object *cache =
       node ? node_cache_json(node) : NULL;
-  *text = images ? dmetrics_render(images, node, cache, len) : NULL;
+  struct server_conn_counts conns;
+  server_get_conn_counts(ctx->server, &conns);
+  *text = images ? dmetrics_render(images, node, cache, &conns, len) : NULL;
   if (*text == NULL) {
     *code = "internal";
     snprintf(err, errlen, "out of memory");
@@ -461,6 +522,25 @@ ctl_node_info(void *opaque, struct json_object **reply, const char **code,
 {
   return vms_node_info(((struct ctl_ctx *)opaque)->vms, reply, code, err,
                        errlen);
+}
+
+/* Raises the soft limit on open files to the hard one: each connection
+ * is an fd, and the server's own limits (max-connections, ...) are the
+ * ones meant to refuse clients. */
+static void
+raise_nofile(void)
+{
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  rlim_t old = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+    log_warn(COMPONENT, "setrlimit RLIMIT_NOFILE %llu: %m",
+             (unsigned long long)rl.rlim_max);
+  else
+    log_debug(COMPONENT, "open files: limit raised from %llu to %llu",
+              (unsigned long long)old, (unsigned long long)rl.rlim_max);
 }
 
 /* path made absolute (its directory resolved; the file itself may be a
@@ -649,7 +729,7 @@ main(int argc, char **argv)
   struct vms *vms = NULL;
   struct registrar *registrar = NULL;
   struct resumer *resumer = NULL;
-  struct ctl_ctx ctx = { NULL, NULL };
+  struct ctl_ctx ctx = { NULL, NULL, NULL };
   char *token = NULL;
   int nimages = 0;
   enum tlsdir_mode control_tls = TLSDIR_OFF;
@@ -696,6 +776,7 @@ main(int argc, char **argv)
   if (load_tls(&control_tls, &tls_pem, &tls_client, &tls_api) == -1)
     goto out;
 
+  raise_nofile();
   /* Blocked before any thread starts (node_new starts the cache's
    * reclaimer), so that every thread inherits the mask and only the
    * signal thread takes them. */
@@ -756,10 +837,26 @@ main(int argc, char **argv)
     .socket_mode = (mode_t)opt.socket_mode,
     .tcp_listen = is_none(opt.listen) ? NULL
                   : opt.listen ? opt.listen : "0.0.0.0:10809",
-    .threads = (unsigned)opt.threads,
-    .max_connections = (unsigned)opt.max_connections,
-    .max_handshakes = (unsigned)opt.max_handshakes,
+    .tcp = {
+      .max_connections = (unsigned)opt.max_connections,
+      .max_handshakes = (unsigned)opt.max_handshakes,
+      .workers = (unsigned)opt.workers,
+      .inflight_bytes = opt.inflight_total << 20,
+    },
+    .local = {
+      .max_connections = (unsigned)opt.local_max_connections,
+      .max_handshakes = (unsigned)opt.local_max_handshakes,
+      .workers = (unsigned)opt.local_workers,
+      .inflight_bytes = opt.local_inflight_total << 20,
+    },
+    .conn_requests = (unsigned)opt.threads,
+    .conn_inflight_bytes = opt.inflight_per_connection << 20,
+    .addr_inflight_bytes = opt.inflight_per_address << 20,
+    .max_connections_per_addr = (unsigned)opt.max_connections_per_address,
+    .max_handshakes_per_addr = (unsigned)opt.max_handshakes_per_address,
     .handshake_timeout_ms = (unsigned)opt.handshake_timeout * 1000,
+    .idle_timeout_ms = (unsigned)opt.idle_timeout * 1000,
+    .send_timeout_ms = (unsigned)opt.send_timeout * 1000,
     .tcp_congestion = opt.tcp_congestion,
   };
   server = server_new(reg, &sc);
@@ -800,7 +897,7 @@ main(int argc, char **argv)
                   node, reg);
     if (vms == NULL)
       goto out;
-    ctx = (struct ctl_ctx){ .node = node, .vms = vms };
+    ctx = (struct ctl_ctx){ .node = node, .vms = vms, .server = server };
     struct control_ops ops = {
       .attach = ctl_attach, .detach = ctl_detach, .get = ctl_get,
       .list = ctl_list, .vm_put = ctl_vm_put, .vm_get = ctl_vm_get,

@@ -358,6 +358,13 @@ stop_thunderd ()
     _thunderd_reaped[$thunderd_pid]=1
 }
 
+# proc_status PID KEY  — the number of KEY in /proc/PID/status (VmRSS in
+# kB, Threads, ...).
+proc_status ()
+{
+    awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"
+}
+
 # assert_thunderd_alive [CONTEXT]  — fails if thunderd has exited.
 assert_thunderd_alive ()
 {

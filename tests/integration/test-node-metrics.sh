@@ -6,7 +6,9 @@
 # from n1 (thunder_nbd_served_bytes_total{client="remote"} against
 # thunder_upstream_bytes_total), the reads that waited for a fetch in the
 # latency histogram, the cache's size and the origin's bytes; the
-# families and labels are the documented ones (docs/metrics.md).
+# families and labels are the documented ones (docs/metrics.md); the
+# NBD connections gauge counts a held Unix-socket client, a client still
+# negotiating and node 2's TCP connection to node 1 by kind.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
@@ -68,5 +70,27 @@ prom_wait "node 2's cache holds the image" \
 prom_wait "the origin served node 1" \
     "sum(thunder_nbd_served_bytes_total{job=\"thunderd\",image=\"img\",client=\"remote\",instance=\"${origin_ctl#http://}\"}) > 0" 20
 prom_wait "every target up" 'count(up == 1) == 4' 20
+
+# Connections by kind: node 2 holds a TCP connection to node 1; on node 2,
+# one Unix-socket client that negotiated and one that only connected.
+prom_wait "node 1 holds node 2's TCP connection" \
+    "thunder_nbd_connections{instance=\"$n1\",kind=\"tcp\"} >= 1" 20
+/usr/bin/python3 -c '
+import nbd, socket, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[2])
+print("held", flush=True)
+time.sleep(30)
+' "nbd+unix:///img?socket=${node_sock[2]}" "${node_sock[2]}" >"$tmpdir/held" &
+holder=$!
+for _ in $(seq 50); do [ -s "$tmpdir/held" ] && break; sleep 0.1; done
+curl -sf -H "Authorization: Bearer $(cat "$token_file")" "${node_ctl[2]}/metrics" >"$tmpdir/n2.txt"
+kill "$holder"; wait "$holder" 2>/dev/null || true
+for want in 'kind="tcp"} 0' 'kind="unix"} 1' 'kind="handshaking"} 1'; do
+    grep -qF "thunder_nbd_connections{$want" "$tmpdir/n2.txt" ||
+        fail "node 2's connections, want $want: $(grep thunder_nbd_connections "$tmpdir/n2.txt")"
+done
 prom_wait "thunder-api's nodes gauge" 'count(thunder_api_nodes) > 0' 20
 echo "node-metrics: ok"

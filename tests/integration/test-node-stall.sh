@@ -7,7 +7,12 @@
 #  - the origin killed and started again within the bound: a read started
 #    during the outage returns the image's exact bytes, no error; the
 #    outage's end is logged with its duration;
-#  - SIGTERM while a read waits out an outage: the node exits at once, 0.
+#  - SIGTERM while a read waits out an outage: the node exits at once, 0,
+#    and the read gets no error reply (its connection is shut down);
+#  - one NBD connection, the origin stopped (SIGSTOP): a read of an
+#    uncached block waits, and a cached read pipelined behind it on the
+#    same connection is answered at once (no head-of-line blocking), out
+#    of order; both with the image's bytes once the origin resumes.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
@@ -97,6 +102,54 @@ grep -q 'delivers again: the outage lasted' "${node_log[1]}" ||
 read -r t res < <(read_block 12)
 [ "$res" = ok ] || fail "block 12 after the outage: $res"
 
+# ---- one connection: a miss does not hold up the cached reads behind it ----
+
+kill -STOP "$origin_pid"
+IMG=$images/img.raw ORIGIN=$origin_pid /usr/bin/python3 -m nbd \
+    -u "nbd+unix:///img?socket=${node_sock[1]}" -c '
+import os, signal, sys, time
+img = open(os.environ["IMG"], "rb").read()
+B = 65536
+def done(c):
+    return h.aio_command_completed(c)
+def wait(cs, limit):
+    end = time.monotonic() + limit
+    while not all(c in finished for c in cs) and time.monotonic() < end:
+        h.poll(10)
+        for c in list(pending):
+            if done(c):
+                finished[c] = time.monotonic()
+                pending.remove(c)
+finished, pending = {}, set()
+miss, hit = nbd.Buffer(B), nbd.Buffer(B)
+t0 = time.monotonic()
+cmiss = h.aio_pread(miss, 20 * B)
+pending.add(cmiss)
+wait([cmiss], 0.3)
+assert cmiss in pending, "block 20 was answered with the origin stopped"
+t1 = time.monotonic()
+chit = h.aio_pread(hit, 0)
+pending.add(chit)
+wait([chit], 2.0)
+took = finished.get(chit, time.monotonic()) - t1
+still = cmiss in pending
+print("one connection, origin stopped: cached read answered in %.3f s, sent"
+      " %.3f s after a miss, which was still pending: %s"
+      % (took, t1 - t0, still), file=sys.stderr)
+wait([cmiss], 0.3)
+os.kill(int(os.environ["ORIGIN"]), signal.SIGCONT)
+t2 = time.monotonic()
+wait([cmiss], 10.0)
+assert cmiss in finished, "the miss did not complete after the origin resumed"
+print("the miss answered %.3f s after the origin resumed (%.3f s in all)"
+      % (finished[cmiss] - t2, finished[cmiss] - t0), file=sys.stderr)
+assert chit in finished and took <= 0.5, \
+    "the cached read waited %.3f s behind the miss" % took
+assert still and finished[cmiss] > t2, "the miss did not wait for the origin"
+assert hit.to_bytearray() == img[0:B], "cached block 0 differs"
+assert miss.to_bytearray() == img[20 * B:21 * B], "block 20 differs"
+' || { kill -CONT "$origin_pid"; fail "a miss held up a cached read on its connection"; }
+
 # ---- stopping while a read waits ---------------------------------------------------
 
 kill -KILL "$origin_pid"
@@ -111,4 +164,8 @@ wait "$reader" || true
 echo "SIGTERM with a read waiting: exited $thunderd_status in $took ms; the read: $(cat "$tmpdir/read14")" >&2
 [ "$thunderd_status" -eq 0 ] || fail "the node exited $thunderd_status"
 [ "$took" -lt 1500 ] || fail "the node took $took ms to stop"
+# The waiting read is failed by the stop: its connection must be shut
+# down without an error reply, so that QEMU resends it after reconnecting.
+[[ "$(cat "$tmpdir/read14")" != *"Input/output error"* ]] ||
+    fail "the stop answered the waiting read with an error"
 exit 0

@@ -50,6 +50,18 @@ socket-mode = 0640
 threads = 4
 max-connections = 50
 max-handshakes = 2
+local-max-connections = 20
+local-max-handshakes = 2
+max-connections-per-address = 40
+max-handshakes-per-address = 8
+workers = 3
+local-workers = 2
+idle-timeout = 300
+send-timeout = 20
+inflight-per-connection = 40
+inflight-per-address = 50
+inflight-total = 100
+local-inflight-total = 80
 handshake-timeout = 2
 log = stderr
 log-level = debug
@@ -65,8 +77,12 @@ port=$cport
     fail "socket-group = $group in $conf: socket group is $(stat -c %G "$sock")"
 copy_and_check "$(uri_unix good)" "$img"
 copy_and_check "$(uri_tcp good)" "$img"
-# max-handshakes = 2 and handshake-timeout = 2 from the file are honoured.
+# local-max-handshakes = 2, max-handshakes = 2 and handshake-timeout = 2
+# from the file are honoured.
 out=$(timeout 30 "$raw" "$sock" cap 2 4 2>&1) ||
+    fail "local-max-handshakes = 2, handshake-timeout = 2 in $conf not honoured: $out"
+echo "$out"
+out=$(timeout 30 "$raw" "127.0.0.1:$port" cap 2 4 2>&1) ||
     fail "max-handshakes = 2, handshake-timeout = 2 in $conf not honoured: $out"
 echo "$out"
 assert_thunderd_alive "the config-file server's checks"
@@ -136,6 +152,7 @@ bad_line ()
 bad_line "unknown key" "bogus-key = 1" bogus-key
 bad_line "bad decimal value" "threads = lots" threads lots
 bad_line "value out of range" "max-handshakes = 0" max-handshakes
+bad_line "value out of range" "inflight-per-connection = 16" inflight-per-connection
 bad_line "value too large" "handshake-timeout = 99999999999999999999999" handshake-timeout
 bad_line "bad octal mode" "socket-mode = 0999" socket-mode 0999
 bad_line "octal mode out of range" "socket-mode = 01777" socket-mode

@@ -3,7 +3,7 @@
 # sequence a client sends").  After each nbd-raw scenario thunderd must be
 # alive and a good client (nbdcopy) must get the image bit for bit.  Then:
 # the handshake timeout drops an idle negotiating client (and spares one
-# that finished the handshake), and --max-handshakes closes the extra
+# that finished the handshake), and --local-max-handshakes closes the extra
 # negotiating connection at once, before the greeting.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
@@ -108,12 +108,12 @@ stop_thunderd
 
 # --- cap on negotiating connections ----------------------------------------
 start_thunderd --origin --images "$images" --socket "$tmpdir/sock2" \
-    --listen none --max-handshakes 4 --handshake-timeout 3
+    --listen none --local-max-handshakes 4 --handshake-timeout 3
 # 6 connections finish the handshake first (they must not count); then
 # 4 get the greeting and idle; the 5th negotiating one must be closed at
 # once without a byte; the 4 are dropped by the 3 s timeout; the 6 still
 # serve reads.
 out=$(timeout 30 "$raw" "$sock" cap 4 5 base 6 2>&1) ||
-    fail "--max-handshakes 4: $out"
+    fail "--local-max-handshakes 4: $out"
 echo "$out"
-survives "the --max-handshakes cap"
+survives "the --local-max-handshakes cap"

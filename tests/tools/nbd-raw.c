@@ -60,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -124,8 +125,10 @@ now (void)
   return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Opens a connection to addr (from $NBD_RAW_SRC if set, for TCP); -1
+ * with errno set on failure. */
 static int
-conn_open (void)
+conn_try_open (void)
 {
   int fd;
 
@@ -136,9 +139,13 @@ conn_open (void)
     strcpy (sun.sun_path, addr);
     fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1)
-      fail ("socket: %m");
-    if (connect (fd, (struct sockaddr *) &sun, sizeof sun) == -1)
-      fail ("connect: %s: %m", addr);
+      return -1;
+    if (connect (fd, (struct sockaddr *) &sun, sizeof sun) == -1) {
+      int e = errno;
+      close (fd);
+      errno = e;
+      return -1;
+    }
     return fd;
   }
 
@@ -154,11 +161,36 @@ conn_open (void)
   if (r != 0)
     fail ("getaddrinfo: %s: %s", addr, gai_strerror (r));
   fd = socket (res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd == -1)
-    fail ("socket: %m");
-  if (connect (fd, res->ai_addr, res->ai_addrlen) == -1)
-    fail ("connect: %s: %m", addr);
+  if (fd == -1) {
+    freeaddrinfo (res);
+    return -1;
+  }
+  const char *src = getenv ("NBD_RAW_SRC");
+  if (src && *src && res->ai_family == AF_INET) {
+    struct sockaddr_in sin = { .sin_family = AF_INET };
+    if (inet_pton (AF_INET, src, &sin.sin_addr) != 1)
+      fail ("NBD_RAW_SRC '%s': not an IPv4 address", src);
+    if (bind (fd, (struct sockaddr *) &sin, sizeof sin) == -1)
+      fail ("bind %s: %m", src);
+  }
+  if (connect (fd, res->ai_addr, res->ai_addrlen) == -1) {
+    int e = errno;
+    close (fd);
+    freeaddrinfo (res);
+    errno = e;
+    return -1;
+  }
   freeaddrinfo (res);
+  return fd;
+}
+
+static int
+conn_open (void)
+{
+  int fd = conn_try_open ();
+
+  if (fd == -1)
+    fail ("connect: %s: %m", addr);
   return fd;
 }
 
@@ -924,6 +956,168 @@ do_cap (unsigned n, double seconds, const char *name, unsigned m)
   return 0;
 }
 
+/* ---- floods ---------------------------------------------------------- */
+
+static void
+raise_nofile (void)
+{
+  struct rlimit rl;
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit (RLIMIT_NOFILE, &rl);
+  }
+}
+
+/* True if the server has closed fd (end of stream or reset), without
+ * waiting; data that arrived is discarded. */
+static bool
+is_closed (int fd)
+{
+  char buf[4096];
+
+  for (;;) {
+    ssize_t n = recv (fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0)
+      return true;
+    if (n > 0)
+      continue;
+    if (errno == EINTR)
+      continue;
+    return errno != EAGAIN && errno != EWOULDBLOCK;
+  }
+}
+
+static int
+do_pipeline (const char *name, unsigned conns, unsigned reads, double seconds)
+{
+  int *fds = calloc (conns, sizeof *fds);
+
+  if (!fds)
+    fail ("calloc: %m");
+  for (unsigned c = 0; c < conns; c++) {
+    fds[c] = conn_open ();
+    uint64_t size = handshake (fds[c], name);
+    if (size < 32 * 1024 * 1024)
+      fail ("pipeline: export %s is smaller than 32 MiB", name);
+    for (unsigned i = 0; i < reads; i++)
+      send_request (fds[c], CMD_READ, i, 0, 32 * 1024 * 1024);
+  }
+  printf ("pipeline: %u connections sent %u READs of 32 MiB each and read "
+          "nothing\n", conns, reads);
+  usleep ((useconds_t) (seconds * 1e6));
+  unsigned closed = 0;
+  for (unsigned c = 0; c < conns; c++) {
+    closed += is_closed (fds[c]);
+    close (fds[c]);
+  }
+  printf ("pipeline: %u of %u connections closed by the server\n", closed,
+          conns);
+  free (fds);
+  return 0;
+}
+
+static int
+do_hold (const char *name, unsigned n, double seconds)
+{
+  int *fds = calloc (n, sizeof *fds);
+
+  if (!fds)
+    fail ("calloc: %m");
+  raise_nofile ();
+  double t0 = now ();
+  for (unsigned i = 0; i < n; i++) {
+    fds[i] = conn_open ();
+    handshake (fds[i], name);
+  }
+  printf ("hold: %u connections finished the handshake in %.2f s\n", n,
+          now () - t0);
+  usleep ((useconds_t) (seconds * 1e6));
+  unsigned closed = 0;
+  for (unsigned i = 0; i < n; i++) {
+    closed += is_closed (fds[i]);
+    close (fds[i]);
+  }
+  printf ("hold: %u of %u connections closed by the server\n", closed, n);
+  free (fds);
+  return 0;
+}
+
+static int
+do_half_open (unsigned n, double seconds)
+{
+  int *fds = calloc (n, sizeof *fds);
+  unsigned long opened = 0, refused = 0;
+
+  if (!fds)
+    fail ("calloc: %m");
+  raise_nofile ();
+  double end = now () + seconds;
+  for (unsigned i = 0; i < n; i++)
+    fds[i] = -1;
+  bool reported = false;
+  while (now () < end) {
+    for (unsigned i = 0; i < n; i++) {
+      if (fds[i] >= 0 && !is_closed (fds[i]))
+        continue;
+      if (fds[i] >= 0) {
+        close (fds[i]);
+        refused++;
+      }
+      fds[i] = conn_try_open ();
+      opened += fds[i] >= 0;
+    }
+    if (!reported) {
+      printf ("half-open: %u connections opened\n", n);
+      reported = true;
+    }
+    usleep (50 * 1000);
+  }
+  for (unsigned i = 0; i < n; i++)
+    if (fds[i] >= 0)
+      close (fds[i]);
+  printf ("half-open: %lu connections opened in %.1f s, %lu closed by the "
+          "server\n", opened, seconds, refused);
+  free (fds);
+  return 0;
+}
+
+static int
+do_first_read (const char *name)
+{
+  static char buf[4096];
+  uint32_t err;
+  double t0 = now ();
+  int fd = conn_open ();
+
+  handshake (fd, name);
+  send_request (fd, CMD_READ, 1, 0, sizeof buf);
+  if (!read_simple_reply (fd, 1, &err))
+    fail ("first-read: connection closed");
+  if (err != 0)
+    fail ("first-read: READ error %u", err);
+  read_exact (fd, buf, sizeof buf, "read data");
+  printf ("first-read: %.3f s\n", now () - t0);
+  disconnect (fd);
+  return 0;
+}
+
+static int
+do_idle_open (const char *name, double seconds)
+{
+  int fd = conn_open ();
+  size_t discarded;
+
+  handshake (fd, name);
+  double t0 = now ();
+  if (!wait_closed (fd, (int) (seconds * 1000), &discarded))
+    fail ("idle-open: server kept an idle connection open for more than "
+          "%.1f s", seconds);
+  printf ("idle-open: closed by server after %.2f s\n", now () - t0);
+  close (fd);
+  return 0;
+}
+
 static void
 usage (void)
 {
@@ -933,7 +1127,9 @@ usage (void)
            "  bad-magic NAME | garbage-requests NAME N | huge-read NAME |\n"
            "  read-hang-up NAME | huge-write NAME | export-name NAME |\n"
            "  opt OPTION LEN | opt-length LEN | idle SECONDS |\n"
-           "  cap N SECONDS [NAME M]\n");
+           "  cap N SECONDS [NAME M] | pipeline NAME C R SECONDS |\n"
+           "  hold NAME N SECONDS | half-open N SECONDS | first-read NAME |\n"
+           "  idle-open NAME SECONDS\n");
   exit (2);
 }
 
@@ -978,5 +1174,16 @@ main (int argc, char **argv)
   if (!strcmp (s, "cap") && nargs == 4)
     return do_cap (parse_num (a[0], "count"), strtod (a[1], NULL), a[2],
                    parse_num (a[3], "count"));
+  if (!strcmp (s, "pipeline") && nargs == 4)
+    return do_pipeline (a[0], parse_num (a[1], "count"),
+                        parse_num (a[2], "count"), strtod (a[3], NULL));
+  if (!strcmp (s, "hold") && nargs == 3)
+    return do_hold (a[0], parse_num (a[1], "count"), strtod (a[2], NULL));
+  if (!strcmp (s, "half-open") && nargs == 2)
+    return do_half_open (parse_num (a[0], "count"), strtod (a[1], NULL));
+  if (!strcmp (s, "first-read") && nargs == 1)
+    return do_first_read (a[0]);
+  if (!strcmp (s, "idle-open") && nargs == 2)
+    return do_idle_open (a[0], strtod (a[1], NULL));
   usage ();
 }

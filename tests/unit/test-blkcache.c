@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -241,6 +242,41 @@ capture_end(void)
   return captured;
 }
 
+/* The same through a pipe (at most 64 KiB), for a test that limits the
+ * size of files it may write. */
+static int pipe_rd = -1;
+
+static void
+capture_pipe_begin(void)
+{
+  int p[2];
+  fflush(stderr);
+  if (pipe(p) == -1)
+    abort();
+  saved_stderr = dup(STDERR_FILENO);
+  dup2(p[1], STDERR_FILENO);
+  close(p[1]);
+  pipe_rd = p[0];
+}
+
+static const char *
+capture_pipe_end(void)
+{
+  fflush(stderr);
+  dup2(saved_stderr, STDERR_FILENO);
+  close(saved_stderr);
+  saved_stderr = -1;
+  memset(captured, 0, sizeof captured);
+  size_t got = 0;
+  ssize_t n;
+  while (got < sizeof captured - 1 &&
+         (n = read(pipe_rd, captured + got, sizeof captured - 1 - got)) > 0)
+    got += (size_t)n;
+  close(pipe_rd);
+  pipe_rd = -1;
+  return captured;
+}
+
 static int
 count_lines(const char *s)
 {
@@ -356,6 +392,54 @@ test_short_last_block(void)
   CU_ASSERT(memcmp(buf, blk(im, 5) + 500, 500) == 0);
   stats(bc, &st);
   CU_ASSERT_EQUAL(st.corrupt_evicted, 0);
+  blkcache_close(bc);
+  img_free(im);
+}
+
+/* A disk that refuses every write (RLIMIT_FSIZE: EFBIG, as ENOSPC would
+ * be) fails every store; the log gets one line per 10 s, not one a
+ * block, and the next line counts the ones suppressed. */
+static void
+test_store_errors_ratelimited(void)
+{
+  char root[PATH_MAX];
+  new_root(root);
+  const uint64_t n = 64;
+  struct img *im = img_new("full", n * BS, 6);
+  struct blkcache *bc = open_cache(root, im, 5);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(bc);
+
+  struct rlimit old, rl;
+  CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &old), 0);
+  rl = old;
+  rl.rlim_cur = 1;
+  signal(SIGXFSZ, SIG_IGN);
+  log_set_ratelimit_ms(LOG_RATELIMIT_MS);
+  CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &rl), 0);
+  capture_pipe_begin();
+  unsigned failed = 0;
+  for (uint64_t i = 1; i < n; i++)
+    failed += blkcache_store(bc, i, blk(im, i)) == -1;
+  const char *msg = capture_pipe_end();
+  setrlimit(RLIMIT_FSIZE, &old);
+  CU_ASSERT_EQUAL(failed, n - 1);
+  CU_ASSERT_EQUAL(count_lines(msg), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(msg, "error: cache: write: "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(msg, "File too large"));
+
+  /* With no limit (as in the other tests) each failure is a line, and
+   * the first one says how many were suppressed before it. */
+  log_set_ratelimit_ms(0);
+  CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &rl), 0);
+  capture_pipe_begin();
+  for (uint64_t i = 1; i < 4; i++)
+    CU_ASSERT_EQUAL(blkcache_store(bc, i, blk(im, i)), -1);
+  msg = capture_pipe_end();
+  setrlimit(RLIMIT_FSIZE, &old);
+  CU_ASSERT_EQUAL(count_lines(msg), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(msg, "(62 similar messages suppressed)"));
+
+  CU_ASSERT_EQUAL(blkcache_store(bc, 1, blk(im, 1)), 0);
   blkcache_close(bc);
   img_free(im);
 }
@@ -1515,6 +1599,9 @@ suite_init(void)
 {
   const char *t = getenv("TMPDIR");
   xpath(tmpdir, "%s/test-blkcache-XXXXXX", t && *t ? t : "/tmp");
+  /* The tests check each message; test_store_errors_ratelimited turns
+   * the rate limit on for itself. */
+  log_set_ratelimit_ms(0);
   return mkdtemp(tmpdir) ? 0 : -1;
 }
 
@@ -1530,6 +1617,7 @@ static const struct cunit_test tests[] = {
   TEST(test_read_parts),
   TEST(test_short_last_block),
   TEST(test_not_stored),
+  TEST(test_store_errors_ratelimited),
   TEST(test_bad_index),
   TEST(test_layout),
   TEST(test_open_bad_manifest_bytes),

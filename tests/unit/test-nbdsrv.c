@@ -121,6 +121,8 @@ struct mem_backend {
   int cache_err;          /* non-zero: cache fails with it */
   atomic_uint preads, caches, closes, bad_ranges;
   uint64_t cache_len, cache_off; /* of the last cache call */
+  uint64_t slow_from;     /* non-zero: reads reaching it may block */
+  atomic_uint may_blocks; /* may_block calls */
 };
 
 static int
@@ -171,10 +173,19 @@ mem_close(void *handle)
   atomic_fetch_add(&b->closes, 1);
 }
 
+static bool
+mem_may_block(void *handle, uint32_t len, uint64_t off)
+{
+  struct mem_backend *b = handle;
+  atomic_fetch_add(&b->may_blocks, 1);
+  return b->slow_from != 0 && off + len > b->slow_from;
+}
+
 static const struct export_ops mem_ops = {
   .pread = mem_pread,
   .cache = mem_cache,
   .close = mem_close,
+  .may_block = mem_may_block,
 };
 
 static void
@@ -189,6 +200,8 @@ backend_reset(struct mem_backend *b, const uint8_t *data, uint64_t size)
   atomic_store(&b->closes, 0);
   atomic_store(&b->bad_ranges, 0);
   b->cache_len = b->cache_off = 0;
+  b->slow_from = 0;
+  atomic_store(&b->may_blocks, 0);
 }
 
 /* ---- growing byte buffers ------------------------------------------ */
@@ -1686,6 +1699,94 @@ test_read_too_long(void)
   CU_ASSERT_EQUAL(atomic_load(&t_big.preads), 0);
 }
 
+/* The steps server.c runs: decode, the cost of a request, execute; a
+ * buffer over NBDSRV_BUF_KEEP is released by nbdsrv_buf_trim, a small one
+ * kept. */
+static void
+test_steps_and_buffers(void)
+{
+  add_export("big", BIG_SIZE, 4096, NULL, &t_big);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE | W_FLAG_NO_ZEROES);
+  cl_opt(W_OPT_EXPORT_NAME, "big", 3);
+  CU_ASSERT_EQUAL_FATAL(nbdsrv_handshake(t_conn), 1);
+
+  uint8_t wire[NBDSRV_REQUEST_LEN] = { 0x25, 0x60, 0x95, 0x13 };
+  struct nbdsrv_request req;
+  uint32_t payload = 99;
+  /* READ, cookie 5, offset 0, NBDSRV_BUF_KEEP + 1 bytes */
+  wire[7] = W_CMD_READ;
+  wire[15] = 5;
+  uint32_t n = htobe32(NBDSRV_BUF_KEEP + 1);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_EQUAL(payload, 0);
+  CU_ASSERT_EQUAL(req.cookie, 5);
+  CU_ASSERT_EQUAL(nbdsrv_reply_data_len(t_conn, &req), NBDSRV_BUF_KEEP + 1);
+
+  struct nbdsrv_buf buf = { 0 };
+  struct nbdsrv_reply rep;
+  nbdsrv_execute(t_conn, &req, &buf, &rep);
+  CU_ASSERT_EQUAL(rep.len, NBDSRV_BUF_KEEP + 1);
+  CU_ASSERT_PTR_EQUAL(rep.data, buf.p);
+  CU_ASSERT_EQUAL(get_be32(rep.hdr), W_REPLY_MAGIC);
+  CU_ASSERT_EQUAL(get_be32(rep.hdr + 4), 0);
+  CU_ASSERT_EQUAL(get_be64(rep.hdr + 8), 5);
+  CU_ASSERT_TRUE(buf.mapped);
+  nbdsrv_buf_trim(&buf);
+  CU_ASSERT_PTR_NULL(buf.p);
+  CU_ASSERT_EQUAL(buf.cap, 0);
+
+  /* A small read keeps its buffer. */
+  n = htobe32(4096);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  nbdsrv_execute(t_conn, &req, &buf, &rep);
+  CU_ASSERT_FALSE(buf.mapped);
+  nbdsrv_buf_trim(&buf);
+  CU_ASSERT_PTR_NOT_NULL(buf.p);
+  nbdsrv_buf_free(&buf);
+
+  /* Whether a request may block is the backend's word for valid reads
+   * only (the server hands the connection on before such a read). */
+  t_big.slow_from = 8192;
+  CU_ASSERT_FALSE(nbdsrv_may_block(t_conn, &req)); /* 4096 at 0 */
+  uint64_t o64 = htobe64(8192 - 100);
+  memcpy(wire + 16, &o64, 8);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_TRUE(nbdsrv_may_block(t_conn, &req));
+  wire[7] = W_CMD_FLUSH;
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_FALSE(nbdsrv_may_block(t_conn, &req));
+  wire[7] = W_CMD_READ;
+  o64 = htobe64(BIG_SIZE);
+  memcpy(wire + 16, &o64, 8);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_FALSE(nbdsrv_may_block(t_conn, &req)); /* outside: EINVAL */
+  CU_ASSERT_EQUAL(atomic_load(&t_big.may_blocks), 2);
+  o64 = 0;
+  memcpy(wire + 16, &o64, 8);
+
+  /* An invalid read costs nothing; a write's payload is announced; a bad
+   * magic and an oversized write payload are protocol errors; DISC is 0. */
+  n = htobe32(0);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_EQUAL(nbdsrv_reply_data_len(t_conn, &req), 0);
+  wire[7] = W_CMD_WRITE;
+  n = htobe32(1000);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 1);
+  CU_ASSERT_EQUAL(payload, 1000);
+  CU_ASSERT_EQUAL(nbdsrv_reply_data_len(t_conn, &req), 0);
+  n = htobe32(NBDSRV_REQUEST_MAX + 1);
+  memcpy(wire + 24, &n, 4);
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), -1);
+  wire[7] = W_CMD_DISC;
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), 0);
+  wire[0] = 0;
+  CU_ASSERT_EQUAL(nbdsrv_decode_request(t_conn, wire, &req, &payload), -1);
+}
+
 static void
 test_read_max_length(void)
 {
@@ -2619,6 +2720,7 @@ static const struct cunit_test tests[] = {
   T(pipelined),
   T(reply_write_error),
   T(buffer_reuse),
+  T(steps_and_buffers),
   /* nbdsrv_check_request */
   T(check_read),
   T(check_read_zero),
