@@ -429,7 +429,7 @@ step_attach(struct converger *cv, const struct store_cluster *c,
       /* A node with no live VM of this cluster still relays for its
        * children, so it is attached all the same. */
       CLEANUP_JSON_PUT struct json_object *b = attach_body(c->image_version, r);
-      if (nodecall_set(&calls[n], "PUT", ctl, path, b, (void *)(uintptr_t)i) == 0)
+      if (nodecall_set(&calls[n], r->node, "PUT", ctl, path, b, (void *)(uintptr_t)i) == 0)
         n++;
     }
     nodecall_run(calls, n, &cv->opts);
@@ -517,7 +517,7 @@ step_vms(struct converger *cv, const struct store_cluster *c, struct memo *m,
         json_object_object_add(b, "disk_gib",
                                json_object_new_int64((int64_t)c->disk_gib));
     }
-    if (nodecall_set(&calls[n], b ? "PUT" : "GET", ctl, path, b,
+    if (nodecall_set(&calls[n], v->node, b ? "PUT" : "GET", ctl, path, b,
                      (void *)(uintptr_t)i) == 0)
       n++;
   }
@@ -605,7 +605,7 @@ step_bytes(struct converger *cv, const struct store_cluster *c,
     if (!memo_attached(m, rows->v[i].node))
       continue;
     CLEANUP_FREE char *ctl = ready_control(cv, rows->v[i].node);
-    if (ctl && nodecall_set(&calls[n], "GET", ctl, path, NULL, NULL) == 0)
+    if (ctl && nodecall_set(&calls[n], rows->v[i].node, "GET", ctl, path, NULL, NULL) == 0)
       who[n++] = rows->v[i].node;
   }
   struct nodecall_opts o = cv->opts;
@@ -728,7 +728,7 @@ step_delete(struct converger *cv, const struct store_cluster *c,
       store_vm_set_state(cv->st, v->id, 0, STORE_VM_DELETING, NULL, &err);
     CLEANUP_FREE char *path = NULL;
     if (asprintf(&path, "/v1/vms/%s", v->name) != -1 &&
-        nodecall_set(&calls[n], "DELETE", ctl, path, NULL, v) == 0)
+        nodecall_set(&calls[n], v->node, "DELETE", ctl, path, NULL, v) == 0)
       n++;
   }
   nodecall_run(calls, n, &cv->opts);
@@ -870,7 +870,7 @@ reparent(struct converger *cv, const char *id, const char *node)
     CLEANUP_FREE char *ctl = ready_control(cv, r->node);
     CLEANUP_JSON_PUT struct json_object *b = attach_body(c->image_version, r);
     if (ctl && m && memo_attached(m, r->node) &&
-        nodecall_set(&calls[n_calls], "PUT", ctl, path, b, r->node) == 0)
+        nodecall_set(&calls[n_calls], r->node, "PUT", ctl, path, b, r->node) == 0)
       n_calls++;
   }
   if (n_out && store_tree_update(cv->st, id, out, n_out, &err) != STORE_OK)
@@ -977,7 +977,7 @@ step_detach(struct converger *cv)
     CLEANUP_FREE char *ctl = ready_control(cv, dv->v[i].node);
     CLEANUP_FREE char *path = NULL;
     if (ctl && asprintf(&path, "/v1/images/%s", dv->v[i].image) != -1 &&
-        nodecall_set(&calls[n], "DELETE", ctl, path, NULL, &dv->v[i]) == 0)
+        nodecall_set(&calls[n], dv->v[i].node, "DELETE", ctl, path, NULL, &dv->v[i]) == 0)
       n++;
   }
   nodecall_run(calls, n, &cv->opts);

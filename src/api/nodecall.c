@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -32,6 +33,7 @@ struct slot {
   bool active, done;
   const struct curlbuf_tls *tls;
   char errbuf[CURL_ERROR_SIZE]; /* libcurl's message */
+  char wrong_peer[NODECALL_ERR_MAX]; /* why pin_check refused the peer */
 };
 
 int
@@ -46,14 +48,19 @@ nodecall_global_init(void)
 }
 
 int
-nodecall_set(struct nodecall *call, const char *method, const char *base,
-             const char *path, struct json_object *json, void *user)
+nodecall_set(struct nodecall *call, const char *node, const char *method,
+             const char *base, const char *path, struct json_object *json,
+             void *user)
 {
   memset(call, 0, sizeof *call);
   call->method = method;
   call->user = user;
+  if (node && (call->node = strdup(node)) == NULL)
+    return -1;
   if (asprintf(&call->url, "%s%s", base, path) == -1) {
     call->url = NULL;
+    free(call->node);
+    call->node = NULL;
     return -1;
   }
   if (json) {
@@ -61,7 +68,8 @@ nodecall_set(struct nodecall *call, const char *method, const char *base,
     call->body = s ? strdup(s) : NULL;
     if (call->body == NULL) {
       free(call->url);
-      call->url = NULL;
+      free(call->node);
+      call->url = call->node = NULL;
       return -1;
     }
   }
@@ -74,8 +82,9 @@ nodecall_clear(struct nodecall *calls, size_t n)
   for (size_t i = 0; i < n; i++) {
     free(calls[i].url);
     free(calls[i].body);
+    free(calls[i].node);
     json_object_put(calls[i].reply);
-    calls[i].url = calls[i].body = NULL;
+    calls[i].url = calls[i].body = calls[i].node = NULL;
     calls[i].reply = NULL;
   }
 }
@@ -102,6 +111,74 @@ slot_reset(struct slot *s)
   s->easy = NULL;
   s->headers = NULL;
   s->active = false;
+}
+
+/* The CN of a certificate subject as libcurl's CURLINFO_CERTINFO prints
+ * it ("Subject:" then, with OpenSSL, "CN=x" or "O=y, CN=x" / "O=y; CN=x";
+ * with GnuTLS "CN=x,O=y"), copied to buf; -1 if there is not exactly one
+ * CN.  Hand-written: libcurl hands out only this text, and the fleet CA
+ * (thunderctl pki) issues single-CN names of [A-Za-z0-9._-]. */
+static int
+subject_cn(const char *subject, char *buf, size_t len)
+{
+  int found = 0;
+  for (const char *p = subject; *p; p++) {
+    if (p != subject && p[-1] != ' ' && p[-1] != ',' && p[-1] != ';' &&
+        p[-1] != '/')
+      continue;
+    const char *v = NULL;
+    if (strncmp(p, "CN=", 3) == 0)
+      v = p + 3;
+    else if (strncmp(p, "CN = ", 5) == 0)
+      v = p + 5;
+    if (v == NULL)
+      continue;
+    size_t n = strcspn(v, ",;/+");
+    while (n > 0 && v[n - 1] == ' ')
+      n--;
+    if (n >= len)
+      return -1;
+    memcpy(buf, v, n);
+    buf[n] = '\0';
+    found++;
+  }
+  return found == 1 ? 0 : -1;
+}
+
+/* CURLOPT_PREREQFUNCTION of a pinned call: the connection is up and the
+ * server's certificate verified against the fleet CA and the URL's host;
+ * the request is not sent yet.  Its leaf certificate (CURLINFO_CERTINFO,
+ * certificate 0) must name the call's node. */
+static int
+pin_check(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+          int conn_primary_port, int conn_local_port)
+{
+  (void)conn_primary_ip;
+  (void)conn_local_ip;
+  (void)conn_primary_port;
+  (void)conn_local_port;
+  struct slot *s = clientp;
+  struct curl_certinfo *ci = NULL;
+  char cn[256] = "";
+  bool have = false;
+  if (curl_easy_getinfo(s->easy, CURLINFO_CERTINFO, &ci) == CURLE_OK && ci &&
+      ci->num_of_certs > 0) {
+    for (struct curl_slist *l = ci->certinfo[0]; l && !have; l = l->next)
+      if (strncmp(l->data, "Subject:", 8) == 0)
+        have = subject_cn(l->data + 8, cn, sizeof cn) == 0;
+  }
+  if (have && strcmp(cn, s->call->node) == 0)
+    return CURL_PREREQFUNC_OK;
+  if (have)
+    snprintf(s->wrong_peer, sizeof s->wrong_peer,
+             "the control endpoint's certificate names node '%s', not '%s' "
+             "(node '%s' registered another node's control URL?): request "
+             "not sent", cn, s->call->node, s->call->node);
+  else
+    snprintf(s->wrong_peer, sizeof s->wrong_peer,
+             "the control endpoint's certificate has no single CN to match "
+             "node '%s': request not sent", s->call->node);
+  return CURL_PREREQFUNC_ABORT;
 }
 
 static int
@@ -134,6 +211,17 @@ slot_start(CURLM *multi, struct slot *s, const struct nodecall_opts *o)
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->errbuf);
   if (curlbuf_tls(e, o->tls) != CURLE_OK)
     return -1;
+  s->wrong_peer[0] = '\0';
+  if (o->tls && c->node && strncasecmp(c->url, "https://", 8) == 0) {
+    /* A fresh connection each time: a reused one has no handshake, so no
+     * certificate to check (and may be another node's). */
+    if (curl_easy_setopt(e, CURLOPT_CERTINFO, 1L) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, pin_check) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, s) != CURLE_OK)
+      return -1;
+  }
   curlbuf_init(&s->reply, NODECALL_REPLY_MAX, false);
   curlbuf_attach(e, &s->reply);
   curl_easy_setopt(e, CURLOPT_PRIVATE, s);
@@ -169,6 +257,10 @@ slot_finish(struct slot *s, CURLcode rc)
   c->reply = NULL;
   c->err[0] = '\0';
   c->status = 0;
+  if (rc != CURLE_OK && s->wrong_peer[0]) {
+    snprintf(c->err, sizeof c->err, "%s", s->wrong_peer);
+    return;
+  }
   if (rc != CURLE_OK) {
     snprintf(c->err, sizeof c->err, "%s%s",
              s->reply.too_large ? "reply larger than 4 MiB"
@@ -257,7 +349,8 @@ nodecall_run(struct nodecall *calls, size_t n, const struct nodecall_opts *o)
       slot_reset(s);
       active--;
       struct nodecall *c = s->call;
-      if (retryable(c->status) && c->attempts <= o->retries) {
+      if (retryable(c->status) && c->attempts <= o->retries &&
+          s->wrong_peer[0] == '\0') {
         char why[NODECALL_ERR_MAX + 128];
         log_debug(COMPONENT, "retrying %s", nodecall_describe(c, why, sizeof why));
         s->not_before = clock_mono_ms() + ((int64_t)BACKOFF_MS << (c->attempts - 1 < 6 ? c->attempts - 1 : 6));

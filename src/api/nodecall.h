@@ -26,6 +26,8 @@ struct curlbuf_tls;
 
 struct nodecall {
   /* filled by the caller (nodecall_set) */
+  char *node;                  /* owned: the node id the endpoint must
+                                  prove (see nodecall_set); NULL = none */
   const char *method;          /* "GET", "PUT", "POST" or "DELETE" */
   char *url;                   /* owned */
   char *body;                  /* JSON text, owned; NULL = none */
@@ -49,11 +51,20 @@ struct nodecall_opts {
 /* Initialises libcurl for the process.  0 or -1 (logged). */
 int nodecall_global_init(void);
 
-/* Fills call: method, url = base + path (path's name parts must already
- * be safe: thunder's names are), body = json (serialised; NULL = none).
- * The other fields are cleared.  0 or -1 (ENOMEM). */
-int nodecall_set(struct nodecall *call, const char *method, const char *base,
-                 const char *path, struct json_object *json, void *user);
+/* Fills call: node (the node whose endpoint base is; NULL = none),
+ * method, url = base + path (path's name parts must already be safe:
+ * thunder's names are), body = json (serialised; NULL = none).  The other
+ * fields are cleared.  0 or -1 (ENOMEM).
+ *
+ * Node identity: when the batch runs with opts->tls (the fleet CA) and url
+ * is https, the endpoint's certificate must name node (its CN), checked
+ * after the handshake and before the request is sent; else the call fails
+ * (status 0, not retried) with err naming both names.  A node registered
+ * with another node's control URL so gets none of the calls meant for it:
+ * the fleet CA's hostname check alone would pass (docs/security.md). */
+int nodecall_set(struct nodecall *call, const char *node, const char *method,
+                 const char *base, const char *path, struct json_object *json,
+                 void *user);
 
 /* Runs calls[0..n) to completion (every one ends with a status or an
  * error).  Never fails as a whole: each call says how it went. */

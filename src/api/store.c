@@ -293,6 +293,7 @@ enum stmt_id {
   S_ROLLBACK_TO,
   S_NODE_EXISTS,
   S_NODE_NBD_HOLDER,
+  S_NODE_HB_HOLDER,
   S_NODE_UPSERT,
   S_NODE_HEARTBEAT,
   S_NODE_DOWN,
@@ -338,8 +339,22 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_RELEASE] = "RELEASE store_call",
   [S_ROLLBACK_TO] = "ROLLBACK TO store_call",
   [S_NODE_EXISTS] = "SELECT 1 FROM nodes WHERE id = ?1",
-  [S_NODE_NBD_HOLDER] = "SELECT id FROM nodes WHERE nbd_uri = ?2 COLLATE NOCASE"
-                        " AND id <> ?1 AND state = 'ready' LIMIT 1",
+  /* The ready node other than ?1 holding ?2 (NBD address) or ?3 (control
+   * URL): its id, which of the two, and the address. */
+  [S_NODE_NBD_HOLDER] =
+      "SELECT id, CASE WHEN nbd_uri = ?2 COLLATE NOCASE THEN 'nbd_uri' "
+      "ELSE 'control_url' END, CASE WHEN nbd_uri = ?2 COLLATE NOCASE "
+      "THEN nbd_uri ELSE control_url END FROM nodes WHERE id <> ?1 AND "
+      "state = 'ready' AND (nbd_uri = ?2 COLLATE NOCASE OR "
+      "control_url = ?3 COLLATE NOCASE) LIMIT 1",
+  /* The same for the registered addresses of node ?1 (its heartbeat). */
+  [S_NODE_HB_HOLDER] =
+      "SELECT o.id, CASE WHEN o.nbd_uri = n.nbd_uri COLLATE NOCASE THEN "
+      "'nbd_uri' ELSE 'control_url' END, CASE WHEN o.nbd_uri = n.nbd_uri "
+      "COLLATE NOCASE THEN o.nbd_uri ELSE o.control_url END FROM nodes n "
+      "JOIN nodes o ON o.id <> n.id AND o.state = 'ready' AND "
+      "(o.nbd_uri = n.nbd_uri COLLATE NOCASE OR "
+      "o.control_url = n.control_url COLLATE NOCASE) WHERE n.id = ?1 LIMIT 1",
   [S_NODE_UPSERT] =
       "INSERT INTO nodes (id, nbd_uri, control_url, rack, zone, vcpus, "
       "memory_mib, disk_bytes, registered_at, last_heartbeat_at, state) "
@@ -1024,25 +1039,35 @@ node_exists(struct store *st, const char *id, struct store_err *err)
   return fail_db(st, err, "look up node \"%s\"", id);
 }
 
-/* STORE_OK unless another node that is ready advertises n's NBD address
- * (STORE_CONFLICT naming it): two nodes of one address would let one
- * serve, or refuse, the other's children. */
+/* STORE_OK unless another node that is ready advertises node id's NBD
+ * address or control URL (STORE_CONFLICT naming it): two nodes of one NBD
+ * address would let one serve, or refuse, the other's children; two of
+ * one control URL would send one's VMs and attachments to the other.
+ * Register: s is S_NODE_NBD_HOLDER bound to n's addresses; heartbeat: s
+ * is S_NODE_HB_HOLDER (the addresses id registered).  A down node's
+ * addresses may be taken: the node that held them then gets this 409 on
+ * its next heartbeat or registration, and stays down. */
 static int
-nbd_uri_free(struct store *st, const struct store_node *n,
-             struct store_err *err)
+addresses_free(struct store *st, enum stmt_id which, const char *id,
+               const struct store_node *n, const char *what,
+               struct store_err *err)
 {
-  CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_NODE_NBD_HOLDER, err);
+  CLEANUP_STMT sqlite3_stmt *s = stmt(st, which, err);
   if (s == NULL)
     return STORE_ERROR;
-  sqlite3_bind_text(s, 1, n->id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(s, 2, n->nbd_uri, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+  if (n) {
+    sqlite3_bind_text(s, 2, n->nbd_uri, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, n->control_url, -1, SQLITE_STATIC);
+  }
   int r = sqlite3_step(s);
   if (r == SQLITE_ROW)
-    return fail(err, STORE_CONFLICT, "register node \"%s\": nbd_uri %s is already advertised by node \"%s\", which is ready",
-                n->id, n->nbd_uri, (const char *)sqlite3_column_text(s, 0));
+    return fail(err, STORE_CONFLICT, "%s of node \"%s\": %s %s is already advertised by node \"%s\", which is ready; node \"%s\" stays down until it registers with its own address or \"%s\" is stopped and marked down",
+                what, id, col_text(s, 1), col_text(s, 2), col_text(s, 0), id,
+                col_text(s, 0));
   if (r == SQLITE_DONE)
     return STORE_OK;
-  return fail_db(st, err, "look up the nodes of %s", n->nbd_uri);
+  return fail_db(st, err, "look up the nodes sharing the addresses of node \"%s\"", id);
 }
 
 int
@@ -1058,7 +1083,8 @@ store_node_register(struct store *st, const struct store_node *n,
                 "large", st->path, n->id);
   if (tx_begin(st, true, err) < 0)
     return STORE_ERROR;
-  int rc = nbd_uri_free(st, n, err);
+  int rc = addresses_free(st, S_NODE_NBD_HOLDER, n->id, n, "registration",
+                          err);
   if (rc == STORE_OK)
     rc = node_exists(st, n->id, err);
   bool is_new = rc == 0;
@@ -1116,7 +1142,14 @@ node_update(struct store *st, enum stmt_id id, const char *node,
 int
 store_node_heartbeat(struct store *st, const char *id, struct store_err *err)
 {
-  return node_update(st, S_NODE_HEARTBEAT, id, "heartbeat", err);
+  if (empty(id))
+    return node_update(st, S_NODE_HEARTBEAT, id, "heartbeat", err);
+  if (tx_begin(st, false, err) < 0)
+    return STORE_ERROR;
+  int rc = addresses_free(st, S_NODE_HB_HOLDER, id, NULL, "heartbeat", err);
+  if (rc == STORE_OK)
+    rc = node_update(st, S_NODE_HEARTBEAT, id, "heartbeat", err);
+  return tx_end(st, false, rc, err);
 }
 
 int

@@ -250,12 +250,15 @@ int store_placement_from_name(const char *name, enum store_placement *out);
 
 /* Registers node n (id … disk_bytes), or updates its addresses, labels and
  * capacity if known; either way it becomes ready with a heartbeat now.
- * *created (may be NULL) tells which.  Durable. */
+ * *created (may be NULL) tells which.  Durable.  STORE_CONFLICT if another
+ * ready node advertises n's NBD address or control URL. */
 int store_node_register(struct store *st, const struct store_node *n,
                         bool *created, struct store_err *err);
 
 /* Records a heartbeat of node id now; a down node becomes ready.
- * STORE_NOT_FOUND if it never registered. */
+ * STORE_NOT_FOUND if it never registered; STORE_CONFLICT (nothing
+ * changes) if another ready node now advertises its NBD address or control
+ * URL (taken while it was down), as store_node_register refuses. */
 int store_node_heartbeat(struct store *st, const char *id,
                          struct store_err *err);
 

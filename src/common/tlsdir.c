@@ -140,12 +140,18 @@ tlsdir_load_client(const char *dir, struct tlsdir_client *out, char *err,
   int n = snprintf(probe, sizeof probe, "%s/%s", dir, PKI_CLIENT_CERT);
   if (n < 0 || (size_t)n >= sizeof probe || access(probe, F_OK) == -1)
     return 0;
+  /* The key is handed to libcurl by name; read it once here for the rule
+   * read_pem applies to the server key (not readable by others). */
+  char *key = NULL;
   if (tlsdir_path(dir, PKI_CLIENT_CERT, out->cert, sizeof out->cert, err,
                   errlen) == -1 ||
       tlsdir_path(dir, PKI_CLIENT_KEY, out->key, sizeof out->key, err,
-                  errlen) == -1) {
+                  errlen) == -1 ||
+      (key = read_pem(dir, PKI_CLIENT_KEY, true, err, errlen)) == NULL) {
     out->cert[0] = out->key[0] = '\0';
     return -1;
   }
+  explicit_bzero(key, strlen(key));
+  free(key);
   return 0;
 }

@@ -59,7 +59,8 @@ struct tlsdir_client {
 
 /* The client's files of dir: ca-cert.pem must be readable; client-cert.pem
  * and client-key.pem are taken when client-cert.pem exists (then the key
- * must be readable too).  0, or -1 with a message naming the file. */
+ * must be readable too, and not readable or writable by others, as the
+ * server key).  0, or -1 with a message naming the file. */
 int tlsdir_load_client(const char *dir, struct tlsdir_client *out, char *err,
                        size_t errlen);
 

@@ -11,7 +11,14 @@
 #  - the node takes its certificate's CN as its name; node1's certificate
 #    claiming node2 (registration or heartbeat) is refused (403), and a
 #    thunderd started so refuses to start;
-#  - another node advertising node1's NBD address is refused (409);
+#  - another node advertising node1's NBD address or control URL is
+#    refused (409); a node whose control URL is node1's endpoint under
+#    another spelling gets no call through: the endpoint's certificate must
+#    name the node the call is for;
+#  - a down node whose NBD address another node took gets 409 on its
+#    heartbeat and stays down;
+#  - a client key readable by others is refused at start, like a server
+#    key;
 #  - NBD over TLS, the fetcher's side: node1 attaches an image from
 #    nbdkit --tls=require --tls-verify-peer (nbds:// upstream, its
 #    --tls-certificates) and serves its exact bytes; plaintext gets
@@ -50,6 +57,12 @@ cp -a "$pki/api" "$pki/loose"
 chmod 0644 "$pki/loose/server-key.pem"
 bad_start "loose/server-key.pem: a key readable or writable by others (mode 0644)" \
     "$THUNDER_API" --listen 127.0.0.1:0 --db "$tmpdir/bad.db" --tls require --tls-certificates "$pki/loose"
+# The client key is held to the server key's rule (thunder-api and
+# thunderd load it the same way).
+cp -a "$pki/api" "$pki/looseclient"
+chmod 0604 "$pki/looseclient/client-key.pem"
+bad_start "looseclient/client-key.pem: a key readable or writable by others (mode 0604)" \
+    timeout 10 "$THUNDER_API" --listen 127.0.0.1:0 --db "$tmpdir/bad.db" --tls require --tls-certificates "$pki/looseclient"
 bad_start "control-tls: 'yes': expected off, on or require" \
     "$THUNDERD" --cache "$tmpdir/bad" --socket none --pool none --listen none \
     --control 127.0.0.1:0 --control-tls yes
@@ -134,16 +147,23 @@ set -e
 
 # ---- node1's certificate claiming node2 ----------------------------------------------
 
-n1_curl=(curl -q -s --cacert "$pki/ca/ca-cert.pem" --cert "$pki/node1/client-cert.pem"
-         --key "$pki/node1/client-key.pem" -o "$tmpdir/body" -w '%{http_code}'
-         -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json')
+# curl with the client certificate of $1, the body to $tmpdir/body: prints
+# the status.
+curl_as ()
+{
+    local who=$1
+    shift
+    curl -q -s --cacert "$pki/ca/ca-cert.pem" --cert "$pki/$who/client-cert.pem" \
+        --key "$pki/$who/client-key.pem" -o "$tmpdir/body" -w '%{http_code}' \
+        -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json' "$@"
+}
 reg='{"name":"node2","nbd_uri":"nbd://127.0.0.1:1","control_url":"https://127.0.0.1:1","capacity":{"vcpus":1,"memory_mib":64,"disk_gib":1}}'
-code=$("${n1_curl[@]}" --data-binary "$reg" "$api_url/v1/nodes")
+code=$(curl_as node1 --data-binary "$reg" "$api_url/v1/nodes")
 expect 403 '.error.code == "forbidden" and (.error.message | test("names .node1.; a node may only speak for itself"))'
-code=$("${n1_curl[@]}" --data-binary '{}' "$api_url/v1/nodes/node2/heartbeat")
+code=$(curl_as node1 --data-binary '{}' "$api_url/v1/nodes/node2/heartbeat")
 expect 403 '.error.message | test("heartbeat of node .node2.")'
 # Its own heartbeat passes.
-code=$("${n1_curl[@]}" --data-binary '{}' "$api_url/v1/nodes/node1/heartbeat")
+code=$(curl_as node1 --data-binary '{}' "$api_url/v1/nodes/node1/heartbeat")
 expect 200
 # A thunderd with node1's certificate and --node-name node2 does not start.
 set +e
@@ -159,15 +179,26 @@ expect 404
 
 # ---- one NBD address, two nodes -------------------------------------------------------
 
-n2_curl=(curl -q -s --cacert "$pki/ca/ca-cert.pem" --cert "$pki/node2/client-cert.pem"
-         --key "$pki/node2/client-key.pem" -o "$tmpdir/body" -w '%{http_code}'
-         -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json')
 reg=$(jq -c --arg u "${node_nbd[1]}" '.nbd_uri = $u' <<<"$reg")
-code=$("${n2_curl[@]}" --data-binary "$reg" "$api_url/v1/nodes")
+code=$(curl_as node2 --data-binary "$reg" "$api_url/v1/nodes")
 expect 409 ".error.message | test(\"already advertised by node .node1.\")"
 reg=$(jq -c '.nbd_uri = "nbd://127.0.0.1:2"' <<<"$reg")
-code=$("${n2_curl[@]}" --data-binary "$reg" "$api_url/v1/nodes")
+code=$(curl_as node2 --data-binary "$reg" "$api_url/v1/nodes")
 expect 201 '.name == "node2"'
+
+# ---- one control URL, two nodes ---------------------------------------------------------
+
+# "op" (a valid fleet certificate) claims node1's control endpoint: the same
+# URL is refused like an NBD address ...
+reg=$(jq -c --arg c "${node_ctl[1]}" '.name = "op" | .nbd_uri = "nbd://127.0.0.1:3" | .control_url = $c' <<<"$reg")
+code=$(curl_as op --data-binary "$reg" "$api_url/v1/nodes")
+expect 409 ".error.message | test(\"control_url ${node_ctl[1]} is already advertised by node .node1.\")"
+# ... and another spelling of it (node1's certificate is valid for
+# localhost too) passes registration, but thunder-api's calls for "op"
+# stop at the certificate, which names node1: no request reaches node1.
+reg=$(jq -c --arg c "https://localhost:${node_ctl[1]##*:}" '.control_url = $c' <<<"$reg")
+code=$(curl_as op --data-binary "$reg" "$api_url/v1/nodes")
+expect 201 '.name == "op"'
 
 # ---- thunder-api calls the node over HTTPS ----------------------------------------------
 
@@ -186,6 +217,35 @@ jq -e ".upstreams[-1].uri == \"$origin_nbd/img\"" "$tmpdir/img.json" >/dev/null 
     fail "node1's img: $(cat "$tmpdir/img.json")"
 jq -e '.vms[0].reason | test("pool")' "$tmpdir/body" >/dev/null ||
     fail "the VM failed for another reason than the missing pool: $(jq -c . "$tmpdir/body")"
+
+# The cluster placed on "op" goes nowhere: its endpoint proves node1.
+call POST /v1/clusters '{"name":"stolen","image":"img","count":1,"vcpus":1,"memory_mib":64,"placement":{"nodes":["op"]}}'
+expect 202
+id=$(jq -r .id "$tmpdir/body")
+wait_cluster "$id" failed 30
+grep -q "certificate names node 'node1', not 'op'" "$tmpdir/body" "$api_log" ||
+    fail "the calls for op were not refused on node1's certificate: $(jq -c . "$tmpdir/body")"
+jq -e '[.vms[].reason // "" | test("pool")] | any | not' "$tmpdir/body" >/dev/null ||
+    fail "a VM of op reached node1 (refused there for its pool): $(jq -c . "$tmpdir/body")"
+
+# ---- a down node's NBD address taken, then its heartbeat -----------------------------
+
+# node2 (registered by hand, no heartbeats) goes down; "op" takes its NBD
+# address; node2's heartbeat is then refused, naming op, and node2 stays
+# down: one ready node per address.
+for (( i = 0; i < 60; ++i )); do
+    call GET /v1/nodes/node2
+    [ "$(jq -r .state "$tmpdir/body")" = down ] && break
+    sleep 0.2
+done
+expect 200 '.state == "down"'
+reg=$(jq -c '.nbd_uri = "nbd://127.0.0.1:2" | .control_url = "https://127.0.0.1:3"' <<<"$reg")
+code=$(curl_as op --data-binary "$reg" "$api_url/v1/nodes")
+expect 200 '.name == "op" and .nbd_uri == "nbd://127.0.0.1:2"'
+code=$(curl_as node2 --data-binary '{}' "$api_url/v1/nodes/node2/heartbeat")
+expect 409 '.error.code == "conflict" and (.error.message | test("heartbeat of node .node2.: nbd_uri nbd://127.0.0.1:2 is already advertised by node .op., which is ready"))'
+call GET /v1/nodes/node2
+expect 200 '.state == "down"'
 
 # ---- NBD over TLS: node1 fetches from nbdkit --tls=require -------------------------
 

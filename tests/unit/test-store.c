@@ -506,6 +506,7 @@ test_nodes(void)
    * host) while a is ready; once a is down it may. */
   struct store_node b = n;
   b.id = "b";
+  b.control_url = "http://10.0.0.7:8080";
   b.nbd_uri = "nbd://10.0.0.6:10809";
   CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_CONFLICT);
   CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "already advertised by node \"a\""));
@@ -517,7 +518,27 @@ test_nodes(void)
   CU_ASSERT_TRUE(created);
   /* a, back with b's address, is refused now. */
   CU_ASSERT_EQUAL(store_node_register(st, &n, &created, &e), STORE_CONFLICT);
+  /* ... and so is its heartbeat (it stays down), naming b. */
+  CU_ASSERT_EQUAL(store_node_heartbeat(st, "a", &e), STORE_CONFLICT);
+  CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "heartbeat of node \"a\": nbd_uri "
+                                "NBD://10.0.0.6:10809 is already advertised "
+                                "by node \"b\", which is ready"));
+  g = store_node_get(st, "a", &e);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+  CU_ASSERT_EQUAL(g->state, STORE_NODE_DOWN);
+  free(g);
+  /* The same for a control URL (any case): the calls for one node would
+   * go to the other. */
   b.nbd_uri = "nbd://10.0.0.7:10809";
+  b.control_url = "HTTP://10.0.0.5:8080";
+  CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_OK);
+  CU_ASSERT_EQUAL(store_node_heartbeat(st, "a", &e), STORE_CONFLICT);
+  CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "control_url HTTP://10.0.0.5:8080 is "
+                                "already advertised by node \"b\""));
+  CU_ASSERT_EQUAL(store_node_register(st, &n, &created, &e), STORE_CONFLICT);
+  CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "registration of node \"a\": "
+                                "control_url HTTP://10.0.0.5:8080"));
+  b.control_url = "http://10.0.0.7:8080";
   CU_ASSERT_EQUAL(store_node_register(st, &b, &created, &e), STORE_OK);
   CU_ASSERT_EQUAL(store_node_register(st, &n, &created, &e), STORE_OK);
 
