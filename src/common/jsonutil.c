@@ -504,7 +504,7 @@ jsonutil_get_uint(struct json_object *o, const char *at, const char *key,
       return -1;
     }
     in_range = d >= (double)min && d <= (double)max;
-    x = (uint64_t)d;
+    x = in_range ? (uint64_t)d : 0; /* a negative double is no uint64_t */
   } else {
     snprintf(err, errlen, "field '%s%s': expected an integer from %" PRIu64 " to %" PRIu64 ", not %s",
              at, key, min, max, json_type_to_name(t));

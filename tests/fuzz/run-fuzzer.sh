@@ -23,8 +23,14 @@ trap 'rm -rf "$work"' EXIT INT TERM
 cp -R "$corpus"/. "$work"/
 mkdir -p "$artifacts"
 
+# libFuzzer exits 77 on a finding by default, which meson reads as a
+# skipped test: findings exit 1 here.
 status=0
-"$fuzzer" "$@" -artifact_prefix="$artifacts"/ "$work" || status=$?
+"$fuzzer" -error_exitcode=1 "$@" -artifact_prefix="$artifacts"/ "$work" ||
+  status=$?
+if [ "$status" -eq 77 ]; then
+  status=1
+fi
 if [ "$status" -ne 0 ]; then
   echo "$0: $fuzzer failed ($status); reproducers in $artifacts:" >&2
   ls -l "$artifacts" >&2 || true

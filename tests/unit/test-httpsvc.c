@@ -733,7 +733,7 @@ test_getters(void)
 {
   char err[512];
   struct json_object *o = parse(
-      "{\"s\": \"str\", \"n\": 5, \"f\": 2.0, \"h\": 1.5, \"z\": null, "
+      "{\"s\": \"str\", \"n\": 5, \"f\": 2.0, \"m\": -1.0, \"h\": 1.5, \"z\": null, "
       "\"o\": {\"k\": 1}, \"a\": [1]}", err, sizeof err);
   CU_ASSERT_FATAL(o != NULL);
   const char *s;
@@ -752,6 +752,10 @@ test_getters(void)
   CU_ASSERT_EQUAL(u, 5);
   CU_ASSERT_EQUAL(jsonutil_get_uint(o, "", "f", true, 1, 9, &u, err, sizeof err), 0);
   CU_ASSERT_EQUAL(u, 2);
+  /* A negative integer written as a double (fuzz-bodies found it cast to
+   * uint64_t: undefined behaviour under UBSan). */
+  CU_ASSERT_EQUAL(jsonutil_get_uint(o, "", "m", true, 1, 9, &u, err, sizeof err), -1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err, "out of range"));
   CU_ASSERT_EQUAL(jsonutil_get_uint(o, "placement.", "h", true, 1, 9, &u, err,
                                     sizeof err), -1);
   CU_ASSERT_PTR_NOT_NULL(strstr(err, "field 'placement.h': 1.5 is not an integer"));
@@ -763,7 +767,7 @@ test_getters(void)
   CU_ASSERT_EQUAL(jsonutil_get_object(o, "", "o", true, &v, err, sizeof err), 0);
   CU_ASSERT_EQUAL(jsonutil_get_array(o, "", "o", true, &v, err, sizeof err), -1);
   CU_ASSERT_PTR_NOT_NULL(strstr(err, "field 'o': expected an array, not object"));
-  static const char *const known[] = { "s", "n", "f", "h", "z", "o", NULL };
+  static const char *const known[] = { "s", "n", "f", "m", "h", "z", "o", NULL };
   CU_ASSERT_EQUAL(jsonutil_known_keys(o, "", known, "expected s and n", err,
                                       sizeof err), -1);
   CU_ASSERT_PTR_NOT_NULL(strstr(err, "field 'a': unknown field; expected s and n"));
