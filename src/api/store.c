@@ -114,6 +114,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -781,9 +782,17 @@ migrate(struct store *st, struct store_err *err)
   /* Most opens find the current version: read it without the write lock,
    * which a busy writer on another handle could hold for a while. */
   int64_t from = -1, cur = 0;
+  /* One read transaction, so that the version, the mark and the table
+   * count come from one snapshot: read one by one, another handle's
+   * migration could commit between them (version 0 and no mark, then its
+   * tables: "a database of another program"). */
+  if (exec(st, "BEGIN DEFERRED", err) < 0)
+    return STORE_ERROR;
   if (pragma_int(st, "PRAGMA user_version", &cur, err) < 0 ||
       check_owner(st, cur, err) < 0)
-    return STORE_ERROR;
+    goto fail;
+  if (exec(st, "COMMIT", err) < 0)
+    goto fail;
   while (cur != (int64_t)N_MIGRATIONS) {
     int64_t v = 0, bad = 0;
     if (exec(st, "PRAGMA foreign_keys = OFF", err) < 0 ||
@@ -887,7 +896,16 @@ store_open(const char *path, struct store_err *err)
     fail_db(st, err, "PRAGMA journal_mode = WAL");
     goto fail;
   }
+  /* Turning a new file to WAL takes an exclusive lock, and SQLite answers
+   * SQLITE_BUSY at once (no busy handler) when another handle opening the
+   * same new file holds a shared one: retry within the busy timeout. */
   r = sqlite3_step(s);
+  for (int waited = 0; (r & 0xff) == SQLITE_BUSY &&
+                       waited < STORE_BUSY_TIMEOUT_MS; waited += 10) {
+    sqlite3_reset(s);
+    usleep(10 * 1000);
+    r = sqlite3_step(s);
+  }
   bool wal = r == SQLITE_ROW && strcmp(col_text(s, 0) ? col_text(s, 0) : "",
                                        "wal") == 0;
   if (r != SQLITE_ROW)

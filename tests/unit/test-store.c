@@ -1752,6 +1752,8 @@ test_concurrent_open(void)
   CU_ASSERT_FATAL(pthread_create(&b, NULL, opener, m2) == 0);
   pthread_join(a, NULL);
   pthread_join(b, NULL);
+  if (m1[0] || m2[0])
+    fprintf(stderr, "\nconcurrent open: '%s' / '%s'\n", m1, m2);
   CU_ASSERT_STRING_EQUAL(m1, "");
   CU_ASSERT_STRING_EQUAL(m2, "");
   CU_ASSERT_EQUAL(raw_int("PRAGMA user_version"),
