@@ -114,9 +114,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "jsonutil.h"
