@@ -8,7 +8,8 @@
 #    tls-creds-x509 object;
 #  - with require, a plaintext client gets NBD_REP_ERR_TLS_REQD and no
 #    export list or size; a client without a certificate, or with one of
-#    another CA, fails the TLS handshake (and thunderd's log says why);
+#    another CA (trusting the fleet's CA or not), fails the TLS handshake
+#    (and thunderd's log says why);
 #  - with on, plaintext and TLS clients are both served.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
@@ -29,6 +30,11 @@ done
 # The fleet's CA but no client certificate.
 mkdir "$pki/nocert"
 cp "$pki/ca/ca-cert.pem" "$pki/nocert/"
+# The fleet's CA (the client trusts the server) but a client certificate
+# of another CA: the server must refuse it.
+mkdir "$pki/mixed"
+cp "$pki/ca/ca-cert.pem" "$pki/mixed/"
+cp -p "$pki/evil/client-cert.pem" "$pki/evil/client-key.pem" "$pki/mixed/"
 
 images=$tmpdir/images
 mkdir "$images"
@@ -90,6 +96,8 @@ refused "handshake|certificate|TLS" \
     nbdinfo --size "nbds://$n1/img?tls-certificates=$pki/nocert"
 refused "handshake|certificate|TLS|verif" \
     nbdinfo --size "nbds://$n1/img?tls-certificates=$pki/evil"
+refused "handshake|certificate|TLS|verif|alert" \
+    nbdinfo --size "nbds://$n1/img?tls-certificates=$pki/mixed"
 refused "." nbdcopy "nbds://$n2/img?tls-certificates=$pki/evil" "$tmpdir/evil.copy"
 [ ! -s "$tmpdir/evil.copy" ] || fail "nbdcopy with another CA's certificate wrote data"
 grep -q "TLS handshake:.*no client certificate\|TLS handshake:.*certificate" "${node_log[1]}" ||
