@@ -1424,7 +1424,7 @@ handshake_main(void *arg)
   if (r == 1)
     log_debug(COMPONENT, "%s: serving '%s'", cn->peer,
               export_name(nbdsrv_conn_export(cn->nc)));
-  bool failed = false;
+  bool wake = false; /* the loop must look at cn at once */
   /* Under s->lock, so the loop cannot see cn open (and close it) before
    * it is in epoll; from the unlock on the loop owns cn. */
   pthread_mutex_lock(&s->lock);
@@ -1439,11 +1439,17 @@ handshake_main(void *arg)
     cn->want_read = true;
     struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT,
                              .data.ptr = cn };
-    if (epoll_ctl(cn->cl->pool.epfd, EPOLL_CTL_ADD, cn->fd, &e) == 0)
+    if (epoll_ctl(cn->cl->pool.epfd, EPOLL_CTL_ADD, cn->fd, &e) == 0) {
       cn->armed = true;
-    else {
+      /* Requests sent in the TLS record of the last option are decrypted
+       * already, out of epoll's sight: the loop reads them. */
+      if (cn->tls && nbdtls_pending(cn->tls) > 0) {
+        kick_locked(cn);
+        wake = true;
+      }
+    } else {
       log_warn_rl(COMPONENT, "%s: epoll_ctl: %m", cn->peer);
-      failed = true;
+      wake = true;
       cn->closing = true;
       cn->want_read = false;
       kick_locked(cn);
@@ -1457,7 +1463,7 @@ handshake_main(void *arg)
       log_debug(COMPONENT, "%s: handshake failed: %s", cn->peer,
                 err == ETIMEDOUT ? "timed out" : "protocol error");
     conn_destroy(cn);
-  } else if (failed)
+  } else if (wake)
     wake_loop(s);
   return NULL;
 }
