@@ -21,7 +21,6 @@
 #include <sys/socket.h>
 
 #include <gnutls/gnutls.h>
-#include <gnutls/x509.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
 
@@ -31,6 +30,7 @@
 #include "jsonutil.h"
 #include "log.h"
 #include "netaddr.h"
+#include "tlspeer.h"
 #include "token.h"
 
 #define PARAMS_MAX 4
@@ -430,49 +430,23 @@ check_peer(struct httpsvc_req *rq)
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
   gnutls_session_t session = ci ? ci->tls_session : NULL;
-  unsigned n = 0;
-  const gnutls_datum_t *certs =
-      session ? gnutls_certificate_get_peers(session, &n) : NULL;
-  if (certs == NULL || n == 0) {
+  char why[512];
+  int r = session ? tlspeer_check_client(session, rq->peer, sizeof rq->peer,
+                                         why, sizeof why)
+                  : 0;
+  if (r == 0) {
     if (rq->s->cfg.tls != TLSDIR_REQUIRE)
       return 0;
     early_error(rq, MHD_HTTP_FORBIDDEN, "a client certificate of the fleet CA is required (this service runs with tls = require)");
     return -1;
   }
-  gnutls_typed_vdata_st purpose = {
-    .type = GNUTLS_DT_KEY_PURPOSE_OID,
-    .data = (void *)GNUTLS_KP_TLS_WWW_CLIENT,
-  };
-  unsigned status = 0;
-  int r = gnutls_certificate_verify_peers(session, &purpose, 1, &status);
-  if (r < 0 || status != 0) {
-    gnutls_datum_t why = { NULL, 0 };
-    if (r >= 0)
-      gnutls_certificate_verification_status_print(
-          status, GNUTLS_CRT_X509, &why, 0);
+  if (r == -1) {
     early_error(rq, MHD_HTTP_FORBIDDEN, "client certificate refused: %s",
-                r < 0 ? gnutls_strerror(r)
-                      : why.data ? (const char *)why.data : "not valid");
-    gnutls_free(why.data);
+                why);
     return -1;
   }
-  gnutls_x509_crt_t crt;
-  size_t len = sizeof rq->peer;
-  if (gnutls_x509_crt_init(&crt) < 0)
-    goto no_name;
-  r = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER);
-  if (r >= 0)
-    r = gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0,
-                                      rq->peer, &len);
-  gnutls_x509_crt_deinit(crt);
-  if (r < 0 || len == 0 || strlen(rq->peer) != len)
-    goto no_name;
   rq->has_peer = true;
   return 0;
-no_name:
-  early_error(rq, MHD_HTTP_FORBIDDEN, "client certificate refused: no usable common name (CN) of at most %d bytes",
-              HTTPSVC_PEER_MAX);
-  return -1;
 }
 
 /* The first call: the headers are in. */

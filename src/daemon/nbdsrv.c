@@ -10,6 +10,10 @@
  *               EXPORT_NAME ok → transmission; unknown name → drop
  *               GO ok → transmission; INFO, LIST → reply, stay
  *               ABORT → ACK, end;  other options → NBD_REP_ERR_UNSUP
+ *               STARTTLS (TLS on or require) → ACK, TLS handshake, the
+ *               options go on encrypted; with require, before it every
+ *               option but STARTTLS and ABORT → NBD_REP_ERR_TLS_REQD
+ *               (EXPORT_NAME → drop)
  *               bad magic, too long, too many options → drop
  *   transmission  request magic flags type cookie offset count
  *               READ/FLUSH/CACHE served; WRITE/TRIM/WRITE_ZEROES → EPERM
@@ -41,6 +45,8 @@ struct nbdsrv_conn {
   char *peer;
   bool no_zeroes;          /* client asked for NBD_FLAG_NO_ZEROES */
   bool local;              /* a local client, for the counters */
+  enum tlsdir_mode tls;    /* what the client may or must do */
+  bool tls_active;         /* upgraded with NBD_OPT_STARTTLS */
   struct export *exp;      /* set when transmission starts */
   uint64_t size;           /* exp's size, cached */
 
@@ -130,6 +136,18 @@ void
 nbdsrv_conn_set_local(struct nbdsrv_conn *c, bool local)
 {
   c->local = local;
+}
+
+void
+nbdsrv_conn_set_tls(struct nbdsrv_conn *c, enum tlsdir_mode mode)
+{
+  c->tls = c->io.starttls ? mode : TLSDIR_OFF;
+}
+
+bool
+nbdsrv_conn_tls_active(struct nbdsrv_conn *c)
+{
+  return c->tls_active;
 }
 
 struct export *
@@ -410,7 +428,45 @@ nbdsrv_handshake(struct nbdsrv_conn *c)
     if (len > 0 && c->io.read(c->io.opaque, data, len) != 1)
       return -1;
 
+    if (c->tls == TLSDIR_REQUIRE && !c->tls_active &&
+        opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+      /* Nothing but the upgrade before TLS: no export list, no export. */
+      if (opt == NBD_OPT_EXPORT_NAME) {
+        log_debug(COMPONENT, "%s: NBD_OPT_EXPORT_NAME before TLS,"
+                  " disconnecting (TLS is required)", c->peer);
+        return -1;
+      }
+      if (send_opt_error(c, opt, NBD_REP_ERR_TLS_REQD,
+                         "TLS is required: use NBD_OPT_STARTTLS") == -1)
+        return -1;
+      continue;
+    }
+
     switch (opt) {
+    case NBD_OPT_STARTTLS:
+      if (c->tls == TLSDIR_OFF)
+        r = send_opt_error(c, opt, NBD_REP_ERR_UNSUP,
+                           "TLS is not enabled on this server");
+      else if (c->tls_active)
+        r = send_opt_error(c, opt, NBD_REP_ERR_INVALID,
+                           "TLS is already negotiated");
+      else if (len != 0)
+        r = send_opt_error(c, opt, NBD_REP_ERR_INVALID,
+                           "NBD_OPT_STARTTLS takes no data");
+      else {
+        /* Nothing read ahead of the upgrade is kept (io reads exactly
+         * what is asked), so no plaintext can be injected into the
+         * encrypted phase. */
+        if (send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0) == -1 ||
+            c->io.starttls(c->io.opaque) == -1)
+          return -1;
+        c->tls_active = true;
+        r = 0;
+      }
+      if (r == -1)
+        return -1;
+      break;
+
     case NBD_OPT_EXPORT_NAME:
       return opt_export_name(c, data, len);
 

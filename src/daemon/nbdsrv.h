@@ -21,6 +21,7 @@
 #include <sys/uio.h>
 
 #include "export.h"
+#include "tlsdir.h"
 
 /* Longest export name handled; longer ones are refused. */
 #define NBDSRV_NAME_MAX 4096
@@ -48,6 +49,10 @@ struct nbdsrv_io {
   int (*read)(void *opaque, void *buf, size_t len);
   /* Writes all of iov.  0, or -1 on error or timeout. */
   int (*writev)(void *opaque, const struct iovec *iov, int iovcnt);
+  /* NBD_OPT_STARTTLS was acknowledged: runs the TLS handshake, after which
+   * read and writev carry TLS.  0, or -1 (disconnect).  NULL: TLS is not
+   * offered on this stream. */
+  int (*starttls)(void *opaque);
   void *opaque;
 };
 
@@ -77,6 +82,18 @@ struct nbdsrv_conn *nbdsrv_conn_new(struct exports *reg,
 /* Marks the client as local (a Unix-socket peer, i.e. this node's QEMU)
  * for the export's counters; the default is remote (a child node). */
 void nbdsrv_conn_set_local(struct nbdsrv_conn *c, bool local);
+
+/* TLS on this connection (the default is off; needs io->starttls):
+ *   off      NBD_OPT_STARTTLS is refused (NBD_REP_ERR_UNSUP)
+ *   on       the client may upgrade with NBD_OPT_STARTTLS, or not
+ *   require  before the upgrade every option but NBD_OPT_STARTTLS and
+ *            NBD_OPT_ABORT is refused with NBD_REP_ERR_TLS_REQD
+ *            (NBD_OPT_EXPORT_NAME, which has no error reply, disconnects):
+ *            no export name, list or data before TLS. */
+void nbdsrv_conn_set_tls(struct nbdsrv_conn *c, enum tlsdir_mode mode);
+
+/* True once the client upgraded to TLS. */
+bool nbdsrv_conn_tls_active(struct nbdsrv_conn *c);
 
 /* Runs the handshake.  1: the client chose an export and transmission
  * begins; 0: the client ended the handshake cleanly (NBD_OPT_ABORT or

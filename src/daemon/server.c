@@ -57,6 +57,16 @@
  *               connections that must close, and once a second the idle and
  *               send timeouts.  Workers tell it through the kick list.
  *
+ * TLS (TCP, --tls on|require; nbdtls.h).  The handshake thread runs
+ * NBD_OPT_STARTTLS's TLS handshake under the same deadline; afterwards
+ * cn->tls is set and every recv/sendmsg of the connection goes through
+ * conn_recv/conn_sendv, which are the system calls themselves when
+ * cn->tls is NULL (plaintext connections take the same path as before).
+ * GnuTLS allows one reader and one writer at a time, which the read token
+ * and cn->writing already guarantee.  Decrypted bytes GnuTLS holds are
+ * invisible to epoll: rearm_locked kicks the loop to read them instead of
+ * waiting for EPOLLIN, and a worker's next read takes them directly.
+ *
  * Why not one thread per connection (as before): idle connections cost
  * 16 threads each, and buffers grew with each client's largest read.  Why
  * not the loop alone: a read may wait for the disk or an upstream; those
@@ -145,6 +155,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "nbdsrv.h"
+#include "nbdtls.h"
 #include "netaddr.h"
 
 #define COMPONENT "server"
@@ -239,6 +250,11 @@ struct conn {
   _Atomic int64_t deadline_ms; /* the handshake's; monotonic */
   char peer[INET6_ADDRSTRLEN + 16];
   struct nbdsrv_conn *nc;
+  /* NULL: plaintext.  Set by the handshake thread (NBD_OPT_STARTTLS)
+   * before the connection opens; then read by the holder of the read
+   * token and written by the one writer (cn->writing) at once, as
+   * GnuTLS allows (nbdtls.h). */
+  struct nbdtls_session *tls;
 
   /* the holder of the read token (cn->reader): the loop, or a worker
    * that just answered cn */
@@ -278,6 +294,7 @@ struct server {
   size_t nl;
   int epfd, efd;
   _Atomic bool stopping;
+  struct nbdtls *tls;        /* TCP's credentials; NULL: TLS off */
 
   pthread_mutex_t lock;
   struct conn *conns;
@@ -377,6 +394,29 @@ addr_release(struct server *s, struct addr_entry *e)
   free(e);
 }
 
+/* ---- the transport: the socket, or TLS on it ---------------------- */
+
+/* recv(2) on cn, through TLS once it is negotiated.  The plaintext path
+ * is the system call itself. */
+static inline ssize_t
+conn_recv(struct conn *cn, void *buf, size_t len, int flags)
+{
+  if (cn->tls == NULL)
+    return recv(cn->fd, buf, len, flags);
+  return nbdtls_recv(cn->tls, buf, len, flags);
+}
+
+/* sendmsg(2) of iov on cn (MSG_NOSIGNAL), through TLS once negotiated. */
+static inline ssize_t
+conn_sendv(struct conn *cn, struct iovec *iov, int iovcnt, int flags)
+{
+  if (cn->tls == NULL) {
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+    return sendmsg(cn->fd, &msg, MSG_NOSIGNAL | flags);
+  }
+  return nbdtls_sendv(cn->tls, iov, iovcnt, flags);
+}
+
 /* ---- the handshake (its own thread, blocking I/O under a deadline) -- */
 
 /* Waits for fd to be ready (events) before the connection's deadline.
@@ -406,9 +446,11 @@ sock_read(void *opaque, void *buf, size_t len)
   struct conn *cn = opaque;
   size_t got = 0;
   while (got < len) {
-    if (wait_deadline(cn, POLLIN) == -1)
+    /* Bytes TLS decrypted already are not seen by poll. */
+    if ((cn->tls == NULL || nbdtls_pending(cn->tls) == 0) &&
+        wait_deadline(cn, POLLIN) == -1)
       return -1;
-    ssize_t n = recv(cn->fd, (char *)buf + got, len - got, 0);
+    ssize_t n = conn_recv(cn, (char *)buf + got, len - got, MSG_DONTWAIT);
     if (n == 0)
       return got == 0 ? 0 : -1;
     if (n == -1) {
@@ -433,8 +475,7 @@ sock_writev(void *opaque, const struct iovec *iov_in, int iovcnt)
   while (iovcnt > 0) {
     if (wait_deadline(cn, POLLOUT) == -1)
       return -1;
-    struct msghdr msg = { .msg_iov = v, .msg_iovlen = (size_t)iovcnt };
-    ssize_t n = sendmsg(cn->fd, &msg, MSG_NOSIGNAL);
+    ssize_t n = conn_sendv(cn, v, iovcnt, MSG_DONTWAIT);
     if (n == -1) {
       if (errno == EINTR || errno == EAGAIN)
         continue;
@@ -450,6 +491,30 @@ sock_writev(void *opaque, const struct iovec *iov_in, int iovcnt)
       v->iov_len -= (size_t)n;
     }
   }
+  return 0;
+}
+
+static int
+tls_wait(void *opaque, short events)
+{
+  return wait_deadline(opaque, events);
+}
+
+/* NBD_OPT_STARTTLS was acknowledged: the TLS handshake, under the
+ * connection's deadline.  From here on sock_read/sock_writev and the
+ * workers go through cn->tls. */
+static int
+sock_starttls(void *opaque)
+{
+  struct conn *cn = opaque;
+  char err[512];
+  cn->tls = nbdtls_accept(cn->s->tls, cn->fd, tls_wait, cn, err, sizeof err);
+  if (cn->tls == NULL) {
+    log_warn_rl(COMPONENT, "%s: %s", cn->peer, err);
+    return -1;
+  }
+  log_debug(COMPONENT, "%s: TLS, client certificate '%s'", cn->peer,
+            nbdtls_peer_name(cn->tls));
   return 0;
 }
 
@@ -475,6 +540,7 @@ conn_destroy(struct conn *cn)
   }
   pthread_mutex_unlock(&s->lock);
   log_debug(COMPONENT, "%s: closed", cn->peer);
+  nbdtls_session_free(cn->tls);
   close(cn->fd);
   nbdsrv_conn_free(cn->nc);
   pthread_mutex_destroy(&cn->lock);
@@ -552,8 +618,16 @@ static void
 rearm_locked(struct conn *cn)
 {
   uint32_t ev = 0;
-  if (cn->want_read && !cn->reader)
-    ev |= EPOLLIN;
+  if (cn->want_read && !cn->reader) {
+    if (cn->tls && nbdtls_pending(cn->tls) > 0) {
+      /* Requests TLS decrypted already: epoll would not report them.
+       * The loop reads them (conn_kicked); no reader holds the token,
+       * so the session's input is not being touched. */
+      kick_locked(cn);
+      wake_loop(cn->s);
+    } else
+      ev |= EPOLLIN;
+  }
   if (cn->outq && !cn->writing && !cn->broken)
     ev |= EPOLLOUT;
   if (ev == 0)
@@ -620,8 +694,7 @@ job_send(struct conn *cn, struct job *j, int64_t deadline_us)
      * socket: at most SEND_CHUNK a call, so the deadline is looked at. */
     if (iov[n - 1].iov_len > SEND_CHUNK)
       iov[n - 1].iov_len = SEND_CHUNK;
-    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-    ssize_t w = sendmsg(cn->fd, &msg, MSG_NOSIGNAL);
+    ssize_t w = conn_sendv(cn, iov, n, 0);
     if (w > 0) {
       j->off += (size_t)w;
       continue;
@@ -864,8 +937,8 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
     if (cn->discard > 0 || cn->hdr_got == NBDSRV_REQUEST_LEN)
       kick = true; /* a write's payload to drop, or a request left over */
     else
-      r = recv(cn->fd, cn->hdr + cn->hdr_got,
-               NBDSRV_REQUEST_LEN - cn->hdr_got, flags);
+      r = conn_recv(cn, cn->hdr + cn->hdr_got,
+                    NBDSRV_REQUEST_LEN - cn->hdr_got, flags);
     if (r > 0)
       cn->hdr_got += (unsigned)r;
     else if (!kick && (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
@@ -1179,7 +1252,7 @@ read_requests(struct conn *cn, bool *error)
     if (cn->discard > 0) {
       static uint8_t sink[64 * 1024]; /* the loop's alone */
       size_t want = cn->discard < sizeof sink ? cn->discard : sizeof sink;
-      ssize_t r = recv(cn->fd, sink, want, MSG_DONTWAIT);
+      ssize_t r = conn_recv(cn, sink, want, MSG_DONTWAIT);
       if (r > 0) {
         cn->discard -= (uint32_t)r;
         continue;
@@ -1191,8 +1264,8 @@ read_requests(struct conn *cn, bool *error)
       return r == 0 ? "end of stream in a write payload" : "recv failed";
     }
     if (cn->hdr_got < NBDSRV_REQUEST_LEN) {
-      ssize_t r = recv(cn->fd, cn->hdr + cn->hdr_got,
-                       NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
+      ssize_t r = conn_recv(cn, cn->hdr + cn->hdr_got,
+                            NBDSRV_REQUEST_LEN - cn->hdr_got, MSG_DONTWAIT);
       if (r == -1 && errno == EINTR)
         continue;
       if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -1351,7 +1424,7 @@ handshake_main(void *arg)
   if (r == 1)
     log_debug(COMPONENT, "%s: serving '%s'", cn->peer,
               export_name(nbdsrv_conn_export(cn->nc)));
-  bool failed = false;
+  bool wake = false; /* the loop must look at cn at once */
   /* Under s->lock, so the loop cannot see cn open (and close it) before
    * it is in epoll; from the unlock on the loop owns cn. */
   pthread_mutex_lock(&s->lock);
@@ -1366,11 +1439,17 @@ handshake_main(void *arg)
     cn->want_read = true;
     struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT,
                              .data.ptr = cn };
-    if (epoll_ctl(cn->cl->pool.epfd, EPOLL_CTL_ADD, cn->fd, &e) == 0)
+    if (epoll_ctl(cn->cl->pool.epfd, EPOLL_CTL_ADD, cn->fd, &e) == 0) {
       cn->armed = true;
-    else {
+      /* Requests sent in the TLS record of the last option are decrypted
+       * already, out of epoll's sight: the loop reads them. */
+      if (cn->tls && nbdtls_pending(cn->tls) > 0) {
+        kick_locked(cn);
+        wake = true;
+      }
+    } else {
       log_warn_rl(COMPONENT, "%s: epoll_ctl: %m", cn->peer);
-      failed = true;
+      wake = true;
       cn->closing = true;
       cn->want_read = false;
       kick_locked(cn);
@@ -1384,7 +1463,7 @@ handshake_main(void *arg)
       log_debug(COMPONENT, "%s: handshake failed: %s", cn->peer,
                 err == ETIMEDOUT ? "timed out" : "protocol error");
     conn_destroy(cn);
-  } else if (failed)
+  } else if (wake)
     wake_loop(s);
   return NULL;
 }
@@ -1457,6 +1536,8 @@ admit(struct server *s, int fd, const struct sockaddr_storage *ss,
   atomic_init(&cn->deadline_ms, now_ms() + s->cfg.handshake_timeout_ms);
   peer_name(fd, is_unix, cn->peer, sizeof cn->peer);
   struct nbdsrv_io io = { .read = sock_read, .writev = sock_writev,
+                          .starttls = !is_unix && s->tls ? sock_starttls
+                                                         : NULL,
                           .opaque = cn };
   cn->nc = nbdsrv_conn_new(s->reg, &io, cn->peer);
   if (cn->nc == NULL) {
@@ -1467,6 +1548,7 @@ admit(struct server *s, int fd, const struct sockaddr_storage *ss,
     return;
   }
   nbdsrv_conn_set_local(cn->nc, is_unix);
+  nbdsrv_conn_set_tls(cn->nc, is_unix ? TLSDIR_OFF : s->cfg.tls);
 
   const char *full = NULL;
   pthread_mutex_lock(&s->lock);
@@ -1882,6 +1964,18 @@ server_new(struct exports *reg, const struct server_config *cfg)
               " name (1-15 characters)", cfg->tcp_congestion);
     goto fail;
   }
+  if (cfg->tls != TLSDIR_OFF && cfg->tcp_listen) {
+    char err[1024];
+    if (cfg->tls_pem == NULL) {
+      log_error(COMPONENT, "tls: no certificates");
+      goto fail;
+    }
+    if ((s->tls = nbdtls_new(cfg->tls_pem, err, sizeof err)) == NULL) {
+      log_error(COMPONENT, "tls: %s (tls-certificates)", err);
+      goto fail;
+    }
+  }
+  s->cfg.tls_pem = NULL; /* read; the caller may free it */
   if (cfg->socket_path && listen_unix(s, cfg->socket_path) == -1)
     goto fail;
   if (cfg->tcp_listen && listen_tcp(s, cfg->tcp_listen) == -1)
@@ -2053,6 +2147,7 @@ server_free(struct server *s)
       free(e);
     }
   }
+  nbdtls_free(s->tls);
   pthread_mutex_destroy(&s->lock);
   pthread_mutex_destroy(&s->kick_lock);
   free(s);

@@ -22,6 +22,7 @@
 #include <sys/types.h>
 
 #include "export.h"
+#include "tlsdir.h"
 
 /* The budget of one class of connections (TCP peers, or the Unix
  * socket's local clients). */
@@ -55,6 +56,12 @@ struct server_config {
    * e.g. "cubic"); NULL: the system's default.  The data of a relay
    * flows on these sockets: see server.c. */
   const char *tcp_congestion;
+  /* NBD over TLS on the TCP listener (NBD_OPT_STARTTLS; nbdsrv.h says
+   * what off, on and require allow) with the certificates of tls_pem,
+   * which must be set unless tls is off (read in server_new).  The Unix
+   * socket stays plaintext: its file mode guards it. */
+  enum tlsdir_mode tls;
+  const struct tlsdir_server *tls_pem;
 };
 
 struct server;

@@ -99,6 +99,7 @@ static struct {
   uint64_t capacity_disk_gib;
   uint64_t heartbeat_interval;
   char *control_tls;
+  char *nbd_tls;
   char *tls_certificates;
 } opt = {
   .socket_mode = 0660,
@@ -265,8 +266,13 @@ static const struct config_opt options[] = {
   { "control-tls", CONFIG_TYPE_STRING, &opt.control_tls, 0, 0,
     "off|on|require", "HTTPS on --control with --tls-certificates; require:"
     " only clients with a certificate of the fleet CA (default off)" },
+  { "tls", CONFIG_TYPE_STRING, &opt.nbd_tls, 0, 0, "off|on|require",
+    "NBD over TLS on --listen (NBD_OPT_STARTTLS) with --tls-certificates;"
+    " a TLS client must present a certificate of the fleet CA; require:"
+    " nothing but TLS (the Unix socket stays plaintext; default off)" },
   { "tls-certificates", CONFIG_TYPE_STRING, &opt.tls_certificates, 0, 0,
-    "DIR", "certificates (thunderctl pki issue): the control endpoint's,"
+    "DIR", "certificates (thunderctl pki issue): the NBD listener's and"
+    " the control endpoint's,"
     " and the CA and client certificate used with an https:// --api"
     " (default " TLS_DEFAULT_DIR ")" },
   { NULL },
@@ -630,6 +636,32 @@ vm_disk_path(void)
  * control endpoint's certificates into *pem; with an https:// --api the
  * client's files into *cl.  -1 with a logged error naming the option or
  * the file. */
+/* --tls into *mode and, unless off, the NBD listener's certificates into
+ * *pem.  -1 with a logged error naming the option or the file. */
+static int
+load_nbd_tls(enum tlsdir_mode *mode, struct tlsdir_server *pem)
+{
+  const char *dir = opt.tls_certificates ? opt.tls_certificates
+                                         : TLS_DEFAULT_DIR;
+  char err[1024];
+  if (tlsdir_mode_parse(opt.nbd_tls, mode) == -1) {
+    log_error(COMPONENT, "tls: '%s': expected off, on or require",
+              opt.nbd_tls);
+    return -1;
+  }
+  if (*mode != TLSDIR_OFF && is_none(opt.listen)) {
+    log_error(COMPONENT, "tls: %s needs the TCP listener (--listen)",
+              opt.nbd_tls);
+    return -1;
+  }
+  if (*mode != TLSDIR_OFF &&
+      tlsdir_load_server(dir, pem, err, sizeof err) == -1) {
+    log_error(COMPONENT, "tls: %s (tls-certificates)", err);
+    return -1;
+  }
+  return 0;
+}
+
 static int
 load_tls(enum tlsdir_mode *mode, struct tlsdir_server *pem,
          struct tlsdir_client *cl, bool *client)
@@ -734,6 +766,8 @@ main(int argc, char **argv)
   int nimages = 0;
   enum tlsdir_mode control_tls = TLSDIR_OFF;
   struct tlsdir_server tls_pem = { 0 };
+  struct tlsdir_server nbd_pem = { 0 };
+  enum tlsdir_mode nbd_tls = TLSDIR_OFF;
   struct tlsdir_client tls_client = { 0 };
   bool tls_api = false;
   enum log_level level = LOG_LEVEL_INFO;
@@ -774,6 +808,8 @@ main(int argc, char **argv)
   if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
     goto out;
   if (load_tls(&control_tls, &tls_pem, &tls_client, &tls_api) == -1)
+    goto out;
+  if (load_nbd_tls(&nbd_tls, &nbd_pem) == -1)
     goto out;
 
   raise_nofile();
@@ -858,8 +894,11 @@ main(int argc, char **argv)
     .idle_timeout_ms = (unsigned)opt.idle_timeout * 1000,
     .send_timeout_ms = (unsigned)opt.send_timeout * 1000,
     .tcp_congestion = opt.tcp_congestion,
+    .tls = nbd_tls,
+    .tls_pem = &nbd_pem,
   };
   server = server_new(reg, &sc);
+  tlsdir_server_free(&nbd_pem);
   if (server == NULL)
     goto out;
 
@@ -963,6 +1002,7 @@ out:
   exports_free(reg);
   free(token);
   tlsdir_server_free(&tls_pem);
+  tlsdir_server_free(&nbd_pem);
   config_free(options);
   return status;
 }

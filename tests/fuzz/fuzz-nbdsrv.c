@@ -10,10 +10,19 @@
  * fails), and one whose name is NBDSRV_NAME_MAX bytes long ('a'..'z'
  * repeating), the longest a client may send.
  *
+ * TLS: the io offers NBD_OPT_STARTTLS (the upgrade itself succeeds in
+ * memory: the bytes after it are the client's stream "decrypted"), and
+ * the input's length modulo 3 picks the mode (off, on, require), so the
+ * seeds keep their meaning and every input is run under one mode: the
+ * refusals before the upgrade and the options after it are explored.
+ * The TLS records themselves are GnuTLS's (daemon/nbdtls.c), tested end
+ * to end in tests/integration/test-nbd-tls.sh.
+ *
  * Seeds: tests/fuzz/corpus/nbdsrv/ (written by make-corpus.py).  Set
  * FUZZ_NBDSRV_DEBUG=1 to also run the debug log messages.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -107,6 +116,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 struct input {
   const uint8_t *p;
   size_t len, pos;
+  bool upgraded;             /* NBD_OPT_STARTTLS was acknowledged */
 };
 
 static int
@@ -142,16 +152,36 @@ sink_writev(void *opaque, const struct iovec *iov, int iovcnt)
   return 0;
 }
 
+/* The upgrade: succeeds, at most once per connection. */
+static int
+mem_starttls(void *opaque)
+{
+  struct input *in = opaque;
+  if (in->upgraded)
+    abort(); /* nbdsrv must refuse a second STARTTLS */
+  in->upgraded = true;
+  return 0;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   struct input in = { .p = data, .len = size };
   struct nbdsrv_io io = { .read = in_read, .writev = sink_writev,
-                          .opaque = &in };
+                          .starttls = mem_starttls, .opaque = &in };
   struct nbdsrv_conn *c = nbdsrv_conn_new(reg, &io, "fuzz");
   if (c == NULL)
     abort();
-  if (nbdsrv_handshake(c) == 1) {
+  enum tlsdir_mode mode = (enum tlsdir_mode)(size % 3);
+  nbdsrv_conn_set_tls(c, mode);
+  int hs = nbdsrv_handshake(c);
+  /* require: no export is ever chosen without the upgrade. */
+  if (hs == 1 && mode == TLSDIR_REQUIRE && !in.upgraded)
+    abort();
+  if (in.upgraded != nbdsrv_conn_tls_active(c) ||
+      (in.upgraded && mode == TLSDIR_OFF))
+    abort();
+  if (hs == 1) {
     if (nbdsrv_conn_export(c) == NULL)
       abort();
     struct nbdsrv_buf buf = { 0 };

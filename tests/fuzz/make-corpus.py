@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # thunder — writes the seed corpus of fuzz-nbdsrv: valid client sessions
-# (the client's bytes only), one file each.
+# (the client's bytes only), one file each.  The input's length modulo 3
+# is the TLS mode fuzz-nbdsrv runs it under (tls_mode below).
 #
 # Usage: make-corpus.py [DIR]   (default: corpus/nbdsrv next to this file)
 #
@@ -15,6 +16,7 @@ REQ_MAGIC = 0x25609513
 FIXED, NO_ZEROES = 1, 2
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
 OPT_STRUCTURED_REPLY = 8
+OPT_STARTTLS = 5
 INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 1, 2, 3
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE = 0, 1, 2, 3, 4, 5
 CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 6, 7
@@ -72,6 +74,29 @@ SESSIONS = {
     + req(CMD_BLOCK_STATUS, 7, 0, 512) + req(CMD_READ, 8, IMG_SIZE, 1)
     + DISC,
 }
+
+
+def tls_mode(data, mode):
+    """data padded after its end (bytes fuzz-nbdsrv never reads: the
+    session ends before) so that its length modulo 3 selects mode (0 off,
+    1 on, 2 require), as fuzz-nbdsrv.c does."""
+    return data + b'\0' * ((mode - len(data)) % 3)
+
+
+# NBD_OPT_STARTTLS sessions (the upgrade succeeds in memory).
+SESSIONS.update({
+    'tls-require-refused-then-starttls': tls_mode(
+        flags() + opt(OPT_LIST) + info_go(OPT_GO, b'img') + opt(OPT_STARTTLS)
+        + opt(OPT_LIST) + info_go(OPT_GO, b'img') + req(CMD_READ, 1, 0, 512)
+        + DISC, 2),
+    'tls-require-export-name': tls_mode(
+        flags() + opt(OPT_EXPORT_NAME, b'img') + DISC, 2),
+    'tls-on-starttls-twice': tls_mode(
+        flags() + opt(OPT_STARTTLS) + opt(OPT_STARTTLS)
+        + opt(OPT_STARTTLS, b'x') + info_go(OPT_GO, b'img') + DISC, 1),
+    'tls-off-starttls': tls_mode(
+        flags() + opt(OPT_STARTTLS) + info_go(OPT_GO, b'img') + DISC, 0),
+})
 
 
 def main():

@@ -62,6 +62,7 @@
 #define W_REP_INFO 3u
 #define W_REP_ERR_UNSUP 0x80000001u
 #define W_REP_ERR_INVALID 0x80000003u
+#define W_REP_ERR_TLS_REQD 0x80000005u
 #define W_REP_ERR_UNKNOWN 0x80000006u
 #define W_REP_ERR_TOO_BIG 0x80000009u
 
@@ -977,6 +978,161 @@ test_starttls_unsupported(void)
   CU_ASSERT_EQUAL(nbdsrv_handshake(t_conn), 0);
   sv_greeting();
   sv_expect_error(W_OPT_STARTTLS, W_REP_ERR_UNSUP);
+  sv_end();
+}
+
+/* ---- NBD_OPT_STARTTLS and the TLS modes (the state machine; the TLS
+ * itself is tested end to end in tests/integration/test-nbd-tls.sh) -- */
+
+static int t_starttls_calls, t_starttls_result;
+static size_t t_starttls_at; /* client bytes read when it was called */
+
+static int
+mem_starttls(void *opaque)
+{
+  (void)opaque;
+  t_starttls_calls++;
+  t_starttls_at = t_in_pos;
+  return t_starttls_result;
+}
+
+/* Replaces t_conn by one whose io offers TLS, in mode. */
+static void
+tls_conn(enum tlsdir_mode mode)
+{
+  nbdsrv_conn_free(t_conn);
+  struct nbdsrv_io io = mem_io;
+  io.starttls = mem_starttls;
+  t_conn = nbdsrv_conn_new(t_reg, &io, "test");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(t_conn);
+  nbdsrv_conn_set_tls(t_conn, mode);
+  t_starttls_calls = t_starttls_result = 0;
+  t_starttls_at = 0;
+}
+
+static void
+test_tls_require_nothing_before_starttls(void)
+{
+  tls_conn(TLSDIR_REQUIRE);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_opt(W_OPT_LIST, NULL, 0);
+  cl_info_go(W_OPT_INFO, "img", 3, 0, NULL);
+  cl_info_go(W_OPT_GO, "img", 3, 0, NULL);
+  cl_opt(42, NULL, 0);
+  cl_opt(W_OPT_STARTTLS, NULL, 0);
+  size_t upgrade_at = t_in.len;
+  cl_opt(W_OPT_LIST, NULL, 0);
+  cl_info_go(W_OPT_GO, "img", 3, 0, NULL);
+  CU_ASSERT_EQUAL_FATAL(nbdsrv_handshake(t_conn), 1);
+  sv_greeting();
+  /* No list, no size: only the refusal. */
+  sv_expect_error(W_OPT_LIST, W_REP_ERR_TLS_REQD);
+  sv_expect_error(W_OPT_INFO, W_REP_ERR_TLS_REQD);
+  sv_expect_error(W_OPT_GO, W_REP_ERR_TLS_REQD);
+  sv_expect_error(42, W_REP_ERR_TLS_REQD);
+  struct opt_reply r = sv_expect(W_OPT_STARTTLS, W_REP_ACK);
+  CU_ASSERT_EQUAL(r.len, 0);
+  CU_ASSERT_EQUAL(t_starttls_calls, 1);
+  /* The upgrade starts right after the option: nothing read ahead. */
+  CU_ASSERT_EQUAL(t_starttls_at, upgrade_at);
+  CU_ASSERT(nbdsrv_conn_tls_active(t_conn));
+  r = sv_expect(W_OPT_LIST, W_REP_SERVER);
+  CU_ASSERT(r.len >= 4 + 3);
+  CU_ASSERT_EQUAL(memcmp(r.data + 4, "img", 3), 0);
+  sv_expect(W_OPT_LIST, W_REP_ACK);
+  struct info info;
+  sv_info_until_ack(W_OPT_GO, &info);
+  CU_ASSERT_EQUAL(info.size, IMG_SIZE);
+  sv_end();
+}
+
+static void
+test_tls_require_export_name_disconnects(void)
+{
+  tls_conn(TLSDIR_REQUIRE);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_opt(W_OPT_EXPORT_NAME, "img", 3);
+  CU_ASSERT_EQUAL(nbdsrv_handshake(t_conn), -1);
+  sv_greeting();
+  sv_end();
+  CU_ASSERT_PTR_NULL(nbdsrv_conn_export(t_conn));
+}
+
+static void
+test_tls_require_abort(void)
+{
+  tls_conn(TLSDIR_REQUIRE);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_opt(W_OPT_ABORT, NULL, 0);
+  CU_ASSERT_EQUAL(nbdsrv_handshake(t_conn), 0);
+  sv_greeting();
+  sv_expect(W_OPT_ABORT, W_REP_ACK);
+  sv_end();
+}
+
+static void
+test_tls_on_plaintext_served(void)
+{
+  tls_conn(TLSDIR_ON);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_info_go(W_OPT_GO, "img", 3, 0, NULL);
+  CU_ASSERT_EQUAL_FATAL(nbdsrv_handshake(t_conn), 1);
+  sv_greeting();
+  struct info info;
+  sv_info_until_ack(W_OPT_GO, &info);
+  sv_end();
+  CU_ASSERT_EQUAL(t_starttls_calls, 0);
+  CU_ASSERT(!nbdsrv_conn_tls_active(t_conn));
+}
+
+static void
+test_starttls_bad_uses(void)
+{
+  tls_conn(TLSDIR_ON);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_opt(W_OPT_STARTTLS, "x", 1);    /* takes no data */
+  cl_opt(W_OPT_STARTTLS, NULL, 0);
+  cl_opt(W_OPT_STARTTLS, NULL, 0);   /* already negotiated */
+  cl_info_go(W_OPT_GO, "img", 3, 0, NULL);
+  CU_ASSERT_EQUAL_FATAL(nbdsrv_handshake(t_conn), 1);
+  sv_greeting();
+  sv_expect_error(W_OPT_STARTTLS, W_REP_ERR_INVALID);
+  sv_expect(W_OPT_STARTTLS, W_REP_ACK);
+  sv_expect_error(W_OPT_STARTTLS, W_REP_ERR_INVALID);
+  struct info info;
+  sv_info_until_ack(W_OPT_GO, &info);
+  sv_end();
+  CU_ASSERT_EQUAL(t_starttls_calls, 1);
+}
+
+static void
+test_starttls_handshake_fails(void)
+{
+  tls_conn(TLSDIR_REQUIRE);
+  t_starttls_result = -1;
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_opt(W_OPT_STARTTLS, NULL, 0);
+  cl_info_go(W_OPT_GO, "img", 3, 0, NULL);
+  CU_ASSERT_EQUAL(nbdsrv_handshake(t_conn), -1);
+  sv_greeting();
+  sv_expect(W_OPT_STARTTLS, W_REP_ACK);
+  sv_end();
+  CU_ASSERT_PTR_NULL(nbdsrv_conn_export(t_conn));
+}
+
+/* Without a starttls in its io (the Unix socket) a mode is ignored. */
+static void
+test_tls_mode_without_starttls_io(void)
+{
+  nbdsrv_conn_set_tls(t_conn, TLSDIR_REQUIRE);
+  cl_flags(W_FLAG_FIXED_NEWSTYLE);
+  cl_opt(W_OPT_STARTTLS, NULL, 0);
+  cl_info_go(W_OPT_GO, "img", 3, 0, NULL);
+  CU_ASSERT_EQUAL_FATAL(nbdsrv_handshake(t_conn), 1);
+  sv_greeting();
+  sv_expect_error(W_OPT_STARTTLS, W_REP_ERR_UNSUP);
+  struct info info;
+  sv_info_until_ack(W_OPT_GO, &info);
   sv_end();
 }
 
@@ -2618,6 +2774,13 @@ static const struct cunit_test tests[] = {
   T(structured_reply_refused),
   T(unknown_option),
   T(starttls_unsupported),
+  T(tls_require_nothing_before_starttls),
+  T(tls_require_export_name_disconnects),
+  T(tls_require_abort),
+  T(tls_on_plaintext_served),
+  T(starttls_bad_uses),
+  T(starttls_handshake_fails),
+  T(tls_mode_without_starttls_io),
   T(unknown_client_flags),
   T(client_flags_high_bit),
   T(no_fixed_newstyle),
