@@ -38,6 +38,9 @@ struct api_config {
   const char *db;             /* SQLite file */
   const char *token;          /* the operator's */
   const char *node_token;     /* nodes' (register, heartbeat; calls to them) */
+  bool require_enrolment;     /* the fleet token registers no node: a node
+                                 needs its enrolment token or a client
+                                 certificate (enrol.h) */
   unsigned node_timeout_s;    /* a node without heartbeat this long is down */
   unsigned poll_ms;           /* converger's pace */
   unsigned detach_grace_s;    /* an image unused this long is detached */
