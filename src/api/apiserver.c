@@ -350,6 +350,7 @@ node_enrol(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
   rep->status = created ? 201 : 200;
   rep->json = json_object_new_object();
   json_object_object_add(rep->json, "name", json_object_new_string(name));
+  json_object_object_add(rep->json, "enrolled", json_object_new_boolean(1));
   json_object_object_add(rep->json, "token", json_object_new_string(token));
   explicit_bzero(token, sizeof token);
 }

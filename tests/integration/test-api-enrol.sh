@@ -67,6 +67,9 @@ set +e
 out=$(tctl api node enrol node1 2>&1); rc=$?
 set -e
 [ $rc -eq 1 ] && grep -q "already enrolled" <<<"$out" || fail "enrol twice: exit $rc: $out"
+call POST /v1/nodes/node5/enrolment
+expect 201 '.name == "node5" and .enrolled and (.token | startswith("node5:"))'
+expect_schema api-node-enrolment
 as "$fleet" POST /v1/nodes/-bad/enrolment
 refused 404 '.error.message | test("not a node name")'
 as "$fleet" POST '/v1/nodes/node1/enrolment?rotate=maybe'
