@@ -15,9 +15,11 @@
  *   store.c        SQLite                    nodecall.c  HTTP to the nodes
  *   originman.c    an image's manifest on the origin (common/manclient.h)
  *   metrics.c      counters for GET /metrics
+ *   enrol.c        enrol_: per-node enrolment tokens and the rule of
+ *                  who may register or heartbeat as a node (pure)
  *   apiutil.c      the clock, time format, export URIs
  *
- * Includes go one way: apiserver → validate, render, provision,
+ * Includes go one way: apiserver → validate, render, provision, enrol,
  * converge, metrics; converge → nodecall, store, apiutil; nothing
  * includes apiserver.h but thunder-api.c.
  */

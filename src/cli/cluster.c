@@ -1,7 +1,7 @@
 /* thunder — thunderctl's commands on thunder-api (see cluster.h).
  *
- * cluster create|show|tree|list|delete, and api node list, api image
- * register|list.  They talk to thunder-api through apiclient.c with the
+ * cluster create|show|tree|list|delete, and api node list|enrol|revoke,
+ * api image register|list.  They talk to thunder-api through apiclient.c with the
  * operator token.  Exit status: 0 done, 1 failed (the API refused, the
  * cluster failed, a reply made no sense), 2 usage error, 3 --wait timed out.
  *
