@@ -14,7 +14,8 @@
 #  - after revoke the token is 403;
 #  - a name never enrolled still registers with the fleet token, unless
 #    thunder-api runs with --require-enrolment.
-# The rule itself, case by case, is test-store's "enrolment" suite.
+# The rule itself, case by case, is tests/unit/test-enrol.c; the table,
+# rotation and the 3 -> 4 upgrade are test-store's.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
