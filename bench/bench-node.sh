@@ -390,6 +390,26 @@ run_one() {
     sed -n "s/.*\"${row_metric[r]}\":\([0-9.]*\).*/\1/p" <<< "$json"
 }
 
+# row_runs ROW URI_BASE TAG_BASE URI_CAND TAG_CAND: BENCH_RUNS runs of ROW
+# on each side, alternating which goes first; sets row_med_base,
+# row_spread_base, row_med_cand, row_spread_cand.
+row_runs() {
+    local r=$1 ub=$2 tb=$3 uc=$4 tc=$5 i m lo hi
+    local -a vb=() vc=()
+    for ((i = 0; i < runs; i++)); do
+        if (( (i + r) % 2 == 1 )); then
+            vb+=("$(run_one "$ub" "$r" "$tb")"); vc+=("$(run_one "$uc" "$r" "$tc")")
+        else
+            vc+=("$(run_one "$uc" "$r" "$tc")"); vb+=("$(run_one "$ub" "$r" "$tb")")
+        fi
+        note "  row $r run $((i + 1))/$runs: $tb ${vb[-1]}  $tc ${vc[-1]}"
+    done
+    read -r m lo hi <<< "$(stats "${vb[@]}")"
+    row_med_base=$m; row_spread_base=$(spread_pct "$m" "$lo" "$hi")
+    read -r m lo hi <<< "$(stats "${vc[@]}")"
+    row_med_cand=$m; row_spread_cand=$(spread_pct "$m" "$lo" "$hi")
+}
+
 if want_part 2; then
     note "part 2: cached reads on n1 vs nbdkit file, 3 rows x 2 servers x $runs runs x $(awk -v s="$seconds" -v w="$warmup" 'BEGIN{print s+w}') s"
     "$nbdkit" -f --readonly -U "$tmp/nbdkit.sock" -e "$name" file "$file" \
@@ -417,21 +437,9 @@ if want_part 2; then
     fetches_before=$(counter n1 .counters.fetches)
     hits_before=$(counter n1 .counters.hits)
     for r in 1 2 3; do
-        vb=() vc=()
-        for ((i = 0; i < runs; i++)); do
-            if (( (i + r) % 2 == 1 )); then
-                vb+=("$(run_one "$uri_nbdkit" "$r" nbdkit)")
-                vc+=("$(run_one "$uri_n1" "$r" node)")
-            else
-                vc+=("$(run_one "$uri_n1" "$r" node)")
-                vb+=("$(run_one "$uri_nbdkit" "$r" nbdkit)")
-            fi
-            note "  row $r run $((i + 1))/$runs: nbdkit ${vb[-1]}  node ${vc[-1]}"
-        done
-        read -r m lo hi <<< "$(stats "${vb[@]}")"
-        med_base[$r]=$m; spread_base[$r]=$(spread_pct "$m" "$lo" "$hi")
-        read -r m lo hi <<< "$(stats "${vc[@]}")"
-        med_cand[$r]=$m; spread_cand[$r]=$(spread_pct "$m" "$lo" "$hi")
+        row_runs "$r" "$uri_nbdkit" nbdkit "$uri_n1" node
+        med_base[$r]=$row_med_base; spread_base[$r]=$row_spread_base
+        med_cand[$r]=$row_med_cand; spread_cand[$r]=$row_spread_cand
     done
     part2_fetches=$(( $(counter n1 .counters.fetches) - fetches_before ))
     part2_hits=$(( $(counter n1 .counters.hits) - hits_before ))
@@ -524,19 +532,9 @@ if want_part 4; then
         { echo "$out" >&2; die "verification over TLS failed on tnode"; }
     declare -A med4_plain=() med4_tls=() spread4_plain=() spread4_tls=()
     for r in 1 3; do
-        vb=() vc=()
-        for ((i = 0; i < runs; i++)); do
-            if (( (i + r) % 2 == 1 )); then
-                vb+=("$(run_one "$uri4_plain" "$r" tcp)"); vc+=("$(run_one "$uri4_tls" "$r" tls)")
-            else
-                vc+=("$(run_one "$uri4_tls" "$r" tls)"); vb+=("$(run_one "$uri4_plain" "$r" tcp)")
-            fi
-            note "  cached row $r run $((i + 1))/$runs: plain ${vb[-1]}  tls ${vc[-1]}"
-        done
-        read -r m lo hi <<< "$(stats "${vb[@]}")"
-        med4_plain[$r]=$m; spread4_plain[$r]=$(spread_pct "$m" "$lo" "$hi")
-        read -r m lo hi <<< "$(stats "${vc[@]}")"
-        med4_tls[$r]=$m; spread4_tls[$r]=$(spread_pct "$m" "$lo" "$hi")
+        row_runs "$r" "$uri4_plain" plain "$uri4_tls" tls
+        med4_plain[$r]=$row_med_base; spread4_plain[$r]=$row_spread_base
+        med4_tls[$r]=$row_med_cand; spread4_tls[$r]=$row_spread_cand
     done
     stop tnode torigin
 fi
