@@ -13,8 +13,9 @@
 
 #include "tlspeer.h"
 
-/* Largest reply sent as one record by nbdtls_sendv (a TLS record holds
- * at most 16 KiB; the copy is on the caller's stack). */
+/* Most bytes of small pieces (headers, small reads, several replies)
+ * nbdtls_sendv gathers into one record (a TLS record holds at most 16 KiB
+ * of data; the copy is on the sender's stack). */
 #define NBDTLS_MERGE_MAX (16 * 1024)
 
 /* Sending: GnuTLS hands every record it encrypts (at most 16 KiB of data)
@@ -308,27 +309,46 @@ batch_fill(struct nbdtls_session *s, const struct iovec *iov, int iovcnt)
   s->batching = true;
   ssize_t r = 1;
   int i = 0;
-  size_t off = 0;
-  /* A reply that fits one record (a header and a small read's data) goes
-   * out as one: one encryption instead of two. */
-  if (iovcnt == 2 && iov[0].iov_len + iov[1].iov_len <= NBDTLS_MERGE_MAX) {
-    uint8_t rec[NBDTLS_MERGE_MAX];
-    memcpy(rec, iov[0].iov_base, iov[0].iov_len);
-    memcpy(rec + iov[0].iov_len, iov[1].iov_base, iov[1].iov_len);
-    r = batch_record(s, rec, iov[0].iov_len + iov[1].iov_len);
-    i = iovcnt;
-  }
-  for (; i < iovcnt && r > 0; i++, off = 0) {
-    while (off < iov[i].iov_len && s->nrec < BATCH_RECORDS &&
-           s->out_cap - s->out_len >= RECORD_ROOM) {
-      r = batch_record(s, (const char *)iov[i].iov_base + off,
-                       iov[i].iov_len - off);
-      if (r <= 0)
-        break;
-      off += (size_t)r;
+  size_t off = 0; /* taken of iov[i] */
+  uint8_t rec[NBDTLS_MERGE_MAX];
+  while (i < iovcnt && r > 0 && s->nrec < BATCH_RECORDS &&
+         s->out_cap - s->out_len >= RECORD_ROOM) {
+    if (iov[i].iov_len == off) { /* an empty piece */
+      i++;
+      off = 0;
+      continue;
     }
-    if (off < iov[i].iov_len)
-      break;
+    const char *base = (const char *)iov[i].iov_base + off;
+    size_t left = iov[i].iov_len - off;
+    if (left >= NBDTLS_MERGE_MAX) {
+      r = batch_record(s, base, left); /* encrypted where it lies */
+    } else {
+      /* Small pieces -- a reply's header and a small read's data, or
+       * several such replies the server sends at once -- are gathered
+       * into one record while they fit: one encryption and one record
+       * header for all of them instead of one per piece. */
+      size_t n = 0;
+      for (int j = i; j < iovcnt; j++) {
+        size_t l = iov[j].iov_len - (j == i ? off : 0);
+        if (n + l > sizeof rec)
+          break;
+        memcpy(rec + n, j == i ? base : iov[j].iov_base, l);
+        n += l;
+      }
+      r = batch_record(s, rec, n);
+    }
+    /* Step over the r bytes taken (r <= what was offered). */
+    size_t k = r > 0 ? (size_t)r : 0;
+    while (k > 0) {
+      size_t l = iov[i].iov_len - off;
+      if (k < l) {
+        off += k;
+        break;
+      }
+      k -= l;
+      i++;
+      off = 0;
+    }
   }
   s->batching = false;
   if (s->nrec > 0)

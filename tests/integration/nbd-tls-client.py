@@ -11,7 +11,8 @@
 #   nbd-tls-client.py --slow-read IMAGE HOST PORT CA-CERT CLIENT-CERT
 #                     CLIENT-KEY EXPORT
 # A reader the server must wait for: a 16 KiB receive buffer, every 1 MiB
-# read of the image asked for twice at once, nothing read for 0.3 s, then
+# read of the image asked for twice at once and 256 small reads of odd
+# sizes (several replies per batch), nothing read for 0.3 s, then
 # every reply compared with IMAGE (the server's sends stop part way
 # through its batches of TLS records and resume; nbdtls.c).  Prints
 # "read: N MiB" or "error: WHY" (exit 1).
@@ -82,22 +83,29 @@ def slow_read(image, host, port, ca, cert, key, export):
         if typ != REP_INFO:
             raise ValueError('NBD_OPT_GO refused (reply 0x%x)' % typ)
     reqs = {}
-    for rnd in range(2):
-        for off in range(0, len(data) - mib + 1, mib):
-            h = len(reqs) + 1
-            reqs[h] = off
-            s.sendall(struct.pack('>IHHQQI', REQ_MAGIC, 0, CMD_READ, h, off,
-                                  mib))
+    # Two rounds of 1 MiB reads, then small reads of odd sizes whose
+    # replies the server sends several at a time (gathered into shared
+    # TLS records).
+    sizes = ([mib] * (2 * (len(data) // mib)) +
+             [512, 4096, 20000, 7000, 100, 33000, 64, 9000] * 32)
+    off = 0
+    for n in sizes:
+        off = off if off + n <= len(data) else 0
+        h = len(reqs) + 1
+        reqs[h] = (off, n)
+        s.sendall(struct.pack('>IHHQQI', REQ_MAGIC, 0, CMD_READ, h, off, n))
+        off += n if n == mib else n + 4096
     time.sleep(0.3)
     while reqs:
         magic, err, h = struct.unpack('>IIQ', recv_exact(s, 16))
         if magic != SIMPLE_REPLY_MAGIC or err != 0 or h not in reqs:
             raise ValueError('reply: magic 0x%x error %d handle %d'
                              % (magic, err, h))
-        off = reqs.pop(h)
-        if recv_exact(s, mib) != data[off:off + mib]:
-            raise ValueError('read at %d: not the image\'s bytes' % off)
-    print('read: %d MiB' % (2 * (len(data) // mib)))
+        off, n = reqs.pop(h)
+        if recv_exact(s, n) != data[off:off + n]:
+            raise ValueError('read of %d at %d: not the image\'s bytes'
+                             % (n, off))
+    print('read: %d MiB and %d small' % (2 * (len(data) // mib), 256))
     return 0
 
 
