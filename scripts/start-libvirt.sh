@@ -29,10 +29,27 @@ running() {  # running PIDFILE SOCKET
     ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && [ -S "$2" ]
 }
 
+# without_inherited_fds CMD...: runs CMD with every descriptor above 2
+# closed.  The daemons outlive whoever started them and must not keep what
+# that caller holds open: a test run as "flock /work/libvirt.lock meson
+# test ..." would otherwise leave its lock held by libvirtd and virtlogd
+# (every later flock waits for ever), and a pipe of meson's test runner
+# open.
+without_inherited_fds() {
+  local fd
+  for fd in /proc/self/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then
+      eval "exec $fd>&-" 2>/dev/null || true
+    fi
+  done
+  exec "$@"
+}
+
 start() {  # start NAME PIDFILE SOCKET
   local i
   running "$2" "$3" && return 0
-  "$1" -d
+  (without_inherited_fds "$1" -d)
   for (( i = 0; i < 100; ++i )); do
     if running "$2" "$3"; then
       echo "started $1 $(cat "$2")"

@@ -4,7 +4,8 @@
 #   2. build/       gcc, warnings as errors: unit + integration suites
 #   3. build-san/   gcc with AddressSanitizer + UndefinedBehaviorSanitizer
 #                   (leaks and UB are failures): unit + integration suites
-#   4. build-fuzz/  clang + libFuzzer: the fuzz suite (60 s per target)
+#   4. build-fuzz/  clang + libFuzzer: the fuzz suite (fuzz-nbdsrv 60 s, the
+#                   others 30 s; one target per core at a time)
 # Prints one summary line "tests: N passed, N failed, N skipped" (a build
 # that fails counts as one failed test) and exits non-zero if anything
 # failed.  Run as root on Debian 12.

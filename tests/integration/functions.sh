@@ -233,9 +233,9 @@ _kill_thunderd ()
     _thunderd_reaped[$pid]=1
     _pid_running "$pid" || { wait "$pid" 2>/dev/null; return 0; }
     kill -TERM "$pid" 2>/dev/null
-    for (( i = 0; i < 50; ++i )); do
+    for (( i = 0; i < 250; ++i )); do
         _pid_running "$pid" || break
-        sleep 0.1
+        sleep 0.02
     done
     if _pid_running "$pid"; then
         echo "$0: thunderd $pid ignored SIGTERM for 5 s; killing it" >&2
@@ -325,7 +325,10 @@ _start_thunderd_once ()
     thunderd_pid=$!
     thunderd_status=""
     cleanup_fn _kill_thunderd "$thunderd_pid"
-    for (( i = 0; i < 100; ++i )); do
+    # Polled every 20 ms (10 s in all): the suite starts and stops
+    # thunderd hundreds of times (node-crash alone 160 starts), and a
+    # 100 ms poll cost ~50 ms at each.
+    for (( i = 0; i < 500; ++i )); do
         if ! _pid_running "$thunderd_pid"; then
             thunderd_status=0
             wait "$thunderd_pid" || thunderd_status=$?
@@ -336,7 +339,7 @@ _start_thunderd_once ()
            { [ -z "$sock" ] || [ -S "$sock" ]; }; then
             return 0
         fi
-        sleep 0.1
+        sleep 0.02
     done
     fail "thunderd $*: not ready within 10 s (no \"ready\" in its log${sock:+ or no socket $sock})"
 }
@@ -347,9 +350,9 @@ stop_thunderd ()
 {
     local i
     kill -TERM "$thunderd_pid" || fail "thunderd $thunderd_pid: already gone"
-    for (( i = 0; i < 100; ++i )); do
+    for (( i = 0; i < 500; ++i )); do
         _pid_running "$thunderd_pid" || break
-        sleep 0.1
+        sleep 0.02
     done
     _pid_running "$thunderd_pid" &&
         fail "thunderd $thunderd_pid: still running 10 s after SIGTERM"
