@@ -198,8 +198,10 @@ set -e
 
 call POST /v1/images "{\"name\":\"img\",\"origin\":\"nbd://$o\"}"
 expect 502 ".error.message | test(\"nbd://$o export img@manifest: Operation not supported .*requires TLS.*nbds://\")"
-call POST /v1/images "{\"name\":\"img\",\"origin\":\"nbds://$o\"}"
-expect 201 ".version == \"$ver\" and .origin == \"nbds://$o\""
+out=$("$THUNDERCTL" --api "$api_url" --token-file "$token_file" api image register img \
+      --origin "nbds://$o" 2>&1) || fail "thunderctl api image register --origin nbds://: $out"
+call GET /v1/images/img
+expect 200 ".version == \"$ver\" and .origin == \"nbds://$o\""
 call POST /v1/clusters '{"name":"tls","image":"img","count":2,"vcpus":1,"memory_mib":64,"fanout":1,"placement":{"nodes":["node4","node5"]}}'
 expect 202
 id=$(jq -r .id "$tmpdir/body")
