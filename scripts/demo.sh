@@ -103,6 +103,7 @@ cp "$work/guest/guest.img" "$work/images/guest.img"
 "$THUNDERCTL" image add guest "$work/images/guest.img"
 
 step "2. the origin serves it over NBD (TLS: a fleet CA and a certificate per host)"
+mkdir -m 0700 "$pki"
 "$THUNDERCTL" pki init "$pki/ca" >/dev/null
 for h in origin api node1 node2 node3 op; do
   "$THUNDERCTL" pki issue "$h" --ca "$pki/ca" --out "$pki/$h" --ip 127.0.0.1 --dns localhost >/dev/null
