@@ -176,7 +176,7 @@ refused "handshake|certificate|TLS|verif" \
 
 # Plain HTTP here (HTTPS is test-tls's); --tls-certificates gives
 # thunder-api the client certificate it reads nbds:// manifests with.
-start_api --tls-certificates "$pki/api" --origin-cap 1 --poll-interval 100 \
+start_api --tls-certificates "$pki/api" --origin-cap 1 --poll-interval 50 \
     --push-timeout 5000 --push-retries 0
 for n in 4 5; do start_api_node "$n" --tls require --tls-certificates "$pki/node$n"; done
 # Node 6: TLS off, the fleet's CA but no client certificate.
