@@ -20,6 +20,21 @@
 #                   each read the whole image at once (nbdcopy): bytes the
 #                   origin sent / image size (target 1.0) and bytes f1
 #                   relayed / image size (5.0 expected).
+#   4. TLS          (issue 15; not in the default parts: BENCH_PARTS=4)
+#                   NBD over TLS against plaintext on one node, in the
+#                   same run, sides alternated; an origin and a node with
+#                   --tls on (certificates from thunderctl pki):
+#                   cold relay: a full read (nbdcopy) of the node's Unix
+#                   socket with an empty cache, its upstream the origin
+#                   over nbds:// or nbd:// (TLS is between machines; a VM
+#                   reads its node's Unix socket, which stays plaintext);
+#                   cached: nbdbench rows (4K rand x 1 client, 1M seq x 1
+#                   client) on the node's TCP port, nbds:// or nbd://, as
+#                   a child node or a remote reader reads it.  Median of
+#                   BENCH_COLD_RUNS / BENCH_RUNS runs; target >= 0.8.
+#                   Both ends of every TLS connection run on this host's
+#                   CPUs, so a ratio is also bounded by the client's
+#                   decryption (the CPU ms of each side are printed).
 #
 # Builds nothing: takes the binaries from the environment (defaults under
 # ./build).  Everything listens on 127.0.0.1 (TCP ports picked by the
@@ -36,7 +51,8 @@
 #   BENCH_SECONDS    measured seconds per nbdbench run in part 2 (default 8)
 #   BENCH_WARMUP     unmeasured seconds before each nbdbench run (default 1)
 #   BENCH_RUNS       nbdbench runs per server and row; median (default 3)
-#   BENCH_PARTS      which parts, e.g. "1 3" (default "1 2 3"; 2 needs 1)
+#   BENCH_PARTS      which parts, e.g. "1 3" (default "1 2 3"; 2 needs 1;
+#                    4 is the TLS part)
 #   BENCH_COPY_ARGS  nbdcopy arguments of every full read
 #                    (default "--connections=1 --requests=16 --request-size=1048576")
 #   BENCH_NODE_ARGS  extra thunderd arguments for the nodes
@@ -74,7 +90,7 @@ note() { echo "bench-node: $*" >&2; }
 [[ $seconds =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_SECONDS '$seconds': not a number"
 [[ $warmup =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_WARMUP '$warmup': not a number"
 want_part() { [[ " $parts " == *" $1 "* ]]; }
-for p in $parts; do [[ $p =~ ^[123]$ ]] || die "BENCH_PARTS: '$p' is not a part (1-3)"; done
+for p in $parts; do [[ $p =~ ^[1234]$ ]] || die "BENCH_PARTS: '$p' is not a part (1-4)"; done
 want_part 2 && ! want_part 1 && die "BENCH_PARTS: part 2 reads the cache part 1 fills; add 1"
 [[ -x $thunderd ]] || die "$thunderd: not executable; build first (ninja -C build) or set THUNDERD"
 [[ -x $thunderctl ]] || die "$thunderctl: not executable; build first or set THUNDERCTL"
@@ -217,22 +233,36 @@ start_thunderd() {
     sock_of[$tag]=$sock
 }
 
-# start_node TAG: a node with an empty cache of its own.
+# start_node TAG [ARGS...]: a node with an empty cache of its own.
 start_node() {
-    rm -rf "$tmp/cache-$1"
+    local tag=$1
+    shift
+    rm -rf "$tmp/cache-$tag"
     # shellcheck disable=SC2086  # BENCH_NODE_ARGS is a list of words
-    start_thunderd "$1" --cache "$tmp/cache-$1" --pool none ${BENCH_NODE_ARGS:-}
+    start_thunderd "$tag" --cache "$tmp/cache-$tag" --pool none ${BENCH_NODE_ARGS:-} "$@"
+}
+
+# attach_uri TAG URI... [--OPTION VALUE]: attaches the image on node TAG,
+# upstreams given as URIs, parent first; options go to thunderctl.
+attach_uri() {
+    local tag=$1 out
+    shift
+    local -a ups=()
+    while (( $# > 0 )); do
+        if [[ $1 == --* ]]; then ups+=("$1" "$2"); shift 2; else ups+=(--upstream "$1"); shift; fi
+    done
+    out=$(env -u THUNDER_TOKEN "$thunderctl" --node "${ctl_of[$tag]}" --token-file "$token_file" \
+          image attach "$name" "${ups[@]}" 2>&1) ||
+        die "attach on $tag: $out"
 }
 
 # attach TAG UPSTREAM_TAG...: attaches the image on node TAG, parent first.
 attach() {
-    local tag=$1 u out
+    local tag=$1 u
     shift
     local -a ups=()
-    for u in "$@"; do ups+=(--upstream "${nbd_of[$u]}/$name"); done
-    out=$(env -u THUNDER_TOKEN "$thunderctl" --node "${ctl_of[$tag]}" --token-file "$token_file" \
-          image attach "$name" "${ups[@]}" 2>&1) ||
-        die "attach on $tag: $out"
+    for u in "$@"; do ups+=("${nbd_of[$u]}/$name"); done
+    attach_uri "$tag" "${ups[@]}"
 }
 
 # counter TAG JQ-PATH: a number from GET /v1/images/NAME on TAG.
@@ -360,6 +390,26 @@ run_one() {
     sed -n "s/.*\"${row_metric[r]}\":\([0-9.]*\).*/\1/p" <<< "$json"
 }
 
+# row_runs ROW URI_BASE TAG_BASE URI_CAND TAG_CAND: BENCH_RUNS runs of ROW
+# on each side, alternating which goes first; sets row_med_base,
+# row_spread_base, row_med_cand, row_spread_cand.
+row_runs() {
+    local r=$1 ub=$2 tb=$3 uc=$4 tc=$5 i m lo hi
+    local -a vb=() vc=()
+    for ((i = 0; i < runs; i++)); do
+        if (( (i + r) % 2 == 1 )); then
+            vb+=("$(run_one "$ub" "$r" "$tb")"); vc+=("$(run_one "$uc" "$r" "$tc")")
+        else
+            vc+=("$(run_one "$uc" "$r" "$tc")"); vb+=("$(run_one "$ub" "$r" "$tb")")
+        fi
+        note "  row $r run $((i + 1))/$runs: $tb ${vb[-1]}  $tc ${vc[-1]}"
+    done
+    read -r m lo hi <<< "$(stats "${vb[@]}")"
+    row_med_base=$m; row_spread_base=$(spread_pct "$m" "$lo" "$hi")
+    read -r m lo hi <<< "$(stats "${vc[@]}")"
+    row_med_cand=$m; row_spread_cand=$(spread_pct "$m" "$lo" "$hi")
+}
+
 if want_part 2; then
     note "part 2: cached reads on n1 vs nbdkit file, 3 rows x 2 servers x $runs runs x $(awk -v s="$seconds" -v w="$warmup" 'BEGIN{print s+w}') s"
     "$nbdkit" -f --readonly -U "$tmp/nbdkit.sock" -e "$name" file "$file" \
@@ -387,21 +437,9 @@ if want_part 2; then
     fetches_before=$(counter n1 .counters.fetches)
     hits_before=$(counter n1 .counters.hits)
     for r in 1 2 3; do
-        vb=() vc=()
-        for ((i = 0; i < runs; i++)); do
-            if (( (i + r) % 2 == 1 )); then
-                vb+=("$(run_one "$uri_nbdkit" "$r" nbdkit)")
-                vc+=("$(run_one "$uri_n1" "$r" node)")
-            else
-                vc+=("$(run_one "$uri_n1" "$r" node)")
-                vb+=("$(run_one "$uri_nbdkit" "$r" nbdkit)")
-            fi
-            note "  row $r run $((i + 1))/$runs: nbdkit ${vb[-1]}  node ${vc[-1]}"
-        done
-        read -r m lo hi <<< "$(stats "${vb[@]}")"
-        med_base[$r]=$m; spread_base[$r]=$(spread_pct "$m" "$lo" "$hi")
-        read -r m lo hi <<< "$(stats "${vc[@]}")"
-        med_cand[$r]=$m; spread_cand[$r]=$(spread_pct "$m" "$lo" "$hi")
+        row_runs "$r" "$uri_nbdkit" nbdkit "$uri_n1" node
+        med_base[$r]=$row_med_base; spread_base[$r]=$row_spread_base
+        med_cand[$r]=$row_med_cand; spread_cand[$r]=$row_spread_cand
     done
     part2_fetches=$(( $(counter n1 .counters.fetches) - fetches_before ))
     part2_hits=$(( $(counter n1 .counters.hits) - hits_before ))
@@ -438,6 +476,67 @@ if want_part 3; then
     for n in 2 3 4 5 6; do check_copy "f$n"; done
     note "  five leaves in $fan_time s; origin sent $fan_origin bytes, f1 relayed $fan_relayed bytes"
     stop f1 f2 f3 f4 f5 f6
+fi
+
+# ---- part 4: TLS against plaintext on one node ---------------------------------
+
+declare -a t4_plain=() t4_tls=()
+declare -A cpu4=()   # "MODE TAG" -> CPU ms of the last cold read
+if want_part 4; then
+    note "part 4: TLS vs plaintext: $cold_runs x 2 cold relays through one node, then cached rows on its TCP port"
+    pki=$tmp/pki
+    mkdir "$pki"
+    "$thunderctl" pki init "$pki/ca" > /dev/null || die "thunderctl pki init failed"
+    for h in torigin tnode op; do
+        "$thunderctl" pki issue "$h" --ca "$pki/ca" --out "$pki/$h" --ip 127.0.0.1 > /dev/null ||
+            die "thunderctl pki issue $h failed"
+    done
+    # shellcheck disable=SC2086  # BENCH_ORIGIN_ARGS is a list of words
+    start_thunderd torigin --origin --images "$images" --tls on \
+        --tls-certificates "$pki/torigin" ${BENCH_ORIGIN_ARGS:-}
+    ver4=$(sha256sum < "$images/$name.manifest.json" | cut -d' ' -f1)
+    # tls_uri TAG: TAG's TCP listener over TLS.
+    tls_uri() { echo "nbds://${nbd_of[$1]#nbd://}/$name"; }
+    # cold4 MODE: a node with an empty cache fetching from torigin over
+    # MODE (plain or tls), one full read of its Unix socket, timed
+    # (appended to t4_MODE) with the CPU ms of the origin and the node.
+    # The node stays (tnode) for the cached rows.
+    cold4() {
+        local mode=$1 up t c0o c0n
+        stop tnode
+        start_node tnode --tls on --tls-certificates "$pki/tnode"
+        up=${nbd_of[torigin]}/$name
+        # thunderctl has no client certificate to read the manifest
+        # over TLS: the version is given.
+        [[ $mode == tls ]] && up=$(tls_uri torigin)
+        attach_uri tnode "$up" --version "$ver4"
+        sync -f "$tmp"
+        c0o=$(cpu_ticks torigin); c0n=$(cpu_ticks tnode)
+        t=$(full_read tnode)
+        cpu4["$mode torigin"]=$(( ($(cpu_ticks torigin) - c0o) * 1000 / clk_tck ))
+        cpu4["$mode tnode"]=$(( ($(cpu_ticks tnode) - c0n) * 1000 / clk_tck ))
+        [[ $(counter tnode .counters.fetch_failures) == 0 ]] || die "tnode ($mode): fetch failures"
+        if [[ $mode == tls ]]; then t4_tls+=("$t"); else t4_plain+=("$t"); fi
+        note "  cold relay ($mode): $t s ($(mbps "$t") MB/s); CPU ms origin ${cpu4["$mode torigin"]}, node ${cpu4["$mode tnode"]}"
+    }
+    for ((i = 0; i < cold_runs; i++)); do
+        if (( i % 2 == 0 )); then cold4 plain; cold4 tls; else cold4 tls; cold4 plain; fi
+    done
+    # The last node fetched everything (over TLS or not): cached rows on
+    # its TCP port, both sides on one server.
+    check_copy tnode
+    uri4_plain=${nbd_of[tnode]}/$name
+    uri4_tls="$(tls_uri tnode)?tls-certificates=$pki/op"
+    out=$("$nbdbench" --uri "$uri4_tls" --size 1048576 --pattern seq --clients 1 \
+          --depth 4 --seconds 1 --warmup 0 --verify "$file" 2>&1) ||
+        { echo "$out" >&2; die "verification over TLS failed on tnode"; }
+    declare -A med4_plain=() med4_tls=() spread4_plain=() spread4_tls=()
+    for r in 1 3; do
+        row_runs "$r" "$uri4_plain" plain "$uri4_tls" tls
+        med4_plain[$r]=$row_med_base; spread4_plain[$r]=$row_spread_base
+        med4_tls[$r]=$row_med_cand; spread4_tls[$r]=$row_spread_cand
+    done
+    stop tnode torigin
 fi
 
 busy_after=$(cpu_busy_pct)
@@ -502,6 +601,26 @@ if want_part 3; then
         printf "%-28s %-5s %10.0f %6s %10.0f %6s %7.2f  %5s  %s\n",
         "f1 relayed / image size", "bytes", s, "", o, "", o / s, "5", "(info)" }'
     echo "   f1: $fan_fetches fetches for $fan_blocks blocks, $fan_joined misses joined a fetch in flight"
+    echo
+fi
+if want_part 4; then
+    echo "4. TLS vs plaintext on one node (--tls on), same run, sides alternated"
+    echo "   cold relay: full read of the node's Unix socket, empty cache, upstream the origin over"
+    echo "   nbds:// or nbd:// (nbdcopy ${copy_args[*]} to null:), median of $cold_runs runs;"
+    echo "   cached: nbdbench on the node's TCP port, nbds:// or nbd://, median of $runs runs of $seconds s"
+    printf '%-28s %-5s %10s %6s %10s %6s %7s  %5s  %s\n' row unit plain spread tls spread ratio target result
+    read -r mp lo hi <<< "$(stats "${t4_plain[@]}")"; sp=$(spread_pct "$mp" "$lo" "$hi")
+    read -r mt lo hi <<< "$(stats "${t4_tls[@]}")"; st=$(spread_pct "$mt" "$lo" "$hi")
+    line=$(ratio_line "cold relay, full read" MB/s "$(mbps "$mp")" "$(mbps "$mt")" 0.8 "$sp%" "$st%")
+    echo "$line"; [[ $line == *FAIL ]] && fails=$((fails + 1))
+    for r in 1 3; do
+        unit=IOPS; [[ ${row_metric[r]} == mbps ]] && unit=MB/s
+        line=$(ratio_line "cached ${row_label[r]}" "$unit" "${med4_plain[$r]}" "${med4_tls[$r]}" 0.8 \
+               "${spread4_plain[$r]}%" "${spread4_tls[$r]}%")
+        echo "$line"; [[ $line == *FAIL ]] && fails=$((fails + 1))
+    done
+    echo "   last cold reads, CPU ms: plain origin ${cpu4[plain torigin]} node ${cpu4[plain tnode]};" \
+         "tls origin ${cpu4[tls torigin]} node ${cpu4[tls tnode]} (the node decrypts, the origin encrypts)"
     echo
 fi
 if (( fails == 0 )); then

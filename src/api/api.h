@@ -15,9 +15,11 @@
  *   store.c        SQLite                    nodecall.c  HTTP to the nodes
  *   originman.c    an image's manifest on the origin (common/manclient.h)
  *   metrics.c      counters for GET /metrics
+ *   enrol.c        enrol_: per-node enrolment tokens and the rule of
+ *                  who may register or heartbeat as a node (pure)
  *   apiutil.c      the clock, time format, export URIs
  *
- * Includes go one way: apiserver → validate, render, provision,
+ * Includes go one way: apiserver → validate, render, provision, enrol,
  * converge, metrics; converge → nodecall, store, apiutil; nothing
  * includes apiserver.h but thunder-api.c.
  */
@@ -38,6 +40,9 @@ struct api_config {
   const char *db;             /* SQLite file */
   const char *token;          /* the operator's */
   const char *node_token;     /* nodes' (register, heartbeat; calls to them) */
+  bool require_enrolment;     /* the fleet token registers no node: a node
+                                 needs its enrolment token or a client
+                                 certificate (enrol.h) */
   unsigned node_timeout_s;    /* a node without heartbeat this long is down */
   unsigned poll_ms;           /* converger's pace */
   unsigned detach_grace_s;    /* an image unused this long is detached */

@@ -29,12 +29,14 @@
 #include "cleanup.h"
 #include "converge.h"
 #include "digest.h"
+#include "enrol.h"
 #include "httpsvc.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
 #include "promtext.h"
 #include "thunder-build.h"
+#include "token.h"
 #include "ui.h"
 #include "originman.h"
 #include "provision.h"
@@ -151,6 +153,52 @@ speaks_for(struct httpsvc_req *rq, const char *name, const char *what,
   return false;
 }
 
+/* Whether the request may speak for node name by its bearer token
+ * (enrol_decide: per-node enrolment tokens, the fleet token).  After
+ * speaks_for.  Takes s->lock.  false with rep failed (401, 403, 500). */
+static bool
+token_speaks_for(struct api_server *s, struct httpsvc_req *rq,
+                 const char *name, const char *what,
+                 struct httpsvc_reply *rep)
+{
+  char bearer[TOKEN_MAX + 1] = "", owner[ENROL_NAME_MAX + 1];
+  httpsvc_bearer(rq, bearer, sizeof bearer);
+  struct enrol_record mine, owners;
+  struct enrol_ask a = {
+    .name = name, .bearer = bearer, .fleet = !httpsvc_by_app(rq),
+    .certified = httpsvc_peer_name(rq) != NULL,
+    .require = s->cfg->require_enrolment,
+  };
+  if (enrol_token_owner(bearer, owner))
+    a.owner = owner;
+  struct store_err err;
+  pthread_mutex_lock(&s->lock);
+  int rc = store_enrolment_get(s->st, name, mine.salt, mine.hash, NULL, &err);
+  if (rc == STORE_OK)
+    a.mine = &mine;
+  if ((rc == STORE_OK || rc == STORE_NOT_FOUND) && a.owner &&
+      strcmp(a.owner, name) != 0) {
+    rc = store_enrolment_get(s->st, a.owner, owners.salt, owners.hash, NULL,
+                             &err);
+    if (rc == STORE_OK)
+      a.owners = &owners;
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (rc != STORE_OK && rc != STORE_NOT_FOUND) {
+    fail_store(rep, &err);
+    return false;
+  }
+  char msg[MESSAGE_MAX];
+  enum enrol_verdict v = enrol_decide(&a, msg, sizeof msg);
+  explicit_bzero(bearer, sizeof bearer);
+  if (v == ENROL_OK)
+    return true;
+  log_warn(COMPONENT, "%s of node %s refused: %s", what, name, msg);
+  httpsvc_fail(rep, v == ENROL_FORBIDDEN ? 403 : 401, NULL, "%s of node '%s': %s",
+               what, name, msg);
+  return false;
+}
+
 static void
 node_register(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
 {
@@ -164,7 +212,8 @@ node_register(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
     httpsvc_fail(rep, 400, NULL, "%s", msg);
     return;
   }
-  if (!speaks_for(rq, n.id, "registration", rep))
+  if (!speaks_for(rq, n.id, "registration", rep) ||
+      !token_speaks_for(s, rq, n.id, "registration", rep))
     return;
   struct store_err err;
   bool created;
@@ -204,7 +253,8 @@ node_heartbeat(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
 {
   struct api_server *s = app;
   const char *name = node_param(rq, rep);
-  if (name == NULL || !speaks_for(rq, name, "heartbeat", rep))
+  if (name == NULL || !speaks_for(rq, name, "heartbeat", rep) ||
+      !token_speaks_for(s, rq, name, "heartbeat", rep))
     return;
   CLEANUP_JSON_PUT struct json_object *body = httpsvc_body_json(rq, true, rep);
   if (body == NULL)
@@ -259,6 +309,73 @@ node_get(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
   }
   rep->status = 200;
   rep->json = render_node(n);
+}
+
+/* POST /v1/nodes/NAME/enrolment[?rotate=true]: a new enrolment token,
+ * shown once (201; 200 when it replaced one). */
+static void
+node_enrol(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  struct api_server *s = app;
+  const char *name = node_param(rq, rep);
+  if (name == NULL)
+    return;
+  const char *r = httpsvc_query(rq, "rotate");
+  bool rotate = r && strcmp(r, "true") == 0;
+  if (r && !rotate && strcmp(r, "false") != 0) {
+    httpsvc_fail(rep, 400, NULL, "query 'rotate': '%.16s' is not true or false",
+                 r);
+    return;
+  }
+  char token[ENROL_TOKEN_MAX];
+  struct enrol_record rec;
+  if (enrol_token_new(name, token, &rec) == -1) {
+    log_error(COMPONENT, "enrol node %s: cannot make a token: %m", name);
+    httpsvc_fail(rep, 500, NULL, "cannot make a token: %s", strerror(errno));
+    return;
+  }
+  struct store_err err;
+  bool created;
+  pthread_mutex_lock(&s->lock);
+  int rc = store_enrolment_put(s->st, name, rec.salt, rec.hash, rotate,
+                               &created, &err);
+  pthread_mutex_unlock(&s->lock);
+  if (rc != STORE_OK) {
+    explicit_bzero(token, sizeof token);
+    fail_store(rep, &err);
+    return;
+  }
+  log_info(COMPONENT, "node %s %s", name,
+           created ? "enrolled" : "enrolled again: its previous token is revoked");
+  rep->status = created ? 201 : 200;
+  rep->json = json_object_new_object();
+  json_object_object_add(rep->json, "name", json_object_new_string(name));
+  json_object_object_add(rep->json, "enrolled", json_object_new_boolean(1));
+  json_object_object_add(rep->json, "token", json_object_new_string(token));
+  explicit_bzero(token, sizeof token);
+}
+
+/* DELETE /v1/nodes/NAME/enrolment: revokes it (200). */
+static void
+node_revoke(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  struct api_server *s = app;
+  const char *name = node_param(rq, rep);
+  if (name == NULL)
+    return;
+  struct store_err err;
+  pthread_mutex_lock(&s->lock);
+  int rc = store_enrolment_delete(s->st, name, &err);
+  pthread_mutex_unlock(&s->lock);
+  if (rc != STORE_OK) {
+    fail_store(rep, &err);
+    return;
+  }
+  log_info(COMPONENT, "node %s: enrolment revoked", name);
+  rep->status = 200;
+  rep->json = json_object_new_object();
+  json_object_object_add(rep->json, "name", json_object_new_string(name));
+  json_object_object_add(rep->json, "enrolled", json_object_new_boolean(0));
 }
 
 /* ---- images --------------------------------------------------------------- */
@@ -645,7 +762,7 @@ count_reply(void *app, const char *method, unsigned status)
 
 #define N HTTPSVC_AUTH_NONE
 #define T HTTPSVC_AUTH_TOKEN
-#define E HTTPSVC_AUTH_EITHER
+#define A HTTPSVC_AUTH_APP
 static const struct httpsvc_route routes[] = {
   { "GET", "/healthz", N, false, healthz },
   { "GET", "/metrics", N, false, metrics },
@@ -653,9 +770,11 @@ static const struct httpsvc_route routes[] = {
   { "GET", "/ui/", N, false, ui_page },
   { "GET", "/ui/{FILE}", N, false, ui_page },
   { "GET", "/v1/nodes", T, false, node_list },
-  { "POST", "/v1/nodes", E, true, node_register },
+  { "POST", "/v1/nodes", A, true, node_register },
   { "GET", "/v1/nodes/{NAME}", T, false, node_get },
-  { "POST", "/v1/nodes/{NAME}/heartbeat", E, true, node_heartbeat },
+  { "POST", "/v1/nodes/{NAME}/heartbeat", A, true, node_heartbeat },
+  { "POST", "/v1/nodes/{NAME}/enrolment", T, false, node_enrol },
+  { "DELETE", "/v1/nodes/{NAME}/enrolment", T, false, node_revoke },
   { "GET", "/v1/images", T, false, image_list },
   { "POST", "/v1/images", T, true, image_register },
   { "GET", "/v1/images/{NAME}", T, false, image_get },
@@ -667,7 +786,7 @@ static const struct httpsvc_route routes[] = {
 };
 #undef N
 #undef T
-#undef E
+#undef A
 
 /* ---- public ----------------------------------------------------------------- */
 

@@ -3,7 +3,7 @@
  *
  * Design note.
  *
- * Schema (version 3; every table STRICT, times UNIX ms, ids text):
+ * Schema (version 4; every table STRICT, times UNIX ms, ids text):
  *
  *   nodes    id PK, nbd_uri, control_url, rack, zone, vcpus, memory_mib,
  *            disk_bytes, registered_at, last_heartbeat_at,
@@ -41,6 +41,10 @@
  *            since when nothing uses it (store_attachments_age's one
  *            recursive query: live VMs, their ancestors in the tree, the
  *            trees of clusters being provisioned).
+ *   enrolments  node_id PK (no foreign key: enrolled before it
+ *            registers), salt (16 random bytes), hash (SHA-256 of salt ‖
+ *            token, 32 bytes), enrolled_at: a node's enrolment token
+ *            (api/enrol.h), stored only as its salted hash.
  *
  * A node's usage is a query, not a column: the sums of the reservations of
  * its VMs in a live state (pending, volume_ready, running, deleting: they
@@ -231,6 +235,16 @@ static const char *const migrations[] = {
   "         CAST(strftime('%s', 'now') AS INTEGER) * 1000, NULL\n"
   "  FROM tree t JOIN clusters c ON c.id = t.cluster_id\n"
   "  WHERE c.state <> 'deleted';\n",
+
+  /* 4: per-node enrolment tokens (docs/security.md "Node identity"):
+   * only a salted SHA-256 of each token, never the token.  No foreign
+   * key: a node is enrolled before it first registers. */
+  "CREATE TABLE enrolments (\n"
+  "  node_id TEXT PRIMARY KEY NOT NULL CHECK (node_id <> ''),\n"
+  "  salt BLOB NOT NULL CHECK (length(salt) = 16),\n"
+  "  hash BLOB NOT NULL CHECK (length(hash) = 32),\n"
+  "  enrolled_at INTEGER NOT NULL\n"
+  ") STRICT, WITHOUT ROWID;\n",
 };
 
 #define N_MIGRATIONS (sizeof migrations / sizeof migrations[0])
@@ -329,6 +343,10 @@ enum stmt_id {
   S_ATT_DUE,
   S_ATT_FORGET,
   S_ATT_RETRY,
+  S_ENROL_GET,
+  S_ENROL_INSERT,
+  S_ENROL_UPSERT,
+  S_ENROL_DELETE,
   S_COUNT
 };
 
@@ -467,6 +485,15 @@ static const char *const stmt_sql[S_COUNT] = {
                    "image = ?2 AND version = ?3 AND idle_since IS NOT NULL",
   [S_ATT_RETRY] = "UPDATE attachments SET idle_since = ?4 WHERE node_id = ?1 "
                   "AND image = ?2 AND version = ?3 AND idle_since IS NOT NULL",
+  [S_ENROL_GET] = "SELECT salt, hash, enrolled_at FROM enrolments "
+                  "WHERE node_id = ?1",
+  [S_ENROL_INSERT] = "INSERT INTO enrolments (node_id, salt, hash, enrolled_at) "
+                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (node_id) DO NOTHING",
+  [S_ENROL_UPSERT] = "INSERT INTO enrolments (node_id, salt, hash, enrolled_at) "
+                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (node_id) DO UPDATE "
+                     "SET salt = excluded.salt, hash = excluded.hash, "
+                     "enrolled_at = excluded.enrolled_at",
+  [S_ENROL_DELETE] = "DELETE FROM enrolments WHERE node_id = ?1",
 };
 
 struct store {
@@ -2317,4 +2344,112 @@ store_attachment_retry(struct store *st, const char *node_id,
                        struct store_err *err)
 {
   return attachment_update(st, S_ATT_RETRY, node_id, image, version, at, err);
+}
+
+/* ---- enrolments ---- */
+
+int
+store_enrolment_put(struct store *st, const char *node,
+                    const uint8_t salt[STORE_SALT_LEN],
+                    const uint8_t hash[STORE_HASH_LEN], bool rotate,
+                    bool *created, struct store_err *err)
+{
+  if (empty(node))
+    return fail(err, STORE_INVALID, "%s: enrol: no node name", st->path);
+  if (tx_begin(st, true, err) < 0)
+    return STORE_ERROR;
+  int rc = STORE_ERROR;
+  bool existed = false;
+  {
+    CLEANUP_STMT sqlite3_stmt *g = stmt(st, S_ENROL_GET, err);
+    int r = SQLITE_ERROR;
+    if (g && sqlite3_bind_text(g, 1, node, -1, SQLITE_STATIC) == SQLITE_OK)
+      r = sqlite3_step(g);
+    existed = r == SQLITE_ROW;
+    if (r != SQLITE_ROW && r != SQLITE_DONE)
+      fail_db(st, err, "enrol node \"%s\"", node);
+    else if (existed && !rotate)
+      rc = fail(err, STORE_CONFLICT, "node '%s' is already enrolled: rotate its token (?rotate=true) or revoke it (DELETE) first",
+                node);
+    else
+      rc = STORE_OK;
+  }
+  if (rc == STORE_OK) {
+    CLEANUP_STMT sqlite3_stmt *s =
+        stmt(st, existed ? S_ENROL_UPSERT : S_ENROL_INSERT, err);
+    rc = STORE_ERROR;
+    if (s) {
+      int b = sqlite3_bind_text(s, 1, node, -1, SQLITE_STATIC);
+      b |= sqlite3_bind_blob(s, 2, salt, STORE_SALT_LEN, SQLITE_STATIC);
+      b |= sqlite3_bind_blob(s, 3, hash, STORE_HASH_LEN, SQLITE_STATIC);
+      b |= sqlite3_bind_int64(s, 4, now_ms());
+      if (b != SQLITE_OK || sqlite3_step(s) != SQLITE_DONE)
+        fail_db(st, err, "enrol node \"%s\"", node);
+      else
+        rc = STORE_OK;
+    }
+  }
+  rc = tx_end(st, true, rc, err);
+  if (rc == STORE_OK) {
+    if (created)
+      *created = !existed;
+    ok(err);
+  }
+  return rc;
+}
+
+int
+store_enrolment_get(struct store *st, const char *node,
+                    uint8_t salt[STORE_SALT_LEN], uint8_t hash[STORE_HASH_LEN],
+                    int64_t *enrolled_at, struct store_err *err)
+{
+  CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_ENROL_GET, err);
+  if (s == NULL)
+    return STORE_ERROR;
+  sqlite3_bind_text(s, 1, node ? node : "", -1, SQLITE_STATIC);
+  int r = sqlite3_step(s);
+  if (r == SQLITE_DONE)
+    return fail(err, STORE_NOT_FOUND, "node '%s' is not enrolled",
+                node ? node : "");
+  if (r != SQLITE_ROW)
+    return fail_db(st, err, "read the enrolment of node \"%s\"", node);
+  /* The CHECK constraints hold the lengths; a file edited by hand that
+   * breaks them is an error, not a token check against short bytes. */
+  if (sqlite3_column_bytes(s, 0) != STORE_SALT_LEN ||
+      sqlite3_column_bytes(s, 1) != STORE_HASH_LEN)
+    return fail(err, STORE_ERROR, "%s: the enrolment of node \"%s\" has a salt or hash of the wrong length",
+                st->path, node);
+  memcpy(salt, sqlite3_column_blob(s, 0), STORE_SALT_LEN);
+  memcpy(hash, sqlite3_column_blob(s, 1), STORE_HASH_LEN);
+  if (enrolled_at)
+    *enrolled_at = sqlite3_column_int64(s, 2);
+  ok(err);
+  return STORE_OK;
+}
+
+int
+store_enrolment_delete(struct store *st, const char *node,
+                       struct store_err *err)
+{
+  if (empty(node))
+    return fail(err, STORE_INVALID, "%s: revoke: no node name", st->path);
+  if (tx_begin(st, true, err) < 0)
+    return STORE_ERROR;
+  int rc = STORE_ERROR;
+  {
+    CLEANUP_STMT sqlite3_stmt *s = stmt(st, S_ENROL_DELETE, err);
+    if (s == NULL)
+      ;
+    else if (sqlite3_bind_text(s, 1, node, -1, SQLITE_STATIC) != SQLITE_OK ||
+             sqlite3_step(s) != SQLITE_DONE)
+      fail_db(st, err, "revoke the enrolment of node \"%s\"", node);
+    else if (sqlite3_changes(st->db) == 0)
+      rc = fail(err, STORE_NOT_FOUND, "node '%s' is not enrolled", node);
+    else
+      rc = STORE_OK;
+  }
+  rc = tx_end(st, true, rc, err);
+  if (rc == STORE_OK)
+    ok(err);
+  return rc;
 }

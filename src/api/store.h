@@ -440,4 +440,30 @@ int store_event_list(struct store *st, const char *cluster_id,
                      int64_t after_seq, size_t limit, store_event_fn *fn,
                      void *opaque, struct store_err *err);
 
+/* ---- enrolments (per-node tokens, api/enrol.h) ---- */
+
+#define STORE_SALT_LEN 16
+#define STORE_HASH_LEN 32
+
+/* Records node's enrolment: the salt and the SHA-256 of salt ‖ token.
+ * A node already enrolled is STORE_CONFLICT unless rotate, which replaces
+ * its salt and hash (the old token stops matching).  *created: it was not
+ * enrolled.  Durable. */
+int store_enrolment_put(struct store *st, const char *node,
+                        const uint8_t salt[STORE_SALT_LEN],
+                        const uint8_t hash[STORE_HASH_LEN], bool rotate,
+                        bool *created, struct store_err *err);
+
+/* Reads node's enrolment into salt, hash and *enrolled_at (UNIX ms; may be
+ * NULL).  STORE_NOT_FOUND: node is not enrolled. */
+int store_enrolment_get(struct store *st, const char *node,
+                        uint8_t salt[STORE_SALT_LEN],
+                        uint8_t hash[STORE_HASH_LEN], int64_t *enrolled_at,
+                        struct store_err *err);
+
+/* Revokes node's enrolment.  STORE_NOT_FOUND: it was not enrolled.
+ * Durable. */
+int store_enrolment_delete(struct store *st, const char *node,
+                           struct store_err *err);
+
 #endif

@@ -32,6 +32,7 @@ static struct {
   char *db;
   char *token_file;
   char *node_token_file;
+  bool require_enrolment;
   uint64_t node_timeout;
   uint64_t poll_interval;
   uint64_t detach_grace;
@@ -87,6 +88,10 @@ static const struct config_opt options[] = {
   { "node-token-file", CONFIG_TYPE_STRING, &opt.node_token_file, 0, 0, "FILE",
     "the nodes' token: they register with it, thunder-api calls their"
     " control endpoints with it (default: the operator's)" },
+  { "require-enrolment", CONFIG_TYPE_BOOL, &opt.require_enrolment, 0, 0, NULL,
+    "register and heartbeat a node only with its enrolment token (POST"
+    " /v1/nodes/NAME/enrolment) or a client certificate naming it, never"
+    " with the fleet node token alone" },
   { "node-timeout", CONFIG_TYPE_UINT, &opt.node_timeout, 2, 86400, "S",
     "a node without a heartbeat this long is down (default 15)" },
   { "poll-interval", CONFIG_TYPE_UINT, &opt.poll_interval, 50, 60000, "MS",
@@ -224,6 +229,7 @@ main(int argc, char **argv)
     .db = opt.db ? opt.db : "/var/lib/thunder/api.db",
     .token = token,
     .node_token = node_token,
+    .require_enrolment = opt.require_enrolment,
     .node_timeout_s = (unsigned)opt.node_timeout,
     .poll_ms = (unsigned)opt.poll_interval,
     .detach_grace_s = (unsigned)opt.detach_grace,

@@ -1,7 +1,7 @@
 /* thunder — thunderctl's commands on thunder-api (see cluster.h).
  *
- * cluster create|show|tree|list|delete, and api node list, api image
- * register|list.  They talk to thunder-api through apiclient.c with the
+ * cluster create|show|tree|list|delete, and api node list|enrol|revoke,
+ * api image register|list.  They talk to thunder-api through apiclient.c with the
  * operator token.  Exit status: 0 done, 1 failed (the API refused, the
  * cluster failed, a reply made no sense), 2 usage error, 3 --wait timed out.
  *
@@ -1664,6 +1664,160 @@ cmd_api_node_list(int argc, char **argv)
   return 0;
 }
 
+/* ---- api node enrol / revoke ------------------------------------------------- */
+
+static void
+usage_api_node_enrol(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " [--api URL] api node enrol NAME [--rotate] [--out FILE]\n"
+          "\n"
+          "Enrols node NAME with thunder-api (POST /v1/nodes/NAME/enrolment) and\n"
+          "prints its enrolment token, which thunder-api shows only this once and\n"
+          "keeps only as a salted hash.  The node registers with it\n"
+          "(thunderd --node-token-file); from then on thunder-api accepts node\n"
+          "NAME with this token only (docs/security.md).\n"
+          "\n"
+          "  --rotate          NAME is enrolled already: replace its token (the old\n"
+          "                    one stops working at once)\n"
+          "  --out FILE        write the token to FILE (mode 0600, replaced\n"
+          "                    atomically) instead of printing it\n"
+          API_OPTIONS_HELP);
+}
+
+/* Writes token and a newline to path through a 0600 temporary file renamed
+ * over it (a thunderd never reads half a token).  -1 with a message. */
+static int
+write_token_file(const char *path, const char *token)
+{
+  size_t n = strlen(path);
+  CLEANUP_FREE char *tmp = malloc(n + 8);
+  if (tmp == NULL) {
+    fprintf(stderr, PROG ": api node enrol: out of memory\n");
+    return -1;
+  }
+  snprintf(tmp, n + 8, "%s.XXXXXX", path);
+  int fd = mkstemp(tmp); /* mode 0600 */
+  if (fd < 0) {
+    fprintf(stderr, PROG ": api node enrol: --out %s: cannot create %s: %s\n",
+            path, tmp, strerror(errno));
+    return -1;
+  }
+  FILE *f = fdopen(fd, "w");
+  if (f == NULL) {
+    fprintf(stderr, PROG ": api node enrol: --out %s: %s\n", path,
+            strerror(errno));
+    close(fd);
+    unlink(tmp);
+    return -1;
+  }
+  bool ok = fprintf(f, "%s\n", token) > 0 && fflush(f) == 0 &&
+            fsync(fileno(f)) == 0;
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp, path) == -1) {
+    fprintf(stderr, PROG ": api node enrol: --out %s: %s\n", path,
+            strerror(errno));
+    unlink(tmp);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+cmd_api_node_enrol(int argc, char **argv)
+{
+  enum { OPT_ROTATE = 256, OPT_OUT };
+  static const struct option longopts[] = {
+    { "rotate", no_argument, NULL, OPT_ROTATE },
+    { "out", required_argument, NULL, OPT_OUT },
+    API_LONGOPTS,
+    { NULL, 0, NULL, 0 },
+  };
+  const char *cmd = "api node enrol", *out = NULL, *name;
+  bool rotate = false;
+  int c;
+
+  cli_getopt_start();
+  while ((c = next_option(argc, argv, longopts)) != -1) {
+    if (c == OPT_ROTATE) {
+      rotate = true;
+    } else if (c == OPT_OUT) {
+      out = optarg;
+    } else if (c == 'h') {
+      usage_api_node_enrol(stdout);
+      return 0;
+    } else {
+      return api_option_error(cmd, argv, c);
+    }
+  }
+  if (!cli_name_arg(cmd, argc, argv, &name))
+    return EXIT_USAGE;
+  if (strlen(name) > NODE_NAME_MAX) {
+    fprintf(stderr, PROG ": %s: node name '%s': longer than %d characters\n",
+            cmd, name, NODE_NAME_MAX);
+    return EXIT_USAGE;
+  }
+  char path[160];
+  snprintf(path, sizeof path, "/v1/nodes/%s/enrolment%s", name,
+           rotate ? "?rotate=true" : "");
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  if (api_request("POST", path, NULL, cmd, &reply) < 0)
+    return 1;
+  struct jcheck ck = { .what = cmd };
+  const char *token = ck_str(&ck, reply, "", "token", false);
+  if (ck.failed)
+    return ck_report(&ck);
+  if (out == NULL) {
+    printf("%s\n", token);
+    return 0;
+  }
+  if (write_token_file(out, token) == -1)
+    return 1;
+  fprintf(stderr, "node %s: enrolment token written to %s\n", name, out);
+  return 0;
+}
+
+static void
+usage_api_node_revoke(FILE *fp)
+{
+  fprintf(fp,
+          "Usage: " PROG " [--api URL] api node revoke NAME\n"
+          "\n"
+          "Revokes node NAME's enrolment (DELETE /v1/nodes/NAME/enrolment): its\n"
+          "token stops working at once.\n"
+          "\n"
+          API_OPTIONS_HELP);
+}
+
+static int
+cmd_api_node_revoke(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    API_LONGOPTS,
+    { NULL, 0, NULL, 0 },
+  };
+  const char *cmd = "api node revoke", *name;
+  int c;
+
+  cli_getopt_start();
+  while ((c = next_option(argc, argv, longopts)) != -1) {
+    if (c == 'h') {
+      usage_api_node_revoke(stdout);
+      return 0;
+    }
+    return api_option_error(cmd, argv, c);
+  }
+  if (!cli_name_arg(cmd, argc, argv, &name))
+    return EXIT_USAGE;
+  char path[160];
+  snprintf(path, sizeof path, "/v1/nodes/%.64s/enrolment", name);
+  CLEANUP_JSON_PUT struct json_object *reply = NULL;
+  if (api_request("DELETE", path, NULL, cmd, &reply) < 0)
+    return 1;
+  printf("node %s: enrolment revoked\n", name);
+  return 0;
+}
+
 /* ---- api image register / list ------------------------------------------------- */
 
 static void
@@ -1872,6 +2026,11 @@ const struct command cluster_commands[] = {
 static const struct command api_node_commands[] = {
   { "list", "[--json]", "list the nodes registered with thunder-api",
     cmd_api_node_list, NULL },
+  { "enrol", "NAME [--rotate] [--out FILE]",
+    "enrol a node: print its enrolment token (shown once)",
+    cmd_api_node_enrol, NULL },
+  { "revoke", "NAME", "revoke a node's enrolment token",
+    cmd_api_node_revoke, NULL },
   { NULL, NULL, NULL, NULL, NULL },
 };
 

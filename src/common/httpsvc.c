@@ -55,6 +55,7 @@ struct httpsvc_req {
   char *param_buf;
   const char *params[PARAMS_MAX];
   bool by_token2;
+  bool by_app;              /* AUTH_APP: no token of the service matched */
   bool has_peer;
   char peer[HTTPSVC_PEER_MAX + 1]; /* the client certificate's CN */
   /* An error decided before the body (status 0: none). */
@@ -285,7 +286,10 @@ start_request(struct httpsvc_req *rq)
     bool ok = token_bearer_ok(h, s->digest);
     rq->by_token2 = !ok && s->has_token2 && token_bearer_ok(h, s->digest2);
     rq->token_given = h != NULL;
-    if (!ok && !rq->by_token2) {
+    /* An AUTH_APP route checks any other bearer token itself. */
+    rq->by_app = !ok && !rq->by_token2 && h != NULL &&
+                 found && found->auth == HTTPSVC_AUTH_APP;
+    if (!ok && !rq->by_token2 && !rq->by_app) {
       early_error(rq, MHD_HTTP_UNAUTHORIZED, "%s",
                   h ? "wrong bearer token"
                     : "missing 'Authorization: Bearer TOKEN' header");
@@ -575,6 +579,32 @@ bool
 httpsvc_by_token2(const struct httpsvc_req *rq)
 {
   return rq->by_token2;
+}
+
+bool
+httpsvc_by_app(const struct httpsvc_req *rq)
+{
+  return rq->by_app;
+}
+
+bool
+httpsvc_bearer(const struct httpsvc_req *rq, char *buf, size_t len)
+{
+  const char *h = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND,
+                                              MHD_HTTP_HEADER_AUTHORIZATION);
+  if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+    return false;
+  h += 7;
+  while (*h == ' ' || *h == '\t')
+    h++;
+  size_t n = strlen(h);
+  while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+    n--;
+  if (n == 0 || n >= len)
+    return false;
+  memcpy(buf, h, n);
+  buf[n] = '\0';
+  return true;
 }
 
 struct json_object *

@@ -54,6 +54,10 @@ struct httpsvc_req;
 /* Which token a route wants. */
 enum httpsvc_auth {
   HTTPSVC_AUTH_NONE,   /* public (/healthz) */
+  HTTPSVC_AUTH_APP,    /* the token, the second token, or another bearer
+                          token that the handler checks itself
+                          (httpsvc_by_app, httpsvc_bearer); no
+                          Authorization header at all is 401 */
   HTTPSVC_AUTH_EITHER, /* the token or the second token */
   HTTPSVC_AUTH_TOKEN,  /* the token only */
 };
@@ -152,6 +156,16 @@ const char *httpsvc_peer_name(const struct httpsvc_req *rq);
 
 /* Whether a token2 (not the token) authenticated the request. */
 bool httpsvc_by_token2(const struct httpsvc_req *rq);
+
+/* On an HTTPSVC_AUTH_APP route: whether the request came with a bearer
+ * token that is neither the token nor token2, which the handler must
+ * check (it is not authenticated yet). */
+bool httpsvc_by_app(const struct httpsvc_req *rq);
+
+/* The request's bearer token ("Authorization: Bearer T", blanks around T
+ * ignored) into buf (len bytes); false when there is none or it does not
+ * fit. */
+bool httpsvc_bearer(const struct httpsvc_req *rq, char *buf, size_t len);
 
 /* The body parsed as a JSON object (jsonutil_parse with the service's
  * depth, duplicate keys refused).  With optional, an empty body is {}.

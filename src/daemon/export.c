@@ -164,12 +164,30 @@ export_handle_if(const struct export *exp, const struct export_ops *ops)
 }
 
 int
+export_pread_lent(struct export *exp, void *buf, uint32_t len, uint64_t off,
+                  bool local, struct export_lent *lent, int *err)
+{
+  if (lent)
+    lent->n = 0;
+  if (exp->ops->pread_from)
+    return exp->ops->pread_from(exp->handle, buf, len, off, local, lent,
+                                err);
+  return exp->ops->pread(exp->handle, buf, len, off, err);
+}
+
+int
 export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
              bool local, int *err)
 {
-  if (exp->ops->pread_from)
-    return exp->ops->pread_from(exp->handle, buf, len, off, local, err);
-  return exp->ops->pread(exp->handle, buf, len, off, err);
+  return export_pread_lent(exp, buf, len, off, local, NULL, err);
+}
+
+void
+export_lent_release(struct export_lent *l)
+{
+  for (unsigned i = 0; i < l->n; i++)
+    l->put(l->v[i].hold);
+  l->n = 0;
 }
 
 int

@@ -16,15 +16,39 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Parts of a read's reply a backend lends instead of copying them into
+ * the caller's buffer (node mode: blocks just fetched, sent from the
+ * fetch's buffer; issue 17).  In ascending, disjoint order: bytes
+ * [at, at + len) of the read are at p, valid until put(hold), which the
+ * reader calls for each (export_lent_release) once they are sent.  The
+ * rest of the read is in the caller's buffer as usual. */
+#define EXPORT_LENT_MAX 16
+struct export_lent_part {
+  uint32_t at, len;
+  const void *p;
+  void *hold;
+};
+struct export_lent {
+  unsigned n;
+  void (*put)(void *hold);
+  struct export_lent_part v[EXPORT_LENT_MAX];
+};
+
+/* Releases every part of l (n = 0 after). */
+void export_lent_release(struct export_lent *l);
+
 struct export_ops {
   /* Reads len bytes at off into buf; the range is inside the export.
    * Returns 0, or -1 with *err set to the errno for the client. */
   int (*pread)(void *handle, void *buf, uint32_t len, uint64_t off, int *err);
   /* Optional, used instead of pread when set: the same, told whether the
    * reader is local (a Unix-socket client: this node's VMs) or not (a
-   * child node over TCP) — node mode keeps the blocks local VMs read. */
+   * child node over TCP) — node mode keeps the blocks local VMs read.
+   * lent (NULL: copy everything into buf) is empty on entry; the backend
+   * may lend parts there instead of copying them (and releases them
+   * itself when it fails). */
   int (*pread_from)(void *handle, void *buf, uint32_t len, uint64_t off,
-                    bool local, int *err);
+                    bool local, struct export_lent *lent, int *err);
   /* Hints that [off, off + len) will be read soon.  0, or -1 and *err. */
   int (*cache)(void *handle, uint64_t len, uint64_t off, int *err);
   /* Releases the backend when the export's last reference is dropped. */
@@ -69,6 +93,11 @@ void *export_handle_if(const struct export *exp, const struct export_ops *ops);
  * a Unix-socket client. */
 int export_pread(struct export *exp, void *buf, uint32_t len, uint64_t off,
                  bool local, int *err);
+/* export_pread that may lend parts of the reply in lent (emptied first;
+ * see struct export_lent); release them after sending. */
+int export_pread_lent(struct export *exp, void *buf, uint32_t len,
+                      uint64_t off, bool local, struct export_lent *lent,
+                      int *err);
 int export_cache(struct export *exp, uint64_t len, uint64_t off, int *err);
 bool export_may_block(struct export *exp, uint32_t len, uint64_t off);
 

@@ -151,6 +151,28 @@ struct fetch_req *fetch_start(struct fetcher *f, uint64_t idx, bool *cached);
 int fetch_wait(struct fetch_req *req, void *buf, uint32_t off, uint32_t len,
                int *err);
 
+/* A fetch buffer a caller holds (fetch_wait_hold). */
+struct fetch_hold;
+
+/* Bytes of fetch buffers held at once, process-wide; beyond it
+ * fetch_wait_hold copies.  A hold keeps the whole buffer of the NBD read
+ * its block came in (up to 256 KiB), so this, not the reply sizes,
+ * bounds the memory held. */
+#define FETCH_HELD_MAX (64u * 1024 * 1024)
+
+/* fetch_wait without the copy where it can: on success *data points at
+ * the len bytes at offset off of the verified block, either inside the
+ * fetch's buffer, which *hold then keeps (release it with fetch_hold_put
+ * once the bytes are sent; it outlives the request and the fetcher), or,
+ * with *hold NULL, copied into buf (beyond FETCH_HELD_MAX).  hold NULL:
+ * exactly fetch_wait. */
+int fetch_wait_hold(struct fetch_req *req, void *buf, uint32_t off,
+                    uint32_t len, const void **data, struct fetch_hold **hold,
+                    int *err);
+
+/* Releases a hold of fetch_wait_hold (NULL: nothing); any thread. */
+void fetch_hold_put(struct fetch_hold *h);
+
 /* Waits until every request in reqs[0..n) (NULL entries are skipped) is
  * done or failed, sleeping at most once: the thread that finishes the
  * last of them wakes the caller (one wake-up per read, not one per

@@ -647,6 +647,7 @@ nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
 
   reply->data = NULL;
   reply->len = 0;
+  reply->lent.n = 0;
   if (error) {
     log_debug(COMPONENT, "%s: request type %" PRIu16 " flags 0x%" PRIx16
               " offset %" PRIu64 " count %" PRIu32 ": error %" PRIu32,
@@ -654,8 +655,8 @@ nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
   } else if (req->type == NBD_CMD_READ) {
     if (buf_reserve(buf, req->count) == -1)
       error = NBD_ENOMEM;
-    else if (export_pread(c->exp, buf->p, req->count, req->offset, c->local,
-                          &err) == -1)
+    else if (export_pread_lent(c->exp, buf->p, req->count, req->offset,
+                               c->local, &reply->lent, &err) == -1)
       error = nbd_errno(err);
     else {
       reply->data = buf->p;
@@ -676,6 +677,30 @@ nbdsrv_execute(struct nbdsrv_conn *c, const struct nbdsrv_request *req,
   };
   _Static_assert(sizeof hdr == NBDSRV_REPLY_LEN, "reply header size");
   memcpy(reply->hdr, &hdr, sizeof hdr);
+}
+
+int
+nbdsrv_reply_iov(const struct nbdsrv_reply *reply, struct iovec *iov)
+{
+  const struct export_lent *l = &reply->lent;
+  const char *data = reply->data;
+  uint32_t at = 0;
+  int n = 0;
+  for (unsigned i = 0; i < l->n; i++) {
+    if (l->v[i].at > at)
+      iov[n++] = (struct iovec){ (void *)(data + at), l->v[i].at - at };
+    iov[n++] = (struct iovec){ (void *)l->v[i].p, l->v[i].len };
+    at = l->v[i].at + l->v[i].len;
+  }
+  if (reply->len > at)
+    iov[n++] = (struct iovec){ (void *)(data + at), reply->len - at };
+  return n;
+}
+
+void
+nbdsrv_reply_release(struct nbdsrv_reply *reply)
+{
+  export_lent_release(&reply->lent);
 }
 
 /* Reads one request under read_lock.  1: *req is valid; 0: the client
@@ -720,13 +745,13 @@ nbdsrv_serve_one(struct nbdsrv_conn *c, struct nbdsrv_buf *buf)
 
   struct nbdsrv_reply reply;
   nbdsrv_execute(c, &req, buf, &reply);
-  struct iovec iov[2] = {
-    { .iov_base = reply.hdr, .iov_len = sizeof reply.hdr },
-    { .iov_base = (void *)reply.data, .iov_len = reply.len },
-  };
+  struct iovec iov[1 + NBDSRV_REPLY_IOV_MAX];
+  iov[0] = (struct iovec){ .iov_base = reply.hdr, .iov_len = sizeof reply.hdr };
+  int n = 1 + nbdsrv_reply_iov(&reply, iov + 1);
   pthread_mutex_lock(&c->write_lock);
-  r = c->io.writev(c->io.opaque, iov, reply.len ? 2 : 1);
+  r = c->io.writev(c->io.opaque, iov, n);
   pthread_mutex_unlock(&c->write_lock);
+  nbdsrv_reply_release(&reply);
   if (r == -1) {
     pthread_mutex_lock(&c->read_lock);
     c->closing = true;

@@ -138,7 +138,22 @@ struct nbdsrv_reply {
   uint8_t hdr[NBDSRV_REPLY_LEN];
   const void *data;
   uint32_t len;
+  /* Parts of data[0..len) the export lent instead of copying (node mode:
+   * blocks sent straight from the fetch's buffer); their bytes in data
+   * are not set.  nbdsrv_reply_iov gives the data to send,
+   * nbdsrv_reply_release frees the parts once it is sent. */
+  struct export_lent lent;
 };
+
+/* Most iovecs nbdsrv_reply_iov fills: lent parts and the gaps between. */
+#define NBDSRV_REPLY_IOV_MAX (2 * EXPORT_LENT_MAX + 1)
+
+/* The reply's data as iovecs (at most NBDSRV_REPLY_IOV_MAX, none for no
+ * data); returns their number. */
+int nbdsrv_reply_iov(const struct nbdsrv_reply *reply, struct iovec *iov);
+
+/* Releases what the reply's data holds (its lent parts). */
+void nbdsrv_reply_release(struct nbdsrv_reply *reply);
 
 /* True when carrying out req may wait for an upstream (a read of a
  * block the export does not hold yet); cheap, no syscall.  The server

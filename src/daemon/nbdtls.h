@@ -59,12 +59,15 @@ struct nbdtls_session *nbdtls_accept(struct nbdtls *t, int fd,
 ssize_t nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len,
                     int flags);
 
-/* As sendmsg(2) of iov on the session: bytes sent (the records written
- * whole), or -1 with errno EAGAIN (flags MSG_DONTWAIT or the socket's send
- * timeout), EINTR or EPIPE.  After EAGAIN the caller must call again with
- * iov starting at the same byte (GnuTLS holds the record it began and
- * finishes it first); every caller of the server does, as it resends from
- * its offset. */
+/* As sendmsg(2) of iov on the session: bytes sent (those of the records
+ * written whole; up to 16 records of 16 KiB go out in one send(2)), or -1
+ * with errno EAGAIN (flags MSG_DONTWAIT or the socket's send timeout),
+ * EINTR, ENOMEM or EPIPE.  The caller must call again with iov starting
+ * at the first byte not counted as sent (records encrypted but not yet
+ * wholly written are kept in the session and finished first; their bytes
+ * in iov are not read again); every caller of the server does, as it
+ * resends from its offset.  Only the first send(2) of a call may wait for
+ * the socket (flags 0), so one call blocks no longer than a send(2). */
 ssize_t nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov,
                      int iovcnt, int flags);
 

@@ -201,17 +201,45 @@ block_part(const struct manifest *m, uint64_t b, uint64_t off, uint32_t len)
 
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          bool local, bool *missed, int *err);
+          bool local, struct export_lent *lent, bool *missed, int *err);
+
+static void
+hold_put(void *hold)
+{
+  fetch_hold_put(hold);
+}
+
+/* Bytes [at, at + n) of the read are at p in the fetch buffer h holds:
+ * lent (merged with the part before when h holds that one too and the
+ * bytes follow on, dropping the extra reference). */
+static void
+lend(struct export_lent *l, uint64_t at, uint32_t n, const void *p,
+     struct fetch_hold *h)
+{
+  l->put = hold_put;
+  if (l->n > 0) {
+    struct export_lent_part *e = &l->v[l->n - 1];
+    if (e->hold == (void *)h && e->at + e->len == at &&
+        (const char *)e->p + e->len == (const char *)p) {
+      e->len += n;
+      fetch_hold_put(h);
+      return;
+    }
+  }
+  l->v[l->n++] = (struct export_lent_part){ (uint32_t)at, n, p, h };
+}
 
 static int
 node_pread(void *handle, void *buf, uint32_t len, uint64_t off, bool local,
-           int *err)
+           struct export_lent *lent, int *err)
 {
   struct node_image *img = handle;
   uint64_t t0 = histogram_now_ns();
   bool missed = false;
   for (int i = 0;; i++) {
-    int r = read_once(img, buf, len, off, local, &missed, err);
+    int r = read_once(img, buf, len, off, local, lent, &missed, err);
+    if (r == -1 && lent)
+      export_lent_release(lent);
     if (r == 0 || *err != ESHUTDOWN || i == READ_RESTARTS) {
       if (r == -1 && *err == ESHUTDOWN)
         *err = EIO;
@@ -279,7 +307,7 @@ fetch_alone(struct node_image *img, uint64_t b, char *dst, struct part pt,
  * was replaced meanwhile). */
 static int
 read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
-          bool local, bool *missed_out, int *err)
+          bool local, struct export_lent *lent, bool *missed_out, int *err)
 {
   const struct manifest *m = img->m;
   uint64_t first = off / m->block_size;
@@ -373,14 +401,22 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
       continue;
     struct part pt = block_part(m, b, off, len);
     int e2 = 0;
-    if (fetch_wait(sl->req, (char *)buf + pt.in_buf, pt.in_block, pt.n,
-                   &e2) == -1) {
+    /* Lent from the fetch's buffer, not copied (while there is room). */
+    bool can_lend = lent && lent->n < EXPORT_LENT_MAX;
+    const void *p = NULL;
+    struct fetch_hold *h = NULL;
+    if (fetch_wait_hold(sl->req, (char *)buf + pt.in_buf, pt.in_block, pt.n,
+                        can_lend ? &p : NULL, can_lend ? &h : NULL,
+                        &e2) == -1) {
       if (r == 0) {
         *err = e2;
         r = -1;
       }
-    } else if (local) {
-      cachemgr_touch_local(img->cv, b);
+    } else {
+      if (h)
+        lend(lent, pt.in_buf, pt.n, p, h);
+      if (local)
+        cachemgr_touch_local(img->cv, b);
     }
     if (sl->own) {
       cachemgr_flight_done(img->cv, b);

@@ -745,7 +745,7 @@ register_main(void *arg)
       log_error(COMPONENT, "%s: POST %s: HTTP %ld (%s)%s; retrying in %d s",
                 what, url, status, apierr,
                 status == 401 ? ": the API does not take this node's token"
-                                " (--token-file)"
+                                " (--node-token-file, else --token-file)"
                 : !registered ? ": the API refuses the registration"
                               : "",
                 SLOW_RETRY_MS / 1000);

@@ -42,7 +42,11 @@
  *               the origin's preads) keeps the token: no hand-off.  The
  *               first read of a wake-up and reads while no worker is idle
  *               pass MSG_DONTWAIT.
- *               Then it sends the reply: the sockets are blocking with
+ *               Then it sends the reply (a read's data may be in parts
+ *               the export lent, node mode's fetch buffers: the iovecs
+ *               point at them and the job releases them when it ends); a
+ *               writer that finds more replies parked behind its own sends
+ *               up to SEND_JOBS of them in one sendmsg: the sockets are blocking with
  *               SO_SNDTIMEO = WRITE_WAIT_MS (the loop's reads pass
  *               MSG_DONTWAIT), so
  *               the kernel copies a reply as the client takes it; a worker
@@ -174,6 +178,9 @@
  * the class waits in epoll_wait; then it re-arms the connection. */
 #define READ_LINGER_US 2000
 #define SEND_CHUNK (1024 * 1024)
+/* Parked replies one sendmsg carries at most, and its iovecs. */
+#define SEND_JOBS 16
+#define IOV_SEND 64
 
 /* Accepts per listener and loop iteration, so a flood cannot starve
  * the connections' events. */
@@ -197,9 +204,10 @@ struct job {
   struct nbdsrv_request req;
   uint64_t cost;             /* budget taken */
   struct nbdsrv_buf buf;     /* owned once parked */
-  uint8_t hdr[NBDSRV_REPLY_LEN];
-  const uint8_t *data;
-  size_t len, off;           /* reply: hdr then data[0..len); bytes sent */
+  /* The reply: its header, then its data (rep.data[0..rep.len) in buf,
+   * or parts the export lent, released with the job); off: bytes sent. */
+  struct nbdsrv_reply rep;
+  size_t len, off;
 };
 
 /* The workers of one class: they wait in epoll_wait on the class's
@@ -562,6 +570,7 @@ job_free(struct job *j)
     }
     pthread_mutex_unlock(&p->lock);
   }
+  nbdsrv_reply_release(&j->rep);
   nbdsrv_buf_free(&j->buf);
   free(j);
 }
@@ -669,34 +678,62 @@ now_us(void)
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Sends what is left of j's reply: blocks in the kernel while the client
- * takes the bytes (the socket's SO_SNDTIMEO bounds each wait,
- * WRITE_WAIT_MS) but gives up at deadline_us.  1: sent; 0: the client is
- * not reading fast enough; -1: error. */
-static int
-job_send(struct conn *cn, struct job *j, int64_t deadline_us)
+/* Appends the unsent part of j's reply (hdr, then its data) to iov[*n..),
+ * at most *room bytes and IOV_SEND entries in all. */
+static void
+job_iov(struct job *j, struct iovec *iov, int *n, size_t *room)
 {
-  size_t total = NBDSRV_REPLY_LEN + j->len;
-  while (j->off < total) {
-    if (j->off > 0 && now_us() >= deadline_us)
-      return 0;
-    struct iovec iov[2];
-    int n = 0;
-    if (j->off < NBDSRV_REPLY_LEN) {
-      iov[n++] = (struct iovec){ j->hdr + j->off, NBDSRV_REPLY_LEN - j->off };
-      if (j->len)
-        iov[n++] = (struct iovec){ (void *)j->data, j->len };
-    } else {
-      size_t o = j->off - NBDSRV_REPLY_LEN;
-      iov[n++] = (struct iovec){ (void *)(j->data + o), j->len - o };
+  struct iovec all[1 + NBDSRV_REPLY_IOV_MAX];
+  all[0] = (struct iovec){ j->rep.hdr, NBDSRV_REPLY_LEN };
+  int nall = 1 + (j->len ? nbdsrv_reply_iov(&j->rep, all + 1) : 0);
+  size_t skip = j->off;
+  for (int i = 0; i < nall && *room > 0 && *n < IOV_SEND; i++) {
+    if (skip >= all[i].iov_len) {
+      skip -= all[i].iov_len;
+      continue;
     }
+    size_t l = all[i].iov_len - skip;
+    if (l > *room)
+      l = *room;
+    iov[(*n)++] = (struct iovec){ (char *)all[i].iov_base + skip, l };
+    *room -= l;
+    skip = 0;
+  }
+}
+
+/* Sends what is left of the replies v[0..nv), in order, several in one
+ * sendmsg (issue 17: a worker with more than one reply ready makes one
+ * call): blocks in the kernel while the client takes the bytes (the
+ * socket's SO_SNDTIMEO bounds each wait, WRITE_WAIT_MS) but gives up at
+ * deadline_us.  *ndone: replies sent whole; *moved: some byte was sent.
+ * 1: all sent; 0: the client is not reading fast enough; -1: error. */
+static int
+jobs_send(struct conn *cn, struct job *const *v, int nv, int64_t deadline_us,
+          int *ndone, bool *moved)
+{
+  *ndone = 0;
+  while (*ndone < nv) {
+    if (*moved && now_us() >= deadline_us)
+      return 0;
     /* A blocking call waits a send timeout per chunk it queues on a Unix
      * socket: at most SEND_CHUNK a call, so the deadline is looked at. */
-    if (iov[n - 1].iov_len > SEND_CHUNK)
-      iov[n - 1].iov_len = SEND_CHUNK;
+    struct iovec iov[IOV_SEND];
+    int n = 0;
+    size_t room = NBDSRV_REPLY_LEN + SEND_CHUNK;
+    for (int i = *ndone; i < nv && room > 0 && n < IOV_SEND; i++)
+      job_iov(v[i], iov, &n, &room);
     ssize_t w = conn_sendv(cn, iov, n, 0);
     if (w > 0) {
-      j->off += (size_t)w;
+      *moved = true;
+      for (size_t left = (size_t)w; left > 0 && *ndone < nv;) {
+        struct job *j = v[*ndone];
+        size_t rem = NBDSRV_REPLY_LEN + j->len - j->off;
+        size_t t = left < rem ? left : rem;
+        j->off += t;
+        left -= t;
+        if (t == rem)
+          (*ndone)++;
+      }
       continue;
     }
     if (w == -1 && errno == EINTR)
@@ -706,6 +743,44 @@ job_send(struct conn *cn, struct job *j, int64_t deadline_us)
     return -1;
   }
   return 1;
+}
+
+/* The writer (cn->writing, the caller's) sends cn's parked replies, up to
+ * SEND_JOBS per sendmsg, while the client takes them, until deadline_us;
+ * the caller holds cn->lock (dropped while sending).  Sent replies go to
+ * *done; returns true when the loop must be woken. */
+static bool
+flush_locked(struct conn *cn, int64_t deadline_us, struct job **done)
+{
+  bool wake = false;
+  while (cn->outq && !cn->broken) {
+    struct job *v[SEND_JOBS];
+    int nv = 0;
+    for (struct job *q = cn->outq; q && nv < SEND_JOBS; q = q->next)
+      v[nv++] = q;
+    pthread_mutex_unlock(&cn->lock);
+    int ndone = 0;
+    bool moved = false;
+    int r = now_us() < deadline_us
+                ? jobs_send(cn, v, nv, deadline_us, &ndone, &moved) : 0;
+    pthread_mutex_lock(&cn->lock);
+    if (moved)
+      cn->out_progress_ms = now_ms();
+    for (int i = 0; i < ndone; i++) {
+      cn->outq = v[i]->next;
+      wake |= job_end_locked(cn, v[i], done);
+    }
+    if (cn->outq == NULL)
+      cn->outq_tail = NULL;
+    if (r == 0)
+      break;
+    if (r == -1) {
+      log_debug(COMPONENT, "%s: send: %m", cn->peer);
+      wake |= break_locked(cn, done);
+      break;
+    }
+  }
+  return wake;
 }
 
 /* A worker sends j's reply, and any parked behind it, while the client
@@ -751,41 +826,28 @@ worker_reply(struct job *j, struct nbdsrv_buf *keep, bool drop)
   pthread_mutex_unlock(&cn->lock);
 
   int64_t deadline = now_us() + WRITE_WAIT_MS * 1000;
-  struct job *cur = j;
-  for (;;) {
-    int r = job_send(cn, cur, deadline);
-    pthread_mutex_lock(&cn->lock);
-    if (r == 1) {
-      if (cur != j) {
-        cn->outq = cur->next;
-        if (cn->outq == NULL)
-          cn->outq_tail = NULL;
-      } else if (keep->cap == 0 && j->buf.cap <= NBDSRV_BUF_KEEP) {
-        *keep = j->buf;
-        j->buf = (struct nbdsrv_buf){ 0 };
-      }
-      if (cn->outq && !cn->broken && now_us() < deadline) {
-        wake |= job_end_locked(cn, cur, &done);
-        cur = cn->outq;
-        pthread_mutex_unlock(&cn->lock);
-        continue;
-      }
-      wake |= job_end_locked(cn, cur, &done);
-    } else if (r == 0) {
-      if (cur == j) {
-        j->next = cn->outq;
-        cn->outq = j;
-        if (cn->outq_tail == NULL)
-          cn->outq_tail = j;
-      }
-      cn->out_progress_ms = now_ms();
-    } else {
-      if (cur == j)
-        wake |= job_end_locked(cn, j, &done);
-      log_debug(COMPONENT, "%s: send: %m", cn->peer);
-      wake |= break_locked(cn, &done);
+  int ndone;
+  bool moved = false;
+  int r = jobs_send(cn, &j, 1, deadline, &ndone, &moved);
+  pthread_mutex_lock(&cn->lock);
+  if (r == 1) {
+    if (keep->cap == 0 && j->buf.cap <= NBDSRV_BUF_KEEP) {
+      *keep = j->buf;
+      j->buf = (struct nbdsrv_buf){ 0 };
     }
-    break;
+    wake |= job_end_locked(cn, j, &done);
+    /* Replies parked meanwhile, several per call. */
+    wake |= flush_locked(cn, deadline, &done);
+  } else if (r == 0) {
+    j->next = cn->outq;
+    cn->outq = j;
+    if (cn->outq_tail == NULL)
+      cn->outq_tail = j;
+    cn->out_progress_ms = now_ms();
+  } else {
+    wake |= job_end_locked(cn, j, &done);
+    log_debug(COMPONENT, "%s: send: %m", cn->peer);
+    wake |= break_locked(cn, &done);
   }
   cn->writing = false;
   if (cn->broken)
@@ -813,27 +875,7 @@ conn_flush(struct conn *cn)
   if (cn->writing || cn->broken || cn->outq == NULL)
     goto out;
   cn->writing = true;
-  int64_t deadline = now_us() + WRITE_WAIT_MS * 1000;
-  while (cn->outq) {
-    struct job *cur = cn->outq;
-    size_t before = cur->off;
-    pthread_mutex_unlock(&cn->lock);
-    int r = now_us() < deadline ? job_send(cn, cur, deadline) : 0;
-    pthread_mutex_lock(&cn->lock);
-    if (cur->off != before)
-      cn->out_progress_ms = now_ms();
-    if (r == 0)
-      break;
-    if (r == -1) {
-      log_debug(COMPONENT, "%s: send: %m", cn->peer);
-      wake |= break_locked(cn, &done);
-      break;
-    }
-    cn->outq = cur->next;
-    if (cn->outq == NULL)
-      cn->outq_tail = NULL;
-    wake |= job_end_locked(cn, cur, &done);
-  }
+  wake |= flush_locked(cn, now_us() + WRITE_WAIT_MS * 1000, &done);
   cn->writing = false;
   if (cn->broken)
     wake |= break_locked(cn, &done); /* what it left while this wrote */
@@ -875,14 +917,11 @@ serve_job(struct job *j, struct nbdsrv_buf *buf)
   }
   j->buf = *buf;
   *buf = (struct nbdsrv_buf){ 0 };
-  struct nbdsrv_reply rep;
-  nbdsrv_execute(j->cn->nc, &j->req, &j->buf, &rep);
-  memcpy(j->hdr, rep.hdr, sizeof j->hdr);
-  j->data = rep.data;
-  j->len = rep.len;
+  nbdsrv_execute(j->cn->nc, &j->req, &j->buf, &j->rep);
+  j->len = j->rep.len;
   j->off = 0;
   uint32_t error;
-  memcpy(&error, rep.hdr + 4, sizeof error); /* magic, error, cookie */
+  memcpy(&error, j->rep.hdr + 4, sizeof error); /* magic, error, cookie */
   worker_reply(j, buf,
                error != 0 && atomic_load_explicit(&j->cn->s->stopping,
                                                   memory_order_relaxed));

@@ -51,6 +51,7 @@ static struct {
   char *cache;
   char *control;
   char *token_file;
+  char *node_token_file;
   uint64_t readahead;
   uint64_t fetch_connections;
   uint64_t fetch_depth;
@@ -242,6 +243,9 @@ static const struct config_opt options[] = {
     " needs --control" },
   { "node-name", CONFIG_TYPE_STRING, &opt.node_name, 0, 0, "NAME",
     "node: name registered with the API (default: the host name)" },
+  { "node-token-file", CONFIG_TYPE_STRING, &opt.node_token_file, 0, 0, "FILE",
+    "node: the token it registers and heartbeats with: its enrolment token"
+    " (thunderctl api node enrol; mode 0600 or 0640) (default: --token-file's)" },
   { "advertise-nbd", CONFIG_TYPE_STRING, &opt.advertise_nbd, 0, 0,
     "nbd[s]://HOST:PORT", "node: where other nodes reach --listen"
     " (default: --listen, unless its host is a wildcard; nbds:// when"
@@ -596,6 +600,7 @@ check_api_options(void)
     return 0;
   }
   const char *given = opt.node_name ? "node-name"
+                      : opt.node_token_file ? "node-token-file"
                       : opt.advertise_nbd ? "advertise-nbd"
                       : opt.advertise_control ? "advertise-control"
                       : opt.rack ? "rack"
@@ -763,7 +768,7 @@ main(int argc, char **argv)
   struct registrar *registrar = NULL;
   struct resumer *resumer = NULL;
   struct ctl_ctx ctx = { NULL, NULL, NULL };
-  char *token = NULL;
+  char *token = NULL, *node_token = NULL;
   int nimages = 0;
   enum tlsdir_mode control_tls = TLSDIR_OFF;
   struct tlsdir_server tls_pem = { 0 };
@@ -807,6 +812,9 @@ main(int argc, char **argv)
     goto out;
   }
   if (opt.control && (token = control_read_token(opt.token_file)) == NULL)
+    goto out;
+  if (opt.node_token_file &&
+      (node_token = control_read_token(opt.node_token_file)) == NULL)
     goto out;
   if (load_tls(&control_tls, &tls_pem, &tls_client, &tls_api) == -1)
     goto out;
@@ -958,7 +966,8 @@ main(int argc, char **argv)
       tls_client.cacert, tls_client.cert[0] ? tls_client.cert : NULL,
       tls_client.key[0] ? tls_client.key : NULL,
     };
-    registrar = start_registration(token, sc.tcp_listen,
+    registrar = start_registration(node_token ? node_token : token,
+                                   sc.tcp_listen,
                                    control_port(control), anchors != NULL,
                                    control_tls != TLSDIR_OFF, nbd_tls,
                                    tls_api ? &ct : NULL);
@@ -1002,6 +1011,9 @@ out:
   anchors_free(anchors);
   exports_free(reg);
   free(token);
+  if (node_token)
+    explicit_bzero(node_token, strlen(node_token));
+  free(node_token);
   tlsdir_server_free(&tls_pem);
   tlsdir_server_free(&nbd_pem);
   config_free(options);

@@ -7,15 +7,26 @@
 # Usage: nbd-tls-client.py HOST PORT CA-CERT [CLIENT-CERT CLIENT-KEY]
 # Prints "list: NAME..." when the server listed exports, or "error: WHY";
 # exits 0 either way (1 on a usage or protocol error before TLS).
+#
+#   nbd-tls-client.py --slow-read IMAGE HOST PORT CA-CERT CLIENT-CERT
+#                     CLIENT-KEY EXPORT
+# A reader the server must wait for: a 16 KiB receive buffer, every 1 MiB
+# read of the image asked for twice at once and 256 small reads of odd
+# sizes (several replies per batch), nothing read for 0.3 s, then
+# every reply compared with IMAGE (the server's sends stop part way
+# through its batches of TLS records and resume; nbdtls.c).  Prints
+# "read: N MiB" or "error: WHY" (exit 1).
 import socket
 import ssl
 import struct
 import sys
+import time
 
 IHAVEOPT = 0x49484156454F5054
 REP_MAGIC = 0x0003E889045565A9
-OPT_LIST, OPT_STARTTLS = 3, 5
-REP_ACK, REP_SERVER = 1, 2
+OPT_LIST, OPT_STARTTLS, OPT_GO = 3, 5, 7
+REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REQ_MAGIC, SIMPLE_REPLY_MAGIC, CMD_READ = 0x25609513, 0x67446698, 0
 
 
 def recv_exact(s, n):
@@ -39,7 +50,72 @@ def reply(s):
     return o, typ, recv_exact(s, ln)
 
 
+def starttls(host, port, ca, cert=None, key=None, rcvbuf=0):
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.settimeout(10)
+    raw.connect((host, port))
+    if recv_exact(raw, 18)[:16] != b'NBDMAGICIHAVEOPT':
+        raise ValueError('not an NBD server')
+    raw.sendall(struct.pack('>I', 3))
+    opt(raw, OPT_STARTTLS)
+    o, typ, _ = reply(raw)
+    if o != OPT_STARTTLS or typ != REP_ACK:
+        raise ValueError('STARTTLS refused (reply 0x%x)' % typ)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx.wrap_socket(raw, server_hostname=host)
+
+
+def slow_read(image, host, port, ca, cert, key, export):
+    data = open(image, 'rb').read()
+    mib = 1 << 20
+    s = starttls(host, int(port), ca, cert, key, rcvbuf=16384)
+    name = export.encode()
+    s.sendall(struct.pack('>QII', IHAVEOPT, OPT_GO, 4 + len(name) + 2) +
+              struct.pack('>I', len(name)) + name + struct.pack('>H', 0))
+    while True:
+        o, typ, _ = reply(s)
+        if typ == REP_ACK:
+            break
+        if typ != REP_INFO:
+            raise ValueError('NBD_OPT_GO refused (reply 0x%x)' % typ)
+    reqs = {}
+    # Two rounds of 1 MiB reads, then small reads of odd sizes whose
+    # replies the server sends several at a time (gathered into shared
+    # TLS records).
+    sizes = ([mib] * (2 * (len(data) // mib)) +
+             [512, 4096, 20000, 7000, 100, 33000, 64, 9000] * 32)
+    off = 0
+    for n in sizes:
+        off = off if off + n <= len(data) else 0
+        h = len(reqs) + 1
+        reqs[h] = (off, n)
+        s.sendall(struct.pack('>IHHQQI', REQ_MAGIC, 0, CMD_READ, h, off, n))
+        off += n if n == mib else n + 4096
+    time.sleep(0.3)
+    while reqs:
+        magic, err, h = struct.unpack('>IIQ', recv_exact(s, 16))
+        if magic != SIMPLE_REPLY_MAGIC or err != 0 or h not in reqs:
+            raise ValueError('reply: magic 0x%x error %d handle %d'
+                             % (magic, err, h))
+        off, n = reqs.pop(h)
+        if recv_exact(s, n) != data[off:off + n]:
+            raise ValueError('read of %d at %d: not the image\'s bytes'
+                             % (n, off))
+    print('read: %d MiB and %d small' % (2 * (len(data) // mib), 256))
+    return 0
+
+
 def main():
+    if sys.argv[1] == '--slow-read':
+        try:
+            return slow_read(*sys.argv[2:9])
+        except (ssl.SSLError, EOFError, OSError, ValueError) as e:
+            print('error: %s' % e)
+            return 1
     host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     raw = socket.create_connection((host, port), timeout=10)
     greeting = recv_exact(raw, 18)

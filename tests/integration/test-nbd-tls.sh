@@ -10,6 +10,8 @@
 #    export list or size; a client without a certificate, or with one of
 #    another CA (trusting the fleet's CA or not), fails the TLS handshake
 #    (and thunderd's log says why);
+#  - a slow reader over TLS (the server's sends stop part way through a
+#    batch of records) gets the image's bytes;
 #  - with on, plaintext and TLS clients are both served; many reads in
 #    flight over TLS on a cold node are all answered with the image's
 #    bytes (nbdbench --verify);
@@ -143,6 +145,14 @@ grep -q "TLS handshake:.*client certificate refused" "$origin_log" ||
 out=$(/usr/bin/python3 "$tlsclient" 127.0.0.1 "${o##*:}" "$pki/ca/ca-cert.pem" \
       "$pki/op/client-cert.pem" "$pki/op/client-key.pem")
 [ "$out" = "list: img" ] || fail "the raw TLS client with the fleet's certificate: $out"
+# A reader the server must wait for (16 KiB receive buffer, 8 MiB and 256
+# small reads asked for at once, read 0.3 s later): the server's batches of TLS records
+# stop part way and resume, and every reply is the image's bytes.
+out=$(/usr/bin/python3 "$tlsclient" --slow-read "$images/img.raw" 127.0.0.1 \
+      "${n1##*:}" "$pki/ca/ca-cert.pem" "$pki/op/client-cert.pem" \
+      "$pki/op/client-key.pem" img) ||
+    fail "a slow reader over TLS: $out"
+[ "$out" = "read: 8 MiB and 256 small" ] || fail "a slow reader over TLS: $out"
 if command -v qemu-img >/dev/null; then
     set +e
     out=$(qemu-img info --image-opts "driver=nbd,host=127.0.0.1,port=${n2##*:},export=img" 2>&1)

@@ -91,6 +91,26 @@ thing(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
                          json_object_new_boolean(httpsvc_by_token2(rq)));
 }
 
+/* GET /v1/app: {"app": whether the handler must check the token, "bearer":
+ * the token it got}; the handler accepts "app-token-0123456789" only. */
+static void
+app_route(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
+{
+  t_calls++;
+  char bearer[300] = "";
+  bool got = httpsvc_bearer(rq, bearer, sizeof bearer);
+  if (httpsvc_by_app(rq) && strcmp(bearer, "app-token-0123456789") != 0) {
+    httpsvc_fail(rep, 403, NULL, "not the app's token");
+    return;
+  }
+  rep->status = 200;
+  rep->json = json_object_new_object();
+  json_object_object_add(rep->json, "app",
+                         json_object_new_boolean(httpsvc_by_app(rq)));
+  json_object_object_add(rep->json, "bearer",
+                         got ? json_object_new_string(bearer) : NULL);
+}
+
 static void
 health(void *app, struct httpsvc_req *rq, struct httpsvc_reply *rep)
 {
@@ -114,6 +134,7 @@ static const struct httpsvc_route routes[] = {
   { "POST", "/v1/echo", HTTPSVC_AUTH_TOKEN, true, echo },
   { "GET", "/v1/things/{ID}/sub", HTTPSVC_AUTH_EITHER, false, thing },
   { "DELETE", "/v1/things/{ID}/sub", HTTPSVC_AUTH_TOKEN, false, thing },
+  { "GET", "/v1/app", HTTPSVC_AUTH_APP, false, app_route },
 };
 
 /* ---- HTTP over libcurl ------------------------------------------------ */
@@ -473,6 +494,31 @@ test_second_token(void)
   check_error(&r, 401, "unauthorized", "second token");
   http("POST", "/v1/echo", TOKEN2, "{}", NULL, false, &r);
   check_error(&r, 401, "unauthorized", "second token");
+}
+
+/* An AUTH_APP route: the service's tokens pass as usual (the handler is
+ * not asked to check them); any other bearer token reaches the handler,
+ * which checks it; no token at all is the core's 401. */
+static void
+test_app_token(void)
+{
+  unsigned calls = t_calls;
+  struct reply r;
+  http("GET", "/v1/app", NULL, NULL, NULL, false, &r);
+  check_error(&r, 401, "unauthorized", "Authorization: Bearer");
+  CU_ASSERT_EQUAL(t_calls, calls);
+  http("GET", "/v1/app", TOKEN, NULL, NULL, false, &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"app\":false,\"bearer\":\"" TOKEN "\"}\n");
+  http("GET", "/v1/app", TOKEN2, NULL, NULL, false, &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_PTR_NOT_NULL(strstr(r.body, "\"app\":false"));
+  http("GET", "/v1/app", "app-token-0123456789", NULL, NULL, false, &r);
+  CU_ASSERT_EQUAL(r.status, 200);
+  CU_ASSERT_STRING_EQUAL(r.body, "{\"app\":true,\"bearer\":\"app-token-0123456789\"}\n");
+  http("GET", "/v1/app", "another-token-0123456789", NULL, NULL, false, &r);
+  check_error(&r, 403, "forbidden", "not the app's token");
+  CU_ASSERT_EQUAL(t_calls, calls + 4);
 }
 
 /* ---- bodies ------------------------------------------------------------------ */
@@ -942,6 +988,7 @@ static const struct cunit_test tests[] = {
   TEST(test_missing_token),
   TEST(test_wrong_token),
   TEST(test_second_token),
+  TEST(test_app_token),
   TEST(test_echo),
   TEST(test_duplicate_keys),
   TEST(test_depth),

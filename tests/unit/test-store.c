@@ -1412,7 +1412,8 @@ test_attachments_upgrade(void)
   CU_ASSERT_EQUAL_FATAL(create(st, "a", 3, 3, NULL, NULL, id, NULL, &e),
                         STORE_OK);
   store_close(st);
-  raw_exec("DROP TABLE attachments; PRAGMA user_version = 2;");
+  raw_exec("DROP TABLE enrolments; DROP TABLE attachments; "
+           "PRAGMA user_version = 2;");
   st = open_ok();
   CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM attachments"), 3);
   CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM attachments WHERE "
@@ -1423,6 +1424,91 @@ test_attachments_upgrade(void)
   raw_exec("UPDATE nodes SET state = 'down' WHERE id = 'n1'");
   struct due_seen d = age(st, 5000, 0);
   CU_ASSERT_EQUAL(d.n, 2);
+  store_close(st);
+}
+
+/* Enrolments: one per node name, a second refused unless rotating, which
+ * replaces the salt and hash; revoke; the blobs kept exactly. */
+static void
+test_enrolments(void)
+{
+  struct store *st = open_ok();
+  struct store_err e;
+  uint8_t s1[STORE_SALT_LEN], h1[STORE_HASH_LEN], s2[STORE_SALT_LEN],
+      h2[STORE_HASH_LEN], gs[STORE_SALT_LEN], gh[STORE_HASH_LEN];
+  memset(s1, 0x11, sizeof s1);
+  memset(h1, 0x00, sizeof h1); /* NULs inside: blobs, not strings */
+  h1[5] = 0xa1;
+  memset(s2, 0x22, sizeof s2);
+  memset(h2, 0xb2, sizeof h2);
+  bool created = false;
+  int64_t at = 0;
+
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n1", gs, gh, &at, &e),
+                  STORE_NOT_FOUND);
+  CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "node 'n1' is not enrolled"));
+  /* Enrolled before it ever registered: no node row needed. */
+  CU_ASSERT_EQUAL(store_enrolment_put(st, "n1", s1, h1, false, &created, &e),
+                  STORE_OK);
+  CU_ASSERT_TRUE(created);
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n1", gs, gh, &at, &e), STORE_OK);
+  CU_ASSERT_EQUAL(memcmp(gs, s1, sizeof gs), 0);
+  CU_ASSERT_EQUAL(memcmp(gh, h1, sizeof gh), 0);
+  CU_ASSERT_TRUE(at > 0);
+  /* Twice without rotate: 409, the first kept. */
+  CU_ASSERT_EQUAL(store_enrolment_put(st, "n1", s2, h2, false, &created, &e),
+                  STORE_CONFLICT);
+  CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "already enrolled"));
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n1", gs, gh, NULL, &e), STORE_OK);
+  CU_ASSERT_EQUAL(memcmp(gh, h1, sizeof gh), 0);
+  /* Rotate replaces. */
+  CU_ASSERT_EQUAL(store_enrolment_put(st, "n1", s2, h2, true, &created, &e),
+                  STORE_OK);
+  CU_ASSERT_FALSE(created);
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n1", gs, gh, NULL, &e), STORE_OK);
+  CU_ASSERT_EQUAL(memcmp(gs, s2, sizeof gs), 0);
+  CU_ASSERT_EQUAL(memcmp(gh, h2, sizeof gh), 0);
+  /* Rotate of a name not enrolled enrols it. */
+  CU_ASSERT_EQUAL(store_enrolment_put(st, "n2", s1, h1, true, &created, &e),
+                  STORE_OK);
+  CU_ASSERT_TRUE(created);
+  /* Revoke: gone, a second revoke is 404; n2 untouched. */
+  CU_ASSERT_EQUAL(store_enrolment_delete(st, "n1", &e), STORE_OK);
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n1", gs, gh, NULL, &e),
+                  STORE_NOT_FOUND);
+  CU_ASSERT_EQUAL(store_enrolment_delete(st, "n1", &e), STORE_NOT_FOUND);
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n2", gs, gh, NULL, &e), STORE_OK);
+  CU_ASSERT_EQUAL(store_enrolment_put(st, "", s1, h1, false, NULL, &e),
+                  STORE_INVALID);
+  store_close(st);
+  /* The schema's checks hold the lengths. */
+  CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM enrolments WHERE "
+                          "length(salt) = 16 AND length(hash) = 32"),
+                  1);
+}
+
+/* A schema-3 file (before enrolments) with a registered node: the upgrade
+ * adds the table, keeps the node, and the node can be enrolled. */
+static void
+test_enrolments_upgrade(void)
+{
+  struct store *st = open_ok();
+  struct store_err e;
+  world(st, 2);
+  store_close(st);
+  raw_exec("DROP TABLE enrolments; PRAGMA user_version = 3;");
+  CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM sqlite_schema WHERE "
+                          "name = 'enrolments'"),
+                  0);
+  st = open_ok();
+  CU_ASSERT_EQUAL(raw_int("PRAGMA user_version"),
+                  (int64_t)store_schema_version());
+  CU_ASSERT_EQUAL(raw_int("SELECT count(*) FROM nodes"), 2);
+  uint8_t salt[STORE_SALT_LEN] = { 1 }, hash[STORE_HASH_LEN] = { 2 };
+  CU_ASSERT_EQUAL(store_enrolment_put(st, "n1", salt, hash, false, NULL, &e),
+                  STORE_OK);
+  CU_ASSERT_EQUAL(store_enrolment_get(st, "n1", salt, hash, NULL, &e),
+                  STORE_OK);
   store_close(st);
 }
 
@@ -1786,6 +1872,8 @@ main(void)
     { "tree update", test_tree_update },
     { "attachments in use and idle", test_attachments },
     { "attachments recorded by the upgrade", test_attachments_upgrade },
+    { "enrolments", test_enrolments },
+    { "enrolments added by the upgrade", test_enrolments_upgrade },
     { "batches", test_batch },
     { "SIGKILL while creating clusters", test_crash },
     { "a writer and a reader on two handles", test_concurrent },
