@@ -418,7 +418,7 @@ jq -e '.counts.running == 2 and ([.vms[] | select(.state == "running")] | length
 # NBD over TLS on the node: plaintext refused; the fleet's certificate reads
 # the image's first MiB.
 nbdinfo --size "nbd://127.0.0.1:$node_port/guest" >/dev/null 2>&1 && fail "the node served a plaintext NBD client"
-/usr/bin/python3 -c 'import nbd, sys; h = nbd.NBD(); h.connect_uri(sys.argv[1]); sys.stdout.buffer.write(h.pread(1 << 20, 0))' \
+/usr/bin/python3 -c 'import nbd, sys; h = nbd.NBD(); h.set_uri_allow_local_file(True); h.connect_uri(sys.argv[1]); sys.stdout.buffer.write(h.pread(1 << 20, 0))' \
     "nbds://127.0.0.1:$node_port/guest?tls-certificates=$pki" | cmp -s - <(head -c 1M "$tmpdir/guest.img") ||
     fail "the node over nbds:// does not serve the image's first MiB"
 
