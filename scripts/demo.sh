@@ -14,8 +14,12 @@
 # defaults (127.0.0.1:7080) and three node daemons that register with it:
 # node1 on the embedded defaults (libvirt pool "thunder" at
 # /var/lib/thunder/pool, socket /run/thunder/thunderd.sock), node2 and
-# node3 with pools of their own.  Then, as an operator would:
-#   thunderctl api image register guest --origin nbd://…
+# node3 with pools of their own.  Everything between them is TLS with
+# client certificates of a fleet CA made here (thunderctl pki init/issue):
+# NBD (--tls require, nbds://) and HTTPS (thunder-api --tls require,
+# --control-tls require); only the guests' Unix sockets are plaintext.
+# Then, as an operator would (with --cacert/--cert/--key):
+#   thunderctl api image register guest --origin nbds://…
 #   thunderctl cluster create --name demo --image guest --count 6 --wait
 # thunder-api places the six VMs (spread: two per node), plans the relay
 # tree, attaches the image on each node with its upstream list, creates
@@ -38,7 +42,7 @@ THUNDERD=$PWD/build/src/daemon/thunderd
 THUNDERCTL=$PWD/build/src/cli/thunderctl
 THUNDER_API=$PWD/build/src/api/thunder-api
 port=${DEMO_PORT:-10809}
-api=http://127.0.0.1:7080
+api=https://127.0.0.1:7080
 
 work=$(mktemp -d /tmp/thunder-demo.XXXXXX)
 chmod 0755 "$work"   # QEMU (user libvirt-qemu) reaches node sockets in it
@@ -47,11 +51,17 @@ token=$work/token
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$token"
 chmod 600 "$token"
 id=""
+# The fleet's certificates: one directory per host (CN = its name), "op"
+# for the operator's thunderctl, curl and nbdinfo.
+pki=$work/pki
+op_tls=(--cacert "$pki/op/ca-cert.pem" --cert "$pki/op/client-cert.pem"
+        --key "$pki/op/client-key.pem")
+ctl() { "$THUNDERCTL" --api "$api" --token-file "$token" "${op_tls[@]}" "$@"; }
 
 cleanup() {
   set +e
   if [ -n "$id" ]; then
-    "$THUNDERCTL" --api "$api" --token-file "$token" cluster delete "$id" --wait >/dev/null 2>&1
+    ctl cluster delete "$id" --wait >/dev/null 2>&1
   fi
   for n in node3 node2 node1 api origin; do
     [ -n "${pid_of[$n]:-}" ] && kill "${pid_of[$n]}" 2>/dev/null && wait "${pid_of[$n]}" 2>/dev/null
@@ -66,7 +76,7 @@ cleanup() {
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-counters() { curl -s -H "Authorization: Bearer $(cat "$token")" "$1/v1/images/guest" | jq -c .counters; }
+counters() { curl -s "${op_tls[@]}" -H "Authorization: Bearer $(cat "$token")" "$1/v1/images/guest" | jq -c .counters; }
 
 # start NAME PROGRAM ARGS...: a daemon, waiting for "ready" in its log.
 start() {
@@ -92,34 +102,40 @@ mkdir "$work/images"
 cp "$work/guest/guest.img" "$work/images/guest.img"
 "$THUNDERCTL" image add guest "$work/images/guest.img"
 
-step "2. the origin serves it over NBD"
+step "2. the origin serves it over NBD (TLS: a fleet CA and a certificate per host)"
+mkdir -m 0700 "$pki"
+"$THUNDERCTL" pki init "$pki/ca" >/dev/null
+for h in origin api node1 node2 node3 op; do
+  "$THUNDERCTL" pki issue "$h" --ca "$pki/ca" --out "$pki/$h" --ip 127.0.0.1 --dns localhost >/dev/null
+done
 start origin "$THUNDERD" --origin --images "$work/images" --socket none \
-  --listen "127.0.0.1:$port" --control 127.0.0.1:0 --token-file "$token"
-ctl_of[origin]=http://127.0.0.1:$(sed -n 's/.*control endpoint on .* port \([0-9]*\).*/\1/p' "$work/origin.log" | head -n1)
-nbdinfo "nbd://127.0.0.1:$port/guest" | head -n 4
+  --listen "127.0.0.1:$port" --control 127.0.0.1:0 --token-file "$token" \
+  --tls require --control-tls require --tls-certificates "$pki/origin"
+ctl_of[origin]=https://127.0.0.1:$(sed -n 's/.*control endpoint on .* port \([0-9]*\).*/\1/p' "$work/origin.log" | head -n1)
+nbdinfo "nbds://127.0.0.1:$port/guest?tls-certificates=$pki/op" | head -n 4
 
 step "3. libvirtd and virtlogd (started here without systemd if they are not running)"
 ./scripts/start-libvirt.sh
 
 step "4. thunder-api on its defaults ($api), state in $work/api.db"
 start api "$THUNDER_API" --db "$work/api.db" --token-file "$token" \
-  --ui-dir "$PWD/src/api/ui"
+  --ui-dir "$PWD/src/api/ui" --tls require --tls-certificates "$pki/api"
 tail -n 1 "$work/api.log"
-echo "status page: $api/ui/ (the operator token is in $token); each node's metrics: /metrics on its control endpoint"
+echo "status page: $api/ui/ (the operator token is in $token; HTTPS with the client certificate in $pki/op); each node's metrics: /metrics on its control endpoint"
 
 step "5. three node daemons register with it: node1 on the defaults, node2 and node3 with their own pools"
 for i in 1 2 3; do
   args=(--cache "$work/cache$i" --listen "127.0.0.1:$((port + i))"
         --control "127.0.0.1:$((7070 + i))" --token-file "$token"
-        --api "$api" --node-name "node$i" --rack "rack$(( (i + 1) / 2 ))")
+        --api "$api" --node-name "node$i" --rack "rack$(( (i + 1) / 2 ))"
+        --tls require --control-tls require --tls-certificates "$pki/node$i")
   if [ "$i" -gt 1 ]; then
     args+=(--socket "$work/node$i.sock" --pool "thunder-demo-node$i"
            --pool-path "/var/lib/thunder/demo/node$i/pool")
   fi
   start "node$i" "$THUNDERD" "${args[@]}"
-  ctl_of[node$i]=http://127.0.0.1:$((7070 + i))
+  ctl_of[node$i]=https://127.0.0.1:$((7070 + i))
 done
-ctl() { "$THUNDERCTL" --api "$api" --token-file "$token" "$@"; }
 for _ in $(seq 50); do
   [ "$(ctl api node list --json 2>/dev/null | jq '[.nodes[] | select(.state == "ready")] | length')" = 3 ] && break
   sleep 0.2
@@ -129,7 +145,7 @@ ctl api node list
 sent_before=$(counters "${ctl_of[origin]}" | jq .served_remote_bytes)
 
 step "6. the operator: register the image, ask for six VMs, wait until they run"
-ctl api image register guest --origin "nbd://127.0.0.1:$port"
+ctl api image register guest --origin "nbds://127.0.0.1:$port"
 start_s=$(date +%s.%N)
 id=$(ctl cluster create --name demo --image guest --count 6 --vcpus 1 --memory 128 --wait --timeout 300)
 running_s=$(date +%s.%N)

@@ -12,6 +12,7 @@
 #define ORIGINMAN_TIMEOUT_MS 10000
 
 /* Reads image name's manifest from the origin at origin (nbd://HOST:PORT,
+ * or nbds://HOST:PORT over TLS with thunder-api's --tls-certificates,
  * export NAME@manifest), checks it is a valid manifest of that image, and
  * writes its SHA-256 (the image version) and the image's size.  0, or -1
  * with err and errno: ENOENT (the origin has no such image), EPROTO (it

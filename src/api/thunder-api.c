@@ -16,6 +16,7 @@
 #include "config.h"
 #include "curlbuf.h"
 #include "log.h"
+#include "manclient.h"
 #include "thunder-build.h"
 #include "nodecall.h"
 #include "tlsdir.h"
@@ -142,7 +143,8 @@ static const struct config_opt options[] = {
     " (default off)" },
   { "tls-certificates", CONFIG_TYPE_STRING, &opt.tls_certificates, 0, 0,
     "DIR", "certificates (thunderctl pki issue): this server's, and the"
-    " CA and client certificate used to call https:// nodes (default "
+    " CA and client certificate used to call https:// nodes and to read"
+    " an nbds:// origin's manifests (default "
     TLS_DEFAULT_DIR ")" },
   { NULL, 0, NULL, 0, 0, NULL, NULL },
 };
@@ -213,6 +215,9 @@ main(int argc, char **argv)
     }
     client_tls = true;
   }
+  /* An nbds:// origin's manifest is read with this directory's CA and
+   * client certificate (an origin under --tls require verifies it). */
+  manclient_set_tls_certificates(tls_dir);
   struct curlbuf_tls node_tls = {
     cl.cacert, cl.cert[0] ? cl.cert : NULL, cl.key[0] ? cl.key : NULL,
   };

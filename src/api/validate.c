@@ -35,12 +35,22 @@ validate_cluster_id(const char *id)
   return true;
 }
 
-bool
-validate_nbd_base(const char *s)
+/* The length of "PLAIN://" or "TLS://" that s starts with; 0: neither. */
+static size_t
+scheme_len(const char *s, const char *plain, const char *tls)
 {
-  if (strncmp(s, "nbd://", 6) != 0)
-    return false;
-  const char *h = s + 6;
+  size_t pl = strlen(plain), tl = strlen(tls);
+  if (strncmp(s, plain, pl) == 0 && strncmp(s + pl, "://", 3) == 0)
+    return pl + 3;
+  if (strncmp(s, tls, tl) == 0 && strncmp(s + tl, "://", 3) == 0)
+    return tl + 3;
+  return 0;
+}
+
+/* "HOST:PORT" with nothing after the port. */
+static bool
+host_port_ok(const char *h)
+{
   const char *colon = strrchr(h, ':');
   if (colon == NULL || colon == h)
     return false;
@@ -55,19 +65,20 @@ validate_nbd_base(const char *s)
          port >= 1 && port <= 65535;
 }
 
+bool
+validate_nbd_base(const char *s)
+{
+  size_t skip = scheme_len(s, "nbd", "nbds");
+  return skip != 0 && host_port_ok(s + skip);
+}
+
 /* "http://HOST:PORT" or "https://HOST:PORT" (a node with
  * --control-tls). */
 static bool
 http_base_ok(const char *s)
 {
-  char tmp[VALIDATE_URL_MAX + 8];
-  size_t skip = strncmp(s, "http://", 7) == 0    ? 7
-                : strncmp(s, "https://", 8) == 0 ? 8
-                                                 : 0;
-  if (skip == 0 || strlen(s) >= VALIDATE_URL_MAX)
-    return false;
-  snprintf(tmp, sizeof tmp, "nbd://%s", s + skip);
-  return validate_nbd_base(tmp);
+  size_t skip = scheme_len(s, "http", "https");
+  return skip != 0 && strlen(s) < VALIDATE_URL_MAX && host_port_ok(s + skip);
 }
 
 int
@@ -139,8 +150,8 @@ validate_node(struct json_object *body, struct store_node *n, char *err,
                           &n->nbd_uri, err, errlen) < 0)
     return -1;
   if (!validate_nbd_base(n->nbd_uri)) {
-    snprintf(err, errlen, "field 'nbd_uri': '%s' is not nbd://HOST:PORT",
-             n->nbd_uri);
+    snprintf(err, errlen, "field 'nbd_uri': '%s' is not nbd://HOST:PORT"
+             " or nbds://HOST:PORT", n->nbd_uri);
     return -1;
   }
   if (jsonutil_get_string(body, "", "control_url", true, VALIDATE_URL_MAX,
@@ -173,7 +184,8 @@ validate_image(struct json_object *body, const char **name,
     return -1;
   }
   if (!validate_nbd_base(*origin)) {
-    snprintf(err, errlen, "field 'origin': '%s' is not nbd://HOST:PORT", *origin);
+    snprintf(err, errlen, "field 'origin': '%s' is not nbd://HOST:PORT or"
+             " nbds://HOST:PORT", *origin);
     return -1;
   }
   if (*version) {

@@ -20,12 +20,12 @@ struct json_object;
 #define VALIDATE_KEY_MAX 255        /* Idempotency-Key */
 
 /* POST /v1/nodes into *n (pointers into body): name, nbd_uri
- * (nbd://HOST:PORT), control_url (http://HOST:PORT), capacity, labels.
+ * (nbd://HOST:PORT, or nbds://HOST:PORT: NBD over TLS), control_url (http://HOST:PORT), capacity, labels.
  * 0, or -1 with err. */
 int validate_node(struct json_object *body, struct store_node *n, char *err,
                   size_t errlen);
 
-/* POST /v1/images: name, origin (nbd://HOST:PORT), optional version (64
+/* POST /v1/images: name, origin (nbd:// or nbds://HOST:PORT), optional version (64
  * lowercase hex digits; *version NULL when absent).  0 or -1. */
 int validate_image(struct json_object *body, const char **name,
                    const char **origin, const char **version, char *err,
@@ -46,7 +46,8 @@ bool validate_node_name(const char *s);
 /* A cluster id: STORE_ID_LEN lowercase hex digits. */
 bool validate_cluster_id(const char *id);
 
-/* "nbd://HOST:PORT" with nothing after the port. */
+/* "nbd://HOST:PORT" or "nbds://HOST:PORT" (NBD over TLS) with nothing
+ * after the port. */
 bool validate_nbd_base(const char *s);
 
 #endif

@@ -1824,28 +1824,32 @@ static void
 usage_api_image_register(FILE *fp)
 {
   fprintf(fp,
-          "Usage: " PROG " [--api URL] api image register NAME --origin nbd://HOST:PORT\n"
+          "Usage: " PROG " [--api URL] api image register NAME --origin nbd[s]://HOST:PORT\n"
           "                  [--version HEX] [--json]\n"
           "\n"
           "Registers image NAME with thunder-api (POST /v1/images): the API reads\n"
           "its manifest from the origin thunderd (export NAME" MANIFEST_EXPORT_SUFFIX ") to learn\n"
           "its version and size.  Registering again replaces the entry.\n"
           "\n"
-          "  --origin URI      the origin thunderd, nbd://HOST:PORT (no export)\n"
+          "  --origin URI      the origin thunderd, nbd://HOST:PORT (no export), or\n"
+          "                    nbds://HOST:PORT for one with --tls on|require\n"
           "  --version HEX     the version expected (64 hex digits, as printed by\n"
           "                    'image add'); the API refuses another one\n"
           "  --json            print the API's reply as JSON\n"
           API_OPTIONS_HELP);
 }
 
-/* True if s is nbd://HOST:PORT with no export: HOST a name, an IPv4 address
- * or [IPv6], PORT 1-65535. */
+/* True if s is nbd://HOST:PORT or nbds://HOST:PORT (TLS) with no export:
+ * HOST a name, an IPv4 address or [IPv6], PORT 1-65535. */
 static bool
 origin_uri_valid(const char *s)
 {
-  if (strncmp(s, "nbd://", 6) != 0)
+  size_t skip = strncmp(s, "nbd://", 6) == 0    ? 6
+                : strncmp(s, "nbds://", 7) == 0 ? 7
+                                                : 0;
+  if (skip == 0)
     return false;
-  const char *h = s + 6, *colon;
+  const char *h = s + skip, *colon;
   if (*h == '[') {
     const char *close = strchr(h, ']');
     if (close == NULL || close == h + 1 || close[1] != ':')
@@ -1905,11 +1909,11 @@ cmd_api_image_register(int argc, char **argv)
   if (!cli_name_arg("api image register", argc, argv, &name))
     return EXIT_USAGE;
   if (origin == NULL) {
-    fprintf(stderr, PROG ": api image register: where is it served? give --origin nbd://HOST:PORT\n");
+    fprintf(stderr, PROG ": api image register: where is it served? give --origin nbd[s]://HOST:PORT\n");
     return EXIT_USAGE;
   }
   if (!origin_uri_valid(origin)) {
-    fprintf(stderr, PROG ": --origin '%s': expected nbd://HOST:PORT, without an export name\n",
+    fprintf(stderr, PROG ": --origin '%s': expected nbd://HOST:PORT or nbds://HOST:PORT, without an export name\n",
             origin);
     return EXIT_USAGE;
   }
@@ -2031,7 +2035,7 @@ static const struct command api_node_commands[] = {
 };
 
 static const struct command api_image_commands[] = {
-  { "register", "NAME --origin nbd://HOST:PORT [--version HEX] [--json]",
+  { "register", "NAME --origin nbd[s]://HOST:PORT [--version HEX] [--json]",
     "register an image served by an origin thunderd",
     cmd_api_image_register, NULL },
   { "list", "[--json]", "list the images registered with thunder-api",

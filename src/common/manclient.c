@@ -82,6 +82,26 @@ manclient_tls(struct nbd_handle *h, const char *uri)
   return nbd_set_tls_certificates(h, tls_certificates);
 }
 
+/* A connection to an nbds:// uri lost before the export opened: under
+ * TLS 1.3 the server checks the client's certificate after the client's
+ * side of the handshake ended, so a refused certificate shows here only
+ * as a closed connection.  Says so in msg, and points *why at it. */
+static void
+tls_hint(const char *uri, const char **why, char *msg, size_t msglen)
+{
+  if (strncmp(uri, "nbds", 4) != 0 ||
+      strcmp(*why, "timed out") == 0)
+    return;
+  char reason[256];
+  snprintf(reason, sizeof reason, "%.200s", *why);
+  snprintf(msg, msglen, "%s (the TLS server closed the connection: it may"
+           " have refused this client's certificate; %s%s should hold a"
+           " client-cert.pem of the server's CA)", reason,
+           tls_certificates ? tls_certificates : "libnbd's default directory",
+           tls_certificates ? "" : " (none set)");
+  *why = msg;
+}
+
 /* Connects h to uri and opens export; MANCLIENT_OK, or a failure with
  * *why (msg holds it when it is ours). */
 static enum manclient_result
@@ -111,7 +131,14 @@ open_export(struct nbd_handle *h, const char *uri, const char *export,
   if (run_until(h, &go.done, clock_mono_ms() + timeout_ms, why) == -1)
     return MANCLIENT_FAILED;
   if (go.err != 0 || nbd_aio_is_ready(h) != 1) {
-    snprintf(msg, msglen, "%s", go.err ? strerror(go.err) : "not available");
+    /* libnbd reports NBD_REP_ERR_TLS_REQD as ENOTSUP and keeps the
+     * server's message to its debug output: say what it likely is. */
+    bool plain = strncmp(uri, "nbd://", 6) == 0;
+    snprintf(msg, msglen, "%s%s", go.err ? strerror(go.err) : "not available",
+             go.err == ENOTSUP && plain
+                 ? " (what a server that requires TLS answers a plaintext"
+                   " client: is it nbds://?)"
+                 : "");
     *why = msg;
     /* NBD_REP_ERR_UNKNOWN arrives as ENOENT. */
     return go.err == ENOENT ? MANCLIENT_UNKNOWN : MANCLIENT_FAILED;
@@ -153,7 +180,7 @@ manclient_fetch(const char *uri, const char *name, unsigned timeout_ms,
                 unsigned flags, char **bytes, size_t *len, char *err,
                 size_t errlen)
 {
-  char export[MANIFEST_EXPORT_NAME_MAX], msg[256];
+  char export[MANIFEST_EXPORT_NAME_MAX], msg[1024];
   const char *why = NULL;
   char *buf = NULL;
   enum manclient_result r = MANCLIENT_FAILED;
@@ -168,6 +195,8 @@ manclient_fetch(const char *uri, const char *name, unsigned timeout_ms,
     return MANCLIENT_FAILED;
   }
   r = open_export(h, uri, export, timeout_ms, flags, &why, msg, sizeof msg);
+  if (r == MANCLIENT_FAILED)
+    tls_hint(uri, &why, msg, sizeof msg);
   if (r != MANCLIENT_OK)
     goto cleanup;
   r = MANCLIENT_FAILED;

@@ -1693,7 +1693,8 @@ fetch_get_stats(struct fetcher *f, struct fetch_stats *st)
  * other failure). */
 static int
 manifest_from(const char *uri, const char *name, const char *version_hex,
-              unsigned timeout_ms, char **bytes, size_t *len)
+              unsigned timeout_ms, char **bytes, size_t *len, char *why,
+              size_t whylen)
 {
   char err[1024];
   char *buf = NULL;
@@ -1702,6 +1703,8 @@ manifest_from(const char *uri, const char *name, const char *version_hex,
                                              &size, err, sizeof err);
   if (mr != MANCLIENT_OK) {
     log_warn(COMPONENT, "upstream %s: manifest: %s", uri, err);
+    if (why && whylen)
+      snprintf(why, whylen, "%s", err);
     return mr == MANCLIENT_UNKNOWN ? FETCH_MANIFEST_UNKNOWN : -1;
   }
   uint8_t d[DIGEST_LEN];
@@ -1722,8 +1725,10 @@ manifest_from(const char *uri, const char *name, const char *version_hex,
 int
 fetch_manifest(const char *const *uris, size_t n, const char *name,
                const char *version_hex, unsigned timeout_ms, char **bytes,
-               size_t *len)
+               size_t *len, char *why, size_t whylen)
 {
+  if (why && whylen)
+    why[0] = '\0';
   if (!manifest_name_valid(name)) {
     log_error(COMPONENT, "manifest: '%s' is not an image name", name);
     return -1;
@@ -1734,7 +1739,8 @@ fetch_manifest(const char *const *uris, size_t n, const char *name,
    * every one answered and one had another version, else -1. */
   int verdict = FETCH_MANIFEST_UNKNOWN;
   for (size_t i = 0; i < n; i++) {
-    int r = manifest_from(uris[i], name, version_hex, timeout_ms, bytes, len);
+    int r = manifest_from(uris[i], name, version_hex, timeout_ms, bytes, len,
+                          why, whylen);
     if (r == 0)
       return 0;
     if (r == -1)

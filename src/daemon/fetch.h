@@ -198,11 +198,14 @@ void fetch_get_stats(struct fetcher *f, struct fetch_stats *st);
  * tried (with its URI and why) and an error at the end.  The value says
  * why: FETCH_MANIFEST_UNKNOWN when every upstream
  * answered that it has no such image, FETCH_MANIFEST_OTHER_VERSION when
- * every one answered and some serve another version, else -1. */
+ * every one answered and some serve another version, else -1.  why
+ * (whylen bytes; NULL: none) gets the last upstream failure that was not
+ * a version mismatch ("" if none): its URI and the client's reason (for
+ * example a refused TLS handshake). */
 #define FETCH_MANIFEST_UNKNOWN (-2)
 #define FETCH_MANIFEST_OTHER_VERSION (-3)
 int fetch_manifest(const char *const *uris, size_t n, const char *name,
                    const char *version_hex, unsigned timeout_ms,
-                   char **bytes, size_t *len);
+                   char **bytes, size_t *len, char *why, size_t whylen);
 
 #endif

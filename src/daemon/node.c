@@ -909,8 +909,10 @@ node_attach(struct node *n, const char *name, const char *version,
   size_t mlen = 0;
   CLEANUP_FREE char *mbytes = cached_manifest(n, version, &mlen);
   if (mbytes == NULL) {
+    char why[1024];
     int fr = fetch_manifest(uris, nuris, name, version,
-                            n->p.fetch.timeout_ms, &mbytes, &mlen);
+                            n->p.fetch.timeout_ms, &mbytes, &mlen, why,
+                            sizeof why);
     if (fr == FETCH_MANIFEST_UNKNOWN) {
       snprintf(err, errlen, "no upstream has an image '%s'", name);
       return NODE_NOT_FOUND;
@@ -922,7 +924,8 @@ node_attach(struct node *n, const char *name, const char *version,
     }
     if (fr != 0) {
       snprintf(err, errlen, "no upstream gave the manifest of '%s' version"
-               " %.16s (unreachable or failing)", name, version);
+               " %.16s (unreachable or failing%s%.700s)", name, version,
+               why[0] ? "; last: " : "", why);
       return NODE_UPSTREAM;
     }
   }

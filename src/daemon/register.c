@@ -44,6 +44,7 @@
 #include "curlbuf.h"
 #include "jsonutil.h"
 #include "log.h"
+#include "tlsdir.h"
 
 #define COMPONENT "register"
 
@@ -333,17 +334,34 @@ register_config_new(const struct register_options *o, char *err,
     c->name = strdup(host);
   }
 
+  /* The NBD scheme follows the listener: nbds:// (TLS) when it speaks
+   * TLS; an advertisement the listener would refuse (nbd:// under
+   * require) or cannot serve (nbds:// with TLS off) is an error. */
+  const char *nscheme = o->nbd_tls != TLSDIR_OFF ? "nbds" : "nbd";
   if (o->advertise_nbd) {
-    if (register_check_url(o->advertise_nbd, "nbd", false,
+    bool tls = strncmp(o->advertise_nbd, "nbds:", 5) == 0;
+    if (register_check_url(o->advertise_nbd, tls ? "nbds" : "nbd", false,
                            "--advertise-nbd", err, errlen) == -1)
       goto fail;
+    if (!tls && o->nbd_tls == TLSDIR_REQUIRE) {
+      snprintf(err, errlen, "--advertise-nbd: '%.200s' is plaintext NBD,"
+               " but --tls require refuses it: advertise nbds://HOST:PORT",
+               o->advertise_nbd);
+      goto fail;
+    }
+    if (tls && o->nbd_tls == TLSDIR_OFF) {
+      snprintf(err, errlen, "--advertise-nbd: '%.200s' is NBD over TLS, but"
+               " --tls is off: advertise nbd://HOST:PORT or set --tls",
+               o->advertise_nbd);
+      goto fail;
+    }
     c->nbd_uri = strdup(o->advertise_nbd);
   } else if (o->listen == NULL) {
     snprintf(err, errlen, "--advertise-nbd: --listen is none, so other"
              " nodes cannot read from this one: give --listen HOST:PORT");
     goto fail;
   } else {
-    if (register_advertise("nbd", o->listen, 0, "--advertise-nbd", buf,
+    if (register_advertise(nscheme, o->listen, 0, "--advertise-nbd", buf,
                            sizeof buf, err, errlen) == -1)
       goto fail;
     c->nbd_uri = strdup(buf);

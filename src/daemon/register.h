@@ -49,6 +49,10 @@ struct register_options {
                                     0 GiB of disk unless disk_gib */
   bool control_https;            /* the control endpoint speaks HTTPS: the
                                     advertised URL is https:// */
+  int nbd_tls;                   /* the NBD listener's --tls (enum
+                                    tlsdir_mode): on or require advertise
+                                    nbds:// by default; require refuses an
+                                    nbd:// --advertise-nbd, off an nbds:// */
   const struct curlbuf_tls *tls; /* the API's CA and this node's client
                                     certificate (copied); NULL: libcurl's
                                     defaults */

@@ -247,8 +247,9 @@ static const struct config_opt options[] = {
     "node: the token it registers and heartbeats with: its enrolment token"
     " (thunderctl api node enrol; mode 0600 or 0640) (default: --token-file's)" },
   { "advertise-nbd", CONFIG_TYPE_STRING, &opt.advertise_nbd, 0, 0,
-    "nbd://HOST:PORT", "node: where other nodes reach --listen"
-    " (default: --listen, unless its host is a wildcard)" },
+    "nbd[s]://HOST:PORT", "node: where other nodes reach --listen"
+    " (default: --listen, unless its host is a wildcard; nbds:// when"
+    " --tls is on or require, which refuses nbd://)" },
   { "advertise-control", CONFIG_TYPE_STRING, &opt.advertise_control, 0, 0,
     "http://HOST:PORT", "node: where the API reaches --control"
     " (default: --control, unless its host is a wildcard)" },
@@ -720,7 +721,7 @@ load_tls(enum tlsdir_mode *mode, struct tlsdir_server *pem,
 static struct registrar *
 start_registration(const char *token, const char *tcp_listen,
                    unsigned control_port, bool pool, bool control_https,
-                   const struct curlbuf_tls *tls)
+                   enum tlsdir_mode nbd_tls, const struct curlbuf_tls *tls)
 {
   CLEANUP_FREE char *disk_path = NULL;
   if (pool && opt.capacity_disk_gib == 0 &&
@@ -737,7 +738,7 @@ start_registration(const char *token, const char *tcp_listen,
     .disk_gib = opt.capacity_disk_gib, .interval_ms = opt.heartbeat_interval,
     .listen = tcp_listen, .control = opt.control,
     .control_port = control_port, .disk_path = disk_path,
-    .control_https = control_https, .tls = tls,
+    .control_https = control_https, .nbd_tls = (int)nbd_tls, .tls = tls,
   };
   char err[1024];
   struct register_config *rc = register_config_new(&ro, err, sizeof err);
@@ -968,7 +969,7 @@ main(int argc, char **argv)
     registrar = start_registration(node_token ? node_token : token,
                                    sc.tcp_listen,
                                    control_port(control), anchors != NULL,
-                                   control_tls != TLSDIR_OFF,
+                                   control_tls != TLSDIR_OFF, nbd_tls,
                                    tls_api ? &ct : NULL);
     if (registrar == NULL)
       goto out;

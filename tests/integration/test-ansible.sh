@@ -261,9 +261,11 @@ fi
 # root:group; curl below verifies with them and presents the client
 # certificate (a curlrc: -q turns it off).
 scheme=http
+origin_uri=nbd://127.0.0.1:$origin_port/guest
 if $api_built; then
     scheme=https
     pki=$etc/pki
+    origin_uri="nbds://127.0.0.1:$origin_port/guest?tls-certificates=$pki"
     for f in ca-cert.pem server-cert.pem client-cert.pem; do
         [ "$(stat -c %U:%G:%a "$pki/$f")" = "root:$user:644" ] ||
             fail "$pki/$f: $(stat -c %U:%G:%a "$pki/$f" 2>&1), want root:$user:644"
@@ -278,6 +280,8 @@ if $api_built; then
         fail "the node's certificate: $(openssl x509 -in "$pki/client-cert.pem" -noout -subject)"
     grep -qx 'tls = require' "$etc/thunder-api.conf" || fail "thunder-api.conf: no tls = require"
     grep -qx 'control-tls = require' "$etc/thunderd-node.conf" || fail "thunderd-node.conf: no control-tls = require"
+    grep -qx 'tls = require' "$etc/thunderd-node.conf" && grep -qx 'tls = require' "$etc/thunderd-origin.conf" ||
+        fail "thunderd-node.conf or thunderd-origin.conf: no tls = require (NBD)"
     mkdir "$tmpdir/curlhome"
     printf 'cacert = "%s"\ncert = "%s"\nkey = "%s"\n' "$pki/ca-cert.pem" \
         "$pki/client-cert.pem" "$pki/client-key.pem" > "$tmpdir/curlhome/.curlrc"
@@ -306,7 +310,7 @@ done
 # The origin serves the guest image (with its manifest), the node's socket
 # is root:kvm 0660, the pool is there.
 [ -f "$root/srv/thunder/images/guest.manifest.json" ] || fail "no manifest for the guest image"
-out=$(nbdinfo --size "nbd://127.0.0.1:$origin_port/guest") ||
+out=$(nbdinfo --size "$origin_uri") ||
     fail "nbdinfo of the origin's export guest failed"
 [ "$out" = "$(stat -c %s "$tmpdir/guest.img")" ] || fail "origin export guest: size $out"
 sock=$root/run/thunder/thunderd.sock
@@ -389,7 +393,7 @@ out=$(curl -sf -H "$auth" "$api/v1/nodes/ansible-node") || fail "GET /v1/nodes/a
 jq -e '.state == "ready" and .labels.zone == "z1"' <<<"$out" >/dev/null ||
     fail "node ansible-node: $out"
 out=$(curl -sf -H "$auth" "$api/v1/images/guest") || fail "GET /v1/images/guest failed"
-jq -e --arg o "nbd://127.0.0.1:$origin_port" \
+jq -e --arg o "nbds://127.0.0.1:$origin_port" \
     --arg v "$(sha256 "$root/srv/thunder/images/guest.manifest.json")" \
     '.origin == $o and .version == $v' <<<"$out" >/dev/null || fail "image guest: $out"
 
@@ -411,6 +415,12 @@ jq -e '.counts.running == 2 and ([.vms[] | select(.state == "running")] | length
     <<<"$out" >/dev/null || fail "cluster $cluster is running but not both VMs: $out"
 [ "$(vsh list --all --name | grep -c -- "^$cluster-")" -eq 2 ] ||
     fail "libvirt does not have the cluster's 2 domains"
+# NBD over TLS on the node: plaintext refused; the fleet's certificate reads
+# the image's first MiB.
+nbdinfo --size "nbd://127.0.0.1:$node_port/guest" >/dev/null 2>&1 && fail "the node served a plaintext NBD client"
+/usr/bin/python3 -c 'import nbd, sys; h = nbd.NBD(); h.set_uri_allow_local_file(True); h.connect_uri(sys.argv[1]); sys.stdout.buffer.write(h.pread(1 << 20, 0))' \
+    "nbds://127.0.0.1:$node_port/guest?tls-certificates=$pki" | cmp -s - <(head -c 1M "$tmpdir/guest.img") ||
+    fail "the node over nbds:// does not serve the image's first MiB"
 
 curl -sf -X DELETE -H "$auth" "$api/v1/clusters/$id" >/dev/null || fail "DELETE /v1/clusters/$id failed"
 for (( i = 0; i < 120; ++i )); do

@@ -14,17 +14,25 @@
 #    batch of records) gets the image's bytes;
 #  - with on, plaintext and TLS clients are both served; many reads in
 #    flight over TLS on a cold node are all answered with the image's
-#    bytes (nbdbench --verify).
+#    bytes (nbdbench --verify);
+#  - through thunder-api: nodes with --tls require register nbds://; the
+#    image is registered with an nbds:// origin (thunder-api reads the
+#    manifest with its client certificate; nbd:// to it is refused, 502);
+#    the planner's chain origin → node4 → node5 is pushed with nbds://
+#    upstreams and node5 serves the image's bytes; a node with TLS off and
+#    no client certificate under the nbds:// origin fails its attach, the
+#    VM's reason naming the upstream.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
+source "$(dirname "$0")/api-functions.sh"
 requires_program nbdinfo
 requires_program nbdcopy
 
 pki=$tmpdir/pki
 mkdir "$pki"
 "$THUNDERCTL" pki init "$pki/ca" >/dev/null
-for h in origin node1 node2 op; do
+for h in origin node1 node2 node4 node5 api op; do
     "$THUNDERCTL" pki issue "$h" --ca "$pki/ca" --out "$pki/$h" \
         --ip 127.0.0.1 --dns localhost >/dev/null
 done
@@ -173,6 +181,70 @@ copy_and_check "nbd://$n3/img" "$images/img.raw"
 copy_and_check "nbds://$n3/img?tls-certificates=$pki/op" "$images/img.raw"
 refused "handshake|certificate|TLS|verif" \
     nbdinfo --size "nbds://$n3/img?tls-certificates=$pki/evil"
+
+# ---- through thunder-api: a fleet with --tls require on NBD ----------------------
+
+# Plain HTTP here (HTTPS is test-tls's); --tls-certificates gives
+# thunder-api the client certificate it reads nbds:// manifests with.
+start_api --tls-certificates "$pki/api" --origin-cap 1 --poll-interval 50 \
+    --push-timeout 5000 --push-retries 0
+for n in 4 5; do start_api_node "$n" --tls require --tls-certificates "$pki/node$n"; done
+# Node 6: TLS off, the fleet's CA but no client certificate.
+start_api_node 6 --tls-certificates "$pki/nocert"
+wait_nodes_ready 3
+call GET /v1/nodes
+expect 200 '[.nodes[] | select(.name != "node6") | .nbd_uri | startswith("nbds://127.0.0.1:")] | all and length == 2'
+expect 200 '.nodes[] | select(.name == "node6") | .nbd_uri | startswith("nbd://")'
+# An nbd:// advertisement under --tls require does not start.
+set +e
+out=$("$THUNDERD" --cache "$tmpdir/cache9" --socket none --pool none \
+      --listen "127.0.0.1:$(free_port)" --control 127.0.0.1:0 \
+      --token-file "$token_file" --api "$api_url" --tls require \
+      --tls-certificates "$pki/node4" --advertise-nbd "nbd://127.0.0.1:9" 2>&1)
+rc=$?
+set -e
+[ $rc -eq 1 ] && grep -q -- "--advertise-nbd: 'nbd://127.0.0.1:9' is plaintext NBD, but --tls require refuses it" <<<"$out" ||
+    fail "an nbd:// advertisement under --tls require: exit $rc: $out"
+
+call POST /v1/images "{\"name\":\"img\",\"origin\":\"nbd://$o\"}"
+expect 502 ".error.message | test(\"nbd://$o export img@manifest: Operation not supported .*requires TLS.*nbds://\")"
+out=$("$THUNDERCTL" --api "$api_url" --token-file "$token_file" api image register img \
+      --origin "nbds://$o" 2>&1) || fail "thunderctl api image register --origin nbds://: $out"
+call GET /v1/images/img
+expect 200 ".version == \"$ver\" and .origin == \"nbds://$o\""
+call POST /v1/clusters '{"name":"tls","image":"img","count":2,"vcpus":1,"memory_mib":64,"fanout":1,"placement":{"nodes":["node4","node5"]}}'
+expect 202
+id=$(jq -r .id "$tmpdir/body")
+# No pool on the nodes: the VMs fail after the attach.
+wait_cluster "$id" failed 30
+jq -e '[.vms[].reason | test("pool")] | all' "$tmpdir/body" >/dev/null ||
+    fail "a VM failed for another reason than the missing pool: $(jq -c . "$tmpdir/body")"
+call GET "/v1/clusters/$id/tree"
+expect 200 '.depth == 2 and .origin_children == 1'
+expect_schema api-cluster-tree
+leaf=$(jq -r '.nodes[] | select(.depth == 2) | .node' "$tmpdir/body")
+root=$(jq -r '.nodes[] | select(.depth == 1) | .node' "$tmpdir/body")
+jq -e --arg o "nbds://$o/img" --arg p "${node_nbd[${root#node}]/nbd:/nbds:}/img" \
+    '(.nodes[] | select(.depth == 1) | .upstreams) == [$o] and
+     (.nodes[] | select(.depth == 2) | .upstreams) == [$p, $o]' "$tmpdir/body" >/dev/null ||
+    fail "the tree's upstreams are not the nodes' nbds:// addresses: $(jq -c . "$tmpdir/body")"
+# What the leaf was pushed, and that it fetched over TLS: its bytes.
+l=${leaf#node}
+jq -e --arg p "${node_nbd[${root#node}]/nbd:/nbds:}/img" '.upstreams[0].uri == $p' \
+    <<<"$(stats "$l" img)" >/dev/null || fail "$leaf's img: $(stats "$l" img)"
+copy_and_check "nbds://${node_nbd[$l]#nbd://}/img?tls-certificates=$pki/op" "$images/img.raw"
+[ "$(stats "$l" img | counter .counters.fetch_failures)" -eq 0 ] ||
+    fail "$leaf: fetch failures: $(stats "$l" img)"
+
+# The mixed fleet: node6 has no client certificate for the origin's
+# require: its attach fails, and the VM's reason says where and why.
+call POST /v1/clusters '{"name":"plain","image":"img","count":1,"vcpus":1,"memory_mib":64,"placement":{"nodes":["node6"]}}'
+expect 202
+id=$(jq -r .id "$tmpdir/body")
+wait_cluster "$id" failed 30
+jq -e --arg o "nbds://$o/img" '.vms[0].reason | test("attaching image img on node node6: .*" + $o + ".*(TLS|handshake|certificate)"; "i")' \
+    "$tmpdir/body" >/dev/null ||
+    fail "node6's attach under an nbds:// origin: $(jq -c . "$tmpdir/body")"
 
 assert_thunderd_alive
 echo "nbd-tls: ok"

@@ -1540,7 +1540,7 @@ test_manifest_ok(void)
   char *bytes = NULL;
   size_t len = 0;
   CU_ASSERT_EQUAL_FATAL(fetch_manifest(uris, 1, "img", man->version_hex, 1500,
-                                       &bytes, &len), 0);
+                                       &bytes, &len, NULL, 0), 0);
   CU_ASSERT_EQUAL(len, man_len);
   CU_ASSERT(len == man_len && memcmp(bytes, man_bytes, len) == 0);
   free(bytes);
@@ -1555,11 +1555,11 @@ test_manifest_wrong_version(void)
   char v[DIGEST_HEX_LEN + 1];
   memset(v, '0', DIGEST_HEX_LEN);
   v[DIGEST_HEX_LEN] = '\0';
-  CU_ASSERT_EQUAL(fetch_manifest(uris, 1, "img", v, 1500, &bytes, &len),
+  CU_ASSERT_EQUAL(fetch_manifest(uris, 1, "img", v, 1500, &bytes, &len, NULL, 0),
                   FETCH_MANIFEST_OTHER_VERSION);
   CU_ASSERT_PTR_NULL(bytes);
   CU_ASSERT_EQUAL(fetch_manifest(uris, 1, "bad/name", man->version_hex, 1500,
-                                 &bytes, &len), -1);
+                                 &bytes, &len, NULL, 0), -1);
 }
 
 /* Dead, mute and wrong (the image's bytes) upstreams before the good one. */
@@ -1577,16 +1577,21 @@ test_manifest_failover(void)
 
   int64_t t0 = now_ms();
   CU_ASSERT_EQUAL_FATAL(fetch_manifest(uris, 4, "img", man->version_hex, 300,
-                                       &bytes, &len), 0);
+                                       &bytes, &len, NULL, 0), 0);
   int64_t took = now_ms() - t0;
   CU_ASSERT(took >= 300 && took < 1500);
   CU_ASSERT(len == man_len && memcmp(bytes, man_bytes, len) == 0);
   free(bytes);
 
   bytes = NULL;
+  char why[1024] = "x";
   CU_ASSERT_EQUAL(fetch_manifest(uris, 3, "img", man->version_hex, 300,
-                                 &bytes, &len), -1);
+                                 &bytes, &len, why, sizeof why), -1);
   CU_ASSERT_PTR_NULL(bytes);
+  /* The reason names an upstream and its export. */
+  CU_ASSERT_PTR_NOT_NULL(strstr(why, "export img@manifest: "));
+  if (strstr(why, "export img@manifest: ") == NULL)
+    fprintf(stderr, "\nwhy: '%s'\n", why);
   close(lfd);
   unlink(mute.sock);
 }

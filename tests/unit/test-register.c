@@ -26,6 +26,7 @@
 
 #include "cunit-run.h"
 #include "register.h"
+#include "tlsdir.h"
 
 #define TOKEN "n0de-token-for-the-register-unit-test"
 
@@ -273,6 +274,28 @@ test_body(void)
     register_config_free(c);
   }
 
+  /* A listener speaking TLS advertises nbds:// (the API hands it to
+   * other nodes, whose fetchers then use TLS); under on, an nbd://
+   * advertisement stays allowed (the listener takes both). */
+  o = (struct register_options){
+    .api = "http://127.0.0.1:1", .token = TOKEN, .name = "n4",
+    .listen = "10.1.2.4:10809", .control = "10.1.2.4:7070", .disk_gib = 1,
+    .nbd_tls = TLSDIR_REQUIRE,
+  };
+  c = register_config_new(&o, err, sizeof err);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  b = register_body(c);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+  const char *u = get_str(b, "nbd_uri");
+  CU_ASSERT(u && strcmp(u, "nbds://10.1.2.4:10809") == 0);
+  json_object_put(b);
+  register_config_free(c);
+  o.nbd_tls = TLSDIR_ON;
+  o.advertise_nbd = "nbd://10.1.2.4:10809";
+  c = register_config_new(&o, err, sizeof err);
+  CU_ASSERT_PTR_NOT_NULL(c);
+  register_config_free(c);
+
   /* Refusals name the option. */
   struct {
     struct register_options o;
@@ -299,6 +322,18 @@ test_body(void)
     { { .api = "http://127.0.0.1:1", .token = TOKEN, .name = "n",
         .listen = "10.0.0.1:1", .control = "10.0.0.1:7070", .disk_gib = 1,
         .zone = ".z" }, "--zone" },
+    { { .api = "http://127.0.0.1:1", .token = TOKEN, .name = "n",
+        .listen = "10.0.0.1:1", .control = "10.0.0.1:7070", .disk_gib = 1,
+        .advertise_nbd = "nbd://10.0.0.1:1", .nbd_tls = TLSDIR_REQUIRE },
+      "--advertise-nbd: 'nbd://10.0.0.1:1' is plaintext NBD, but --tls"
+      " require refuses it" },
+    { { .api = "http://127.0.0.1:1", .token = TOKEN, .name = "n",
+        .listen = "10.0.0.1:1", .control = "10.0.0.1:7070", .disk_gib = 1,
+        .advertise_nbd = "nbds://10.0.0.1:1" }, "--tls is off" },
+    { { .api = "http://127.0.0.1:1", .token = TOKEN, .name = "n",
+        .listen = "10.0.0.1:1", .control = "10.0.0.1:7070", .disk_gib = 1,
+        .advertise_nbd = "nbds://0.0.0.0:1", .nbd_tls = TLSDIR_ON },
+      "wildcard" },
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     err[0] = '\0';

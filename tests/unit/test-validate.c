@@ -122,9 +122,20 @@ test_node(void)
   CU_ASSERT_STRING_EQUAL(n.rack, "r1");
   CU_ASSERT_PTR_NULL(n.zone);
   json_object_put(o);
+  /* A node whose listener speaks TLS (--tls on|require). */
+  o = parse("{\"name\":\"node2\",\"nbd_uri\":\"nbds://[fd00::5]:10809\","
+            "\"control_url\":\"https://node2.example:7000\","
+            "\"capacity\":{\"vcpus\":1,\"memory_mib\":16,\"disk_gib\":0}}");
+  CU_ASSERT_EQUAL_FATAL(validate_node(o, &n, err, sizeof err), 0);
+  CU_ASSERT_STRING_EQUAL(n.nbd_uri, "nbds://[fd00::5]:10809");
+  json_object_put(o);
 
   static const struct { const char *body, *word; } bad[] = {
     { "{\"name\":\"node1\",\"nbd_uri\":\"nbd://h:1/x\",\"control_url\":\"http://h:1\",\"capacity\":{\"vcpus\":1,\"memory_mib\":16,\"disk_gib\":0}}",
+      "field 'nbd_uri'" },
+    { "{\"name\":\"node1\",\"nbd_uri\":\"nbdss://h:1\",\"control_url\":\"http://h:1\",\"capacity\":{\"vcpus\":1,\"memory_mib\":16,\"disk_gib\":0}}",
+      "is not nbd://HOST:PORT or nbds://HOST:PORT" },
+    { "{\"name\":\"node1\",\"nbd_uri\":\"nbds://h:1?tls-certificates=/etc\",\"control_url\":\"http://h:1\",\"capacity\":{\"vcpus\":1,\"memory_mib\":16,\"disk_gib\":0}}",
       "field 'nbd_uri'" },
     { "{\"name\":\"node1\",\"nbd_uri\":\"nbd://h:1\",\"control_url\":\"ftp://h:1\",\"capacity\":{\"vcpus\":1,\"memory_mib\":16,\"disk_gib\":0}}",
       "field 'control_url'" },
@@ -161,6 +172,14 @@ test_image(void)
   CU_ASSERT_EQUAL(validate_image(o, &name, &origin, &version, err, sizeof err), -1);
   CU_ASSERT_PTR_NOT_NULL(strstr(err, "field 'version'"));
   json_object_put(o);
+  o = parse("{\"name\":\"img\",\"origin\":\"nbds://origin.example:10809\"}");
+  CU_ASSERT_EQUAL(validate_image(o, &name, &origin, &version, err, sizeof err), 0);
+  CU_ASSERT_STRING_EQUAL(origin, "nbds://origin.example:10809");
+  json_object_put(o);
+  o = parse("{\"name\":\"img\",\"origin\":\"nbds+unix:///x?socket=/s\"}");
+  CU_ASSERT_EQUAL(validate_image(o, &name, &origin, &version, err, sizeof err), -1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err, "field 'origin'"));
+  json_object_put(o);
   o = parse("{\"name\":\".img\",\"origin\":\"nbd://o:10809\"}");
   CU_ASSERT_EQUAL(validate_image(o, &name, &origin, &version, err, sizeof err), -1);
   CU_ASSERT_PTR_NOT_NULL(strstr(err, "field 'name'"));
@@ -184,6 +203,11 @@ test_small_rules(void)
   CU_ASSERT_TRUE(validate_nbd_base("nbd://[::1]:10809"));
   CU_ASSERT_FALSE(validate_nbd_base("nbd://h:0"));
   CU_ASSERT_FALSE(validate_nbd_base("nbd+unix:///x?socket=/s"));
+  CU_ASSERT_TRUE(validate_nbd_base("nbds://h:1"));
+  CU_ASSERT_FALSE(validate_nbd_base("nbds://h:65536"));
+  CU_ASSERT_FALSE(validate_nbd_base("nbds:/h:1"));
+  CU_ASSERT_FALSE(validate_nbd_base("nbds://:1"));
+  CU_ASSERT_FALSE(validate_nbd_base("https://h:1"));
   CU_ASSERT_TRUE(validate_node_name("node-1"));
   CU_ASSERT_FALSE(validate_node_name("-node"));
 }
