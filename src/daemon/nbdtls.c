@@ -203,7 +203,11 @@ nbdtls_accept(struct nbdtls *t, int fd,
     return NULL;
   }
   gnutls_session_set_ptr(s->session, s);
-  if ((r = gnutls_set_default_priority(s->session)) < 0 ||
+  /* TLS 1.2 only (see nbdtls.h, "Threads"): TLS 1.3 lets the client ask
+   * for a key update at any time, which GnuTLS handles in the receiving
+   * thread while the sending one encrypts. */
+  if ((r = gnutls_set_default_priority_append(s->session, "-VERS-TLS1.3",
+                                              NULL, 0)) < 0 ||
       (r = gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE,
                                   t->cred)) < 0) {
     snprintf(err, errlen, "TLS session: %s", gnutls_strerror(r));

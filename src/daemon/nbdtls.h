@@ -15,12 +15,17 @@
  * workers keep one code path for both transports.
  *
  * Threads: one thread may receive while another sends on the same
- * session (the GnuTLS manual, "Thread safety"; a key update the client
- * asks for under TLS 1.3 is only marked by the receiver and sent by the
- * next gnutls_record_send, lib/tls13/key_update.c), never two receivers
- * or two senders at once: the server's read token and cn->writing
- * guarantee that.  Renegotiation (TLS 1.2) is refused: the connection
- * ends.
+ * session (the GnuTLS manual, "Thread safety": one sender and one
+ * receiver, but rehandshakes in one thread only), never two receivers or
+ * two senders at once: the server's read token and cn->writing guarantee
+ * that.  So the listener speaks TLS 1.2 only (ECDHE with AEAD ciphers, the
+ * default priority otherwise): under TLS 1.3 a client may send a KeyUpdate
+ * asking for ours at any moment, which GnuTLS handles in the receiving
+ * thread while the sender encrypts -- a review's client doing so while
+ * 1 MiB replies streamed got "Decryption has failed" in 2 connections of
+ * 30.  Renegotiation (TLS 1.2's rehandshake) is refused: the connection
+ * ends.  TLS 1.3 needs the session's record calls serialised (receive
+ * without waiting under a lock) first.
  */
 #ifndef THUNDER_NBDTLS_H
 #define THUNDER_NBDTLS_H

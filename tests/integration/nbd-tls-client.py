@@ -15,7 +15,7 @@
 # sizes (several replies per batch), nothing read for 0.3 s, then
 # every reply compared with IMAGE (the server's sends stop part way
 # through its batches of TLS records and resume; nbdtls.c).  Prints
-# "read: N MiB" or "error: WHY" (exit 1).
+# "read: N MiB and M small over VERSION" or "error: WHY" (exit 1).
 import socket
 import ssl
 import struct
@@ -105,7 +105,8 @@ def slow_read(image, host, port, ca, cert, key, export):
         if recv_exact(s, n) != data[off:off + n]:
             raise ValueError('read of %d at %d: not the image\'s bytes'
                              % (n, off))
-    print('read: %d MiB and %d small' % (2 * (len(data) // mib), 256))
+    print('read: %d MiB and %d small over %s'
+          % (2 * (len(data) // mib), 256, s.version()))
     return 0
 
 
