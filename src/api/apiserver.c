@@ -193,7 +193,7 @@ token_speaks_for(struct api_server *s, struct httpsvc_req *rq,
   explicit_bzero(bearer, sizeof bearer);
   if (v == ENROL_OK)
     return true;
-  log_warn(COMPONENT, "%s of node %s refused: %s", what, name, msg);
+  log_warn_rl(COMPONENT, "%s of node %s refused: %s", what, name, msg);
   httpsvc_fail(rep, v == ENROL_FORBIDDEN ? 403 : 401, NULL, "%s of node '%s': %s",
                what, name, msg);
   return false;

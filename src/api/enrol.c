@@ -99,23 +99,20 @@ enrol_decide(const struct enrol_ask *a, char *msg, size_t msglen)
   if (a->mine) {
     if (enrol_token_matches(a->bearer, a->mine))
       return ENROL_OK;
-    snprintf(msg, msglen, "node '%s' is enrolled: it is accepted only with its own current enrolment token, %s",
-             a->name, a->fleet ? "not the fleet or operator token"
-                               : "and this one is not it (rotated or revoked?)");
-    return ENROL_FORBIDDEN;
-  }
-  if (a->fleet) {
+    if (a->fleet) {
+      snprintf(msg, msglen, "node '%s' is enrolled: it is accepted only with its own current enrolment token, not the fleet or operator token",
+               a->name);
+      return ENROL_FORBIDDEN;
+    }
+  } else if (a->fleet) {
     if (!a->require || a->certified)
       return ENROL_OK;
     snprintf(msg, msglen, "node '%s' is not enrolled, and this thunder-api requires enrolment (--require-enrolment): enrol it (thunderctl api node enrol %s) or give it a client certificate",
              a->name, a->name);
     return ENROL_FORBIDDEN;
   }
-  if (a->owner && strcmp(a->owner, a->name) == 0) {
-    snprintf(msg, msglen, "node '%s' is not enrolled (any more): its enrolment was revoked",
-             a->name);
-    return ENROL_FORBIDDEN;
-  }
-  snprintf(msg, msglen, "wrong bearer token");
+  /* Any other token: one answer, whether the name is enrolled or not
+   * (a caller without a valid token learns nothing of the enrolments). */
+  snprintf(msg, msglen, "wrong bearer token (an enrolment token stops working when it is rotated or revoked)");
   return ENROL_BAD_TOKEN;
 }

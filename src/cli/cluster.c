@@ -1666,6 +1666,22 @@ cmd_api_node_list(int argc, char **argv)
 
 /* ---- api node enrol / revoke ------------------------------------------------- */
 
+/* The NAME argument of the node commands: a name as cli_name_arg takes
+ * it, of at most NODE_NAME_MAX characters (never cut to fit: a longer
+ * name would name another node). */
+static bool
+node_name_arg(const char *cmd, int argc, char **argv, const char **name)
+{
+  if (!cli_name_arg(cmd, argc, argv, name))
+    return false;
+  if (strlen(*name) > NODE_NAME_MAX) {
+    fprintf(stderr, PROG ": %s: node name '%s': longer than %d characters\n",
+            cmd, *name, NODE_NAME_MAX);
+    return false;
+  }
+  return true;
+}
+
 static void
 usage_api_node_enrol(FILE *fp)
 {
@@ -1750,13 +1766,8 @@ cmd_api_node_enrol(int argc, char **argv)
       return api_option_error(cmd, argv, c);
     }
   }
-  if (!cli_name_arg(cmd, argc, argv, &name))
+  if (!node_name_arg(cmd, argc, argv, &name))
     return EXIT_USAGE;
-  if (strlen(name) > NODE_NAME_MAX) {
-    fprintf(stderr, PROG ": %s: node name '%s': longer than %d characters\n",
-            cmd, name, NODE_NAME_MAX);
-    return EXIT_USAGE;
-  }
   char path[160];
   snprintf(path, sizeof path, "/v1/nodes/%s/enrolment%s", name,
            rotate ? "?rotate=true" : "");
@@ -1807,10 +1818,10 @@ cmd_api_node_revoke(int argc, char **argv)
     }
     return api_option_error(cmd, argv, c);
   }
-  if (!cli_name_arg(cmd, argc, argv, &name))
+  if (!node_name_arg(cmd, argc, argv, &name))
     return EXIT_USAGE;
   char path[160];
-  snprintf(path, sizeof path, "/v1/nodes/%.64s/enrolment", name);
+  snprintf(path, sizeof path, "/v1/nodes/%s/enrolment", name);
   CLEANUP_JSON_PUT struct json_object *reply = NULL;
   if (api_request("DELETE", path, NULL, cmd, &reply) < 0)
     return 1;

@@ -126,9 +126,11 @@ test_decide(void)
          "this is the enrolment token of node 'node-b'");
   decide("node-a",
          "node-a:0000000000000000000000000000000000000000000000000000000000000000",
-         false, false, false, ENROL_FORBIDDEN, "rotated or revoked");
-  decide("node-a", "garbage-token-xyz", false, false, false, ENROL_FORBIDDEN,
-         "own current enrolment token");
+         false, false, false, ENROL_BAD_TOKEN, "wrong bearer token");
+  /* Not the enrolled name's token, not the fleet's: 401, the answer a
+   * name never enrolled gets (no oracle of enrolments). */
+  decide("node-a", "garbage-token-xyz", false, false, false, ENROL_BAD_TOKEN,
+         "wrong bearer token");
   /* Names not enrolled: the fleet token, unless enrolment is required
    * (then only with a certificate naming the node). */
   decide("node-c", FLEET, true, false, false, ENROL_OK, NULL);
@@ -139,10 +141,10 @@ test_decide(void)
          "enrolment token of node 'node-a'");
   decide("node-c", tok_a, false, false, true, ENROL_FORBIDDEN,
          "enrolment token of node 'node-a'");
-  /* A revoked token of node-c itself. */
+  /* A revoked token of node-c itself (or one never issued). */
   decide("node-c",
          "node-c:0000000000000000000000000000000000000000000000000000000000000000",
-         false, false, false, ENROL_FORBIDDEN, "revoked");
+         false, false, false, ENROL_BAD_TOKEN, "rotated or revoked");
   /* The form of a token of a node that is not enrolled: unknown, 401. */
   decide("node-c",
          "node-z:0000000000000000000000000000000000000000000000000000000000000000",
