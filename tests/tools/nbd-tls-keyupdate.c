@@ -283,6 +283,7 @@ main(int argc, char **argv)
     }
   }
   close(pipefd[1]);
+  free(img);
   int failed = 0;
   for (int c = 0; c < nconn; c++) {
     int status;
