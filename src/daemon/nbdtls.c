@@ -4,13 +4,16 @@
 #include <errno.h>
 #include <gnutls/gnutls.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
+#include "clock.h"
 #include "tlspeer.h"
 
 /* Most bytes of small pieces (headers, small reads, several replies)
@@ -41,6 +44,43 @@
 #define RECORD_ROOM (16 * 1024 + 512)
 #define BATCH_CAP (BATCH_RECORDS * RECORD_ROOM)
 
+/* Threads (nbdtls.h): the session's GnuTLS state is shared by the
+ * receiving and the sending thread, and under TLS 1.3 receiving changes
+ * the sending side.  In GnuTLS 3.7.9, a KeyUpdate from the client is
+ * handled inside gnutls_record_recv (lib/tls13/key_update.c,
+ * _gnutls13_recv_key_update -> update_keys(STAGE_UPD_PEERS)): it makes
+ * a new epoch whose write state -- key, IV and *sequence number* -- is a
+ * copy of the current write epoch's (lib/constate.c, _tls13_update_keys),
+ * switches epoch_write as well as epoch_read to it
+ * (_tls13_connection_state_init), garbage-collects unused epochs
+ * (_gnutls_epoch_gc), and, when the client asked for our update
+ * (update_requested), sets rsend_state to RECORD_SEND_KEY_UPDATE_1.  A
+ * record the sender encrypts meanwhile advances the old epoch's sequence
+ * number after the copy, so the next one goes out under a number already
+ * used: a nonce used twice with the same AES-GCM key, and the client's
+ * "Decryption has failed".
+ *
+ * The receiving thread never writes a record itself: the server's
+ * KeyUpdate is only marked, and the next gnutls_record_send writes it
+ * first (lib/record.c, gnutls_record_send2: KEY_UPDATE_1..3 call
+ * gnutls_session_key_update, then send the data), through push into the
+ * batch, so it goes out in order after the records before it.  The other
+ * post-handshake messages a server may receive (lib/handshake-tls13.c,
+ * _gnutls13_recv_async_handshake) are errors, heartbeats are not enabled
+ * (a heartbeat record is then an error), and a TLS 1.2 ClientHello gives
+ * GNUTLS_E_REHANDSHAKE without an answer: push is only ever called by the
+ * sender (or the handshake, before any worker).
+ *
+ * So every GnuTLS call on an established session is made under s->lock:
+ * gnutls_record_recv, each gnutls_record_send of batch_fill (one record
+ * at a time: a receiver waits at most one record's encryption),
+ * gnutls_record_check_pending.  No one waits for the socket under it:
+ * receiving pulls with MSG_DONTWAIT, and a caller that asked to block
+ * waits with poll() outside the lock, as long as the socket's
+ * SO_RCVTIMEO would have let recv(2) wait (read once the handshake is
+ * done; 0: no limit).  Writing the batch (batch_flush: send(2) of s->out)
+ * needs no GnuTLS call and is done without it. */
+
 /* Longest client CN kept for log messages. */
 #define PEER_NAME_MAX 256
 
@@ -50,12 +90,14 @@ struct nbdtls {
 
 struct nbdtls_session {
   gnutls_session_t session;
+  pthread_mutex_t lock;      /* around every GnuTLS call (see above) */
   int fd;
   int rflags, wflags;        /* of the current recv / send call */
+  int rcv_timeout_ms;        /* the socket's SO_RCVTIMEO; 0: none */
   char why[256];             /* why the client's certificate was refused */
   char peer[PEER_NAME_MAX + 1];
   /* The batch being sent (see BATCH_RECORDS); only the sender touches
-   * it: the receiver never writes (nbdtls.h, "Threads"). */
+   * it: the receiver never writes (see "Threads" above). */
   bool batching;             /* push appends to out instead of sending */
   uint8_t *out;              /* NULL: no batch */
   size_t out_cap, out_len, out_off; /* allocated, encrypted, on the socket */
@@ -195,6 +237,7 @@ nbdtls_accept(struct nbdtls *t, int fd,
     return NULL;
   }
   s->fd = fd;
+  pthread_mutex_init(&s->lock, NULL);
   /* No session tickets: every connection is authenticated afresh. */
   int r = gnutls_init(&s->session, GNUTLS_SERVER | GNUTLS_NO_TICKETS);
   if (r < 0) {
@@ -203,11 +246,7 @@ nbdtls_accept(struct nbdtls *t, int fd,
     return NULL;
   }
   gnutls_session_set_ptr(s->session, s);
-  /* TLS 1.2 only (see nbdtls.h, "Threads"): TLS 1.3 lets the client ask
-   * for a key update at any time, which GnuTLS handles in the receiving
-   * thread while the sending one encrypts. */
-  if ((r = gnutls_set_default_priority_append(s->session, "-VERS-TLS1.3",
-                                              NULL, 0)) < 0 ||
+  if ((r = gnutls_set_default_priority(s->session)) < 0 ||
       (r = gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE,
                                   t->cred)) < 0) {
     snprintf(err, errlen, "TLS session: %s", gnutls_strerror(r));
@@ -240,19 +279,48 @@ nbdtls_accept(struct nbdtls *t, int fd,
     goto fail;
   }
   s->rflags = s->wflags = 0;
+  struct timeval tv = { 0 };
+  socklen_t tvlen = sizeof tv;
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tvlen) == 0) {
+    long long ms = (long long)tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000;
+    s->rcv_timeout_ms = ms > INT32_MAX ? INT32_MAX : (int)ms;
+  }
   return s;
 
 fail:
   gnutls_deinit(s->session);
+  pthread_mutex_destroy(&s->lock);
   free(s);
   return NULL;
 }
 
+
 ssize_t
 nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len, int flags)
 {
-  s->rflags = flags & MSG_DONTWAIT;
-  ssize_t r = gnutls_record_recv(s->session, buf, len);
+  int64_t deadline = -1; /* of a blocking call, once it must wait */
+  ssize_t r;
+  for (;;) {
+    pthread_mutex_lock(&s->lock);
+    s->rflags = MSG_DONTWAIT;
+    r = gnutls_record_recv(s->session, buf, len);
+    pthread_mutex_unlock(&s->lock);
+    /* GNUTLS_E_AGAIN also after a KeyUpdate alone was read: then the
+     * socket may have nothing more, and a blocking caller waits. */
+    if (r != GNUTLS_E_AGAIN || (flags & MSG_DONTWAIT))
+      break;
+    int64_t now = clock_mono_ms();
+    if (deadline == -1)
+      deadline = s->rcv_timeout_ms > 0 ? now + s->rcv_timeout_ms : 0;
+    else if (deadline != 0 && now >= deadline)
+      break; /* as recv(2) at SO_RCVTIMEO: EAGAIN */
+    struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
+    int p = poll(&pfd, 1, deadline == 0 ? -1 : (int)(deadline - now));
+    if (p == -1)
+      return -1; /* EINTR, as recv(2) */
+    if (p == 0)
+      break;
+  }
   if (r >= 0)
     return r;
   switch (r) {
@@ -288,7 +356,9 @@ send_errno(ssize_t r)
 static ssize_t
 batch_record(struct nbdtls_session *s, const void *buf, size_t len)
 {
+  pthread_mutex_lock(&s->lock);
   ssize_t r = gnutls_record_send(s->session, buf, len);
+  pthread_mutex_unlock(&s->lock);
   if (r > 0) {
     s->rec[s->nrec].end = s->out_len;
     s->rec[s->nrec].plain = (size_t)r;
@@ -409,7 +479,10 @@ nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov, int iovcnt,
 size_t
 nbdtls_pending(struct nbdtls_session *s)
 {
-  return gnutls_record_check_pending(s->session);
+  pthread_mutex_lock(&s->lock);
+  size_t n = gnutls_record_check_pending(s->session);
+  pthread_mutex_unlock(&s->lock);
+  return n;
 }
 
 const char *
@@ -424,6 +497,7 @@ nbdtls_session_free(struct nbdtls_session *s)
   if (s == NULL)
     return;
   gnutls_deinit(s->session);
+  pthread_mutex_destroy(&s->lock);
   free(s->out);
   free(s);
 }

@@ -15,17 +15,18 @@
  * workers keep one code path for both transports.
  *
  * Threads: one thread may receive while another sends on the same
- * session (the GnuTLS manual, "Thread safety": one sender and one
- * receiver, but rehandshakes in one thread only), never two receivers or
- * two senders at once: the server's read token and cn->writing guarantee
- * that.  So the listener speaks TLS 1.2 only (ECDHE with AEAD ciphers, the
- * default priority otherwise): under TLS 1.3 a client may send a KeyUpdate
- * asking for ours at any moment, which GnuTLS handles in the receiving
- * thread while the sender encrypts -- a review's client doing so while
- * 1 MiB replies streamed got "Decryption has failed" in 2 connections of
- * 30.  Renegotiation (TLS 1.2's rehandshake) is refused: the connection
- * ends.  TLS 1.3 needs the session's record calls serialised (receive
- * without waiting under a lock) first.
+ * session, never two receivers or two senders at once (the server's read
+ * token and cn->writing guarantee that).  GnuTLS allows one sender and
+ * one receiver only as long as receiving does not change the sending
+ * side, which TLS 1.3 does: a client's KeyUpdate, handled in
+ * gnutls_record_recv, re-keys the write direction too (and schedules our
+ * KeyUpdate for the next send).  So the session serialises its GnuTLS
+ * calls with a lock of its own (nbdtls.c, "Threads"), held around the
+ * record calls only and never while waiting for the socket; the listener
+ * negotiates TLS 1.3 or 1.2 (GnuTLS's default priority).  More than 8
+ * KeyUpdates a second from a client end its connection (GnuTLS's limit).
+ * Renegotiation (TLS 1.2's rehandshake) is refused: the connection
+ * ends.
  */
 #ifndef THUNDER_NBDTLS_H
 #define THUNDER_NBDTLS_H

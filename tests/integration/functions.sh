@@ -97,7 +97,7 @@ cleanup_fn rm -rf "$tmpdir"
 
 [ -x "$THUNDERD" ] || fail "THUNDERD is not an executable: $THUNDERD"
 [ -x "$THUNDERCTL" ] || fail "THUNDERCTL is not an executable: $THUNDERCTL"
-for _t in make-image nbd-raw nbd-errors nbd-verify; do
+for _t in make-image nbd-raw nbd-errors nbd-verify nbd-tls-keyupdate; do
     [ -x "$TEST_TOOLS_DIR/$_t" ] ||
         fail "test tool not built: $TEST_TOOLS_DIR/$_t"
 done

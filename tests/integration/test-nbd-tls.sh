@@ -146,14 +146,26 @@ out=$(/usr/bin/python3 "$tlsclient" 127.0.0.1 "${o##*:}" "$pki/ca/ca-cert.pem" \
       "$pki/op/client-cert.pem" "$pki/op/client-key.pem")
 [ "$out" = "list: img" ] || fail "the raw TLS client with the fleet's certificate: $out"
 # A reader the server must wait for (16 KiB receive buffer, 8 MiB and 256
-# small reads asked for at once, read 0.3 s later; TLS 1.2, nbdtls.h
-# "Threads"): the server's batches of TLS records
-# stop part way and resume, and every reply is the image's bytes.
+# small reads asked for at once, read 0.3 s later; TLS 1.3): the server's
+# batches of TLS records stop part way and resume, and every reply is the
+# image's bytes.
 out=$(/usr/bin/python3 "$tlsclient" --slow-read "$images/img.raw" 127.0.0.1 \
       "${n1##*:}" "$pki/ca/ca-cert.pem" "$pki/op/client-cert.pem" \
       "$pki/op/client-key.pem" img) ||
     fail "a slow reader over TLS: $out"
-[ "$out" = "read: 8 MiB and 256 small over TLSv1.2" ] || fail "a slow reader over TLS: $out"
+[ "$out" = "read: 8 MiB and 256 small over TLSv1.3" ] || fail "a slow reader over TLS: $out"
+# TLS 1.3 key updates (the client asks for the server's too) while 1 MiB
+# replies stream, 16 connections at once for 1.5 s, every byte compared: a
+# KeyUpdate is handled in the server's receiving thread and re-keys its
+# sending side, so without the session's lock (nbdtls.c, "Threads")
+# records went out under a reused sequence number and the client failed
+# with "Decryption has failed".
+out=$("$TEST_TOOLS_DIR/nbd-tls-keyupdate" 127.0.0.1 "${o##*:}" img \
+      "$images/img.raw" "$pki/op" 16 1500 2>&1) ||
+    fail "TLS 1.3 key updates while replies stream: $out"
+grep -Eq '^ok: 16 connections over TLS1.3, [0-9]+ replies of 1 MiB, [1-9][0-9]* key updates$' <<<"$out" ||
+    fail "TLS 1.3 key updates while replies stream: $out"
+echo "key updates: $out"
 if command -v qemu-img >/dev/null; then
     set +e
     out=$(qemu-img info --image-opts "driver=nbd,host=127.0.0.1,port=${n2##*:},export=img" 2>&1)
