@@ -294,7 +294,6 @@ fail:
   return NULL;
 }
 
-
 ssize_t
 nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len, int flags)
 {
