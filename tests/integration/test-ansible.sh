@@ -16,8 +16,16 @@
 #    endpoint speak HTTPS and refuse a client without a certificate;
 #  - with thunder-api built: the node registered itself, the image is
 #    registered, and POST /v1/clusters with count=2 reaches "running"; the
-#    cluster is then deleted.  Without thunder-api (build/src/api/thunder-api)
-#    this last part is skipped with a message.
+#    cluster is then deleted;
+#  - with thunder-api built, the fleet switched to -e thunder_tls=off (per-node
+#    enrolment, docs/security.md (b)): the node's enrolment token file is
+#    root 0600 NAME:<64 hex>, the node registered at its plain addresses and
+#    heartbeats over HTTP with it, the fleet token gets 403 for that name
+#    (heartbeat and registration); a second run of the nodes' part (--tags
+#    node) is changed=0 (no re-enrolment); with the file removed, one enrols
+#    again: a new token, the old one 401, the node heartbeating again.
+#  Without thunder-api (build/src/api/thunder-api) the last two parts are
+#  skipped with a message.
 # Everything started is stopped at exit: the daemons, the pool, the user,
 # and virtlogd/libvirtd if the play started them.
 set -euo pipefail
@@ -173,6 +181,10 @@ thunder_node_port: $node_port
 thunder_node_control_port: $node_control_port
 thunder_node_name: ansible-node
 thunder_node_zone: z1
+# Heartbeats every second (thunderd's default is 5 s): the TLS-off part
+# waits for one after each run.
+thunder_node_extra_config:
+  heartbeat-interval: 1000
 thunder_pool_name: $pool
 thunder_log_level: debug
 thunder_prometheus_scrape_dir: $tmpdir/prometheus
@@ -188,9 +200,11 @@ play ()
 {
     local log=$1 recap status=0
     shift
+    local t0=$SECONDS
     echo "$0: ansible-playbook site.yml $*" >&2
     (cd "$deploy" && ansible-playbook -i "$tmpdir/inventory/hosts.yml" site.yml "$@") \
         >"$log" 2>&1 || status=$?
+    echo "$0: ... $((SECONDS - t0)) s" >&2
     if [ "${status:-0}" -ne 0 ]; then
         tail -n 60 "$log" >&2
         fail "ansible-playbook $*: exit status $status"
@@ -383,7 +397,7 @@ play "$tmpdir/run3.log" --check
 # ---- provisioning through the deployed API -----------------------------------
 
 if ! $api_built; then
-    echo "$0: SKIPPED the cluster part: $TOP_BUILDDIR/src/api/thunder-api is not built" >&2
+    echo "$0: SKIPPED the cluster and TLS-off parts: $TOP_BUILDDIR/src/api/thunder-api is not built" >&2
     exit 0
 fi
 
@@ -429,3 +443,102 @@ for (( i = 0; i < 120; ++i )); do
     sleep 1
 done
 [ "$state" = deleted ] || fail "cluster $cluster: state $state 120 s after DELETE"
+
+# ---- TLS off: per-node enrolment tokens --------------------------------------
+
+# The same fleet switched to thunder_tls off (docs/security.md "Node
+# identity: three modes", (b)): the node role enrols the node with the
+# operator token and thunderd registers and heartbeats over plain HTTP with
+# its own token; the fleet token no longer speaks for that name.  (The
+# packages were checked by the runs above: not again, ~2 s a task.)
+off=(-e thunder_tls=off -e thunder_install_packages=false)
+api=http://127.0.0.1:$api_port
+enrolfile=$etc/node-enrolment.token
+iso_now () { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+
+# enrolment_token  — the token in $enrolfile, checked: root (the node
+# user) 0600, NAME:<64 hex>.
+enrolment_token ()
+{
+    [ "$(stat -c %U:%G:%a "$enrolfile" 2>&1)" = root:root:600 ] ||
+        fail "$enrolfile: $(stat -c %U:%G:%a "$enrolfile" 2>&1), want root:root:600"
+    grep -Eqx 'ansible-node:[0-9a-f]{64}' "$enrolfile" ||
+        fail "$enrolfile: not ansible-node:<64 hex>: $(wc -c <"$enrolfile") bytes"
+    cat "$enrolfile"
+}
+
+# node_fresh SINCE  — waits until thunder-api lists ansible-node ready at
+# its plain addresses (registered over HTTP), with a heartbeat after SINCE
+# (ISO time): the node restarted by the play sends heartbeats its token
+# only can make (the fleet token is refused for an enrolled name).
+node_fresh ()
+{
+    local out="" i
+    for (( i = 0; i < 20; ++i )); do
+        out=$(curl -q -sf -H "$auth" "$api/v1/nodes") || fail "GET $api/v1/nodes failed"
+        jq -e --arg t "$1" --arg n "nbd://127.0.0.1:$node_port" \
+            --arg c "http://127.0.0.1:$node_control_port" \
+            '.nodes[] | select(.name == "ansible-node") | .state == "ready" and .nbd_uri == $n
+             and .control_url == $c and .last_heartbeat_at > $t' \
+            <<<"$out" >/dev/null && return 0
+        sleep 0.5
+    done
+    fail "node ansible-node is not ready and heartbeating since $1 over HTTP: $out"
+}
+
+# heartbeat TOKEN  — the HTTP status of a heartbeat of ansible-node with
+# TOKEN; its body in $tmpdir/heartbeat.json.
+heartbeat ()
+{
+    curl -q -s -o "$tmpdir/heartbeat.json" -w '%{http_code}' -X POST \
+        -H "Authorization: Bearer $1" -H 'Content-Type: application/json' -d '{}' \
+        "$api/v1/nodes/ansible-node/heartbeat" || true
+}
+
+play "$tmpdir/run-off1.log" "${off[@]}"
+t=$(iso_now)
+grep -q '^tls' "$etc/thunder-api.conf" && fail "thunder-api.conf: tls with thunder_tls off"
+grep -Eq '^(control-)?tls' "$etc/thunderd-node.conf" && fail "thunderd-node.conf: tls with thunder_tls off"
+grep -qx "api = $api" "$etc/thunderd-node.conf" && grep -qx "node-token-file = $enrolfile" "$etc/thunderd-node.conf" ||
+    fail "thunderd-node.conf: not api = $api with node-token-file = $enrolfile"
+token1=$(enrolment_token)
+node_fresh "$t"
+code=$(heartbeat "$node_token")
+[ "$code" = 403 ] && jq -e '.error.message | test("is enrolled")' "$tmpdir/heartbeat.json" >/dev/null ||
+    fail "a heartbeat of the enrolled node with the fleet token: $code $(cat "$tmpdir/heartbeat.json"), want 403"
+code=$(heartbeat "$token1")
+[ "$code" = 200 ] || fail "a heartbeat with the enrolment token: $code $(cat "$tmpdir/heartbeat.json")"
+# Nor may the fleet token register the name elsewhere (node_fresh below
+# checks that the addresses stayed).
+code=$(curl -q -s -o "$tmpdir/register.json" -w '%{http_code}' \
+    -H "Authorization: Bearer $node_token" -H 'Content-Type: application/json' \
+    --data-binary '{"name": "ansible-node", "nbd_uri": "nbd://127.0.0.1:1",
+                    "control_url": "http://127.0.0.1:1",
+                    "capacity": {"vcpus": 1, "memory_mib": 256, "disk_gib": 1}}' \
+    "$api/v1/nodes") || true
+[ "$code" = 403 ] ||
+    fail "a registration of the enrolled node with the fleet token: $code $(cat "$tmpdir/register.json"), want 403"
+
+# Idempotent: the file is there, the node is not enrolled again (the
+# nodes' part: api and origin did what they do with TLS on, above).
+play "$tmpdir/run-off2.log" "${off[@]}" --tags node
+[ "$changed" -eq 0 ] ||
+    fail "second run with TLS off: changed=$changed: $(changed_tasks "$tmpdir/run-off2.log" | tr '\n' ' ')"
+[ "$(enrolment_token)" = "$token1" ] || fail "the second run changed the enrolment token"
+
+# Rotation: without the file the play enrols again (rotate) and restarts
+# the node with the new token; the old one is refused.  Only the nodes'
+# part of the play (--tags node) is needed.
+rm "$enrolfile"
+play "$tmpdir/run-off3.log" "${off[@]}" --tags node
+[ "$(changed_tasks "$tmpdir/run-off3.log" | grep -c -e 'Enrol the node' -e "Install the node's enrolment token" \
+     -e 'Start without systemd thunderd-node')" -eq 3 ] ||
+    fail "rotation run: changed tasks: $(changed_tasks "$tmpdir/run-off3.log" | tr '\n' ' ')"
+t=$(iso_now)
+grep -q 'node ansible-node enrolled again' "$root/var/log/thunder/thunder-api.log" ||
+    fail "thunder-api did not log the node's enrolment again"
+token2=$(enrolment_token)
+[ "$token2" != "$token1" ] || fail "the enrolment token did not change"
+code=$(heartbeat "$token1")
+[ "$code" = 401 ] || fail "a heartbeat with the rotated-out token: $code $(cat "$tmpdir/heartbeat.json"), want 401"
+node_fresh "$t"
