@@ -1190,6 +1190,39 @@ blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
   }
 }
 
+ssize_t
+blkcache_read_run(struct blkcache *bc, uint64_t first, uint32_t off,
+                  size_t len, void *buf, int *err)
+{
+  if (first >= bc->nblocks || off >= block_len(bc, first))
+    return 0;
+  /* The seqlock of blkcache_read: a run read while holes were punched is
+   * looked at again. */
+  for (;;) {
+    uint64_t gen = atomic_load_explicit(&bc->punch_gen, memory_order_acquire);
+    if (__builtin_expect(gen & 1, 0)) {
+      sched_yield();
+      continue;
+    }
+    size_t n = 0;
+    for (uint64_t b = first; n < len && b < bc->nblocks; b++) {
+      uint8_t st = atomic_load_explicit(&bc->state[b], memory_order_acquire);
+      if ((st & ST_VERIFIED) == 0)
+        break;
+      n += block_len(bc, b) - (b == first ? off : 0);
+    }
+    if (n > len)
+      n = len;
+    if (n == 0)
+      return 0;
+    if (pread_full(bc->data_fd, buf, n, first * bc->block_size + off) < 0)
+      return read_error(bc, first, err);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&bc->punch_gen, memory_order_relaxed) == gen)
+      return (ssize_t)n;
+  }
+}
+
 int
 blkcache_store(struct blkcache *bc, uint64_t idx, const void *data)
 {

@@ -46,6 +46,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "manifest.h"
 
@@ -102,6 +103,15 @@ bool blkcache_has(struct blkcache *bc, uint64_t idx);
  * block valid at open reads and hashes the whole block. */
 int blkcache_read(struct blkcache *bc, uint64_t idx, void *buf, uint32_t off,
                   uint32_t len, int *err);
+
+/* Reads up to len bytes from offset off inside block first on, as far as
+ * the blocks from first on are verified, in one pread (a cached read of
+ * several blocks is one system call, not one per block).  The number of
+ * bytes read (the verified blocks' bytes, at most len), 0 when block first
+ * is not verified (or off is outside it), -1 on an I/O error (logged,
+ * *err set).  A block not yet verified ends the run: blkcache_read it. */
+ssize_t blkcache_read_run(struct blkcache *bc, uint64_t first, uint32_t off,
+                          size_t len, void *buf, int *err);
 
 /* Stores block idx, which the caller has verified (data holds the whole
  * block, manifest_block_len bytes).  Afterwards blkcache_has() is true;

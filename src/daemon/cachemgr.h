@@ -35,6 +35,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct json_object;
 struct blkcache;
@@ -98,6 +99,12 @@ void cachemgr_release(struct cachever *cv);
  * blkcache_read). */
 int cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
                   uint32_t len, bool local, int *err);
+
+/* blkcache_read_run of this version's cache (the blocks read are touched
+ * as cachemgr_read does): bytes read from offset off inside block first
+ * on, 0 when block first is not verified in the cache, -1 with *err. */
+ssize_t cachemgr_read_run(struct cachever *cv, uint64_t first, uint32_t off,
+                          size_t len, void *buf, bool local, int *err);
 
 /* Single flight across versions (flight.h): before fetching block idx,
  * begin its flight.  *own: fetch it, then cachemgr_flight_done and

@@ -379,6 +379,21 @@ conn_family(struct promtext *p, const struct server_conn_counts *c)
     const struct promtext_label l = { "kind", kinds[i] };
     promtext_uint(p, "thunder_nbd_connections", &l, 1, v[i]);
   }
+  static const char *const classes[] = { "tcp", "unix" };
+  const uint64_t replies[] = { c->tcp_replies, c->local_replies };
+  const uint64_t sends[] = { c->tcp_reply_sends, c->local_reply_sends };
+  promtext_family(p, "thunder_nbd_replies_total", "counter",
+                  "NBD replies sent whole, by kind of connection (tcp, unix).");
+  for (size_t i = 0; i < 2; i++) {
+    const struct promtext_label l = { "kind", classes[i] };
+    promtext_uint(p, "thunder_nbd_replies_total", &l, 1, replies[i]);
+  }
+  promtext_family(p, "thunder_nbd_reply_sends_total", "counter",
+                  "Send calls that carried NBD reply bytes, by kind of connection: fewer than the replies when several go out in one.");
+  for (size_t i = 0; i < 2; i++) {
+    const struct promtext_label l = { "kind", classes[i] };
+    promtext_uint(p, "thunder_nbd_reply_sends_total", &l, 1, sends[i]);
+  }
 }
 
 char *

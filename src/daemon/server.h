@@ -78,11 +78,16 @@ int server_run(struct server *s);
 /* Asks server_run() to return.  Async-signal-safe. */
 void server_stop(struct server *s);
 
-/* Connections at this moment, by kind (for /metrics). */
+/* Connections at this moment, by kind, and reply counters since the
+ * start (for /metrics). */
 struct server_conn_counts {
   unsigned tcp;         /* TCP clients past the handshake */
   unsigned local;       /* Unix-socket clients past the handshake */
   unsigned handshaking; /* of both transports, still negotiating */
+  /* Replies sent whole, and the send calls (sendmsg, or one TLS send of
+   * several records) that carried reply bytes, of each class. */
+  uint64_t tcp_replies, tcp_reply_sends;
+  uint64_t local_replies, local_reply_sends;
 };
 
 /* Fills *c.  Any thread. */

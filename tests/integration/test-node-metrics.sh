@@ -8,7 +8,11 @@
 # latency histogram, the cache's size and the origin's bytes; the
 # families and labels are the documented ones (docs/metrics.md); the
 # NBD connections gauge counts a held Unix-socket client, a client still
-# negotiating and node 2's TCP connection to node 1 by kind.
+# negotiating and node 2's TCP connection to node 1 by kind; a client that
+# sends 16 reads of blocks not cached yet and reads no reply for 0.3 s gets
+# its replies in fewer sends than replies (thunder_nbd_reply_sends_total
+# against thunder_nbd_replies_total: the replies parked behind the blocked
+# writer go out several per sendmsg).
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/node-functions.sh"
@@ -34,6 +38,37 @@ code=$(curl -s -o "$tmpdir/body" -w '%{http_code}' "${node_ctl[1]}/metrics")
 [ "$code" = 401 ] && jq -e '.error.code == "unauthorized"' "$tmpdir/body" >/dev/null ||
     fail "GET /metrics without the token: $code $(cat "$tmpdir/body")"
 
+# Several replies per send: 16 reads of 64 KiB in flight on node 2, none
+# cached there yet, and a client that reads no reply for 0.3 s: the first
+# writer fills the socket and gives up after its send timeout, the others
+# park behind it, and when the client reads they go out together.
+# replies_sends: node 2's unix "replies sends".
+replies_sends() {
+    curl -sf -H "Authorization: Bearer $(cat "$token_file")" "${node_ctl[2]}/metrics" |
+        awk '$1 == "thunder_nbd_replies_total{kind=\"unix\"}" { r = $2 }
+             $1 == "thunder_nbd_reply_sends_total{kind=\"unix\"}" { s = $2 }
+             END { print r + 0, s + 0 }'
+}
+read -r r0 s0 <<<"$(replies_sends)"
+/usr/bin/python3 -c '
+import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+bufs = [nbd.Buffer(65536) for _ in range(16)]
+for i, b in enumerate(bufs):
+    h.aio_pread(b, i * 65536)
+time.sleep(0.3)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+' "nbd+unix:///img?socket=${node_sock[2]}" || fail "the 16 reads in flight failed"
+read -r r1 s1 <<<"$(replies_sends)"
+replies=$((r1 - r0)) sends=$((s1 - s0))
+[ "$replies" -eq 16 ] || fail "node 2 counted $replies replies of the 16 reads"
+# One send per reply (and more for a reply the socket took in parts) would
+# be >= 16; measured 5-8.
+[ "$sends" -ge 1 ] && [ $((sends * 4)) -le $((replies * 3)) ] ||
+    fail "16 replies in $sends sends: parked replies did not share a sendmsg"
+
 start_prometheus "$api_url" "$token_file" "$origin_ctl" "${node_ctl[1]}" "${node_ctl[2]}"
 copy_and_check "nbd+unix:///img?socket=${node_sock[2]}" "$images/img.raw"
 
@@ -46,7 +81,8 @@ for f in thunder_build_info thunder_images thunder_nbd_served_bytes_total \
          thunder_nbd_reads_total thunder_cache_hits_total thunder_cache_misses_total \
          thunder_fetch_blocks_total thunder_upstream_bytes_total \
          thunder_nbd_read_duration_seconds thunder_cache_used_bytes \
-         thunder_cache_limit_bytes process_resident_memory_bytes process_threads; do
+         thunder_cache_limit_bytes process_resident_memory_bytes process_threads \
+         thunder_nbd_replies_total thunder_nbd_reply_sends_total; do
     grep -q "^# TYPE $f " "$tmpdir/n2.txt" || fail "node 2's /metrics has no family $f"
 done
 grep -q '^thunder_build_info{version="[^"]*",mode="node"} 1$' "$tmpdir/n2.txt" ||

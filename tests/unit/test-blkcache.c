@@ -396,6 +396,57 @@ test_short_last_block(void)
   img_free(im);
 }
 
+/* blkcache_read_run: one pread over the verified blocks from the first
+ * on, clipped to len; a block absent or not verified yet ends the run. */
+static void
+test_read_run(void)
+{
+  char root[PATH_MAX];
+  new_root(root);
+  struct img *im = img_new("run", 5 * BS + 1000, 4);
+  struct blkcache *bc = open_cache(root, im, 5);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(bc);
+  for (uint64_t i = 1; i <= 5; i++)
+    if (i != 4)
+      CU_ASSERT_EQUAL(blkcache_store(bc, i, blk(im, i)), 0);
+
+  static uint8_t buf[4 * BS];
+  int err = 0;
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 0, 0, BS, buf, &err), 0);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 4, 0, 2 * BS, buf, &err), 0);
+  /* Blocks 1-3 from 100 on, in one read; block 4 is absent. */
+  memset(buf, 0xee, sizeof buf);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 1, 100, 4 * BS - 100, buf, &err),
+                  3 * BS - 100);
+  CU_ASSERT(memcmp(buf, blk(im, 1) + 100, BS - 100) == 0);
+  CU_ASSERT(memcmp(buf + BS - 100, blk(im, 2), BS) == 0);
+  CU_ASSERT(memcmp(buf + 2 * BS - 100, blk(im, 3), BS) == 0);
+  CU_ASSERT_EQUAL(buf[3 * BS - 100], 0xee);
+  /* Clipped to len, inside block 2. */
+  memset(buf, 0xee, sizeof buf);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 1, 0, BS + 10, buf, &err), BS + 10);
+  CU_ASSERT(memcmp(buf + BS, blk(im, 2), 10) == 0);
+  CU_ASSERT_EQUAL(buf[BS + 10], 0xee);
+  /* The short last block, and an offset past it. */
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 5, 990, 100, buf, &err), 10);
+  CU_ASSERT(memcmp(buf, blk(im, 5) + 990, 10) == 0);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 5, 1000, 10, buf, &err), 0);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 6, 0, 10, buf, &err), 0);
+  CU_ASSERT_EQUAL(blkcache_sync(bc), 0);
+  blkcache_close(bc);
+
+  /* Reopened: valid on disk but not verified yet, so no run until a
+   * blkcache_read has verified the block. */
+  bc = open_cache(root, im, 5);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(bc);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 1, 0, 2 * BS, buf, &err), 0);
+  CU_ASSERT_EQUAL(read_check(bc, im, 1), 1);
+  CU_ASSERT_EQUAL(blkcache_read_run(bc, 1, 0, 2 * BS, buf, &err), BS);
+  CU_ASSERT(memcmp(buf, blk(im, 1), BS) == 0);
+  blkcache_close(bc);
+  img_free(im);
+}
+
 /* A disk that refuses every write (RLIMIT_FSIZE: EFBIG, as ENOSPC would
  * be) fails every store; the log gets one line per 10 s, not one a
  * block, and the next line counts the ones suppressed. */
@@ -1616,6 +1667,7 @@ static const struct cunit_test tests[] = {
   TEST(test_store_has_read_whole),
   TEST(test_read_parts),
   TEST(test_short_last_block),
+  TEST(test_read_run),
   TEST(test_not_stored),
   TEST(test_store_errors_ratelimited),
   TEST(test_bad_index),
