@@ -27,22 +27,29 @@
  * and on this (virtualised) host a system call is dear.  GnuTLS cannot
  * queue records and write them together (gnutls_record_uncork sends them
  * one by one again), so the batch is ours: while nbdtls_sendv encrypts,
- * push appends each record to s->out, and one send(2) writes up to
- * BATCH_RECORDS of them.  The copy into s->out is the cost (memcpy runs
- * several times faster than AES-GCM); s->out is allocated per batch and
- * freed once written, so an idle session holds none of it.
+ * push keeps each record it is given (a copy, allocated to its size) in
+ * s->out, and one sendmsg(2) writes up to BATCH_RECORDS of them.  The copy
+ * is the cost (memcpy runs several times faster than AES-GCM).
  *
  * A record counts as sent (in nbdtls_sendv's result) only when its last
- * byte is on the socket: when send(2) would block part way, the records
+ * byte is on the socket: when sendmsg would block part way, the records
  * left stay in s->out and the next call writes them before encrypting
  * anything, which is what the caller's "call again from the same byte"
- * gives: the bytes it passes again were encrypted already. */
+ * gives: the bytes it passes again were encrypted already.
+ *
+ * Memory: each record is freed as soon as it is wholly written, so what a
+ * session holds is the ciphertext of records not yet sent -- bytes of
+ * replies the server has not finished, at most BATCH_RECORDS records of
+ * 16 KiB and their overhead.  The server counts it in its reply budgets
+ * (nbdtls_send_cost): a client that reads slowly cannot make it hold more
+ * than what it was allowed to have in flight.  (It was one 272 KiB buffer
+ * per batch, held whole until its last byte was written, whatever the
+ * batch carried, and counted nowhere.) */
 #define BATCH_RECORDS 16
-/* One record's ciphertext: 16 KiB of data, the header, the AEAD tag and
- * the content type, with room for a TLS 1.3 key update GnuTLS may send
- * before it (lib/tls13/key_update.c). */
-#define RECORD_ROOM (16 * 1024 + 512)
-#define BATCH_CAP (BATCH_RECORDS * RECORD_ROOM)
+#define RECORD_DATA (16 * 1024)
+/* Pieces a batch may hold: its records, and a TLS 1.3 KeyUpdate GnuTLS
+ * may write before one (lib/tls13/key_update.c): at most one per record. */
+#define BATCH_PIECES (2 * BATCH_RECORDS)
 
 /* Threads (nbdtls.h): the session's GnuTLS state is shared by the
  * receiving and the sending thread, and under TLS 1.3 receiving changes
@@ -96,16 +103,19 @@ struct nbdtls_session {
   int rcv_timeout_ms;        /* the socket's SO_RCVTIMEO; 0: none */
   char why[256];             /* why the client's certificate was refused */
   char peer[PEER_NAME_MAX + 1];
+  size_t rec_overhead;       /* most bytes a record adds to its data */
   /* The batch being sent (see BATCH_RECORDS); only the sender touches
-   * it: the receiver never writes (see "Threads" above). */
+   * it: the receiver never writes (see "Threads" above).  out[first..n)
+   * are not yet wholly written; out_off bytes of out[first] are. */
   bool batching;             /* push appends to out instead of sending */
-  uint8_t *out;              /* NULL: no batch */
-  size_t out_cap, out_len, out_off; /* allocated, encrypted, on the socket */
-  int nrec, rec_done;        /* records in out, records wholly sent */
+  int nrec;                  /* records encrypted into this batch */
+  int first, n;
+  size_t out_off;
   struct {
-    size_t end;              /* offset in out after the record */
-    size_t plain;            /* bytes of data it carries */
-  } rec[BATCH_RECORDS];
+    uint8_t *buf;            /* the piece's ciphertext */
+    size_t len;
+    size_t plain;            /* bytes of data it carries (0: a KeyUpdate) */
+  } out[BATCH_PIECES];
 };
 
 /* Verifies the client's certificate during the handshake: it must chain
@@ -193,19 +203,17 @@ push(gnutls_transport_ptr_t p, const void *buf, size_t len)
 {
   struct nbdtls_session *s = p;
   if (s->batching) {
-    /* nbdtls_sendv leaves RECORD_ROOM before each record; grown only if
-     * a record were larger than that (one record: bounded). */
-    if (len > s->out_cap - s->out_len) {
-      uint8_t *n = realloc(s->out, s->out_len + len);
-      if (n == NULL) {
-        gnutls_transport_set_errno(s->session, ENOMEM);
-        return -1;
-      }
-      s->out = n;
-      s->out_cap = s->out_len + len;
+    /* batch_fill leaves room for a record and a KeyUpdate before it. */
+    uint8_t *copy = s->n < BATCH_PIECES ? malloc(len) : NULL;
+    if (copy == NULL) {
+      gnutls_transport_set_errno(s->session, ENOMEM);
+      return -1;
     }
-    memcpy(s->out + s->out_len, buf, len);
-    s->out_len += len;
+    memcpy(copy, buf, len);
+    s->out[s->n].buf = copy;
+    s->out[s->n].len = len;
+    s->out[s->n].plain = 0;
+    s->n++;
     return (ssize_t)len;
   }
   ssize_t r = send(s->fd, buf, len, MSG_NOSIGNAL | s->wflags);
@@ -279,6 +287,10 @@ nbdtls_accept(struct nbdtls *t, int fd,
     goto fail;
   }
   s->rflags = s->wflags = 0;
+  /* The record layer's overhead under the negotiated cipher (its most,
+   * for CBC) and the 5-byte header; 512 if GnuTLS cannot tell. */
+  size_t ov = gnutls_record_overhead_size(s->session);
+  s->rec_overhead = ov > 0 ? ov + 5 : 512;
   struct timeval tv = { 0 };
   socklen_t tvlen = sizeof tv;
   if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tvlen) == 0) {
@@ -350,17 +362,28 @@ send_errno(ssize_t r)
           : r == GNUTLS_E_MEMORY_ERROR ? ENOMEM : EPIPE;
 }
 
+/* Frees the pieces of the batch not yet written. */
+static void
+batch_drop(struct nbdtls_session *s)
+{
+  while (s->first < s->n)
+    free(s->out[s->first++].buf);
+  s->first = s->n = 0;
+}
+
 /* Encrypts one record of len bytes at buf into the batch.  Bytes of data
  * taken, or a GnuTLS error. */
 static ssize_t
 batch_record(struct nbdtls_session *s, const void *buf, size_t len)
 {
+  int before = s->n;
   pthread_mutex_lock(&s->lock);
   ssize_t r = gnutls_record_send(s->session, buf, len);
   pthread_mutex_unlock(&s->lock);
+  if (r > 0 && s->n == before)
+    return GNUTLS_E_INTERNAL_ERROR; /* nothing pushed: never seen */
   if (r > 0) {
-    s->rec[s->nrec].end = s->out_len;
-    s->rec[s->nrec].plain = (size_t)r;
+    s->out[s->n - 1].plain = (size_t)r; /* the record is pushed last */
     s->nrec++;
   }
   return r;
@@ -371,21 +394,15 @@ batch_record(struct nbdtls_session *s, const void *buf, size_t len)
 static int
 batch_fill(struct nbdtls_session *s, const struct iovec *iov, int iovcnt)
 {
-  s->out = malloc(BATCH_CAP);
-  if (s->out == NULL) {
-    errno = ENOMEM;
-    return -1;
-  }
-  s->out_cap = BATCH_CAP;
-  s->out_len = s->out_off = 0;
-  s->nrec = s->rec_done = 0;
+  s->first = s->n = s->nrec = 0;
+  s->out_off = 0;
   s->batching = true;
   ssize_t r = 1;
   int i = 0;
   size_t off = 0; /* taken of iov[i] */
   uint8_t rec[NBDTLS_MERGE_MAX];
   while (i < iovcnt && r > 0 && s->nrec < BATCH_RECORDS &&
-         s->out_cap - s->out_len >= RECORD_ROOM) {
+         s->n <= BATCH_PIECES - 2) {
     if (iov[i].iov_len == off) { /* an empty piece */
       i++;
       off = 0;
@@ -426,39 +443,48 @@ batch_fill(struct nbdtls_session *s, const struct iovec *iov, int iovcnt)
   s->batching = false;
   if (s->nrec > 0)
     return 0; /* an error, if any, comes again at the next call */
-  free(s->out);
-  s->out = NULL;
+  batch_drop(s);
   send_errno(r);
   return -1;
 }
 
-/* Writes what is left of the batch: the first send(2) with flags (it may
- * wait for the socket's send timeout), the others with MSG_DONTWAIT.
- * Returns the bytes of data of the records now wholly sent (0: none),
- * or -1 with errno on a socket error.  The batch is freed when written. */
+/* Writes what is left of the batch: the first sendmsg(2) with flags (it
+ * may wait for the socket's send timeout), the others with MSG_DONTWAIT.
+ * Returns the bytes of data of the records now wholly sent (0: none), or
+ * -1 with errno on a socket error.  Each piece is freed once written. */
 static ssize_t
 batch_flush(struct nbdtls_session *s, int flags)
 {
-  while (s->out_off < s->out_len) {
-    ssize_t w = send(s->fd, s->out + s->out_off, s->out_len - s->out_off,
-                     MSG_NOSIGNAL | flags);
-    if (w > 0) {
-      s->out_off += (size_t)w;
-      flags = MSG_DONTWAIT;
-      continue;
+  size_t done = 0;
+  while (s->first < s->n) {
+    struct iovec iov[BATCH_PIECES];
+    int k = 0;
+    for (int i = s->first; i < s->n; i++, k++) {
+      size_t skip = i == s->first ? s->out_off : 0;
+      iov[k] = (struct iovec){ s->out[i].buf + skip, s->out[i].len - skip };
     }
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)k };
+    ssize_t w = sendmsg(s->fd, &msg, MSG_NOSIGNAL | flags);
     if (w == -1 && errno == EINTR)
       continue;
     if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
       break;
-    return -1;
-  }
-  size_t done = 0;
-  while (s->rec_done < s->nrec && s->rec[s->rec_done].end <= s->out_off)
-    done += s->rec[s->rec_done++].plain;
-  if (s->out_off == s->out_len) {
-    free(s->out);
-    s->out = NULL;
+    if (w <= 0)
+      return -1;
+    flags = MSG_DONTWAIT;
+    size_t left = (size_t)w;
+    while (left > 0) {
+      size_t rest = s->out[s->first].len - s->out_off;
+      if (left < rest) {
+        s->out_off += left;
+        break;
+      }
+      left -= rest;
+      done += s->out[s->first].plain;
+      free(s->out[s->first].buf);
+      s->out[s->first++].buf = NULL;
+      s->out_off = 0;
+    }
   }
   return (ssize_t)done;
 }
@@ -467,12 +493,20 @@ ssize_t
 nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov, int iovcnt,
              int flags)
 {
-  if (s->out == NULL && batch_fill(s, iov, iovcnt) == -1)
+  if (s->first == s->n && batch_fill(s, iov, iovcnt) == -1)
     return -1;
   ssize_t done = batch_flush(s, flags & MSG_DONTWAIT);
   if (done == 0)
     errno = EAGAIN;
   return done > 0 ? done : -1;
+}
+
+size_t
+nbdtls_send_cost(const struct nbdtls_session *s, size_t len)
+{
+  size_t m = len < BATCH_RECORDS * RECORD_DATA ? len
+             : BATCH_RECORDS * RECORD_DATA;
+  return m + BATCH_PIECES * s->rec_overhead;
 }
 
 size_t
@@ -497,6 +531,6 @@ nbdtls_session_free(struct nbdtls_session *s)
     return;
   gnutls_deinit(s->session);
   pthread_mutex_destroy(&s->lock);
-  free(s->out);
+  batch_drop(s);
   free(s);
 }
