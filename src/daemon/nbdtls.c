@@ -51,6 +51,24 @@
  * may write before one (lib/tls13/key_update.c): at most one per record. */
 #define BATCH_PIECES (2 * BATCH_RECORDS)
 
+/* Receiving: GnuTLS pulls each record with two reads, its 5-byte header
+ * and then its body, and a client's requests come as one small record
+ * each (50 bytes for a 28-byte NBD request under TLS 1.3): two recv(2) per
+ * request.  So pull reads up to IN_CAP bytes at once into s->in and
+ * serves GnuTLS's reads from there; a read of IN_CAP bytes or more with
+ * nothing buffered (a large record's body) goes to the socket directly.
+ * s->in is allocated when the socket is read and freed when emptied
+ * (nbdtls_recv), so an idle session holds none of it: at most IN_CAP
+ * bytes per session, while bytes wait in it.
+ *
+ * epoll cannot see those bytes, nor the decrypted ones GnuTLS keeps:
+ * nbdtls_pending counts them when s->in holds a whole record (GnuTLS reads
+ * exactly a record's header and body, so between calls s->in starts at a
+ * record's first byte; the part of a record cut short stays on the
+ * socket's side of epoll: pull says EAGAIN only with s->in empty). */
+#define IN_CAP (16 * 1024)
+#define RECORD_HEADER 5
+
 /* Threads (nbdtls.h): the session's GnuTLS state is shared by the
  * receiving and the sending thread, and under TLS 1.3 receiving changes
  * the sending side.  In GnuTLS 3.7.9, a KeyUpdate from the client is
@@ -104,6 +122,13 @@ struct nbdtls_session {
   char why[256];             /* why the client's certificate was refused */
   char peer[PEER_NAME_MAX + 1];
   size_t rec_overhead;       /* most bytes a record adds to its data */
+  /* Bytes read from the socket that GnuTLS has not pulled yet (see
+   * IN_CAP): in[in_off..in_len); NULL when empty.  The receiver's, under
+   * lock. */
+  uint8_t *in;
+  size_t in_off, in_len;
+  bool in_stale;             /* a whole record in it gave nothing: do not
+                              * count it as pending until the next read */
   /* The batch being sent (see BATCH_RECORDS); only the sender touches
    * it: the receiver never writes (see "Threads" above).  out[first..n)
    * are not yet wholly written; out_off bytes of out[first] are. */
@@ -191,11 +216,60 @@ static ssize_t
 pull(gnutls_transport_ptr_t p, void *buf, size_t len)
 {
   struct nbdtls_session *s = p;
+  if (s->in_off == s->in_len && len < IN_CAP) {
+    if (s->in == NULL && (s->in = malloc(IN_CAP)) == NULL) {
+      gnutls_transport_set_errno(s->session, ENOMEM);
+      return -1;
+    }
+    ssize_t r = recv(s->fd, s->in, IN_CAP, s->rflags);
+    if (r <= 0) {
+      if (r == -1)
+        gnutls_transport_set_errno(s->session,
+                                   errno == EWOULDBLOCK ? EAGAIN : errno);
+      return r;
+    }
+    s->in_off = 0;
+    s->in_len = (size_t)r;
+    s->in_stale = false;
+  }
+  if (s->in_off < s->in_len) {
+    size_t n = s->in_len - s->in_off < len ? s->in_len - s->in_off : len;
+    memcpy(buf, s->in + s->in_off, n);
+    s->in_off += n;
+    return (ssize_t)n;
+  }
   ssize_t r = recv(s->fd, buf, len, s->rflags);
   if (r == -1)
     gnutls_transport_set_errno(s->session,
                                errno == EWOULDBLOCK ? EAGAIN : errno);
   return r;
+}
+
+/* Whether s->in holds a whole record.  The caller holds s->lock. */
+static bool
+in_has_record(const struct nbdtls_session *s)
+{
+  size_t avail = s->in_len - s->in_off;
+  if (s->in_stale || avail < RECORD_HEADER)
+    return false;
+  const uint8_t *h = s->in + s->in_off;
+  return avail >= RECORD_HEADER + ((size_t)h[3] << 8 | h[4]);
+}
+
+/* After a GnuTLS call that may have pulled: frees s->in once emptied.
+ * The caller holds s->lock. */
+static void
+in_settle(struct nbdtls_session *s, ssize_t r)
+{
+  if (s->in_off == s->in_len) {
+    free(s->in);
+    s->in = NULL;
+    s->in_off = s->in_len = 0;
+  } else if (r == GNUTLS_E_AGAIN && in_has_record(s)) {
+    /* Never seen (pull says EAGAIN only with s->in empty); were it so,
+     * counting the record as pending would spin the event loop. */
+    s->in_stale = true;
+  }
 }
 
 static ssize_t
@@ -227,6 +301,8 @@ static int
 pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
 {
   struct nbdtls_session *s = p;
+  if (s->in_off < s->in_len)
+    return 1;
   struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
   int r = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
   if (r == -1)
@@ -302,6 +378,7 @@ nbdtls_accept(struct nbdtls *t, int fd,
 fail:
   gnutls_deinit(s->session);
   pthread_mutex_destroy(&s->lock);
+  free(s->in);
   free(s);
   return NULL;
 }
@@ -315,6 +392,7 @@ nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len, int flags)
     pthread_mutex_lock(&s->lock);
     s->rflags = MSG_DONTWAIT;
     r = gnutls_record_recv(s->session, buf, len);
+    in_settle(s, r);
     pthread_mutex_unlock(&s->lock);
     /* GNUTLS_E_AGAIN also after a KeyUpdate alone was read: then the
      * socket may have nothing more, and a blocking caller waits. */
@@ -514,6 +592,8 @@ nbdtls_pending(struct nbdtls_session *s)
 {
   pthread_mutex_lock(&s->lock);
   size_t n = gnutls_record_check_pending(s->session);
+  if (n == 0 && in_has_record(s))
+    n = s->in_len - s->in_off;
   pthread_mutex_unlock(&s->lock);
   return n;
 }
@@ -532,5 +612,6 @@ nbdtls_session_free(struct nbdtls_session *s)
   gnutls_deinit(s->session);
   pthread_mutex_destroy(&s->lock);
   batch_drop(s);
+  free(s->in);
   free(s);
 }

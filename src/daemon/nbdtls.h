@@ -60,8 +60,8 @@ struct nbdtls_session *nbdtls_accept(struct nbdtls *t, int fd,
 /* As recv(2) on the session: bytes read; 0 at the end of the stream (a
  * close_notify, or the TCP connection closed without one); -1 with errno
  * EAGAIN (flags MSG_DONTWAIT, or the socket's receive timeout), EINTR, or
- * EPROTO/ECONNRESET (a TLS error: close the connection).  Decrypted bytes
- * already buffered are returned without reading the socket. */
+ * EPROTO/ECONNRESET (a TLS error: close the connection).  Bytes already
+ * buffered (nbdtls_pending) are returned without reading the socket. */
 ssize_t nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len,
                     int flags);
 
@@ -85,8 +85,10 @@ ssize_t nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov,
  * last byte was counted as sent. */
 size_t nbdtls_send_cost(const struct nbdtls_session *s, size_t len);
 
-/* Decrypted bytes buffered in the session, which epoll cannot see: the
- * reader must take them before waiting for EPOLLIN. */
+/* Bytes buffered in the session, which epoll cannot see: decrypted ones,
+ * or whole records read from the socket ahead (a pull reads up to 16 KiB
+ * at once; nbdtls.c, "Receiving").  The reader must take them before
+ * waiting for EPOLLIN. */
 size_t nbdtls_pending(struct nbdtls_session *s);
 
 /* The client certificate's CN ("" if none), for log messages. */
