@@ -379,14 +379,27 @@ row_depth=( "" 8 8 4 )
 row_metric=("" iops iops mbps )
 declare -A med_base=() med_cand=() spread_base=() spread_cand=()
 
-# run_one URI ROW TAG -> prints the metric of one nbdbench run
+# run_one URI ROW TAG [SERVER] -> prints the metric of one nbdbench run.
+# With SERVER (a tag), also appends to $tmp/cpu.txt "TAG ROW SERVER-CPU-MS
+# CLIENT-CPU-MS SERVER-BYTES CLIENT-BYTES": the server's CPU over the
+# whole run (warm-up too: its bytes are estimated at the measured rate)
+# and nbdbench's own in the measured window.
 run_one() {
-    local uri=$1 r=$2 json
+    local uri=$1 r=$2 json c0
+    [[ -n ${4:-} ]] && c0=$(cpu_ticks "$4")
     json=$("$nbdbench" --uri "$uri" --size "${row_size[r]}" \
            --pattern "${row_pat[r]}" --clients "${row_cli[r]}" \
            --depth "${row_depth[r]}" --seconds "$seconds" --warmup "$warmup" \
            --json) || die "nbdbench failed against $uri (row $r)"
     [[ -n $results ]] && echo "{\"server\":\"$3\",\"row\":$r,\"result\":$json}" >> "$results"
+    if [[ -n ${4:-} ]]; then
+        awk -v tag="$3" -v r="$r" -v ms=$(( ($(cpu_ticks "$4") - c0) * 1000 / clk_tck )) \
+            -v s="$seconds" -v w="$warmup" -v j="$json" 'BEGIN {
+            mb = j; sub(/.*"mbps":/, "", mb); mb += 0
+            c = j; sub(/.*"cpu_ms":/, "", c); c += 0
+            printf "%s %s %d %.1f %.0f %.0f\n", tag, r, ms, c, mb * 1e6 * (s + w), mb * 1e6 * s
+        }' >> "$tmp/cpu.txt"
+    fi
     sed -n "s/.*\"${row_metric[r]}\":\([0-9.]*\).*/\1/p" <<< "$json"
 }
 
@@ -398,9 +411,9 @@ row_runs() {
     local -a vb=() vc=()
     for ((i = 0; i < runs; i++)); do
         if (( (i + r) % 2 == 1 )); then
-            vb+=("$(run_one "$ub" "$r" "$tb")"); vc+=("$(run_one "$uc" "$r" "$tc")")
+            vb+=("$(run_one "$ub" "$r" "$tb" "${cpu_server:-}")"); vc+=("$(run_one "$uc" "$r" "$tc" "${cpu_server:-}")")
         else
-            vc+=("$(run_one "$uc" "$r" "$tc")"); vb+=("$(run_one "$ub" "$r" "$tb")")
+            vc+=("$(run_one "$uc" "$r" "$tc" "${cpu_server:-}")"); vb+=("$(run_one "$ub" "$r" "$tb" "${cpu_server:-}")")
         fi
         note "  row $r run $((i + 1))/$runs: $tb ${vb[-1]}  $tc ${vc[-1]}"
     done
@@ -531,11 +544,13 @@ if want_part 4; then
           --depth 4 --seconds 1 --warmup 0 --verify "$file" 2>&1) ||
         { echo "$out" >&2; die "verification over TLS failed on tnode"; }
     declare -A med4_plain=() med4_tls=() spread4_plain=() spread4_tls=()
+    cpu_server=tnode   # the CPU of both ends per GiB, printed with the rows
     for r in 1 3; do
         row_runs "$r" "$uri4_plain" plain "$uri4_tls" tls
         med4_plain[$r]=$row_med_base; spread4_plain[$r]=$row_spread_base
         med4_tls[$r]=$row_med_cand; spread4_tls[$r]=$row_spread_cand
     done
+    cpu_server=
     stop tnode torigin
 fi
 
@@ -621,6 +636,21 @@ if want_part 4; then
     done
     echo "   last cold reads, CPU ms: plain origin ${cpu4[plain torigin]} node ${cpu4[plain tnode]};" \
          "tls origin ${cpu4[tls torigin]} node ${cpu4[tls tnode]} (the node decrypts, the origin encrypts)"
+    echo "   CPU ms per GiB read on the cached rows (all runs; both ends share this host's CPUs):"
+    echo "   thunderd = the node serving (its whole run, bytes of the warm-up estimated), client = nbdbench"
+    echo "   (libnbd, and GnuTLS decrypting over TLS) in the measured window"
+    for r in 1 3; do
+        awk -v r="$r" -v label="cached ${row_label[r]}" '
+            $2 == r { s[$1] += $3; c[$1] += $4; sb[$1] += $5; cb[$1] += $6 }
+            function per(ms, b) { return b > 0 ? ms / (b / 1073741824) : 0 }
+            END {
+                printf "   %-26s thunderd plain %6.0f  tls %6.0f (x%.2f); client plain %6.0f  tls %6.0f (x%.2f)\n",
+                    label, per(s["plain"], sb["plain"]), per(s["tls"], sb["tls"]),
+                    per(s["tls"], sb["tls"]) / (per(s["plain"], sb["plain"]) + 1e-9),
+                    per(c["plain"], cb["plain"]), per(c["tls"], cb["tls"]),
+                    per(c["tls"], cb["tls"]) / (per(c["plain"], cb["plain"]) + 1e-9)
+            }' "$tmp/cpu.txt"
+    done
     echo
 fi
 if (( fails == 0 )); then

@@ -25,7 +25,9 @@
  *
  * Output: one human-readable line, or one JSON object with --json.  MB/s is
  * 10^6 bytes per second.  Latency is from nbd_aio_pread to the completion
- * being seen by the event loop, in microseconds.
+ * being seen by the event loop, in microseconds.  The JSON object also
+ * has cpu_ms, the process's CPU time (user + system) in the measured
+ * window: what the client costs (over TLS, its decryption).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,6 +82,29 @@ now_ns(void)
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
+/* This process's CPU time (user + system), in ns. */
+static uint64_t
+cpu_ns(void)
+{
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ((uint64_t) ru.ru_utime.tv_sec + (uint64_t) ru.ru_stime.tv_sec) *
+         1000000000ull +
+         ((uint64_t) ru.ru_utime.tv_usec + (uint64_t) ru.ru_stime.tv_usec) *
+         1000ull;
+}
+
+/* Sleeps until now_ns() reaches t. */
+static void
+sleep_until(uint64_t t)
+{
+  for (uint64_t n; (n = now_ns()) < t;) {
+    struct timespec ts = { (time_t) ((t - n) / 1000000000ull),
+                           (long) ((t - n) % 1000000000ull) };
+    nanosleep(&ts, NULL);
+  }
 }
 
 /* ---- latency histogram (log-linear, ~1.6% resolution) ----------------- */
@@ -630,6 +656,12 @@ main(int argc, char **argv)
   t_meas = t_start + (uint64_t) (opt.warmup * 1e9);
   t_end = t_meas + (uint64_t) (opt.seconds * 1e9);
   pthread_barrier_wait(&barrier);
+  /* The client's own CPU time in the measured window (the time libnbd
+   * and the TLS decryption cost, against the server's). */
+  sleep_until(t_meas);
+  uint64_t cpu0 = cpu_ns();
+  sleep_until(t_end);
+  uint64_t cpu_window = cpu_ns() - cpu0;
   for (unsigned t = 0; t < opt.threads; t++)
     pthread_join(workers[t].tid, NULL);
 
@@ -681,10 +713,11 @@ main(int argc, char **argv)
            ",\"iops\":%.1f,\"mbps\":%.2f,\"lat_mean_us\":%.1f"
            ",\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,\"lat_max_us\":%.1f"
            ",\"client_ops_min\":%" PRIu64 ",\"client_ops_max\":%" PRIu64
-           ",\"verified\":%s}\n",
+           ",\"cpu_ms\":%.1f,\"verified\":%s}\n",
            opt.clients, opt.depth, opt.threads, opt.size, pat, opt.seconds,
            opt.warmup, export_size, ops, iops, mbps, mean_us, p50_us, p99_us,
-           max_us, cmin, cmax, opt.verify ? "true" : "false");
+           max_us, cmin, cmax, (double) cpu_window / 1e6,
+           opt.verify ? "true" : "false");
   }
   else {
     printf("%s size=%" PRIu64 " clients=%u depth=%u: ops=%" PRIu64

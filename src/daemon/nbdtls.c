@@ -27,22 +27,47 @@
  * and on this (virtualised) host a system call is dear.  GnuTLS cannot
  * queue records and write them together (gnutls_record_uncork sends them
  * one by one again), so the batch is ours: while nbdtls_sendv encrypts,
- * push appends each record to s->out, and one send(2) writes up to
- * BATCH_RECORDS of them.  The copy into s->out is the cost (memcpy runs
- * several times faster than AES-GCM); s->out is allocated per batch and
- * freed once written, so an idle session holds none of it.
+ * push keeps each record it is given (a copy, allocated to its size) in
+ * s->out, and one sendmsg(2) writes up to BATCH_RECORDS of them.  The copy
+ * is the cost (memcpy runs several times faster than AES-GCM).
  *
  * A record counts as sent (in nbdtls_sendv's result) only when its last
- * byte is on the socket: when send(2) would block part way, the records
+ * byte is on the socket: when sendmsg would block part way, the records
  * left stay in s->out and the next call writes them before encrypting
  * anything, which is what the caller's "call again from the same byte"
- * gives: the bytes it passes again were encrypted already. */
+ * gives: the bytes it passes again were encrypted already.
+ *
+ * Memory: each record is freed as soon as it is wholly written, so what a
+ * session holds is the ciphertext of records not yet sent -- bytes of
+ * replies the server has not finished, at most BATCH_RECORDS records of
+ * 16 KiB and their overhead.  The server counts it in its reply budgets
+ * (nbdtls_send_cost): a client that reads slowly cannot make it hold more
+ * than what it was allowed to have in flight.  (It was one 272 KiB buffer
+ * per batch, held whole until its last byte was written, whatever the
+ * batch carried, and counted nowhere.) */
 #define BATCH_RECORDS 16
-/* One record's ciphertext: 16 KiB of data, the header, the AEAD tag and
- * the content type, with room for a TLS 1.3 key update GnuTLS may send
- * before it (lib/tls13/key_update.c). */
-#define RECORD_ROOM (16 * 1024 + 512)
-#define BATCH_CAP (BATCH_RECORDS * RECORD_ROOM)
+#define RECORD_DATA (16 * 1024)
+/* Pieces a batch may hold: its records, and a TLS 1.3 KeyUpdate GnuTLS
+ * may write before one (lib/tls13/key_update.c): at most one per record. */
+#define BATCH_PIECES (2 * BATCH_RECORDS)
+
+/* Receiving: GnuTLS pulls each record with two reads, its 5-byte header
+ * and then its body, and a client's requests come as one small record
+ * each (50 bytes for a 28-byte NBD request under TLS 1.3): two recv(2) per
+ * request.  So pull reads up to IN_CAP bytes at once into s->in and
+ * serves GnuTLS's reads from there; a read of IN_CAP bytes or more with
+ * nothing buffered (a large record's body) goes to the socket directly.
+ * s->in is allocated when the socket is read and freed when emptied
+ * (nbdtls_recv), so an idle session holds none of it: at most IN_CAP
+ * bytes per session, while bytes wait in it.
+ *
+ * epoll cannot see those bytes, nor the decrypted ones GnuTLS keeps:
+ * nbdtls_pending counts them when s->in holds a whole record (GnuTLS reads
+ * exactly a record's header and body, so between calls s->in starts at a
+ * record's first byte; the part of a record cut short stays on the
+ * socket's side of epoll: pull says EAGAIN only with s->in empty). */
+#define IN_CAP (16 * 1024)
+#define RECORD_HEADER 5
 
 /* Threads (nbdtls.h): the session's GnuTLS state is shared by the
  * receiving and the sending thread, and under TLS 1.3 receiving changes
@@ -96,16 +121,26 @@ struct nbdtls_session {
   int rcv_timeout_ms;        /* the socket's SO_RCVTIMEO; 0: none */
   char why[256];             /* why the client's certificate was refused */
   char peer[PEER_NAME_MAX + 1];
+  size_t rec_overhead;       /* most bytes a record adds to its data */
+  /* Bytes read from the socket that GnuTLS has not pulled yet (see
+   * IN_CAP): in[in_off..in_len); NULL when empty.  The receiver's, under
+   * lock. */
+  uint8_t *in;
+  size_t in_off, in_len;
+  bool in_stale;             /* a whole record in it gave nothing: do not
+                              * count it as pending until the next read */
   /* The batch being sent (see BATCH_RECORDS); only the sender touches
-   * it: the receiver never writes (see "Threads" above). */
+   * it: the receiver never writes (see "Threads" above).  out[first..n)
+   * are not yet wholly written; out_off bytes of out[first] are. */
   bool batching;             /* push appends to out instead of sending */
-  uint8_t *out;              /* NULL: no batch */
-  size_t out_cap, out_len, out_off; /* allocated, encrypted, on the socket */
-  int nrec, rec_done;        /* records in out, records wholly sent */
+  int nrec;                  /* records encrypted into this batch */
+  int first, n;
+  size_t out_off;
   struct {
-    size_t end;              /* offset in out after the record */
-    size_t plain;            /* bytes of data it carries */
-  } rec[BATCH_RECORDS];
+    uint8_t *buf;            /* the piece's ciphertext */
+    size_t len;
+    size_t plain;            /* bytes of data it carries (0: a KeyUpdate) */
+  } out[BATCH_PIECES];
 };
 
 /* Verifies the client's certificate during the handshake: it must chain
@@ -181,6 +216,28 @@ static ssize_t
 pull(gnutls_transport_ptr_t p, void *buf, size_t len)
 {
   struct nbdtls_session *s = p;
+  if (s->in_off == s->in_len && len < IN_CAP) {
+    if (s->in == NULL && (s->in = malloc(IN_CAP)) == NULL) {
+      gnutls_transport_set_errno(s->session, ENOMEM);
+      return -1;
+    }
+    ssize_t r = recv(s->fd, s->in, IN_CAP, s->rflags);
+    if (r <= 0) {
+      if (r == -1)
+        gnutls_transport_set_errno(s->session,
+                                   errno == EWOULDBLOCK ? EAGAIN : errno);
+      return r;
+    }
+    s->in_off = 0;
+    s->in_len = (size_t)r;
+    s->in_stale = false;
+  }
+  if (s->in_off < s->in_len) {
+    size_t n = s->in_len - s->in_off < len ? s->in_len - s->in_off : len;
+    memcpy(buf, s->in + s->in_off, n);
+    s->in_off += n;
+    return (ssize_t)n;
+  }
   ssize_t r = recv(s->fd, buf, len, s->rflags);
   if (r == -1)
     gnutls_transport_set_errno(s->session,
@@ -188,24 +245,49 @@ pull(gnutls_transport_ptr_t p, void *buf, size_t len)
   return r;
 }
 
+/* Whether s->in holds a whole record.  The caller holds s->lock. */
+static bool
+in_has_record(const struct nbdtls_session *s)
+{
+  size_t avail = s->in_len - s->in_off;
+  if (s->in_stale || avail < RECORD_HEADER)
+    return false;
+  const uint8_t *h = s->in + s->in_off;
+  return avail >= RECORD_HEADER + ((size_t)h[3] << 8 | h[4]);
+}
+
+/* After a GnuTLS call that may have pulled: frees s->in once emptied.
+ * The caller holds s->lock. */
+static void
+in_settle(struct nbdtls_session *s, ssize_t r)
+{
+  if (s->in_off == s->in_len) {
+    free(s->in);
+    s->in = NULL;
+    s->in_off = s->in_len = 0;
+  } else if (r == GNUTLS_E_AGAIN && in_has_record(s)) {
+    /* Never seen (pull says EAGAIN only with s->in empty); were it so,
+     * counting the record as pending would spin the event loop. */
+    s->in_stale = true;
+  }
+}
+
 static ssize_t
 push(gnutls_transport_ptr_t p, const void *buf, size_t len)
 {
   struct nbdtls_session *s = p;
   if (s->batching) {
-    /* nbdtls_sendv leaves RECORD_ROOM before each record; grown only if
-     * a record were larger than that (one record: bounded). */
-    if (len > s->out_cap - s->out_len) {
-      uint8_t *n = realloc(s->out, s->out_len + len);
-      if (n == NULL) {
-        gnutls_transport_set_errno(s->session, ENOMEM);
-        return -1;
-      }
-      s->out = n;
-      s->out_cap = s->out_len + len;
+    /* batch_fill leaves room for a record and a KeyUpdate before it. */
+    uint8_t *copy = s->n < BATCH_PIECES ? malloc(len) : NULL;
+    if (copy == NULL) {
+      gnutls_transport_set_errno(s->session, ENOMEM);
+      return -1;
     }
-    memcpy(s->out + s->out_len, buf, len);
-    s->out_len += len;
+    memcpy(copy, buf, len);
+    s->out[s->n].buf = copy;
+    s->out[s->n].len = len;
+    s->out[s->n].plain = 0;
+    s->n++;
     return (ssize_t)len;
   }
   ssize_t r = send(s->fd, buf, len, MSG_NOSIGNAL | s->wflags);
@@ -219,6 +301,8 @@ static int
 pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
 {
   struct nbdtls_session *s = p;
+  if (s->in_off < s->in_len)
+    return 1;
   struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
   int r = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
   if (r == -1)
@@ -279,6 +363,10 @@ nbdtls_accept(struct nbdtls *t, int fd,
     goto fail;
   }
   s->rflags = s->wflags = 0;
+  /* The record layer's overhead under the negotiated cipher (its most,
+   * for CBC) and the 5-byte header; 512 if GnuTLS cannot tell. */
+  size_t ov = gnutls_record_overhead_size(s->session);
+  s->rec_overhead = ov > 0 ? ov + 5 : 512;
   struct timeval tv = { 0 };
   socklen_t tvlen = sizeof tv;
   if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tvlen) == 0) {
@@ -290,6 +378,7 @@ nbdtls_accept(struct nbdtls *t, int fd,
 fail:
   gnutls_deinit(s->session);
   pthread_mutex_destroy(&s->lock);
+  free(s->in);
   free(s);
   return NULL;
 }
@@ -303,6 +392,7 @@ nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len, int flags)
     pthread_mutex_lock(&s->lock);
     s->rflags = MSG_DONTWAIT;
     r = gnutls_record_recv(s->session, buf, len);
+    in_settle(s, r);
     pthread_mutex_unlock(&s->lock);
     /* GNUTLS_E_AGAIN also after a KeyUpdate alone was read: then the
      * socket may have nothing more, and a blocking caller waits. */
@@ -350,17 +440,28 @@ send_errno(ssize_t r)
           : r == GNUTLS_E_MEMORY_ERROR ? ENOMEM : EPIPE;
 }
 
+/* Frees the pieces of the batch not yet written. */
+static void
+batch_drop(struct nbdtls_session *s)
+{
+  while (s->first < s->n)
+    free(s->out[s->first++].buf);
+  s->first = s->n = 0;
+}
+
 /* Encrypts one record of len bytes at buf into the batch.  Bytes of data
  * taken, or a GnuTLS error. */
 static ssize_t
 batch_record(struct nbdtls_session *s, const void *buf, size_t len)
 {
+  int before = s->n;
   pthread_mutex_lock(&s->lock);
   ssize_t r = gnutls_record_send(s->session, buf, len);
   pthread_mutex_unlock(&s->lock);
+  if (r > 0 && s->n == before)
+    return GNUTLS_E_INTERNAL_ERROR; /* nothing pushed: never seen */
   if (r > 0) {
-    s->rec[s->nrec].end = s->out_len;
-    s->rec[s->nrec].plain = (size_t)r;
+    s->out[s->n - 1].plain = (size_t)r; /* the record is pushed last */
     s->nrec++;
   }
   return r;
@@ -371,21 +472,15 @@ batch_record(struct nbdtls_session *s, const void *buf, size_t len)
 static int
 batch_fill(struct nbdtls_session *s, const struct iovec *iov, int iovcnt)
 {
-  s->out = malloc(BATCH_CAP);
-  if (s->out == NULL) {
-    errno = ENOMEM;
-    return -1;
-  }
-  s->out_cap = BATCH_CAP;
-  s->out_len = s->out_off = 0;
-  s->nrec = s->rec_done = 0;
+  s->first = s->n = s->nrec = 0;
+  s->out_off = 0;
   s->batching = true;
   ssize_t r = 1;
   int i = 0;
   size_t off = 0; /* taken of iov[i] */
   uint8_t rec[NBDTLS_MERGE_MAX];
   while (i < iovcnt && r > 0 && s->nrec < BATCH_RECORDS &&
-         s->out_cap - s->out_len >= RECORD_ROOM) {
+         s->n <= BATCH_PIECES - 2) {
     if (iov[i].iov_len == off) { /* an empty piece */
       i++;
       off = 0;
@@ -426,39 +521,48 @@ batch_fill(struct nbdtls_session *s, const struct iovec *iov, int iovcnt)
   s->batching = false;
   if (s->nrec > 0)
     return 0; /* an error, if any, comes again at the next call */
-  free(s->out);
-  s->out = NULL;
+  batch_drop(s);
   send_errno(r);
   return -1;
 }
 
-/* Writes what is left of the batch: the first send(2) with flags (it may
- * wait for the socket's send timeout), the others with MSG_DONTWAIT.
- * Returns the bytes of data of the records now wholly sent (0: none),
- * or -1 with errno on a socket error.  The batch is freed when written. */
+/* Writes what is left of the batch: the first sendmsg(2) with flags (it
+ * may wait for the socket's send timeout), the others with MSG_DONTWAIT.
+ * Returns the bytes of data of the records now wholly sent (0: none), or
+ * -1 with errno on a socket error.  Each piece is freed once written. */
 static ssize_t
 batch_flush(struct nbdtls_session *s, int flags)
 {
-  while (s->out_off < s->out_len) {
-    ssize_t w = send(s->fd, s->out + s->out_off, s->out_len - s->out_off,
-                     MSG_NOSIGNAL | flags);
-    if (w > 0) {
-      s->out_off += (size_t)w;
-      flags = MSG_DONTWAIT;
-      continue;
+  size_t done = 0;
+  while (s->first < s->n) {
+    struct iovec iov[BATCH_PIECES];
+    int k = 0;
+    for (int i = s->first; i < s->n; i++, k++) {
+      size_t skip = i == s->first ? s->out_off : 0;
+      iov[k] = (struct iovec){ s->out[i].buf + skip, s->out[i].len - skip };
     }
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)k };
+    ssize_t w = sendmsg(s->fd, &msg, MSG_NOSIGNAL | flags);
     if (w == -1 && errno == EINTR)
       continue;
     if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
       break;
-    return -1;
-  }
-  size_t done = 0;
-  while (s->rec_done < s->nrec && s->rec[s->rec_done].end <= s->out_off)
-    done += s->rec[s->rec_done++].plain;
-  if (s->out_off == s->out_len) {
-    free(s->out);
-    s->out = NULL;
+    if (w <= 0)
+      return -1;
+    flags = MSG_DONTWAIT;
+    size_t left = (size_t)w;
+    while (left > 0) {
+      size_t rest = s->out[s->first].len - s->out_off;
+      if (left < rest) {
+        s->out_off += left;
+        break;
+      }
+      left -= rest;
+      done += s->out[s->first].plain;
+      free(s->out[s->first].buf);
+      s->out[s->first++].buf = NULL;
+      s->out_off = 0;
+    }
   }
   return (ssize_t)done;
 }
@@ -467,7 +571,7 @@ ssize_t
 nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov, int iovcnt,
              int flags)
 {
-  if (s->out == NULL && batch_fill(s, iov, iovcnt) == -1)
+  if (s->first == s->n && batch_fill(s, iov, iovcnt) == -1)
     return -1;
   ssize_t done = batch_flush(s, flags & MSG_DONTWAIT);
   if (done == 0)
@@ -476,10 +580,20 @@ nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov, int iovcnt,
 }
 
 size_t
+nbdtls_send_cost(const struct nbdtls_session *s, size_t len)
+{
+  size_t m = len < BATCH_RECORDS * RECORD_DATA ? len
+             : BATCH_RECORDS * RECORD_DATA;
+  return m + BATCH_PIECES * s->rec_overhead;
+}
+
+size_t
 nbdtls_pending(struct nbdtls_session *s)
 {
   pthread_mutex_lock(&s->lock);
   size_t n = gnutls_record_check_pending(s->session);
+  if (n == 0 && in_has_record(s))
+    n = s->in_len - s->in_off;
   pthread_mutex_unlock(&s->lock);
   return n;
 }
@@ -497,6 +611,7 @@ nbdtls_session_free(struct nbdtls_session *s)
     return;
   gnutls_deinit(s->session);
   pthread_mutex_destroy(&s->lock);
-  free(s->out);
+  batch_drop(s);
+  free(s->in);
   free(s);
 }

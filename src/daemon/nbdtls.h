@@ -60,13 +60,13 @@ struct nbdtls_session *nbdtls_accept(struct nbdtls *t, int fd,
 /* As recv(2) on the session: bytes read; 0 at the end of the stream (a
  * close_notify, or the TCP connection closed without one); -1 with errno
  * EAGAIN (flags MSG_DONTWAIT, or the socket's receive timeout), EINTR, or
- * EPROTO/ECONNRESET (a TLS error: close the connection).  Decrypted bytes
- * already buffered are returned without reading the socket. */
+ * EPROTO/ECONNRESET (a TLS error: close the connection).  Bytes already
+ * buffered (nbdtls_pending) are returned without reading the socket. */
 ssize_t nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len,
                     int flags);
 
 /* As sendmsg(2) of iov on the session: bytes sent (those of the records
- * written whole; up to 16 records of 16 KiB go out in one send(2)), or -1
+ * written whole; up to 16 records of 16 KiB go out in one sendmsg(2)), or -1
  * with errno EAGAIN (flags MSG_DONTWAIT or the socket's send timeout),
  * EINTR, ENOMEM or EPIPE.  The caller must call again with iov starting
  * at the first byte not counted as sent (records encrypted but not yet
@@ -77,8 +77,18 @@ ssize_t nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len,
 ssize_t nbdtls_sendv(struct nbdtls_session *s, const struct iovec *iov,
                      int iovcnt, int flags);
 
-/* Decrypted bytes buffered in the session, which epoll cannot see: the
- * reader must take them before waiting for EPOLLIN. */
+/* The most memory the session's send batch may hold of a reply of len
+ * bytes (header and data) at once: its ciphertext, up to a batch of 16
+ * records, and the records' overhead.  Unsent records are held until
+ * written (nbdtls_sendv), so the server counts this in the reply's budget,
+ * with the reply's own data; the batch never holds bytes of a reply whose
+ * last byte was counted as sent. */
+size_t nbdtls_send_cost(const struct nbdtls_session *s, size_t len);
+
+/* Bytes buffered in the session, which epoll cannot see: decrypted ones,
+ * or whole records read from the socket ahead (a pull reads up to 16 KiB
+ * at once; nbdtls.c, "Receiving").  The reader must take them before
+ * waiting for EPOLLIN. */
 size_t nbdtls_pending(struct nbdtls_session *s);
 
 /* The client certificate's CN ("" if none), for log messages. */

@@ -86,7 +86,8 @@
  * waits belong on threads, and the pool bounds them.
  *
  * Budgets (struct server_config): a request costs the data its reply
- * carries (a read's length, else 0).  It is taken from the connection's
+ * carries (a read's length, else 0), and over TLS the ciphertext of it
+ * the session's send batch may hold (request_cost).  It is taken from the connection's
  * budget (conn_inflight_bytes, >= the largest read, so one request always
  * fits an idle connection), its remote address's (addr_inflight_bytes,
  * TCP) and its class's (inflight_bytes); it is given back when the last
@@ -439,6 +440,18 @@ conn_sendv(struct conn *cn, struct iovec *iov, int iovcnt, int flags)
     return sendmsg(cn->fd, &msg, MSG_NOSIGNAL | flags);
   }
   return nbdtls_sendv(cn->tls, iov, iovcnt, flags);
+}
+
+/* The budget a request takes: the data its reply carries, and over TLS
+ * the ciphertext of it the session's send batch may hold meanwhile
+ * (nbdtls_send_cost), so slow TLS readers stay within the budgets too. */
+static uint64_t
+request_cost(struct conn *cn, const struct nbdsrv_request *req)
+{
+  uint64_t len = nbdsrv_reply_data_len(cn->nc, req);
+  if (cn->tls == NULL)
+    return len;
+  return len + nbdtls_send_cost(cn->tls, len + NBDSRV_REPLY_LEN);
 }
 
 /* ---- the handshake (its own thread, blocking I/O under a deadline) -- */
@@ -1015,7 +1028,7 @@ worker_read(struct conn *cn, struct nbdsrv_buf *buf)
         j->cn = cn;
         j->pool = &cn->cl->pool;
         j->req = req;
-        j->cost = nbdsrv_reply_data_len(cn->nc, &req);
+        j->cost = request_cost(cn, &req);
       } else
         kick = true;
     }
@@ -1377,7 +1390,7 @@ read_requests(struct conn *cn, bool *error)
     j->cn = cn;
     j->pool = &cn->cl->pool;
     j->req = req;
-    j->cost = nbdsrv_reply_data_len(cn->nc, &req);
+    j->cost = request_cost(cn, &req);
     enum start_result sr = try_start(cn, j, false);
     if (sr != START_OK) {
       cn->pending = j;

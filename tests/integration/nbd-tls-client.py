@@ -16,6 +16,15 @@
 # every reply compared with IMAGE (the server's sends stop part way
 # through its batches of TLS records and resume; nbdtls.c).  Prints
 # "read: N MiB and M small over VERSION" or "error: WHY" (exit 1).
+#
+#   nbd-tls-client.py --hold N SIZE HOST PORT CA-CERT CLIENT-CERT
+#                     CLIENT-KEY EXPORT
+# N slow readers at once: opens N connections, each with a 4 KiB receive
+# buffer and 536-byte segments (so the kernel takes little of a reply),
+# and prints "connected N"; after a line on its standard input each asks
+# for one read of SIZE bytes and reads nothing, so the server's sends stop
+# part way; prints "holding N", waits until its standard input ends and
+# closes them all (exit 0).  "error: WHY" (exit 1) on a failure.
 import socket
 import ssl
 import struct
@@ -50,10 +59,14 @@ def reply(s):
     return o, typ, recv_exact(s, ln)
 
 
-def starttls(host, port, ca, cert=None, key=None, rcvbuf=0):
+def starttls(host, port, ca, cert=None, key=None, rcvbuf=0, mss=0):
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if mss:
+        # The server's send buffer starts at about 20 segments: small
+        # segments keep what the kernel takes of its replies small.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
     raw.settimeout(10)
     raw.connect((host, port))
     if recv_exact(raw, 18)[:16] != b'NBDMAGICIHAVEOPT':
@@ -69,10 +82,7 @@ def starttls(host, port, ca, cert=None, key=None, rcvbuf=0):
     return ctx.wrap_socket(raw, server_hostname=host)
 
 
-def slow_read(image, host, port, ca, cert, key, export):
-    data = open(image, 'rb').read()
-    mib = 1 << 20
-    s = starttls(host, int(port), ca, cert, key, rcvbuf=16384)
+def go(s, export):
     name = export.encode()
     s.sendall(struct.pack('>QII', IHAVEOPT, OPT_GO, 4 + len(name) + 2) +
               struct.pack('>I', len(name)) + name + struct.pack('>H', 0))
@@ -82,6 +92,31 @@ def slow_read(image, host, port, ca, cert, key, export):
             break
         if typ != REP_INFO:
             raise ValueError('NBD_OPT_GO refused (reply 0x%x)' % typ)
+
+
+def hold(n, size, host, port, ca, cert, key, export):
+    conns = []
+    for i in range(int(n)):
+        s = starttls(host, int(port), ca, cert, key, rcvbuf=4096, mss=536)
+        go(s, export)
+        conns.append(s)
+    print('connected %d' % len(conns), flush=True)
+    sys.stdin.readline()
+    for s in conns:
+        s.sendall(struct.pack('>IHHQQI', REQ_MAGIC, 0, CMD_READ, 1, 0,
+                              int(size)))
+    print('holding %d' % len(conns), flush=True)
+    sys.stdin.read()
+    for s in conns:
+        s.close()
+    return 0
+
+
+def slow_read(image, host, port, ca, cert, key, export):
+    data = open(image, 'rb').read()
+    mib = 1 << 20
+    s = starttls(host, int(port), ca, cert, key, rcvbuf=16384)
+    go(s, export)
     reqs = {}
     # Two rounds of 1 MiB reads, then small reads of odd sizes whose
     # replies the server sends several at a time (gathered into shared
@@ -111,8 +146,10 @@ def slow_read(image, host, port, ca, cert, key, export):
 
 
 def main():
-    if sys.argv[1] == '--slow-read':
+    if sys.argv[1] in ('--slow-read', '--hold'):
         try:
+            if sys.argv[1] == '--hold':
+                return hold(*sys.argv[2:10])
             return slow_read(*sys.argv[2:9])
         except (ssl.SSLError, EOFError, OSError, ValueError) as e:
             print('error: %s' % e)
