@@ -115,7 +115,12 @@ drain_unix=$!
 "$TEST_TOOLS_DIR/nbd-raw" "127.0.0.1:$port" drain base 16 1.5 \
     > "$drain_log.tcp" 2>&1 &
 drain_tcp=$!
-sleep 0.7
+for (( i = 0; i < 100; ++i )); do
+    [ "$(cat "$drain_log.unix" "$drain_log.tcp" 2>/dev/null |
+         grep -c '^drain: sent')" -eq 2 ] && break
+    sleep 0.05
+done
+sleep 0.3 # the first replies fill the sockets, the rest are parked
 stop_thunderd
 wait "$drain_unix" || fail "SIGTERM, Unix client: $(cat "$drain_log.unix")"
 wait "$drain_tcp" || fail "SIGTERM, TCP client: $(cat "$drain_log.tcp")"
