@@ -191,6 +191,9 @@
 /* Parked replies one sendmsg carries at most, and its iovecs. */
 #define SEND_JOBS 16
 #define IOV_SEND 64
+/* Unread input a connection closed without error may leave, read and
+ * dropped so that the close does not reset it (drain_input). */
+#define DRAIN_MAX (1024 * 1024)
 
 /* Accepts per listener and loop iteration, so a flood cannot starve
  * the connections' events. */
@@ -1264,6 +1267,30 @@ wait_list_remove(struct conn *cn)
   atomic_fetch_sub(&cl->nwaiting, 1);
 }
 
+/* Bytes the loop reads and drops (a write's payload, input left at a
+ * close); the loop's alone. */
+static uint8_t loop_sink[64 * 1024];
+
+/* Reads and drops what cn's client sent that was never read, before a
+ * close without error: close(2) of a socket with unread input resets the
+ * connection (TCP sends RST, which may discard reply bytes still on their
+ * way, cutting a reply; a Unix-socket client gets ECONNRESET instead of
+ * end of file).  Requests are left unread whenever a connection closes
+ * with more in flight than it took -- always so at shutdown when a reader
+ * stopped behind parked replies (hold_read).  Bounded: a client that keeps
+ * sending is reset after DRAIN_MAX bytes.  The loop's alone. */
+static void
+drain_input(struct conn *cn)
+{
+  for (size_t n = 0; n < DRAIN_MAX;) {
+    ssize_t r = recv(cn->fd, loop_sink, sizeof loop_sink, MSG_DONTWAIT);
+    if (r > 0)
+      n += (size_t)r;
+    else if (r != -1 || errno != EINTR)
+      return;
+  }
+}
+
 /* Frees cn, or re-arms it, after the loop worked on it.  cn may be gone
  * on return. */
 static void
@@ -1290,6 +1317,8 @@ conn_update(struct conn *cn)
         job_free(cn->pending);
         cn->pending = NULL;
       }
+      if (!cn->broken)
+        drain_input(cn);
       conn_destroy(cn);
       return;
     }
@@ -1340,9 +1369,9 @@ read_requests(struct conn *cn, bool *error)
   *error = true;
   for (int n = 0; n < READ_BATCH;) {
     if (cn->discard > 0) {
-      static uint8_t sink[64 * 1024]; /* the loop's alone */
-      size_t want = cn->discard < sizeof sink ? cn->discard : sizeof sink;
-      ssize_t r = conn_recv(cn, sink, want, MSG_DONTWAIT);
+      size_t want = cn->discard < sizeof loop_sink ? cn->discard
+                                                   : sizeof loop_sink;
+      ssize_t r = conn_recv(cn, loop_sink, want, MSG_DONTWAIT);
       if (r > 0) {
         cn->discard -= (uint32_t)r;
         continue;

@@ -2,7 +2,8 @@
 # thunder — origin mode, the basics: a 64 MiB raw image served over the
 # Unix socket and TCP is listed, described, copied bit for bit and read at
 # random offsets by nbdinfo, nbdcopy, qemu-img and qemu-io; SIGTERM exits 0
-# and removes the socket.
+# and removes the socket, and the clients it stopped with reads in flight
+# get whole replies and an end of file, not a reset.
 set -euo pipefail
 source "$(dirname "$0")/functions.sh"
 
@@ -104,7 +105,26 @@ fi
 assert_thunderd_alive "the clients"
 
 # --- SIGTERM: exit 0, socket removed --------------------------------------
+# Stopped while two clients (Unix socket, TCP) have 16 reads of 1 MiB in
+# flight and read nothing: once they read, every reply comes whole and the
+# connection ends, not reset (closing a socket with requests left unread
+# in it resets the connection, and a reset may cut a reply that was sent).
+drain_log=$tmpdir/drain
+"$TEST_TOOLS_DIR/nbd-raw" "$sock" drain base 16 1.5 > "$drain_log.unix" 2>&1 &
+drain_unix=$!
+"$TEST_TOOLS_DIR/nbd-raw" "127.0.0.1:$port" drain base 16 1.5 \
+    > "$drain_log.tcp" 2>&1 &
+drain_tcp=$!
+for (( i = 0; i < 100; ++i )); do
+    [ "$(cat "$drain_log.unix" "$drain_log.tcp" 2>/dev/null |
+         grep -c '^drain: sent')" -eq 2 ] && break
+    sleep 0.05
+done
+sleep 0.3 # the first replies fill the sockets, the rest are parked
 stop_thunderd
+wait "$drain_unix" || fail "SIGTERM, Unix client: $(cat "$drain_log.unix")"
+wait "$drain_tcp" || fail "SIGTERM, TCP client: $(cat "$drain_log.tcp")"
+cat "$drain_log.unix" "$drain_log.tcp"
 [ "$thunderd_status" -eq 0 ] ||
     fail "thunderd exited with status $thunderd_status after SIGTERM, want 0"
 [ ! -e "$sock" ] || fail "thunderd left its socket $sock behind after SIGTERM"

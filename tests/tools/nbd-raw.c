@@ -45,6 +45,15 @@
  *                        must be closed without a byte within 2 s; then the
  *                        N must be closed by the server within SECONDS, and
  *                        the M must still serve a READ
+ *   drain NAME N SECONDS
+ *                        a connection with a 64 KiB receive buffer sends N
+ *                        READs of 1 MiB and reads nothing for SECONDS (the
+ *                        test stops the server meanwhile: the replies it
+ *                        could not send are parked); then it reads: every
+ *                        reply must be whole and without error, and the
+ *                        stream must end with end of file, not a reset (a
+ *                        reset may discard reply bytes the server sent);
+ *                        prints how many replies came
  */
 #include <arpa/inet.h>
 #include <endian.h>
@@ -1118,6 +1127,90 @@ do_idle_open (const char *name, double seconds)
   return 0;
 }
 
+/* Reads exactly len bytes; 1: read, 0: end of file before the first byte,
+ * -1: a reset before the first byte; fails on a timeout, or on end of
+ * file or a reset part way (a cut reply). */
+static int
+read_whole_or_end (int fd, void *buf, size_t len, const char *what)
+{
+  size_t got = 0;
+
+  while (got < len) {
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    int r = poll (&pfd, 1, TIMEOUT_MS);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1)
+      fail ("poll: %m");
+    if (r == 0)
+      fail ("%s: nothing for %d ms", what, TIMEOUT_MS);
+    ssize_t n = read (fd, (char *) buf + got, len - got);
+    if (n == -1 && (errno == EINTR || errno == EAGAIN))
+      continue;
+    if (n > 0) {
+      got += n;
+      continue;
+    }
+    if (n == -1 && errno != ECONNRESET)
+      fail ("%s: read: %m", what);
+    if (got > 0)
+      fail ("%s: cut after %zu of %zu bytes by %s", what, got, len,
+            n == 0 ? "end of file" : "a reset");
+    return n == 0 ? 0 : -1;
+  }
+  return 1;
+}
+
+static int
+do_drain (const char *name, unsigned n, double seconds)
+{
+  static char data[1024 * 1024];
+  int fd = conn_open ();
+  int rcv = 64 * 1024;
+
+  /* Small, so that the replies fill it and the server parks the rest. */
+  if (setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == -1)
+    fail ("SO_RCVBUF: %m");
+  uint64_t size = handshake (fd, name);
+  if (size < sizeof data)
+    fail ("drain: export %s is smaller than 1 MiB", name);
+  unsigned nblk = (unsigned) (size / sizeof data);
+  for (unsigned i = 0; i < n; i++)
+    send_request (fd, CMD_READ, i, (uint64_t) (i % nblk) * sizeof data,
+                  sizeof data);
+  printf ("drain: sent %u READs of 1 MiB, reading nothing for %.1f s\n", n,
+          seconds);
+  usleep ((useconds_t) (seconds * 1e6));
+  unsigned got = 0;
+  for (;;) {
+    unsigned char r[16];
+    uint32_t m, e;
+    uint64_t h;
+    int w = read_whole_or_end (fd, r, sizeof r, "reply header");
+    if (w == -1)
+      fail ("drain: the connection was reset after %u whole replies (not "
+            "ended: reply bytes sent may be lost)", got);
+    if (w == 0)
+      break;
+    memcpy (&m, r, 4);
+    memcpy (&e, r + 4, 4);
+    memcpy (&h, r + 8, 8);
+    if (be32toh (m) != MAGIC_SIMPLE_REPLY || be64toh (h) >= n)
+      fail ("drain: reply %u: magic 0x%08x handle %" PRIu64, got,
+            be32toh (m), be64toh (h));
+    if (e != 0)
+      fail ("drain: reply %u: error %u", got, be32toh (e));
+    if (read_whole_or_end (fd, data, sizeof data, "reply data") != 1)
+      fail ("drain: reply %u: header without data", got);
+    got++;
+    if (got == n)
+      break;
+  }
+  printf ("drain: %u of %u replies whole, then end of file\n", got, n);
+  close (fd);
+  return 0;
+}
+
 static void
 usage (void)
 {
@@ -1129,7 +1222,7 @@ usage (void)
            "  opt OPTION LEN | opt-length LEN | idle SECONDS |\n"
            "  cap N SECONDS [NAME M] | pipeline NAME C R SECONDS |\n"
            "  hold NAME N SECONDS | half-open N SECONDS | first-read NAME |\n"
-           "  idle-open NAME SECONDS\n");
+           "  idle-open NAME SECONDS | drain NAME N SECONDS\n");
   exit (2);
 }
 
@@ -1185,5 +1278,7 @@ main (int argc, char **argv)
     return do_first_read (a[0]);
   if (!strcmp (s, "idle-open") && nargs == 2)
     return do_idle_open (a[0], strtod (a[1], NULL));
+  if (!strcmp (s, "drain") && nargs == 3)
+    return do_drain (a[0], parse_num (a[1], "count"), strtod (a[2], NULL));
   usage ();
 }
