@@ -117,10 +117,12 @@ tls_write(gnutls_session_t s, const void *buf, size_t n)
 }
 
 /* Connects, upgrades with NBD_OPT_STARTTLS to TLS 1.3 and opens export
- * (at least nblocks MiB); *fdp: the socket. */
+ * (at least nblocks MiB); *fdp: the socket, *credp: the session's
+ * credentials. */
 static gnutls_session_t
 open_session(const char *host, const char *port, const char *export,
-             size_t nblocks, const char *pki, int *fdp)
+             size_t nblocks, const char *pki, int *fdp,
+             gnutls_certificate_credentials_t *credp)
 {
   struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
   int e = getaddrinfo(host, port, &hints, &ai);
@@ -191,6 +193,7 @@ open_session(const char *host, const char *port, const char *export,
     die("export %s: %llu bytes, less than the image", export,
         (unsigned long long)be64toh(size));
   *fdp = fd;
+  *credp = cred;
   return s;
 }
 
@@ -251,8 +254,10 @@ coalesced(const char *host, const char *port, const char *export,
           unsigned rounds)
 {
   int fd;
+  gnutls_certificate_credentials_t cred;
   alarm(60);
-  gnutls_session_t s = open_session(host, port, export, nblocks, pki, &fd);
+  gnutls_session_t s = open_session(host, port, export, nblocks, pki, &fd,
+                                    &cred);
   signal(SIGALRM, coalesced_timeout);
   static unsigned char data[4096];
   for (unsigned k = 0; k < rounds; k++) {
@@ -279,6 +284,9 @@ coalesced(const char *host, const char *port, const char *export,
   }
   printf("coalesced: %u\n", rounds);
   gnutls_bye(s, GNUTLS_SHUT_WR);
+  gnutls_deinit(s);
+  gnutls_certificate_free_credentials(cred);
+  close(fd);
 }
 
 /* One connection; returns through exit(): 0 and "REPLIES KEYUPDATES" on
@@ -290,7 +298,9 @@ connection(const char *host, const char *port, const char *export,
 {
   alarm(60);
   int fd;
-  gnutls_session_t s = open_session(host, port, export, nblocks, pki, &fd);
+  gnutls_certificate_credentials_t cred;
+  gnutls_session_t s = open_session(host, port, export, nblocks, pki, &fd,
+                                    &cred);
   int r;
   static unsigned char data[MIB];
   unsigned long replies = 0, kus = 0;
@@ -372,6 +382,7 @@ main(int argc, char **argv)
   if (coalesce) {
     coalesced(argv[1], argv[2], argv[3], img, nblocks, argv[5],
               (unsigned)ms);
+    free(img);
     return 0;
   }
   int pipefd[2];
