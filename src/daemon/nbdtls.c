@@ -129,6 +129,7 @@ struct nbdtls_session {
   size_t in_off, in_len;
   bool in_stale;             /* a whole record in it gave nothing: do not
                               * count it as pending until the next read */
+  uint64_t pulled;           /* bytes pull has given GnuTLS, ever */
   /* The batch being sent (see BATCH_RECORDS); only the sender touches
    * it: the receiver never writes (see "Threads" above).  out[first..n)
    * are not yet wholly written; out_off bytes of out[first] are. */
@@ -236,12 +237,15 @@ pull(gnutls_transport_ptr_t p, void *buf, size_t len)
     size_t n = s->in_len - s->in_off < len ? s->in_len - s->in_off : len;
     memcpy(buf, s->in + s->in_off, n);
     s->in_off += n;
+    s->pulled += n;
     return (ssize_t)n;
   }
   ssize_t r = recv(s->fd, buf, len, s->rflags);
   if (r == -1)
     gnutls_transport_set_errno(s->session,
                                errno == EWOULDBLOCK ? EAGAIN : errno);
+  if (r > 0)
+    s->pulled += (size_t)r;
   return r;
 }
 
@@ -256,20 +260,27 @@ in_has_record(const struct nbdtls_session *s)
   return avail >= RECORD_HEADER + ((size_t)h[3] << 8 | h[4]);
 }
 
-/* After a GnuTLS call that may have pulled: frees s->in once emptied.
- * The caller holds s->lock. */
-static void
-in_settle(struct nbdtls_session *s, ssize_t r)
+/* After gnutls_record_recv returned r, having pulled bytes or not
+ * (progress): frees s->in once emptied.  Returns whether to call it again:
+ * GNUTLS_E_AGAIN after a record that carried no data (a TLS 1.3
+ * KeyUpdate: gnutls_record_recv handles it and returns GNUTLS_E_AGAIN)
+ * while s->in holds a whole record more -- bytes epoll will never report,
+ * so the caller must not wait for them.  The caller holds s->lock. */
+static bool
+in_settle(struct nbdtls_session *s, ssize_t r, bool progress)
 {
   if (s->in_off == s->in_len) {
     free(s->in);
     s->in = NULL;
     s->in_off = s->in_len = 0;
   } else if (r == GNUTLS_E_AGAIN && in_has_record(s)) {
+    if (progress)
+      return true; /* each call takes a record: bounded by s->in */
     /* Never seen (pull says EAGAIN only with s->in empty); were it so,
      * counting the record as pending would spin the event loop. */
     s->in_stale = true;
   }
+  return false;
 }
 
 static ssize_t
@@ -391,8 +402,11 @@ nbdtls_recv(struct nbdtls_session *s, void *buf, size_t len, int flags)
   for (;;) {
     pthread_mutex_lock(&s->lock);
     s->rflags = MSG_DONTWAIT;
-    r = gnutls_record_recv(s->session, buf, len);
-    in_settle(s, r);
+    uint64_t pulled;
+    do {
+      pulled = s->pulled;
+      r = gnutls_record_recv(s->session, buf, len);
+    } while (in_settle(s, r, s->pulled != pulled));
     pthread_mutex_unlock(&s->lock);
     /* GNUTLS_E_AGAIN also after a KeyUpdate alone was read: then the
      * socket may have nothing more, and a blocking caller waits. */

@@ -12,6 +12,8 @@
 #    (and thunderd's log says why);
 #  - a slow reader over TLS (the server's sends stop part way through a
 #    batch of records) gets the image's bytes;
+#  - a KeyUpdate and a request read ahead together: the request is
+#    answered;
 #  - 160 slow TLS readers hold thunderd's memory within the reply budget
 #    (the TLS records waiting to be sent count in it);
 #  - with on, plaintext and TLS clients are both served; many reads in
@@ -168,6 +170,16 @@ out=$("$TEST_TOOLS_DIR/nbd-tls-keyupdate" 127.0.0.1 "${o##*:}" img \
 grep -Eq '^ok: 16 connections over TLS1.3, [0-9]+ replies of 1 MiB, [1-9][0-9]* key updates$' <<<"$out" ||
     fail "TLS 1.3 key updates while replies stream: $out"
 echo "key updates: $out"
+# A KeyUpdate and a request in one TCP segment: the server's read-ahead
+# takes both records at once; GnuTLS handles the KeyUpdate and returns
+# GNUTLS_E_AGAIN, and the request record, out of epoll's sight in the
+# read-ahead buffer, must still be answered (it stalled: in_settle marked
+# it stale and the reader waited for EPOLLIN).  6 rounds: GnuTLS ends a
+# connection after 8 key updates within a second.
+out=$(timeout 30 "$TEST_TOOLS_DIR/nbd-tls-keyupdate" --coalesced 127.0.0.1 \
+      "${o##*:}" img "$images/img.raw" "$pki/op" 1 6 2>&1) ||
+    fail "a KeyUpdate and a request in one segment: $out"
+[ "$out" = "coalesced: 6" ] || fail "a KeyUpdate and a request in one segment: $out"
 if command -v qemu-img >/dev/null; then
     set +e
     out=$(qemu-img info --image-opts "driver=nbd,host=127.0.0.1,port=${n2##*:},export=img" 2>&1)

@@ -15,14 +15,25 @@
  * Prints "ok: C connections over TLS1.3, R replies of 1 MiB, K key
  * updates" and exits 0, or says what failed on stderr and exits 1.  A
  * connection gives up after 60 s (alarm). GnuTLS is used as a client
- * here because libnbd cannot send key updates. */
+ * here because libnbd cannot send key updates.
+ *
+ *   nbd-tls-keyupdate --coalesced HOST PORT EXPORT IMAGE PKI-DIR 1 ROUNDS
+ *
+ * One connection, ROUNDS times: a KeyUpdate and a 4 KiB read request sent
+ * in one TCP segment (TCP_CORK), so the server reads both records in one
+ * recv(2); the reply must come within 5 s and equal IMAGE's bytes.
+ * Prints "coalesced: ROUNDS".  At most 6 rounds (GnuTLS ends a connection
+ * after 8 key updates within a second). */
 #include <arpa/inet.h>
 #include <endian.h>
 #include <errno.h>
 #include <gnutls/gnutls.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,14 +116,14 @@ tls_write(gnutls_session_t s, const void *buf, size_t n)
   }
 }
 
-/* One connection; returns through exit(): 0 and "REPLIES KEYUPDATES" on
- * stdout. */
-static void
-connection(const char *host, const char *port, const char *export,
-           const unsigned char *img, size_t nblocks, const char *pki,
-           int64_t ms)
+/* Connects, upgrades with NBD_OPT_STARTTLS to TLS 1.3 and opens export
+ * (at least nblocks MiB); *fdp: the socket, *credp: the session's
+ * credentials. */
+static gnutls_session_t
+open_session(const char *host, const char *port, const char *export,
+             size_t nblocks, const char *pki, int *fdp,
+             gnutls_certificate_credentials_t *credp)
 {
-  alarm(60);
   struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
   int e = getaddrinfo(host, port, &hints, &ai);
   if (e != 0)
@@ -181,21 +192,122 @@ connection(const char *host, const char *port, const char *export,
   if (be64toh(size) < nblocks * MIB)
     die("export %s: %llu bytes, less than the image", export,
         (unsigned long long)be64toh(size));
+  *fdp = fd;
+  *credp = cred;
+  return s;
+}
 
+/* NBD_CMD_READ of len bytes at offset, cookie as given. */
+static void
+send_read(gnutls_session_t s, uint64_t cookie, uint64_t offset, uint32_t len)
+{
+  struct __attribute__((packed)) {
+    uint32_t magic;
+    uint16_t flags, type;
+    uint64_t cookie, offset;
+    uint32_t len;
+  } q = { htonl(0x25609513), 0, 0, htobe64(cookie), htobe64(offset),
+          htonl(len) };
+  tls_write(s, &q, sizeof q);
+}
+
+/* Reads a simple reply's header; dies unless it is a success for a
+ * cookie below ncookies.  Returns the cookie. */
+static uint64_t
+read_reply_header(gnutls_session_t s, uint64_t ncookies, unsigned round)
+{
+  unsigned char h[16];
+  tls_read(s, h, sizeof h, "reply header");
+  uint32_t magic, err;
+  uint64_t cookie;
+  memcpy(&magic, h, 4);
+  memcpy(&err, h + 4, 4);
+  memcpy(&cookie, h + 8, 8);
+  cookie = be64toh(cookie);
+  if (ntohl(magic) != 0x67446698 || err != 0 || cookie >= ncookies)
+    die("round %u: bad reply (magic 0x%x, error %u, cookie %llu)", round,
+        ntohl(magic), ntohl(err), (unsigned long long)cookie);
+  return cookie;
+}
+
+static unsigned coalesced_round;
+
+static void
+coalesced_timeout(int sig)
+{
+  (void)sig;
+  char m[128];
+  int n = snprintf(m, sizeof m, "nbd-tls-keyupdate: round %u: no reply"
+                   " within 5 s of a KeyUpdate and a request sent"
+                   " together\n", coalesced_round);
+  if (write(STDERR_FILENO, m, (size_t)n) < 0)
+    _exit(1);
+  _exit(1);
+}
+
+/* --coalesced: ROUNDS times, a KeyUpdate and a 4 KiB read request in one
+ * TCP segment (TCP_CORK), so the server reads both records at once; the
+ * reply must come within 5 s (SIGALRM).  Prints "coalesced: ROUNDS". */
+static void
+coalesced(const char *host, const char *port, const char *export,
+          const unsigned char *img, size_t nblocks, const char *pki,
+          unsigned rounds)
+{
+  int fd;
+  gnutls_certificate_credentials_t cred;
+  alarm(60);
+  gnutls_session_t s = open_session(host, port, export, nblocks, pki, &fd,
+                                    &cred);
+  signal(SIGALRM, coalesced_timeout);
+  static unsigned char data[4096];
+  for (unsigned k = 0; k < rounds; k++) {
+    coalesced_round = k;
+    int on = 1, off = 0;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == -1)
+      die("TCP_CORK: %s", strerror(errno));
+    int r;
+    do
+      r = gnutls_session_key_update(s, 0);
+    while (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED);
+    if (r < 0)
+      die("key update: %s", gnutls_strerror(r));
+    uint64_t at = (uint64_t)k * 4096 % (nblocks * MIB);
+    send_read(s, 0, at, sizeof data);
+    if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off) == -1)
+      die("TCP_CORK: %s", strerror(errno));
+    alarm(5);
+    read_reply_header(s, 1, k);
+    tls_read(s, data, sizeof data, "reply data");
+    alarm(0);
+    if (memcmp(data, img + at, sizeof data) != 0)
+      die("round %u: the reply differs from the image", k);
+  }
+  printf("coalesced: %u\n", rounds);
+  gnutls_bye(s, GNUTLS_SHUT_WR);
+  gnutls_deinit(s);
+  gnutls_certificate_free_credentials(cred);
+  close(fd);
+}
+
+/* One connection; returns through exit(): 0 and "REPLIES KEYUPDATES" on
+ * stdout. */
+static void
+connection(const char *host, const char *port, const char *export,
+           const unsigned char *img, size_t nblocks, const char *pki,
+           int64_t ms)
+{
+  alarm(60);
+  int fd;
+  gnutls_certificate_credentials_t cred;
+  gnutls_session_t s = open_session(host, port, export, nblocks, pki, &fd,
+                                    &cred);
+  int r;
   static unsigned char data[MIB];
   unsigned long replies = 0, kus = 0;
   int64_t start = clock_mono_ms(), last_ku = start - KU_GAP_MS;
   for (unsigned k = 0; clock_mono_ms() - start < ms; k++) {
-    for (unsigned i = 0; i < IN_FLIGHT; i++) {
-      struct __attribute__((packed)) {
-        uint32_t magic;
-        uint16_t flags, type;
-        uint64_t cookie, offset;
-        uint32_t len;
-      } q = { htonl(0x25609513), 0, 0, htobe64(i),
-              htobe64((uint64_t)((i + k) % nblocks) * MIB), htonl(MIB) };
-      tls_write(s, &q, sizeof q);
-    }
+    for (unsigned i = 0; i < IN_FLIGHT; i++)
+      send_read(s, i, (uint64_t)((i + k) % nblocks) * MIB, MIB);
     for (unsigned i = 0; i < IN_FLIGHT; i++) {
       /* While at least 2 more replies are to come (the server is
        * encrypting or sending them). */
@@ -208,17 +320,7 @@ connection(const char *host, const char *port, const char *export,
         last_ku = clock_mono_ms();
         kus++;
       }
-      unsigned char h[16];
-      tls_read(s, h, sizeof h, "reply header");
-      uint32_t magic, err;
-      uint64_t cookie;
-      memcpy(&magic, h, 4);
-      memcpy(&err, h + 4, 4);
-      memcpy(&cookie, h + 8, 8);
-      cookie = be64toh(cookie);
-      if (ntohl(magic) != 0x67446698 || err != 0 || cookie >= IN_FLIGHT)
-        die("round %u: bad reply (magic 0x%x, error %u, cookie %llu)", k,
-            ntohl(magic), ntohl(err), (unsigned long long)cookie);
+      uint64_t cookie = read_reply_header(s, IN_FLIGHT, k);
       tls_read(s, data, sizeof data, "reply data");
       size_t blk = (size_t)((cookie + k) % nblocks);
       if (memcmp(data, img + blk * MIB, MIB) != 0)
@@ -236,13 +338,24 @@ connection(const char *host, const char *port, const char *export,
 int
 main(int argc, char **argv)
 {
+  bool coalesce = argc > 1 && strcmp(argv[1], "--coalesced") == 0;
+  if (coalesce) {
+    argv++;
+    argc--;
+  }
   if (argc != 8) {
-    fprintf(stderr, "usage: nbd-tls-keyupdate HOST PORT EXPORT IMAGE"
-            " PKI-DIR CONNECTIONS MS\n");
+    fprintf(stderr, "usage: nbd-tls-keyupdate [--coalesced] HOST PORT"
+            " EXPORT IMAGE PKI-DIR CONNECTIONS MS|ROUNDS\n");
     return 2;
   }
   int nconn = atoi(argv[6]);
   int64_t ms = atoll(argv[7]);
+  if (coalesce && (nconn != 1 || ms > 6)) {
+    /* GnuTLS ends a connection after 8 key updates within 1000 ms. */
+    fprintf(stderr, "nbd-tls-keyupdate: --coalesced: 1 connection, 1-6"
+            " rounds\n");
+    return 2;
+  }
   if (nconn < 1 || nconn > 64 || ms < 1) {
     fprintf(stderr, "nbd-tls-keyupdate: CONNECTIONS 1-64, MS > 0\n");
     return 2;
@@ -266,6 +379,12 @@ main(int argc, char **argv)
   fclose(f);
 
   signal(SIGPIPE, SIG_IGN); /* a closed connection is told as an error */
+  if (coalesce) {
+    coalesced(argv[1], argv[2], argv[3], img, nblocks, argv[5],
+              (unsigned)ms);
+    free(img);
+    return 0;
+  }
   int pipefd[2];
   if (pipe(pipefd) == -1)
     return 1;
