@@ -547,13 +547,15 @@ cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
 
 ssize_t
 cachemgr_read_run(struct cachever *cv, uint64_t first, uint32_t off,
-                  size_t len, void *buf, bool local, int *err)
+                  size_t len, void *buf, bool local, uint64_t *nblocks,
+                  int *err)
 {
+  *nblocks = 0;
   ssize_t n = blkcache_read_run(cv->bc, first, off, len, buf, err);
   if (n > 0) {
-    uint64_t end = first + (off + (uint64_t)n + cv->m->block_size - 1) /
-                               cv->m->block_size;
-    for (uint64_t b = first; b < end; b++) {
+    *nblocks = (off + (uint64_t)n + cv->m->block_size - 1) /
+               cv->m->block_size;
+    for (uint64_t b = first; b < first + *nblocks; b++) {
       if (local)
         lru_touch_local(cv->lru, b);
       else

@@ -102,9 +102,11 @@ int cachemgr_read(struct cachever *cv, uint64_t idx, void *buf, uint32_t off,
 
 /* blkcache_read_run of this version's cache (the blocks read are touched
  * as cachemgr_read does): bytes read from offset off inside block first
- * on, 0 when block first is not verified in the cache, -1 with *err. */
+ * on, and in *nblocks the blocks they touch; 0 when block first is not
+ * verified in the cache, -1 with *err. */
 ssize_t cachemgr_read_run(struct cachever *cv, uint64_t first, uint32_t off,
-                          size_t len, void *buf, bool local, int *err);
+                          size_t len, void *buf, bool local,
+                          uint64_t *nblocks, int *err);
 
 /* Single flight across versions (flight.h): before fetching block idx,
  * begin its flight.  *own: fetch it, then cachemgr_flight_done and

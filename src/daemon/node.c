@@ -335,15 +335,15 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
     if (b < last) {
       /* The cached blocks from b on in one pread (issue 17: a pread per
        * block was 16 system calls per 1 MiB read). */
+      uint64_t nblk;
       ssize_t got = cachemgr_read_run(img->cv, b, pt.in_block,
-                                      len - pt.in_buf, dst, local, err);
+                                      len - pt.in_buf, dst, local, &nblk,
+                                      err);
       if (got < 0) {
         r = -1;
         break;
       }
       if (got > 0) {
-        uint64_t nblk = (pt.in_block + (uint64_t)got + m->block_size - 1) /
-                        m->block_size;
         atomic_fetch_add_explicit(&img->hits, nblk, memory_order_relaxed);
         b += nblk - 1;
         continue;
