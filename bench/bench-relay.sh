@@ -12,19 +12,27 @@
 #                stime from /proc/PID/stat) per GiB; the origin's too.
 #   cached       the same node, its cache now full: one more full read.
 #   nbdkit file  `nbdkit --readonly file` on the image file: the same read.
+#   floor        bench/relayfloor: the same GiB relayed by the least a relay
+#                must do, in one thread with no protocol: recv from
+#                loopback TCP, SHA-256 per block (nettle), pwrite into a
+#                sparse cache file, send to a Unix socket; fdatasync.  Run
+#                after each cold relay, so both see the same load.
 #   SHA-256      bench/shacost: the image hashed block by block with nettle
 #                (the library thunder uses), CPU inside the hash only; and
 #                `openssl dgst -sha256` on the file (user + system CPU,
 #                reading included).  The file is in the page cache.
 #
 # Ratios: cold relay / nettle hash (target <= 1.5; also shown against
-# OpenSSL), cached / nbdkit file (target <= 1.0).  Each figure is the
+# OpenSSL), cached / nbdkit file (target <= 1.0); for information the
+# floor / nettle hash (what this host allows at best) and cold relay /
+# floor (thunderd's own overhead).  Each figure is the
 # median of BENCH_RUNS runs (fresh node and empty cache per cold run).
 #
 # Environment:
 #   THUNDERD         default ./build/src/daemon/thunderd
 #   THUNDERCTL       default ./build/src/cli/thunderctl
 #   SHACOST          default ./build/bench/shacost
+#   RELAYFLOOR       default ./build/bench/relayfloor
 #   NBDKIT           default nbdkit
 #   NBDCOPY          default nbdcopy
 #   BENCH_IMAGE_MB   image size in MiB (default 1024)
@@ -39,6 +47,9 @@
 #                    alike)
 #   BENCH_PERF       a file: `perf record -g` the node during the last cold
 #                    relay into it (perf must be installed)
+#   BENCH_PERF_STAT  a file: `perf stat` of the node during the last cold relay
+#                    into it (context switches, page faults, system calls;
+#                    BENCH_PERF_EVENTS: other events, perf stat -e syntax)
 #   BENCH_TMPDIR     where the temporary directory goes (default /var/tmp)
 #   BENCH_KEEP       1: keep the temporary directory at the end
 #
@@ -49,12 +60,14 @@ set -euo pipefail
 thunderd=${THUNDERD:-./build/src/daemon/thunderd}
 thunderctl=${THUNDERCTL:-./build/src/cli/thunderctl}
 shacost=${SHACOST:-./build/bench/shacost}
+relayfloor=${RELAYFLOOR:-./build/bench/relayfloor}
 nbdkit=${NBDKIT:-nbdkit}
 nbdcopy=${NBDCOPY:-nbdcopy}
 image_mb=${BENCH_IMAGE_MB:-1024}
 runs=${BENCH_RUNS:-3}
 read -r -a copy_args <<< "${BENCH_COPY_ARGS:---connections=1 --requests=16 --request-size=1048576}"
 perf_out=${BENCH_PERF:-}
+perf_stat_out=${BENCH_PERF_STAT:-}
 name=benchimg
 
 die() { echo "bench-relay: $*" >&2; exit 1; }
@@ -65,10 +78,12 @@ note() { echo "bench-relay: $*" >&2; }
 [[ -x $thunderd ]] || die "$thunderd: not executable; build first (ninja -C build) or set THUNDERD"
 [[ -x $thunderctl ]] || die "$thunderctl: not executable; build first or set THUNDERCTL"
 [[ -x $shacost ]] || die "$shacost: not executable; build it (ninja -C build bench/shacost) or set SHACOST"
+[[ -x $relayfloor ]] || die "$relayfloor: not executable; build it (ninja -C build bench/relayfloor) or set RELAYFLOOR"
 for prog in "$nbdcopy" "$nbdkit" openssl curl jq; do
     command -v "$prog" >/dev/null || die "$prog: not found (apt-get install libnbd-bin nbdkit openssl curl jq)"
 done
 [[ -z $perf_out ]] || command -v perf >/dev/null || die "BENCH_PERF: perf not found"
+[[ -z $perf_stat_out ]] || command -v perf >/dev/null || die "BENCH_PERF_STAT: perf not found"
 thunderd=$(readlink -f -- "$thunderd")
 before_bin=${THUNDERD_BEFORE:-}
 if [[ -n $before_bin ]]; then
@@ -77,6 +92,7 @@ if [[ -n $before_bin ]]; then
 fi
 thunderctl=$(readlink -f -- "$thunderctl")
 shacost=$(readlink -f -- "$shacost")
+relayfloor=$(readlink -f -- "$relayfloor")
 
 tmp=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/bench-relay.XXXXXX")
 chmod 0755 "$tmp"
@@ -214,7 +230,7 @@ declare -A cold=() cold_origin=() cold_s=() cached=() cached_s=()   # "SIDE" -> 
 # relay SIDE BIN I: one cold relay and one cached read through a fresh node
 # running BIN, appended to the lists of SIDE.
 relay() {
-    local side=$1 bin=$2 i=$3 out c o s perf_pid=
+    local side=$1 bin=$2 i=$3 out c o s perf_pid= stat_pid=
     stop n1
     rm -rf "$tmp/cache-n1"
     sync -f "$tmp"
@@ -227,8 +243,15 @@ relay() {
         perf_pid=$!
         sleep 0.5
     fi
+    if [[ -n $perf_stat_out && $side == after ]] && (( i == runs - 1 )); then
+        perf stat -e "${BENCH_PERF_EVENTS:-task-clock,context-switches,page-faults,raw_syscalls:sys_enter}" \
+            -o "$perf_stat_out" -p "${pid_of[n1]}" > /dev/null 2>&1 &
+        stat_pid=$!
+        sleep 0.5
+    fi
     read -r c o s <<< "$(read_cpu n1 origin)"
     if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+    if [[ -n $stat_pid ]]; then kill -INT "$stat_pid"; wait "$stat_pid" || true; fi
     cold[$side]+=" $c"; cold_origin[$side]+=" $o"; cold_s[$side]+=" $s"
     local cc cs
     read -r cc _ cs <<< "$(read_cpu n1)"
@@ -244,7 +267,18 @@ relay() {
     fi
     stop n1
 }
+declare -a floor=() floor_move=()
+# relay_floor: one run of relayfloor on the image; appends its "+cache"
+# and "move" CPU-s/GiB.
+relay_floor() {
+    local out
+    out=$("$relayfloor" "$file" "$tmp" "$block_size") || die "relayfloor failed"
+    floor+=("$(awk '$1 == "+cache" { print $2 }' <<< "$out")")
+    floor_move+=("$(awk '$1 == "move" { print $2 }' <<< "$out")")
+    note "  floor: +cache ${floor[-1]} CPU-s/GiB (recv + send alone ${floor_move[-1]})"
+}
 for ((i = 0; i < runs; i++)); do
+    relay_floor
     if [[ -z $before_bin ]]; then
         relay after "$thunderd" "$i"
     elif (( i % 2 == 0 )); then
@@ -275,6 +309,7 @@ busy_after=$(cpu_busy_pct)
 m_nettle=$(median "${nettle[@]}"); m_ssl=$(median "${ssl[@]}")
 m_cold=$(median "${cold[after]}"); m_origin=$(median "${cold_origin[after]}")
 m_cached=$(median "${cached[after]}"); m_kit=$(median "${kit[@]}")
+m_floor=$(median "${floor[@]}"); m_move=$(median "${floor_move[@]}")
 echo
 echo "thunder relay CPU benchmark ($(date -u +%Y-%m-%dT%H:%MZ)); image $image_mb MiB, blocks of $block_size bytes; $(nproc) CPUs"
 echo "other load: load average $load_before before; CPUs ${busy_before}% busy in the second before the runs, ${busy_after}% after"
@@ -283,6 +318,8 @@ echo
 printf '%-46s %10s %8s\n' measurement CPU-s/GiB seconds
 printf '%-46s %10.3f %8s\n' "SHA-256, nettle (hash only)" "$m_nettle" -
 printf '%-46s %10.3f %8s\n' "SHA-256, openssl dgst (with reading)" "$m_ssl" -
+printf '%-46s %10.3f %8s\n' "floor: recv + SHA-256 + pwrite + send" "$m_floor" -
+printf '%-46s %10.3f %8s\n' "  floor's recv + send alone" "$m_move" -
 printf '%-46s %10.3f %8.2f\n' "node, cold relay (origin -> node -> nbdcopy)" "$m_cold" "$(median "${cold_s[after]}")"
 printf '%-46s %10.3f %8s\n' "  origin during the cold relay" "$m_origin" -
 printf '%-46s %10.3f %8.2f\n' "node, cached serving" "$m_cached" "$(median "${cached_s[after]}")"
@@ -307,6 +344,8 @@ ratio() {   # LABEL NUM DEN TARGET ("-": information only)
 }
 ratio "cold relay / SHA-256 (nettle)" "$m_cold" "$m_nettle" 1.5
 ratio "cold relay / SHA-256 (openssl)" "$m_cold" "$m_ssl" -
+ratio "floor / SHA-256 (nettle)" "$m_floor" "$m_nettle" -
+ratio "cold relay / floor" "$m_cold" "$m_floor" -
 ratio "cached / nbdkit file" "$m_cached" "$m_kit" 1.0
 if [[ -n $before_bin ]]; then
     ratio "cold relay: after / before" "$m_cold" "$b_cold" -

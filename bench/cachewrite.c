@@ -24,26 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
-static double
-cpu_s(void)
-{
-  struct rusage u;
-  getrusage(RUSAGE_SELF, &u);
-  return (double)(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-
-static double
-wall_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "cputime.h"
 
 static int
 run(const char *dir, const char *mode, size_t total, size_t bs, void *buf,
@@ -69,7 +52,7 @@ run(const char *dir, const char *mode, size_t total, size_t bs, void *buf,
     fprintf(stderr, "cachewrite: %s: fallocate: %s\n", path, strerror(errno));
     goto out;
   }
-  double c0 = cpu_s(), w0 = wall_s();
+  double c0 = process_cpu_s(), w0 = monotonic_s();
   bool each = strcmp(mode, "falloc1") == 0;
   for (size_t off = 0; off < total; off += bs)
     if ((each && fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)bs) < 0) ||
@@ -78,12 +61,12 @@ run(const char *dir, const char *mode, size_t total, size_t bs, void *buf,
               strerror(errno));
       goto out;
     }
-  double c1 = cpu_s(), w1 = wall_s();
+  double c1 = process_cpu_s(), w1 = monotonic_s();
   if (fdatasync(fd) < 0) {
     fprintf(stderr, "cachewrite: %s: fdatasync: %s\n", path, strerror(errno));
     goto out;
   }
-  double c2 = cpu_s(), w2 = wall_s();
+  double c2 = process_cpu_s(), w2 = monotonic_s();
   double per_gib = (double)(1u << 30) / (double)total;
   *write_cpu = (c1 - c0) * per_gib;
   printf("%-8s %10.3f %10.3f %10.3f %10.3f", mode, *write_cpu,

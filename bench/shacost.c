@@ -20,15 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cputime.h"
 #include "digest.h"
-
-static double
-thread_cpu(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 int
 main(int argc, char **argv)
@@ -73,9 +66,9 @@ main(int argc, char **argv)
     }
     if (have == 0)
       break;
-    double t0 = thread_cpu();
+    double t0 = thread_cpu_s();
     digest_sha256(buf, have, d);
-    hash_s += thread_cpu() - t0;
+    hash_s += thread_cpu_s() - t0;
     total += have;
   }
   close(fd);
