@@ -142,7 +142,7 @@ struct fetch_group;
  * waits for are merged with each other, and prefetches with prefetches,
  * so a read never waits for a readahead block's bytes. */
 #define BATCH_BYTES (256u * 1024)
-/* Spare batch buffers a fetcher keeps (beyond that they are freed). */
+/* Spare read buffers kept process-wide (beyond that they are freed). */
 #define SPARE_BUFS_MAX 16
 
 /* A buffer one NBD read fills: requests point into it, one reference
@@ -152,13 +152,12 @@ struct fetch_group;
  * (no page faults and no malloc of 256 KiB per read). */
 struct fetch_buf {
   _Atomic unsigned refs;
-  bool full;              /* batch_blocks blocks long: may be a spare */
   size_t size;            /* bytes of data */
   struct fetch_buf *next; /* on spares */
   char data[];
 };
 
-/* Spare batch buffers of all fetchers (exact sizes are reused). */
+/* Spare read buffers of all fetchers (exact sizes are reused). */
 static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct fetch_buf *spares;
 static size_t nspares;
@@ -171,16 +170,14 @@ buf_put(struct fetch_buf *b)
 {
   if (b == NULL || atomic_fetch_sub(&b->refs, 1) != 1)
     return;
-  if (b->full) {
-    pthread_mutex_lock(&spare_lock);
-    if (nspares < SPARE_BUFS_MAX) {
-      b->next = spares;
-      spares = b;
-      nspares++;
-      b = NULL;
-    }
-    pthread_mutex_unlock(&spare_lock);
+  pthread_mutex_lock(&spare_lock);
+  if (nspares < SPARE_BUFS_MAX) {
+    b->next = spares;
+    spares = b;
+    nspares++;
+    b = NULL;
   }
+  pthread_mutex_unlock(&spare_lock);
   free(b);
 }
 
@@ -246,6 +243,7 @@ struct conn {
   struct fetch_req *qhead, *qtail;
   unsigned load; /* requests queued or issued here */
   bool kicked;   /* wake_fd written since the thread last looked */
+  bool kick_deferred; /* work queued by a plugged thread (fetch_plug) */
   /* The I/O thread's own: */
   struct nbd_handle *h;
   bool ready;               /* h finished its handshake */
@@ -501,9 +499,19 @@ req_finish_locked(struct fetcher *f, struct fetch_req *r, int err)
   req_put_locked(r);
 }
 
+/* The fetcher this thread has plugged (fetch_plug), or NULL, and whether
+ * a kick was deferred since. */
+static _Thread_local struct fetcher *plugged;
+static _Thread_local bool plug_deferred;
+
 static void
 kick_locked(struct conn *c)
 {
+  if (plugged == c->f) {
+    c->kick_deferred = true;
+    plug_deferred = true;
+    return;
+  }
   if (c->kicked)
     return;
   c->kicked = true;
@@ -1014,28 +1022,26 @@ conn_issue(struct conn *c, unsigned from)
   return 0;
 }
 
-/* A buffer for a run of n blocks: a spare if the run is a whole batch,
- * else malloc'ed to size.  NULL if out of memory. */
+/* A buffer for a run of n blocks: a spare of that size if there is one
+ * (any size: issue 17, shorter runs malloc'ed and freed each time were
+ * faulted in again, thousands of page faults per GiB relayed).  NULL if
+ * out of memory. */
 static struct fetch_buf *
 buf_get_locked(struct fetcher *f, unsigned n)
 {
-  bool full = n == f->batch_blocks;
   size_t size = (size_t)n * f->m->block_size;
   struct fetch_buf *b = NULL;
-  if (full) {
-    pthread_mutex_lock(&spare_lock);
-    for (struct fetch_buf **pp = &spares; *pp; pp = &(*pp)->next)
-      if ((*pp)->size == size) {
-        b = *pp;
-        *pp = b->next;
-        nspares--;
-        break;
-      }
-    pthread_mutex_unlock(&spare_lock);
-  }
+  pthread_mutex_lock(&spare_lock);
+  for (struct fetch_buf **pp = &spares; *pp; pp = &(*pp)->next)
+    if ((*pp)->size == size) {
+      b = *pp;
+      *pp = b->next;
+      nspares--;
+      break;
+    }
+  pthread_mutex_unlock(&spare_lock);
   if (b == NULL && (b = malloc(sizeof *b + size)) == NULL)
     return NULL;
-  b->full = full;
   b->size = size;
   atomic_init(&b->refs, 0);
   b->next = NULL;
@@ -1054,6 +1060,13 @@ conn_take_locked(struct conn *c)
   struct fetch_req *prev = NULL;
   bool prev_solo = false;
 
+  /* Not while fewer slots are free than a run has blocks: once the
+   * connection is busy, slots free one block at a time, and taking at
+   * each would issue every block as a read of its own (issue 17: 16 NBD
+   * reads per 1 MiB relayed instead of 4, each a request, a reply
+   * header, a poll and a wake-up of the origin). */
+  if (c->nissued > 0 && f->p.depth - c->nissued < c->batch_blocks)
+    return;
   while (c->ready && c->qhead && c->nissued < f->p.depth) {
     struct fetch_req *r = c->qhead;
     c->qhead = r->qnext;
@@ -1650,6 +1663,30 @@ fetch_prefetch(struct fetcher *f, uint64_t idx)
   f->fetches++;
   f->prefetches++;
   dispatch_locked(f, r);
+}
+
+void
+fetch_plug(struct fetcher *f)
+{
+  plugged = f;
+}
+
+void
+fetch_unplug(struct fetcher *f)
+{
+  plugged = NULL;
+  if (!plug_deferred)
+    return; /* nothing queued (a read of cached blocks): no lock */
+  plug_deferred = false;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&f->lock);
+  for (size_t i = 0; i < f->nups; i++)
+    for (unsigned j = 0; j < f->p.conns_per_upstream; j++) {
+      struct conn *c = &f->ups[i].conns[j];
+      if (c->kick_deferred) {
+        c->kick_deferred = false;
+        kick_locked(c);
+      }
+    }
 }
 
 void

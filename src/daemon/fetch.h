@@ -186,6 +186,17 @@ void fetch_wait_ready(struct fetch_req *const *reqs, size_t n);
  * conns_per_upstream * depth blocks in flight. */
 void fetch_prefetch(struct fetcher *f, uint64_t idx);
 
+/* Plugging (issue 17): between fetch_plug and fetch_unplug, the calling
+ * thread's fetch_start and fetch_prefetch queue their blocks without
+ * waking the connections' threads; fetch_unplug wakes each that got work
+ * once.  A read of several missing blocks queues them all first, so a
+ * connection takes them as runs (one NBD read of up to 256 KiB each)
+ * instead of waking at the first and issuing them one or two at a time.
+ * Other threads are not affected.  A thread plugs one fetcher at a time
+ * and must unplug it before it waits for any of its fetches. */
+void fetch_plug(struct fetcher *f);
+void fetch_unplug(struct fetcher *f);
+
 /* Fills st; free st->upstreams. */
 void fetch_get_stats(struct fetcher *f, struct fetch_stats *st);
 

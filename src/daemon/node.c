@@ -327,7 +327,10 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
   pthread_rwlock_rdlock(&img->flock);
 
   /* Pass 1: cached parts are copied now; misses start (or join) fetches,
-   * so every missing block of the read is in flight at once. */
+   * so every missing block of the read is in flight at once — queued
+   * together, the connection threads woken once at the end (fetch_plug:
+   * runs of blocks per NBD read instead of one or two). */
+  fetch_plug(img->f);
   for (uint64_t b = first; b <= last && r == 0; b++) {
     struct part pt = block_part(m, b, off, len);
     char *dst = (char *)buf + pt.in_buf;
@@ -404,6 +407,7 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
          b <= last + img->node->p.readahead && b < m->nblocks; b++)
       fetch_prefetch(img->f, b);
   }
+  fetch_unplug(img->f);
   pthread_rwlock_unlock(&img->flock);
 
   /* Pass 2: wait for the fetches (each releases its request), without
