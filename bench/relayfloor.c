@@ -125,8 +125,15 @@ run(enum step step, const char *file, const char *dir, size_t bs, size_t rs,
   if (up < 0)
     die("accept");
   close(lfd);
+  /* Wake-ups cost CPU too (a context switch each): the receive wakes
+   * only once a whole piece is in, and the send does not wait for the
+   * sink while a few pieces fit. */
+  int lowat = (int)rs, sndbuf = (int)(4 * rs);
+  if (setsockopt(up, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) < 0)
+    die("SO_RCVLOWAT");
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ||
+      setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0)
     die("socketpair");
   pid_t sinker = fork();
   if (sinker < 0)
