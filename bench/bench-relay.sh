@@ -50,6 +50,11 @@
 #   BENCH_PERF_STAT  a file: `perf stat` of the node during the last cold relay
 #                    into it (context switches, page faults, system calls;
 #                    BENCH_PERF_EVENTS: other events, perf stat -e syntax)
+#   BENCH_SETTLE_S   seconds to wait before each cold relay and each floor run
+#                    (default 3): a relay frees a GiB of page cache when its
+#                    cache is removed, and a VM that returns free pages to
+#                    its host (free page reporting) makes writes right after
+#                    that pay for the host taking them back
 #   BENCH_TMPDIR     where the temporary directory goes (default /var/tmp)
 #   BENCH_KEEP       1: keep the temporary directory at the end
 #
@@ -68,6 +73,7 @@ runs=${BENCH_RUNS:-3}
 read -r -a copy_args <<< "${BENCH_COPY_ARGS:---connections=1 --requests=16 --request-size=1048576}"
 perf_out=${BENCH_PERF:-}
 perf_stat_out=${BENCH_PERF_STAT:-}
+settle=${BENCH_SETTLE_S:-3}
 name=benchimg
 
 die() { echo "bench-relay: $*" >&2; exit 1; }
@@ -75,6 +81,7 @@ note() { echo "bench-relay: $*" >&2; }
 
 [[ $image_mb =~ ^[1-9][0-9]*$ ]] || die "BENCH_IMAGE_MB '$image_mb': not a positive number"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS '$runs': not a positive number"
+[[ $settle =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_S '$settle': not a number of seconds"
 [[ -x $thunderd ]] || die "$thunderd: not executable; build first (ninja -C build) or set THUNDERD"
 [[ -x $thunderctl ]] || die "$thunderctl: not executable; build first or set THUNDERCTL"
 [[ -x $shacost ]] || die "$shacost: not executable; build it (ninja -C build bench/shacost) or set SHACOST"
@@ -249,6 +256,7 @@ relay() {
         stat_pid=$!
         sleep 0.5
     fi
+    sleep "$settle"
     read -r c o s <<< "$(read_cpu n1 origin)"
     if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
     if [[ -n $stat_pid ]]; then kill -INT "$stat_pid"; wait "$stat_pid" || true; fi
@@ -272,6 +280,7 @@ declare -a floor=() floor_move=()
 # and "move" CPU-s/GiB.
 relay_floor() {
     local out
+    sleep "$settle"
     out=$("$relayfloor" "$file" "$tmp" "$block_size") || die "relayfloor failed"
     floor+=("$(awk '$1 == "+cache" { print $2 }' <<< "$out")")
     floor_move+=("$(awk '$1 == "move" { print $2 }' <<< "$out")")

@@ -1016,6 +1016,7 @@ blkcache_open(const char *root, const struct manifest *m,
     goto fail;
   }
   bc->committer_started = true;
+  pthread_setname_np(bc->committer, "cache-commit");
   log_debug(COMP, "%s: open, %" PRIu64 " of %" PRIu64 " blocks valid",
             bc->dir, atomic_load(&bc->valid_blocks), bc->nblocks);
   return bc;

@@ -307,6 +307,7 @@ cachemgr_new(const char *root, const struct cachemgr_params *p)
     return NULL;
   }
   cm->reclaimer_started = true;
+  pthread_setname_np(cm->reclaimer, "cache-reclaim");
   return cm;
 }
 

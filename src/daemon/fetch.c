@@ -1060,13 +1060,22 @@ conn_take_locked(struct conn *c)
   struct fetch_req *prev = NULL;
   bool prev_solo = false;
 
-  /* Not while fewer slots are free than a run has blocks: once the
-   * connection is busy, slots free one block at a time, and taking at
-   * each would issue every block as a read of its own (issue 17: 16 NBD
-   * reads per 1 MiB relayed instead of 4, each a request, a reply
-   * header, a poll and a wake-up of the origin). */
-  if (c->nissued > 0 && f->p.depth - c->nissued < c->batch_blocks)
-    return;
+  /* Not while fewer slots are free than the run at the queue's head has
+   * blocks: once the connection is busy, slots free one block at a time,
+   * and taking at each would issue a sequential reader's blocks as reads
+   * of their own (issue 17: 16 NBD reads per 1 MiB relayed instead of 4,
+   * each a request, a reply header, a poll and a wake-up of the origin).
+   * A head with no successor queued (random reads) is taken at once. */
+  if (c->nissued > 0 && c->ready && c->qhead) {
+    unsigned want = 1;
+    for (const struct fetch_req *r = c->qhead;
+         want < c->batch_blocks && r->qnext && !r->solo && !r->qnext->solo &&
+         r->qnext->idx == r->idx + 1 && (r->refs > 1) == (r->qnext->refs > 1);
+         r = r->qnext)
+      want++;
+    if (f->p.depth - c->nissued < want)
+      return;
+  }
   while (c->ready && c->qhead && c->nissued < f->p.depth) {
     struct fetch_req *r = c->qhead;
     c->qhead = r->qnext;
@@ -1459,6 +1468,7 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
         return NULL;
       }
       c->started = true;
+      pthread_setname_np(c->thread, "fetch");
     }
   }
   if (p->stall_timeout_ms > 0) {
@@ -1470,6 +1480,7 @@ fetcher_new(const struct manifest *m, const char *const *uris, size_t n,
       return NULL;
     }
     f->retry_started = true;
+    pthread_setname_np(f->retry_thread, "fetch-retry");
   }
   return f;
 }

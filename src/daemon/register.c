@@ -855,6 +855,7 @@ register_start(struct register_config *c)
     goto fail;
   }
   r->started = true;
+  pthread_setname_np(r->thread, "register");
   char desc[1024];
   register_config_describe(c, desc, sizeof desc);
   log_info(COMPONENT, "registering %s", desc);

@@ -225,6 +225,7 @@ resumer_start(const struct pool_config *cfg, unsigned interval_ms)
     resumer_free(r);
     return NULL;
   }
+  pthread_setname_np(r->thread, "resumer");
   return r;
 }
 

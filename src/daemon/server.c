@@ -1166,6 +1166,7 @@ pool_start(struct pool *p, unsigned n, const char *name)
       pthread_attr_destroy(&attr);
       return -1;
     }
+    pthread_setname_np(p->threads[p->nthreads], "nbd-worker");
   }
   pthread_attr_destroy(&attr);
   return 0;
@@ -1540,6 +1541,9 @@ handshake_main(void *arg)
 {
   struct conn *cn = arg;
   struct server *s = cn->s;
+  /* Named here: the thread is detached and may be gone before its
+   * creator could name it.  The names show in top -H and perf. */
+  pthread_setname_np(pthread_self(), "nbd-handshake");
 
   int r = nbdsrv_handshake(cn->nc);
   int err = errno;

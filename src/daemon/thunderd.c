@@ -983,6 +983,7 @@ main(int argc, char **argv)
     log_error(COMPONENT, "pthread_create: %m");
     goto out;
   }
+  pthread_setname_np(sig_thread, "signals");
 
   if (opt.origin)
     log_info(COMPONENT, "ready: origin mode, %d images", nimages);

@@ -88,6 +88,12 @@ for f in thunder_build_info thunder_images thunder_nbd_served_bytes_total \
 done
 grep -q '^thunder_build_info{version="[^"]*",mode="node"} 1$' "$tmpdir/n2.txt" ||
     fail "node 2's build info: $(grep thunder_build_info "$tmpdir/n2.txt")"
+# Threads by role (top -H, perf --sort comm): node 2 has fetched, cached
+# and served, so each of these runs.
+names=$(cat /proc/"${node_pid[2]}"/task/*/comm | sort -u | tr '\n' ' ')
+for t in fetch nbd-worker cache-commit cache-reclaim signals; do
+    [[ " $names" == *" $t "* ]] || fail "node 2 has no thread named $t (threads: $names)"
+done
 
 n1=${node_ctl[1]#http://}
 n2=${node_ctl[2]#http://}
