@@ -256,15 +256,18 @@ stop_pids() {   # SIGTERM, then wait (SIGKILL after 10 s)
     done
 }
 
-# start_nodes N: a fresh thunderd in each node's namespace, manifest seeded.
+# start_nodes N: a fresh thunderd in each node's namespace, manifest seeded
+# once it is ready (attach then reads it from the cache instead of fetching
+# it over the emulated links).  Not before: thunderd removes a version
+# directory it finds at start with no block in it (an unattached version
+# holding nothing), and it looks for a version's directory when attaching.
 start_nodes() {
     local n=$1 i
     node_pids=()
     for ((i = 1; i <= n; i++)); do
         local c=$tmp/run/cache$i
         rm -rf "$c"
-        mkdir -p "$c/$version"
-        cp "$manifest" "$c/$version/manifest.json"
+        mkdir -p "$c"
         # shellcheck disable=SC2086
         "$cluster" exec "$i" "$THUNDERD" --cache "$c" --socket "$tmp/run/n$i.sock" \
             --socket-group root --listen "$(addr "$i"):10809" \
@@ -275,6 +278,8 @@ start_nodes() {
     done
     for ((i = 1; i <= n; i++)); do
         wait_ready "$tmp/run/node$i.log" "$tmp/run/n$i.sock" "${node_pids[i - 1]}"
+        mkdir -p "$tmp/run/cache$i/$version"
+        cp "$manifest" "$tmp/run/cache$i/$version/manifest.json"
     done
 }
 
@@ -318,8 +323,11 @@ plan_lists() {
 
 # Sets: r_p50 r_max r_obytes r_maxsent r_cpu r_note; appends to the TSV.
 run_thunder() {   # run_thunder N STRAT
-    local n=$1 st=$2 i lists level
+    local n=$1 st=$2 i lists level t_phase
+    t_phase=$(now)
     start_nodes "$n"
+    note "N=$n $st: $n nodes ready in $(awkf "printf \"%.1f\", $(now) - $t_phase") s"
+    t_phase=$(now)
     if [[ $st == b ]]; then
         lists=$(for ((i = 1; i <= n; i++)); do echo "1 $i origin"; done)
         plan_shape="every node: origin only"
@@ -332,6 +340,7 @@ run_thunder() {   # run_thunder N STRAT
         while read -r _ i ups; do entries+=("$i $ups"); done < <(awk -v l="$level" '$1 == l' <<<"$lists")
         attach_level "${entries[@]}"
     done
+    note "N=$n $st: attached in $(awkf "printf \"%.1f\", $(now) - $t_phase") s"
     local o0 start_at
     o0=$(stats origin | jq -r .counters.served_remote_bytes)
     start_at=$(awkf "printf \"%.3f\", $(now) + 1.0 + $n * 0.01")
@@ -382,7 +391,9 @@ run_thunder() {   # run_thunder N STRAT
     fi
     r_note="$plan_shape; failovers $fo, upstream errors $ue, fetch failures $ff${failed_note:+; $failed_note}"
     [[ $st == d ]] && r_note+=", prefetch depth $PF_DEPTH"
+    t_phase=$(now)
     stop_pids "${node_pids[@]}"
+    note "N=$n $st: $n nodes stopped in $(awkf "printf \"%.1f\", $(now) - $t_phase") s"
     if [[ -n $KEEP ]]; then   # the links' drops and the nodes' TCP counters, cumulative per N
         mkdir -p "$tmp/keep/$st-$n"
         ip netns exec "$THN_PREFIX-sw" tc -s qdisc show > "$tmp/keep/$st-$n/tc-sw.txt" 2>&1 || true

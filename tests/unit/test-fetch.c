@@ -1357,7 +1357,7 @@ test_batched_reads(void)
                              logarg, NULL));
   struct sink *k = sink_new();
   const char *uris[] = { parent.uri, s_good.uri };
-  struct fetcher *f = new_fetcher(k, uris, 2, 1, 16, 1500, 0);
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 4, 1500, 0);
   struct group_reader g = { f, k, 0, 16, 0, 0, 0 };
   group_reader_thread(&g);
   CU_ASSERT_EQUAL(g.rc, 0);
@@ -1381,6 +1381,37 @@ test_batched_reads(void)
   unsigned reads = count_lines(logfile, "Read id=");
   fprintf(stderr, "%u reads for 26 blocks ", reads);
   CU_ASSERT(reads >= 2 && reads < 26);
+  unlink(logfile);
+  sink_free(k);
+}
+
+/* Blocks queued with no backlog (fewer than the connection's free slots)
+ * go upstream one per read, so that a chain of relays pipelines them
+ * block by block (a parent answers a read only once it has all of it);
+ * with a backlog they merge (test_batched_reads, depth 4). */
+static void
+test_unbatched_without_backlog(void)
+{
+  struct server parent;
+  char logfile[PATH_MAX + 16], logarg[PATH_MAX + 32];
+  snprintf(logfile, sizeof logfile, "%s/nobatch.log", tmpdir);
+  snprintf(logarg, sizeof logarg, "logfile=%s", logfile);
+  CU_ASSERT_FATAL(serve_file(&parent, "img", "--filter=log", img_path, logarg,
+                             NULL));
+  struct sink *k = sink_new();
+  const char *uris[] = { parent.uri };
+  struct fetcher *f = new_fetcher(k, uris, 1, 1, 16, 1500, 0);
+  struct group_reader g = { f, k, 0, 8, 0, 0, 0 };
+  group_reader_thread(&g);
+  CU_ASSERT_EQUAL(g.rc, 0);
+  for (uint64_t b = 0; b < 8; b++)
+    CU_ASSERT(memcmp(k->data + b * BS, image + b * BS, BS) == 0);
+  fetcher_free(f);
+  server_stop(&parent);
+  /* One "offset=" line per read (the filter logs its return apart). */
+  unsigned reads = count_lines(logfile, "offset=");
+  fprintf(stderr, "%u reads for 8 blocks ", reads);
+  CU_ASSERT_EQUAL(reads, 8);
   unlink(logfile);
   sink_free(k);
 }
@@ -1442,7 +1473,7 @@ test_batched_read_error(void)
   CU_ASSERT_FATAL(server_start(&parent, "img", args));
   struct sink *k = sink_new();
   const char *uris[] = { parent.uri, s_good.uri };
-  struct fetcher *f = new_fetcher(k, uris, 2, 1, 16, 3000, 0);
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 4, 3000, 0);
   struct group_reader g = { f, k, FIRST, N, 0, 0, 0 };
   group_reader_thread(&g);
   CU_ASSERT_EQUAL(g.rc, 0);
@@ -1486,7 +1517,7 @@ test_batched_max_block_size(void)
   CU_ASSERT_FATAL(server_start(&parent, "img", args));
   struct sink *k = sink_new();
   const char *uris[] = { parent.uri, s_good.uri };
-  struct fetcher *f = new_fetcher(k, uris, 2, 1, 16, 3000, 0);
+  struct fetcher *f = new_fetcher(k, uris, 2, 1, 4, 3000, 0);
   struct group_reader g = { f, k, 0, 16, 0, 0, 0 };
   group_reader_thread(&g);
   CU_ASSERT_EQUAL(g.rc, 0);
@@ -1764,6 +1795,7 @@ main(void)
     { "free with fetches in flight", test_free_in_flight },
     { "fetch_wait_ready: one wake-up per group", test_wait_ready },
     { "consecutive blocks in one NBD read", test_batched_reads },
+    { "no backlog: a block per NBD read", test_unbatched_without_backlog },
     { "an error inside a merged read fails over alone",
       test_batched_read_error },
     { "merged reads within the maximum block size",
