@@ -170,15 +170,24 @@ buf_put(struct fetch_buf *b)
 {
   if (b == NULL || atomic_fetch_sub(&b->refs, 1) != 1)
     return;
+  /* Kept first; when the list is full its oldest goes instead, so that
+   * spares of a size no longer asked for (single blocks, after a burst of
+   * short runs) do not hold every place. */
+  struct fetch_buf *old = NULL;
   pthread_mutex_lock(&spare_lock);
-  if (nspares < SPARE_BUFS_MAX) {
-    b->next = spares;
-    spares = b;
-    nspares++;
-    b = NULL;
+  if (nspares == SPARE_BUFS_MAX) {
+    struct fetch_buf **pp = &spares;
+    while ((*pp)->next)
+      pp = &(*pp)->next;
+    old = *pp;
+    *pp = NULL;
+    nspares--;
   }
+  b->next = spares;
+  spares = b;
+  nspares++;
   pthread_mutex_unlock(&spare_lock);
-  free(b);
+  free(old);
 }
 
 /* A group's entry on one of its requests' lists. */
@@ -507,7 +516,7 @@ static _Thread_local bool plug_deferred;
 static void
 kick_locked(struct conn *c)
 {
-  if (plugged == c->f) {
+  if (plugged == c->f && !c->f->stopping) {
     c->kick_deferred = true;
     plug_deferred = true;
     return;
@@ -1693,6 +1702,8 @@ fetch_prefetch(struct fetcher *f, uint64_t idx)
 void
 fetch_plug(struct fetcher *f)
 {
+  if (plugged && plugged != f)
+    fetch_unplug(plugged); /* one fetcher at a time: the other's wake-ups go */
   plugged = f;
 }
 

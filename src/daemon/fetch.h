@@ -193,7 +193,10 @@ void fetch_prefetch(struct fetcher *f, uint64_t idx);
  * connection takes them as runs (one NBD read of up to 256 KiB each)
  * instead of waking at the first and issuing them one or two at a time.
  * Other threads are not affected.  A thread plugs one fetcher at a time
- * and must unplug it before it waits for any of its fetches. */
+ * (plugging another unplugs the first) and must unplug it before it waits
+ * for any of its fetches; while plugged it must not block (a pread, a
+ * lock another thread may hold for long), or a block it queued early
+ * waits as long, and so does every reader that joined it. */
 void fetch_plug(struct fetcher *f);
 void fetch_unplug(struct fetcher *f);
 

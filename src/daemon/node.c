@@ -259,6 +259,9 @@ node_pread(void *handle, void *buf, uint32_t len, uint64_t off, bool local,
 struct slot {
   struct fetch_req *req;
   struct flight *own, *other;
+  bool pending; /* its fetch is to start (pass 1b), own flight held */
+  bool retry;   /* fetch_start refused it (retry_cached: it was stored) */
+  bool retry_cached;
 };
 
 /* fetch_wait_ready over the slots' requests (a copy of their pointers;
@@ -299,6 +302,65 @@ fetch_alone(struct node_image *img, uint64_t b, char *dst, struct part pt,
   return fetch_wait(q, dst, pt.in_block, pt.n, err);
 }
 
+/* Pass 1 for block b of a read, outside a cached run: the part pt is
+ * copied from the cache, or another version's flight of the same digest
+ * is joined (sl->other), or the block's fetch is started (sl->req, its
+ * own flight in sl->own) — with defer, only marked for it (sl->pending),
+ * so that read_once starts all of a read's fetches together without a
+ * call that may block in between.  0, or -1 with *err. */
+static int
+block_miss(struct node_image *img, uint64_t b, char *dst, struct part pt,
+           bool local, bool defer, struct slot *sl, bool *missed, int *err)
+{
+  for (int tries = 0;; tries++) {
+    int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, local, err);
+    if (c == 1) {
+      atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
+      return 0;
+    }
+    if (c == -1)
+      return -1;
+    bool own, cached;
+    struct flight *fl = cachemgr_flight_begin(img->cv, b, &own);
+    if (fl && !own && !local) {
+      /* A child's read never waits for another version's fetch: two
+       * nodes relaying two versions to each other (a rolling update
+       * whose trees cross) would each wait for the other's, a cycle
+       * broken only by the fetch timeout.  It fetches for its own
+       * version instead (still one fetch per block of the version). */
+      cachemgr_flight_put(img->cv, fl);
+      fl = NULL;
+    }
+    if (fl && !own) {
+      sl->other = fl;
+      atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
+      *missed = true;
+      return 0;
+    }
+    if (defer) {
+      sl->own = fl;
+      sl->pending = true;
+      return 0;
+    }
+    sl->req = fetch_start(img->f, b, &cached);
+    if (sl->req) {
+      sl->own = fl;
+      atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
+      *missed = true;
+      return 0;
+    }
+    if (fl) {
+      cachemgr_flight_done(img->cv, b);
+      cachemgr_flight_put(img->cv, fl);
+    }
+    if (!cached || tries == 2) {
+      *err = cached ? EIO : ENOMEM;
+      return -1;
+    }
+    /* Stored between our look and the fetcher's: read it again. */
+  }
+}
+
 /* One attempt of node_pread: the cached parts are copied, the missing
  * blocks fetched (then *missed is set) — or, when another version is
  * fetching a block of the same digest, copied once it is stored (single
@@ -327,14 +389,15 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
   pthread_rwlock_rdlock(&img->flock);
 
   /* Pass 1: cached parts are copied now; misses start (or join) fetches,
-   * so every missing block of the read is in flight at once — queued
-   * together, the connection threads woken once at the end (fetch_plug:
-   * runs of blocks per NBD read instead of one or two). */
-  fetch_plug(img->f);
+   * so every missing block of the read is in flight at once.  The
+   * fetches start together once the cache has been looked at (1b), the
+   * connection threads woken once at the end (fetch_plug: runs of blocks
+   * per NBD read instead of one or two); nothing that may block (a
+   * pread, a cache lock an eviction holds) runs while their wake-up is
+   * held back, or a block queued early would wait for it. */
   for (uint64_t b = first; b <= last && r == 0; b++) {
     struct part pt = block_part(m, b, off, len);
     char *dst = (char *)buf + pt.in_buf;
-    struct slot *sl = &slots[b - first];
     if (b < last) {
       /* The cached blocks from b on in one pread (issue 17: a pread per
        * block was 16 system calls per 1 MiB read). */
@@ -352,53 +415,27 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
         continue;
       }
     }
-    for (int tries = 0;; tries++) {
-      int c = cachemgr_read(img->cv, b, dst, pt.in_block, pt.n, local, err);
-      if (c == 1) {
-        atomic_fetch_add_explicit(&img->hits, 1, memory_order_relaxed);
-        break;
-      }
-      if (c == -1) {
-        r = -1;
-        break;
-      }
-      bool own, cached;
-      struct flight *fl = cachemgr_flight_begin(img->cv, b, &own);
-      if (fl && !own && !local) {
-        /* A child's read never waits for another version's fetch: two
-         * nodes relaying two versions to each other (a rolling update
-         * whose trees cross) would each wait for the other's, a cycle
-         * broken only by the fetch timeout.  It fetches for its own
-         * version instead (still one fetch per block of the version). */
-        cachemgr_flight_put(img->cv, fl);
-        fl = NULL;
-      }
-      if (fl && !own) {
-        sl->other = fl;
-        atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
-        missed = true;
-        break;
-      }
-      sl->req = fetch_start(img->f, b, &cached);
-      if (sl->req) {
-        sl->own = fl;
-        atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
-        missed = true;
-        break;
-      }
-      if (fl) {
-        cachemgr_flight_done(img->cv, b);
-        cachemgr_flight_put(img->cv, fl);
-      }
-      if (!cached || tries == 2) {
-        *err = cached ? EIO : ENOMEM;
-        r = -1;
-        break;
-      }
-      /* Stored between our look and the fetcher's: read it again. */
-    }
+    r = block_miss(img, b, dst, pt, local, true, &slots[b - first], &missed,
+                   err);
   }
 
+  /* Pass 1b: the fetches, queued without a wake-up in between. */
+  fetch_plug(img->f);
+  for (uint64_t b = first; b <= last && r == 0; b++) {
+    struct slot *sl = &slots[b - first];
+    if (!sl->pending)
+      continue;
+    sl->pending = false;
+    bool cached;
+    sl->req = fetch_start(img->f, b, &cached);
+    if (sl->req) {
+      atomic_fetch_add_explicit(&img->misses, 1, memory_order_relaxed);
+      missed = true;
+    } else {
+      sl->retry = true;
+      sl->retry_cached = cached;
+    }
+  }
   /* Readahead, for sequential readers only: the block before the read is
    * cached, so the reader is walking forward. */
   if (r == 0 && missed && img->node->p.readahead > 0 &&
@@ -408,6 +445,31 @@ read_once(struct node_image *img, void *buf, uint32_t len, uint64_t off,
       fetch_prefetch(img->f, b);
   }
   fetch_unplug(img->f);
+
+  /* Pass 1c: what fetch_start refused (stored meanwhile: read again), and
+   * after an error, the flights of fetches never started. */
+  for (uint64_t b = first; b <= last; b++) {
+    struct slot *sl = &slots[b - first];
+    if (!sl->pending && !sl->retry)
+      continue;
+    if (sl->own) {
+      cachemgr_flight_done(img->cv, b);
+      cachemgr_flight_put(img->cv, sl->own);
+      sl->own = NULL;
+    }
+    bool again = sl->retry && r == 0;
+    sl->pending = sl->retry = false;
+    if (!again)
+      continue;
+    if (!sl->retry_cached) {
+      *err = ENOMEM;
+      r = -1;
+      continue;
+    }
+    struct part pt = block_part(m, b, off, len);
+    r = block_miss(img, b, (char *)buf + pt.in_buf, pt, local, false, sl,
+                   &missed, err);
+  }
   pthread_rwlock_unlock(&img->flock);
 
   /* Pass 2: wait for the fetches (each releases its request), without
