@@ -1242,8 +1242,13 @@ group_reader_thread(void *arg)
   unsigned char buf[BS];
   bool cached;
   g->rc = 0;
+  /* Queued together, as node.c's reads do (fetch_plug): whether the
+   * blocks merge then depends on the queue, not on how fast the
+   * connection's thread wakes between two fetch_starts. */
+  fetch_plug(g->f);
   for (unsigned i = 0; i < g->n; i++)
     reqs[i] = fetch_start(g->f, g->first + i, &cached);
+  fetch_unplug(g->f);
   fetch_wait_ready(reqs, g->n);
   for (unsigned i = 0; i < g->n; i++)
     if (reqs[i] && atomic_load(&g->k->delivered[g->first + i]) == 0)
