@@ -1057,6 +1057,17 @@ buf_get_locked(struct fetcher *f, unsigned n)
   return b;
 }
 
+/* Whether r (solo: asked for alone) may follow prev (prev_solo) in one
+ * NBD read: the next block, blocks with waiters with each other,
+ * prefetches with prefetches, and neither alone. */
+static bool
+joins_run(const struct fetch_req *prev, bool prev_solo,
+          const struct fetch_req *r, bool solo)
+{
+  return !prev_solo && !solo && prev->idx + 1 == r->idx &&
+         (prev->refs > 1) == (r->refs > 1);
+}
+
 /* Moves up to depth requests from c's queue into c->issued, chaining
  * consecutive blocks into runs of at most c->batch_blocks (blocks with
  * waiters with each other, prefetches with prefetches; a solo block
@@ -1079,8 +1090,7 @@ conn_take_locked(struct conn *c)
     unsigned want = 1;
     for (const struct fetch_req *r = c->qhead;
          want < c->batch_blocks && want < f->p.depth && r->qnext &&
-         !r->solo && !r->qnext->solo && r->qnext->idx == r->idx + 1 &&
-         (r->refs > 1) == (r->qnext->refs > 1);
+         joins_run(r, r->solo, r->qnext, r->qnext->solo);
          r = r->qnext)
       want++;
     if (f->p.depth - c->nissued < want)
@@ -1109,8 +1119,8 @@ conn_take_locked(struct conn *c)
     r->bnext = NULL;
     bool solo = r->solo;
     r->solo = false;
-    if (merge && prev && !prev_solo && !solo && prev->idx + 1 == r->idx &&
-        run < c->batch_blocks && (prev->refs > 1) == (r->refs > 1)) {
+    if (merge && prev && run < c->batch_blocks &&
+        joins_run(prev, prev_solo, r, solo)) {
       prev->bnext = r;
       r->bhead = false;
       run++;

@@ -1347,6 +1347,18 @@ count_lines(const char *path, const char *needle)
   return n;
 }
 
+/* serve_file of path as "img" through nbdkit's log filter, which writes
+ * each read to logfile (tmpdir/name; logfile has PATH_MAX + 16 bytes). */
+static bool
+serve_logged(struct server *s, const char *path, const char *name,
+             char *logfile)
+{
+  char logarg[PATH_MAX + 32];
+  snprintf(logfile, PATH_MAX + 16, "%s/%s", tmpdir, name);
+  snprintf(logarg, sizeof logarg, "logfile=%s", logfile);
+  return serve_file(s, "img", "--filter=log", path, logarg, NULL);
+}
+
 /* Consecutive blocks go upstream as fewer, larger NBD reads, each block
  * still verified on its own: the tampered blocks of a merged read fail
  * over to the next upstream, the others come from the parent; a run
@@ -1355,11 +1367,8 @@ static void
 test_batched_reads(void)
 {
   struct server parent;
-  char logfile[PATH_MAX + 16], logarg[PATH_MAX + 32];
-  snprintf(logfile, sizeof logfile, "%s/batch.log", tmpdir);
-  snprintf(logarg, sizeof logarg, "logfile=%s", logfile);
-  CU_ASSERT_FATAL(serve_file(&parent, "img", "--filter=log", tamp_path,
-                             logarg, NULL));
+  char logfile[PATH_MAX + 16];
+  CU_ASSERT_FATAL(serve_logged(&parent, tamp_path, "batch.log", logfile));
   struct sink *k = sink_new();
   const char *uris[] = { parent.uri, s_good.uri };
   struct fetcher *f = new_fetcher(k, uris, 2, 1, 4, 1500, 0);
@@ -1398,11 +1407,8 @@ static void
 test_unbatched_without_backlog(void)
 {
   struct server parent;
-  char logfile[PATH_MAX + 16], logarg[PATH_MAX + 32];
-  snprintf(logfile, sizeof logfile, "%s/nobatch.log", tmpdir);
-  snprintf(logarg, sizeof logarg, "logfile=%s", logfile);
-  CU_ASSERT_FATAL(serve_file(&parent, "img", "--filter=log", img_path, logarg,
-                             NULL));
+  char logfile[PATH_MAX + 16];
+  CU_ASSERT_FATAL(serve_logged(&parent, img_path, "nobatch.log", logfile));
   struct sink *k = sink_new();
   const char *uris[] = { parent.uri };
   struct fetcher *f = new_fetcher(k, uris, 1, 1, 16, 1500, 0);
